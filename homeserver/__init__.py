@@ -1,0 +1,3 @@
+"""homeserver: a small async Matrix homeserver core."""
+
+__version__ = "0.1.0"

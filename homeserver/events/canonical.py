@@ -1,0 +1,61 @@
+"""Canonical JSON (spec appendix "Canonical JSON") and the base64 flavours Matrix uses."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from canonicaljson import encode_canonical_json
+
+from homeserver.events.errors import EventFormatError
+
+# Canonical JSON integers must lie in the range [-(2**53)+1, (2**53)-1].
+MIN_INT = -(2**53) + 1
+MAX_INT = 2**53 - 1
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical JSON encoding of ``value`` (sorted keys, no spaces, UTF-8)."""
+    return encode_canonical_json(value)
+
+
+def check_canonical_values(value: Any, path: str = "") -> None:
+    """Raise EventFormatError if ``value`` holds a float or an integer out of range."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not MIN_INT <= item <= MAX_INT:
+                raise EventFormatError(f"integer out of range at {where or '/'}")
+        elif isinstance(item, float):
+            raise EventFormatError(f"float not allowed at {where or '/'}")
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise EventFormatError(f"non-string key at {where or '/'}")
+                stack.append((sub, f"{where}/{key}"))
+        elif isinstance(item, (list, tuple)):
+            for i, sub in enumerate(item):
+                stack.append((sub, f"{where}/{i}"))
+        else:
+            raise EventFormatError(f"value of type {type(item).__name__} at {where or '/'}")
+
+
+def unpadded_b64(data: bytes) -> str:
+    """Standard base64 without padding (hashes, signatures, keys)."""
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def urlsafe_unpadded_b64(data: bytes) -> str:
+    """URL-safe base64 without padding (event IDs of room version 4 and later)."""
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def decode_b64(text: str) -> bytes:
+    """Decode standard or URL-safe base64, padded or not."""
+    padded = text + "=" * (-len(text) % 4)
+    if "-" in text or "_" in text:
+        return base64.urlsafe_b64decode(padded)
+    return base64.b64decode(padded, validate=True)

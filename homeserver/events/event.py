@@ -1,0 +1,100 @@
+"""The Event: a PDU as received or built, with its event ID and room version attached.
+
+Wire JSON stays in ``pdu`` untouched (signatures and hashes cover it); the fields the
+auth rules and state resolution read are lifted out once, at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from homeserver.events.hashes import compute_event_id, room_id_for_create
+from homeserver.events.versions import RoomVersion
+
+StateKey = tuple[str, str]  # (event type, state_key)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Event:
+    event_id: str
+    room_version: RoomVersion
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+    content: Mapping[str, Any]
+    prev_events: tuple[str, ...]
+    auth_events: tuple[str, ...]
+    depth: int
+    origin_server_ts: int
+    pdu: dict[str, Any] = field(repr=False)
+    # Set when the content hash did not match and the event was redacted on receipt.
+    redacted_on_receipt: bool = False
+
+    @classmethod
+    def from_pdu(
+        cls, pdu: dict[str, Any], room_version: RoomVersion, *, event_id: str | None = None
+    ) -> Event:
+        """Build an Event from PDU JSON. The caller runs the format checks first
+        (``homeserver.events.format.check_pdu_format``): this reads fields without validating.
+
+        ``event_id`` is computed from the reference hash unless given (pass it only when it
+        was computed before, for example when loading from storage).
+        """
+        if event_id is None:
+            event_id = compute_event_id(pdu, room_version)
+        room_id = pdu.get("room_id")
+        if room_id is None and room_version.room_id_is_create_hash and pdu.get("type") == "m.room.create":
+            room_id = room_id_for_create(pdu, room_version)
+        content = pdu.get("content")
+        return cls(
+            event_id=event_id,
+            room_version=room_version,
+            room_id=str(room_id),
+            type=str(pdu.get("type")),
+            state_key=pdu.get("state_key") if isinstance(pdu.get("state_key"), str) else None,
+            sender=str(pdu.get("sender")),
+            content=content if isinstance(content, dict) else {},
+            prev_events=tuple(pdu.get("prev_events") or ()),
+            auth_events=tuple(pdu.get("auth_events") or ()),
+            depth=int(pdu.get("depth") or 0),
+            origin_server_ts=int(pdu.get("origin_server_ts") or 0),
+            pdu=pdu,
+        )
+
+    @property
+    def is_state(self) -> bool:
+        return self.state_key is not None
+
+    @property
+    def state_tuple(self) -> StateKey:
+        """(type, state_key) of a state event. Only valid when ``is_state``."""
+        assert self.state_key is not None
+        return (self.type, self.state_key)
+
+    @property
+    def membership(self) -> str | None:
+        value = self.content.get("membership")
+        return value if isinstance(value, str) else None
+
+    @property
+    def redacts(self) -> str | None:
+        """The event a redaction targets: in content from v11, top level before."""
+        if self.room_version.redacts_in_content:
+            value = self.content.get("redacts")
+        else:
+            value = self.pdu.get("redacts")
+        return value if isinstance(value, str) else None
+
+    def sender_domain(self) -> str:
+        return self.sender.split(":", 1)[1] if ":" in self.sender else ""
+
+    def __repr__(self) -> str:
+        return f"<Event {self.event_id} {self.type} state_key={self.state_key!r} sender={self.sender}>"
+
+    def __hash__(self) -> int:
+        return hash(self.event_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and other.event_id == self.event_id

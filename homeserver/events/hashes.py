@@ -1,0 +1,53 @@
+"""Content hashes, reference hashes, event IDs and (room version 12) room IDs.
+
+Spec: server-server-api.md "Calculating the content hash for an event" and
+"Calculating the reference hash for an event"; rooms/fragments/v4-event-ids.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from homeserver.events.canonical import canonical_json, unpadded_b64, urlsafe_unpadded_b64
+from homeserver.events.redaction import redact
+from homeserver.events.versions import RoomVersion
+
+
+def content_hash(pdu: dict[str, Any]) -> bytes:
+    """SHA-256 of the event's canonical JSON without ``unsigned``, ``signatures``, ``hashes``."""
+    stripped = {k: v for k, v in pdu.items() if k not in ("unsigned", "signatures", "hashes")}
+    return hashlib.sha256(canonical_json(stripped)).digest()
+
+
+def add_content_hash(pdu: dict[str, Any]) -> dict[str, Any]:
+    """Return ``pdu`` with ``hashes.sha256`` set to its content hash."""
+    out = dict(pdu)
+    out["hashes"] = {"sha256": unpadded_b64(content_hash(pdu))}
+    return out
+
+
+def content_hash_matches(pdu: dict[str, Any]) -> bool:
+    hashes = pdu.get("hashes")
+    if not isinstance(hashes, dict):
+        return False
+    claimed = hashes.get("sha256")
+    return isinstance(claimed, str) and claimed == unpadded_b64(content_hash(pdu))
+
+
+def reference_hash(pdu: dict[str, Any], version: RoomVersion) -> bytes:
+    """SHA-256 of the redacted event without ``signatures``, ``unsigned`` and ``age_ts``."""
+    redacted = redact(pdu, version)
+    for key in ("signatures", "unsigned", "age_ts", "event_id"):
+        redacted.pop(key, None)
+    return hashlib.sha256(canonical_json(redacted)).digest()
+
+
+def compute_event_id(pdu: dict[str, Any], version: RoomVersion) -> str:
+    """``$`` + URL-safe unpadded base64 of the reference hash (room versions 4 and later)."""
+    return "$" + urlsafe_unpadded_b64(reference_hash(pdu, version))
+
+
+def room_id_for_create(create_pdu: dict[str, Any], version: RoomVersion) -> str:
+    """The room ID a v12 create event defines: its event ID with the sigil ``!``."""
+    return "!" + compute_event_id(create_pdu, version)[1:]
