@@ -14,9 +14,23 @@ MIN_INT = -(2**53) + 1
 MAX_INT = 2**53 - 1
 
 
+def _integral_floats_to_int(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _integral_floats_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_to_int(v) for v in value]
+    return value
+
+
 def canonical_json(value: Any) -> bytes:
-    """The canonical JSON encoding of ``value`` (sorted keys, no spaces, UTF-8)."""
-    return encode_canonical_json(value)
+    """The canonical JSON encoding of ``value`` (sorted keys, no spaces, UTF-8).
+
+    Numbers with an integral value are written as integers (``1e10`` -> ``10000000000``),
+    as the appendix's examples require.
+    """
+    return encode_canonical_json(_integral_floats_to_int(value))
 
 
 def check_canonical_values(value: Any, path: str = "") -> None:

@@ -6,8 +6,9 @@ auth rules and state resolution read are lifted out once, at construction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from homeserver.events.hashes import compute_event_id, room_id_for_create
 from homeserver.events.versions import RoomVersion
@@ -45,7 +46,11 @@ class Event:
         if event_id is None:
             event_id = compute_event_id(pdu, room_version)
         room_id = pdu.get("room_id")
-        if room_id is None and room_version.room_id_is_create_hash and pdu.get("type") == "m.room.create":
+        if (
+            room_id is None
+            and room_version.room_id_is_create_hash
+            and pdu.get("type") == "m.room.create"
+        ):
             room_id = room_id_for_create(pdu, room_version)
         content = pdu.get("content")
         return cls(
@@ -91,7 +96,10 @@ class Event:
         return self.sender.split(":", 1)[1] if ":" in self.sender else ""
 
     def __repr__(self) -> str:
-        return f"<Event {self.event_id} {self.type} state_key={self.state_key!r} sender={self.sender}>"
+        return (
+            f"<Event {self.event_id} {self.type} state_key={self.state_key!r}"
+            f" sender={self.sender}>"
+        )
 
     def __hash__(self) -> int:
         return hash(self.event_id)

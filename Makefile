@@ -1,0 +1,38 @@
+# homeserver: `make run` starts a server on SQLite, `make test` runs the whole suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+SERVER_NAME ?= localhost:8448
+DATA_DIR ?= ./data
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install config clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DATA_DIR)/homeserver.yaml: | $(STAMP)
+	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR)
+
+config: $(DATA_DIR)/homeserver.yaml
+	@# Creates the signing key and TLS certificate too, when they are missing.
+	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR)
+
+run: $(STAMP) config
+	$(BIN)/homeserver run -c $(DATA_DIR)/homeserver.yaml
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check homeserver tests bench
+	$(BIN)/mypy homeserver
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,89 @@
+"""The app factory: builds the aiohttp applications and wires the services, in one place.
+
+``Services`` owns every long-lived resource (database, HTTP client, keyring) and opens and
+closes them symmetrically; the listeners' applications get what they use by constructor
+injection, nothing reaches into a global registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from homeserver.config import Config
+from homeserver.crypto.keyring import KeyRing
+from homeserver.crypto.keys import ServerSigningKey, load_key_file
+from homeserver.federation.auth import make_auth_middleware
+from homeserver.federation.client import FederationClient
+from homeserver.federation.keys_api import key_routes
+from homeserver.http import error_middleware, json_response
+from homeserver.storage.database import Database, open_database
+from homeserver.storage.keys import KeyStore
+from homeserver.storage.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    config: Config
+    signing_key: ServerSigningKey
+    db: Database
+    federation_client: FederationClient
+    keyring: KeyRing
+
+    @classmethod
+    async def open(cls, config: Config, signing_key: ServerSigningKey | None = None) -> Services:
+        key = signing_key or load_key_file(config.signing_key_path)
+        db = await open_database(
+            config.database.engine,
+            path=config.database.path,
+            dsn=config.database.dsn,
+            min_size=config.database.pool_min_size,
+            max_size=config.database.pool_max_size,
+            timeout=config.database.connect_timeout,
+        )
+        try:
+            await migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        client = FederationClient(config.server_name, key, config.federation)
+        await client.start()
+        keyring = KeyRing(
+            config.server_name,
+            key,
+            KeyStore(db),
+            client,
+            config.federation.key_servers,
+            config.federation.key_fetch_timeout,
+        )
+        return cls(config, key, db, client, keyring)
+
+    async def close(self) -> None:
+        await self.federation_client.close()
+        await self.db.close()
+
+
+def create_federation_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            error_middleware,
+            make_auth_middleware(services.config.server_name, services.keyring),
+        ],
+        client_max_size=8 * 1024 * 1024,
+    )
+    app.add_routes(key_routes(services.config, services.signing_key))
+    return app
+
+
+def create_client_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+
+    async def versions(request: web.Request) -> web.Response:
+        return json_response({"versions": ["v1.11", "v1.12"], "unstable_features": {}})
+
+    app.add_routes([web.get("/_matrix/client/versions", versions)])
+    return app

@@ -1,0 +1,263 @@
+"""Typed configuration loaded from YAML.
+
+Every key is a field of a frozen dataclass below; loading checks types, required keys and
+unknown keys, and a problem is reported as a ConfigError naming the key (``database.engine:
+must be one of sqlite, postgres``), never as a traceback. Relative paths are resolved
+against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from homeserver.events.identifiers import is_valid_server_name
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8008
+
+
+@dataclass(frozen=True, slots=True)
+class FederationListenerConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8448
+    # Serve TLS from the files below; false for plain HTTP behind a TLS-terminating proxy.
+    tls: bool = True
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsListenerConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 9009
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersConfig:
+    client: ListenerConfig = field(default_factory=ListenerConfig)
+    federation: FederationListenerConfig = field(default_factory=FederationListenerConfig)
+    metrics: MetricsListenerConfig = field(default_factory=MetricsListenerConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    engine: str = "sqlite"
+    path: str = "homeserver.db"
+    dsn: str | None = None
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyServerConfig:
+    server_name: str
+    # key ID -> unpadded base64 ed25519 public key; when empty the notary's own keys are
+    # fetched directly from it.
+    verify_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OldVerifyKeyConfig:
+    key: str
+    expired_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    extra_ca_file: str | None = None
+    verify_tls: bool = True
+    hosts: dict[str, str] = field(default_factory=dict)
+    key_servers: list[KeyServerConfig] = field(default_factory=list)
+    connect_timeout: float = 10.0
+    request_timeout: float = 30.0
+    key_fetch_timeout: float = 10.0
+    max_connections: int = 100
+    max_connections_per_host: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server_name: str
+    signing_key_path: str
+    data_dir: str = "."
+    key_validity_period_ms: int = 24 * 3600 * 1000
+    old_verify_keys: dict[str, OldVerifyKeyConfig] = field(default_factory=dict)
+    listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+_PATH_KEYS = {
+    "signing_key_path",
+    "data_dir",
+    "listeners.federation.tls_certificate_path",
+    "listeners.federation.tls_private_key_path",
+    "database.path",
+    "federation.extra_ca_file",
+}
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _describe(tp: Any) -> str:
+    if tp in _TYPE_NAMES:
+        return _TYPE_NAMES[tp]
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        return "a mapping"
+    if origin is list:
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], key, base)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        if key in _PATH_KEYS:
+            return str((base / value).resolve()) if not Path(value).is_absolute() else value
+        return value
+    if origin is dict:
+        _, vtype = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+        return {str(k): _convert(v, vtype, f"{key}.{k}", base) for k, v in value.items()}
+    if origin is list:
+        (itype,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        return [_convert(v, itype, f"{key}[{i}]", base) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, base)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: Any, data: Any, prefix: str, base: Path) -> Any:
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(map(str, data)) - names):
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], key, base)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required key is missing")
+        elif key in _PATH_KEYS and isinstance(f.default, str):
+            kwargs[f.name] = str((base / f.default).resolve())
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    if not is_valid_server_name(config.server_name):
+        raise ConfigError(f"server_name: {config.server_name!r} is not a valid server name")
+    if config.database.engine not in ("sqlite", "postgres"):
+        raise ConfigError("database.engine: must be one of sqlite, postgres")
+    if config.database.engine == "postgres" and not config.database.dsn:
+        raise ConfigError("database.dsn: required when database.engine is postgres")
+    if config.database.pool_min_size < 1 or config.database.pool_max_size < config.database.pool_min_size:
+        raise ConfigError("database.pool_max_size: must be >= pool_min_size >= 1")
+    fed = config.listeners.federation
+    if fed.tls and not (fed.tls_certificate_path and fed.tls_private_key_path):
+        raise ConfigError(
+            "listeners.federation.tls_certificate_path: required (with tls_private_key_path) "
+            "when listeners.federation.tls is true"
+        )
+    for name, listener in (
+        ("listeners.client", config.listeners.client),
+        ("listeners.federation", fed),
+        ("listeners.metrics", config.listeners.metrics),
+    ):
+        if not 0 <= listener.port <= 65535:
+            raise ConfigError(f"{name}.port: must be between 0 and 65535")
+    if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("logging.level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if config.logging.format not in ("json", "text"):
+        raise ConfigError("logging.format: must be one of json, text")
+    for server in config.federation.hosts:
+        if not is_valid_server_name(server):
+            raise ConfigError(f"federation.hosts.{server}: not a valid server name")
+    for i, ks in enumerate(config.federation.key_servers):
+        if not is_valid_server_name(ks.server_name):
+            raise ConfigError(f"federation.key_servers[{i}].server_name: not a valid server name")
+    for key_name, value in (
+        ("federation.connect_timeout", config.federation.connect_timeout),
+        ("federation.request_timeout", config.federation.request_timeout),
+        ("federation.key_fetch_timeout", config.federation.key_fetch_timeout),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key_name}: must be positive")
+    if config.key_validity_period_ms <= 0:
+        raise ConfigError("key_validity_period_ms: must be positive")
+
+
+def parse_config(data: Any, base_dir: Path) -> Config:
+    """Build a Config from parsed YAML; raises ConfigError naming the offending key."""
+    config: Config = _build(Config, data, "", base_dir)
+    _validate(config)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate the YAML config file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+    return parse_config(data, p.resolve().parent)

@@ -1,0 +1,1 @@
+"""Server identity: signing keys, signed JSON, X-Matrix request auth, remote key cache."""

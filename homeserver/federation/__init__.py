@@ -1,0 +1,1 @@
+"""Federation: inbound transport, durable inbox, outbound sender, and the one HTTP client."""

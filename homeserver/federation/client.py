@@ -1,0 +1,240 @@
+"""The one outbound federation HTTP client of the server.
+
+One aiohttp ClientSession for the whole process with a global and a per-host connection
+limit, a connect and a total timeout on every request, TLS trusting the system store plus
+an optional extra CA file, and X-Matrix signing of every request. Every wait is bounded:
+a dead peer costs at most ``request_timeout`` and one pooled connection slot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from homeserver.config import FederationConfig
+from homeserver.crypto.keys import ServerSigningKey
+from homeserver.crypto.xmatrix import authorization_header
+
+WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
+WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+class FederationRequestError(Exception):
+    """An outbound federation request failed (transport error, timeout or non-2xx reply)."""
+
+    def __init__(
+        self, destination: str, message: str, status: int | None = None,
+        errcode: str | None = None, body: Any = None,
+    ) -> None:
+        super().__init__(f"{destination}: {message}")
+        self.destination = destination
+        self.status = status
+        self.errcode = errcode
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    base_url: str  # https://host:port
+    host_header: str
+    server_hostname: str | None  # for TLS SNI and certificate checks
+
+
+def split_server_name(name: str) -> tuple[str, int | None]:
+    """``host[:port]`` -> (host, port); IPv6 literals keep their brackets."""
+    if name.startswith("["):
+        end = name.index("]")
+        host, rest = name[: end + 1], name[end + 1 :]
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if ":" in name:
+        host, port = name.rsplit(":", 1)
+        return host, int(port)
+    return name, None
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def make_ssl_context(extra_ca_file: str | None, verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if extra_ca_file:
+        ctx.load_verify_locations(cafile=extra_ca_file)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class FederationClient:
+    def __init__(
+        self, server_name: str, signing_key: ServerSigningKey, config: FederationConfig
+    ) -> None:
+        self.server_name = server_name
+        self._key = signing_key
+        self._config = config
+        self._ssl = make_ssl_context(config.extra_ca_file, config.verify_tls)
+        self._session: aiohttp.ClientSession | None = None
+        self._well_known: dict[str, tuple[str | None, float]] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._config.max_connections,
+            limit_per_host=self._config.max_connections_per_host,
+            ssl=self._ssl,
+            enable_cleanup_closed=True,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self._config.request_timeout, connect=self._config.connect_timeout
+            ),
+            json_serialize=json.dumps,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("FederationClient used before start()")
+        return self._session
+
+    def open_connections(self) -> int:
+        connector = self._session.connector if self._session else None
+        if connector is None:
+            return 0
+        acquired = getattr(connector, "_acquired", ())
+        return len(acquired)
+
+    # ----------------------------------------------------------------- discovery
+
+    async def resolve(self, destination: str) -> Target:
+        """Server discovery: config override, IP literal or explicit port, well-known, 8448.
+
+        SRV records are not looked up (no DNS resolver library); see docs/federation.md.
+        """
+        override = self._config.hosts.get(destination)
+        if override:
+            return Target(override.rstrip("/"), destination, None)
+        host, port = split_server_name(destination)
+        if is_ip_literal(host) or port is not None:
+            return Target(f"https://{host}:{port or 8448}", destination, None)
+        delegated = await self._well_known_lookup(host)
+        if delegated:
+            dhost, dport = split_server_name(delegated)
+            return Target(f"https://{dhost}:{dport or 8448}", delegated, None)
+        return Target(f"https://{host}:8448", destination, None)
+
+    async def _well_known_lookup(self, host: str) -> str | None:
+        now = time.monotonic() * 1000
+        cached = self._well_known.get(host)
+        if cached and cached[1] > now:
+            return cached[0]
+        result: str | None = None
+        try:
+            async with self.session.get(
+                f"https://{host}/.well-known/matrix/server",
+                timeout=aiohttp.ClientTimeout(total=self._config.connect_timeout),
+                allow_redirects=True,
+                max_redirects=5,
+            ) as resp:
+                if resp.status == 200:
+                    body = json.loads(await resp.content.read(64 * 1024))
+                    if isinstance(body, dict) and isinstance(body.get("m.server"), str):
+                        result = body["m.server"]
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+            result = None
+        ttl = WELL_KNOWN_CACHE_MS if result else WELL_KNOWN_ERROR_CACHE_MS
+        self._well_known[host] = (result, now + ttl)
+        return result
+
+    # ----------------------------------------------------------------- requests
+
+    async def request(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        content: Any | None = None,
+        query: dict[str, str | list[str]] | None = None,
+        timeout: float | None = None,
+        signed: bool = True,
+    ) -> Any:
+        """Send a (signed) JSON request; return the parsed JSON reply or raise."""
+        uri = path
+        if query:
+            pairs = []
+            for k, v in query.items():
+                for item in v if isinstance(v, list) else [v]:
+                    pairs.append(f"{quote(k, safe='')}={quote(item, safe='')}")
+            uri = f"{path}?{'&'.join(pairs)}"
+        target = await self.resolve(destination)
+        headers = {"Host": target.host_header}
+        if signed:
+            headers["Authorization"] = authorization_header(
+                self._key, self.server_name, destination, method, uri, content
+            )
+        data = None
+        if content is not None:
+            data = json.dumps(content, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        req_timeout = aiohttp.ClientTimeout(
+            total=timeout or self._config.request_timeout,
+            connect=self._config.connect_timeout,
+        )
+        try:
+            async with self.session.request(
+                method, target.base_url + uri, data=data, headers=headers, timeout=req_timeout,
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                if len(raw) > MAX_RESPONSE_BYTES:
+                    raise FederationRequestError(destination, "response too large", resp.status)
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                if resp.status >= 300:
+                    errcode = body.get("errcode") if isinstance(body, dict) else None
+                    error = body.get("error") if isinstance(body, dict) else None
+                    raise FederationRequestError(
+                        destination,
+                        f"{method} {path} returned {resp.status} {errcode or ''} {error or ''}".strip(),
+                        resp.status,
+                        errcode,
+                        body,
+                    )
+                if body is None and raw:
+                    raise FederationRequestError(destination, "response is not JSON", resp.status)
+                return body
+        except TimeoutError:
+            raise FederationRequestError(destination, f"{method} {path} timed out") from None
+        except aiohttp.ClientError as e:
+            raise FederationRequestError(destination, f"{method} {path} failed: {e}") from None
+
+    async def get_json(self, destination: str, path: str, **kw: Any) -> Any:
+        return await self.request("GET", destination, path, **kw)
+
+    async def put_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
+        return await self.request("PUT", destination, path, content=content, **kw)
+
+    async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
+        return await self.request("POST", destination, path, content=content, **kw)

@@ -1,0 +1,1 @@
+"""Storage: one async database interface, two engines (SQLite, PostgreSQL), plain SQL."""

@@ -1,0 +1,74 @@
+"""Real homeservers for integration tests: in-process, on loopback, with real TLS and keys."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from homeserver.config import Config, parse_config
+from homeserver.crypto.keys import write_new_key_file
+from homeserver.crypto.tls import issue_certificate
+from homeserver.server import RunningServer, start_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_config(
+    directory: Path,
+    db_settings: dict[str, str],
+    ca: tuple[Path, Path],
+    *,
+    fed_port: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    directory.mkdir(parents=True, exist_ok=True)
+    fed_port = fed_port or free_port()
+    server_name = f"localhost:{fed_port}"
+    key_path = directory / "signing.key"
+    if not key_path.exists():
+        write_new_key_file(key_path)
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    if not cert.exists():
+        issue_certificate(cert, key, ["localhost", "127.0.0.1"], ca[0], ca[1])
+    data: dict[str, Any] = {
+        "server_name": server_name,
+        "signing_key_path": str(key_path),
+        "data_dir": str(directory),
+        "listeners": {
+            "client": {"bind": "127.0.0.1", "port": 0},
+            "federation": {
+                "bind": "127.0.0.1",
+                "port": fed_port,
+                "tls": True,
+                "tls_certificate_path": str(cert),
+                "tls_private_key_path": str(key),
+            },
+            "metrics": {"enabled": False},
+        },
+        "database": dict(db_settings),
+        "federation": {"extra_ca_file": str(ca[0]), "request_timeout": 10.0,
+                       "key_fetch_timeout": 5.0},
+        "logging": {"level": "WARNING"},
+    }
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k].update(v)
+        else:
+            data[k] = v
+    return parse_config(data, directory)
+
+
+@asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[RunningServer]:
+    server = await start_server(config)
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,49 @@
+"""Canonical JSON against the worked examples of the spec's appendix (appendices.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from homeserver.events.canonical import canonical_json, check_canonical_values
+from homeserver.events.errors import EventFormatError
+
+SPEC = Path(__file__).resolve().parents[3] / "shared/reference/matrix-spec/content/appendices.md"
+
+
+def _examples() -> list[tuple[str, str]]:
+    text = SPEC.read_text(encoding="utf-8")
+    start = text.index("### Canonical JSON")
+    section = text[start : text.index("\n### ", start + 10)]
+    section = section[section.index("#### Examples") :]
+    blocks = re.findall(r"```json\n(.*?)```", section, flags=re.S)
+    assert len(blocks) % 2 == 0 and blocks, "expected input/output pairs"
+    return [(blocks[i], blocks[i + 1].strip()) for i in range(0, len(blocks), 2)]
+
+
+EXAMPLES = _examples()
+
+
+def test_spec_has_examples() -> None:
+    assert len(EXAMPLES) >= 7
+
+
+@pytest.mark.parametrize(("given", "expected"), EXAMPLES)
+def test_appendix_example(given: str, expected: str) -> None:
+    assert canonical_json(json.loads(given)).decode("utf-8") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": 1.5}, {"a": [1, 2.0]}, {"a": 2**53}, {"a": -(2**53)}],
+)
+def test_floats_and_out_of_range_integers_refused(value: object) -> None:
+    with pytest.raises(EventFormatError):
+        check_canonical_values(value)
+
+
+def test_integer_range_edges_allowed() -> None:
+    check_canonical_values({"max": 2**53 - 1, "min": -(2**53) + 1, "nested": [{"ok": True}]})
