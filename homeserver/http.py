@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.errors import MatrixError
+from homeserver.events.canonical import loads
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,10 @@ async def read_body(request: web.Request, max_bytes: int = DEFAULT_MAX_BODY) -> 
     return data
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json(data: bytes) -> Any:
     """Parse a JSON body; M_NOT_JSON when it is not JSON at all."""
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        return loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from canonicaljson import encode_canonical_json
@@ -14,23 +15,27 @@ MIN_INT = -(2**53) + 1
 MAX_INT = 2**53 - 1
 
 
-def _integral_floats_to_int(value: Any) -> Any:
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else value
-    if isinstance(value, dict):
-        return {k: _integral_floats_to_int(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_floats_to_int(v) for v in value]
-    return value
-
-
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON encoding of ``value`` (sorted keys, no spaces, UTF-8).
 
-    Numbers with an integral value are written as integers (``1e10`` -> ``10000000000``),
-    as the appendix's examples require.
+    Numbers with an integral value must be integers (``1e10`` -> ``10000000000``): values
+    parsed with ``loads`` already are, so no pass over the value is needed here.
     """
-    return encode_canonical_json(_integral_floats_to_int(value))
+    return encode_canonical_json(value)
+
+
+def _parse_number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse JSON as Matrix needs it: integral numbers become ints, NaN/Infinity refused."""
+    return json.loads(data, parse_float=_parse_number, parse_constant=_reject_constant)
 
 
 def check_canonical_values(value: Any, path: str = "") -> None:

@@ -21,6 +21,7 @@ import aiohttp
 from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
+from homeserver.events.canonical import loads
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
@@ -209,7 +210,7 @@ class FederationClient:
                 if len(raw) > MAX_RESPONSE_BYTES:
                     raise FederationRequestError(destination, "response too large", resp.status)
                 try:
-                    body = json.loads(raw) if raw else None
+                    body = loads(raw) if raw else None
                 except ValueError:
                     body = None
                 if resp.status >= 300:

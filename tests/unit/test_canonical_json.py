@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
-from homeserver.events.canonical import canonical_json, check_canonical_values
+from homeserver.events.canonical import canonical_json, check_canonical_values, loads
 from homeserver.events.errors import EventFormatError
 
 SPEC = Path(__file__).resolve().parents[3] / "shared/reference/matrix-spec/content/appendices.md"
@@ -33,7 +32,7 @@ def test_spec_has_examples() -> None:
 
 @pytest.mark.parametrize(("given", "expected"), EXAMPLES)
 def test_appendix_example(given: str, expected: str) -> None:
-    assert canonical_json(json.loads(given)).decode("utf-8") == expected
+    assert canonical_json(loads(given)).decode("utf-8") == expected
 
 
 @pytest.mark.parametrize(
