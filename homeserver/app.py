@@ -17,9 +17,16 @@ from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.federation.auth import make_auth_middleware
 from homeserver.federation.client import FederationClient
+from homeserver.federation.inbound import InboundProcessor
+from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
+from homeserver.federation.sender import OutboundSender
+from homeserver.federation.transport import FederationTransport
 from homeserver.http import error_middleware, json_response
+from homeserver.metrics import Metrics
+from homeserver.rooms.persist import EventPersister
 from homeserver.storage.database import Database, open_database
+from homeserver.storage.events import EventStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
 
@@ -33,6 +40,12 @@ class Services:
     db: Database
     federation_client: FederationClient
     keyring: KeyRing
+    metrics: Metrics
+    event_store: EventStore
+    persister: EventPersister
+    sender: OutboundSender
+    inbox: InboxStore
+    inbound_worker: InboundWorker
 
     @classmethod
     async def open(cls, config: Config, signing_key: ServerSigningKey | None = None) -> Services:
@@ -50,7 +63,8 @@ class Services:
         except BaseException:
             await db.close()
             raise
-        client = FederationClient(config.server_name, key, config.federation)
+        metrics = Metrics()
+        client = FederationClient(config.server_name, key, config.federation, metrics)
         await client.start()
         keyring = KeyRing(
             config.server_name,
@@ -60,9 +74,36 @@ class Services:
             config.federation.key_servers,
             config.federation.key_fetch_timeout,
         )
-        return cls(config, key, db, client, keyring)
+        event_store = EventStore(db)
+        persister = EventPersister(event_store)
+        sender = OutboundSender(config.server_name, db, client, config.outbound, metrics)
+        try:
+            await sender.start()
+        except BaseException:
+            await sender.stop()
+            await client.close()
+            await db.close()
+            raise
+        inbox = InboxStore(db)
+        processor = InboundProcessor(
+            config.inbound, db, event_store, persister, keyring, client, metrics
+        )
+        worker = InboundWorker(inbox, processor, config.inbound, metrics)
+        try:
+            await worker.start()  # drains what a previous run left in the inbox
+        except BaseException:
+            await worker.stop()
+            await sender.stop()
+            await client.close()
+            await db.close()
+            raise
+        return cls(
+            config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker
+        )
 
     async def close(self) -> None:
+        await self.inbound_worker.stop()
+        await self.sender.stop()
         await self.federation_client.close()
         await self.db.close()
 
@@ -71,11 +112,22 @@ def create_federation_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             error_middleware,
-            make_auth_middleware(services.config.server_name, services.keyring),
+            make_auth_middleware(
+                services.config.server_name, services.keyring, services.sender.notify_destination_up
+            ),
         ],
         client_max_size=8 * 1024 * 1024,
     )
     app.add_routes(key_routes(services.config, services.signing_key))
+    transport = FederationTransport(
+        services.config.server_name,
+        services.config.inbound,
+        services.event_store,
+        services.inbox,
+        services.inbound_worker,
+        services.metrics,
+    )
+    app.add_routes(transport.routes())
     return app
 
 

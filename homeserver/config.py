@@ -92,6 +92,50 @@ class FederationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundConfig:
+    # Drop PDUs whose sender's server is not the transaction's origin (except m.room.member
+    # join and invite events), as Synapse 0.18.7 did. Off: process them like any other.
+    strict_origin: bool = False
+    max_transaction_bytes: int = 4 * 1024 * 1024
+    worker_batch_size: int = 100
+    room_concurrency: int = 8
+    max_queued_per_room: int = 50
+    missing_events_limit: int = 50
+    missing_events_max_depth: int = 100
+    missing_events_timeout: float = 20.0
+    missing_auth_events_limit: int = 100
+    fetch_backoff_seconds: float = 60.0
+    transaction_retention_seconds: int = 24 * 3600
+    duplicate_warning_threshold: int = 100
+    cache_size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    # Backoff of a failing destination: the first retry waits backoff_initial_seconds,
+    # each further failure multiplies the wait by backoff_factor up to
+    # backoff_ceiling_seconds; each wait is randomised by +/- backoff_jitter (a fraction).
+    backoff_initial_seconds: float = 10.0
+    backoff_factor: float = 2.0
+    backoff_ceiling_seconds: float = 3600.0
+    backoff_jitter: float = 0.2
+    # A destination failing for longer than this stops being tried; its queue shrinks to
+    # our newest event of each room until it contacts us again.
+    dead_after_days: float = 7.0
+    # Queued PDUs past which a recovering destination is caught up (newest event of each
+    # room, the receiver fetches the gap) instead of replayed.
+    catch_up_threshold: int = 100
+    max_pdus_per_transaction: int = 50
+    max_edus_per_transaction: int = 100
+    # EDUs kept per destination while it is unreachable (oldest dropped past this).
+    max_queued_edus: int = 1000
+    # Total time allowed for one PUT /send (connect timeout from federation.connect_timeout).
+    send_timeout: float = 30.0
+    # Seconds between sweeps that pick up queues whose wake-up was missed.
+    sweep_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "json"
@@ -107,6 +151,8 @@ class Config:
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -236,6 +282,44 @@ def _validate(config: Config) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"{key_name}: must be positive")
+    inbound = config.inbound
+    for key_name, number in (
+        ("inbound.max_transaction_bytes", inbound.max_transaction_bytes),
+        ("inbound.worker_batch_size", inbound.worker_batch_size),
+        ("inbound.room_concurrency", inbound.room_concurrency),
+        ("inbound.max_queued_per_room", inbound.max_queued_per_room),
+        ("inbound.missing_events_limit", inbound.missing_events_limit),
+        ("inbound.missing_events_max_depth", inbound.missing_events_max_depth),
+        ("inbound.missing_events_timeout", inbound.missing_events_timeout),
+        ("inbound.missing_auth_events_limit", inbound.missing_auth_events_limit),
+        ("inbound.transaction_retention_seconds", inbound.transaction_retention_seconds),
+        ("inbound.duplicate_warning_threshold", inbound.duplicate_warning_threshold),
+        ("inbound.cache_size", inbound.cache_size),
+    ):
+        if number <= 0:
+            raise ConfigError(f"{key_name}: must be positive")
+    if inbound.fetch_backoff_seconds < 0:
+        raise ConfigError("inbound.fetch_backoff_seconds: must not be negative")
+    out = config.outbound
+    for key_name, number in (
+        ("outbound.backoff_initial_seconds", out.backoff_initial_seconds),
+        ("outbound.backoff_ceiling_seconds", out.backoff_ceiling_seconds),
+        ("outbound.dead_after_days", out.dead_after_days),
+        ("outbound.catch_up_threshold", out.catch_up_threshold),
+        ("outbound.max_queued_edus", out.max_queued_edus),
+        ("outbound.send_timeout", out.send_timeout),
+        ("outbound.sweep_interval", out.sweep_interval),
+    ):
+        if number <= 0:
+            raise ConfigError(f"{key_name}: must be positive")
+    if out.backoff_factor < 1:
+        raise ConfigError("outbound.backoff_factor: must be at least 1")
+    if not 0 <= out.backoff_jitter < 1:
+        raise ConfigError("outbound.backoff_jitter: must be between 0 and 1")
+    if not 1 <= out.max_pdus_per_transaction <= 50:
+        raise ConfigError("outbound.max_pdus_per_transaction: must be between 1 and 50 (spec limit)")
+    if not 1 <= out.max_edus_per_transaction <= 100:
+        raise ConfigError("outbound.max_edus_per_transaction: must be between 1 and 100 (spec limit)")
     if config.key_validity_period_ms <= 0:
         raise ConfigError("key_validity_period_ms: must be positive")
 

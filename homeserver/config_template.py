@@ -82,6 +82,65 @@ federation:
   max_connections: 100
   max_connections_per_host: 4
 
+inbound:
+  # Inbound federation: /send answers from a durable inbox; a worker processes it.
+  # Drop PDUs whose sender's server is not the transaction's origin (except m.room.member
+  # join and invite events), as Synapse 0.18.7 did. Off by default: current Synapse sends
+  # other servers' events when it catches a server up, and dropping them breaks rooms.
+  strict_origin: false
+  # Largest /send body accepted, in bytes (the spec allows 50 PDUs and 100 EDUs).
+  max_transaction_bytes: 4194304
+  # Inbox entries the worker holds in memory at most (claimed in batches, fairly per origin).
+  worker_batch_size: 100
+  # Rooms processed at the same time (events of one room are processed one at a time).
+  room_concurrency: 8
+  # Entries of one room held in memory at most, so one stuck room cannot fill the batch.
+  max_queued_per_room: 50
+  # Filling a gap in a room with POST /get_missing_events: at most this many events, this
+  # many depth levels below the event, and this many seconds; then /state_ids is used.
+  missing_events_limit: 50
+  missing_events_max_depth: 100
+  missing_events_timeout: 20.0
+  # Missing auth events fetched for one event at most.
+  missing_auth_events_limit: 100
+  # After a fetch from a server failed, do not ask it again for this many seconds.
+  fetch_backoff_seconds: 60.0
+  # How long (origin, txnId) pairs are remembered for de-duplication, in seconds.
+  transaction_retention_seconds: 86400
+  # Warn (rate-limited, naming the peer) each time a peer has sent this many more PDUs
+  # we already held.
+  duplicate_warning_threshold: 100
+  # Entries in each in-memory cache of the worker (events, states, room versions).
+  cache_size: 10000
+
+outbound:
+  # Outbound federation: only events created here leave, through one durable queue per
+  # destination (one transaction in flight each, 50 PDUs and 100 EDUs at most).
+  # Backoff of a failing destination: the first retry waits backoff_initial_seconds, each
+  # further failure multiplies the wait by backoff_factor, up to backoff_ceiling_seconds;
+  # every wait is randomised by +/- backoff_jitter (a fraction). A destination that sends
+  # us any authenticated request is retried at once.
+  backoff_initial_seconds: 10.0
+  backoff_factor: 2.0
+  backoff_ceiling_seconds: 3600.0
+  backoff_jitter: 0.2
+  # A destination failing for longer than this many days stops being tried, and its queue
+  # shrinks to our newest event of each room, until it contacts us again.
+  dead_after_days: 7.0
+  # When more PDUs than this are queued for a destination that is failing, it is caught
+  # up instead of replayed: only our newest event of each room is sent, and the receiver
+  # fetches the gap with /get_missing_events.
+  catch_up_threshold: 100
+  # Size of one transaction (the spec allows at most 50 PDUs and 100 EDUs).
+  max_pdus_per_transaction: 50
+  max_edus_per_transaction: 100
+  # EDUs (typing, receipts, presence) kept per unreachable destination; oldest dropped.
+  max_queued_edus: 1000
+  # Seconds allowed for one PUT /send (connecting is bounded by federation.connect_timeout).
+  send_timeout: 30.0
+  # Seconds between sweeps that pick up queues whose wake-up was missed.
+  sweep_interval: 30.0
+
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.
   level: "INFO"

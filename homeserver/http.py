@@ -62,10 +62,15 @@ async def read_body(request: web.Request, max_bytes: int = DEFAULT_MAX_BODY) -> 
     """Read the request body, refusing more than ``max_bytes`` with M_TOO_LARGE."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise MatrixError(413, "M_TOO_LARGE", f"Request body exceeds {max_bytes} bytes")
-    data = await request.content.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise MatrixError(413, "M_TOO_LARGE", f"Request body exceeds {max_bytes} bytes")
-    return data
+    # read(n) returns what has arrived so far (at most n), not n bytes: loop to the end.
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(max_bytes + 1 - total):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise MatrixError(413, "M_TOO_LARGE", f"Request body exceeds {max_bytes} bytes")
+    return b"".join(chunks)
 
 
 def parse_json(data: bytes) -> Any:

@@ -32,6 +32,27 @@ class Metrics:
             "hs_events_processed", "Inbound events processed, per outcome", ["outcome"], registry=r
         )
         self.inbox_depth = Gauge("hs_inbox_depth", "Inbox entries waiting", registry=r)
+        # ---- inbound federation: door and worker (federation/transport.py, inbox.py, inbound.py)
+        self.inbound_repeated_transactions = Counter(
+            "hs_inbound_repeated_transactions", "Transactions received again (same origin and txnId)",
+            ["origin"], registry=r,
+        )
+        self.inbound_edus_dropped = Counter(
+            "hs_inbound_edus_dropped", "EDUs dropped at the door, per reason", ["origin", "reason"],
+            registry=r,
+        )
+        self.inbound_event_seconds = Histogram(
+            "hs_inbound_event_seconds", "Worker time per inbound PDU", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0),
+        )
+        self.missing_events_fetches = Counter(
+            "hs_missing_events_fetches", "Fetches for missing events, per kind and result",
+            ["kind", "result"], registry=r,
+        )
+        self.missing_events_seconds = Histogram(
+            "hs_missing_events_seconds", "Time spent filling a gap (get_missing_events, state_ids)",
+            registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0),
+        )
         # ---- outbound federation
         self.outbound_pdus = Counter(
             "hs_outbound_pdus", "PDUs sent, per destination", ["destination"], registry=r
@@ -43,4 +64,35 @@ class Metrics:
         self.refused_relays = Counter(
             "hs_outbound_refused_relays", "Events refused by the sender because another server created them",
             registry=r,
+        )
+        # (federation/sender.py, federation/client.py)
+        self.outbound_edus = Counter(
+            "hs_outbound_edus", "EDUs sent, per destination", ["destination"], registry=r
+        )
+        self.refused_edus = Counter(
+            "hs_outbound_refused_edus", "EDUs refused by the sender (not about our own users)", registry=r
+        )
+        self.outbound_queue_depth = Gauge(
+            "hs_outbound_queue_depth", "Queued outbound PDUs and EDUs (as last seen by the sender)",
+            ["kind"], registry=r,
+        )
+        self.outbound_destinations_backoff = Gauge(
+            "hs_outbound_destinations_in_backoff", "Destinations waiting to be retried", registry=r
+        )
+        self.outbound_destinations_dead = Gauge(
+            "hs_outbound_destinations_dead", "Destinations past the dead horizon (not tried)", registry=r
+        )
+        self.outbound_catch_ups = Counter(
+            "hs_outbound_catch_ups", "Queues collapsed to the newest event of each room", ["reason"], registry=r
+        )
+        self.outbound_request_seconds = Histogram(
+            "hs_outbound_request_seconds", "Outbound federation request latency, per method", ["method"],
+            registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.outbound_request_failures = Counter(
+            "hs_outbound_request_failures", "Outbound federation requests failed, per reason",
+            ["reason"], registry=r,
+        )
+        self.outbound_open_connections = Gauge(
+            "hs_outbound_open_connections", "Sockets held by the outbound HTTP client", registry=r
         )

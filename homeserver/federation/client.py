@@ -17,11 +17,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.events.canonical import loads
+from homeserver.metrics import Metrics
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
@@ -81,7 +83,11 @@ def make_ssl_context(extra_ca_file: str | None, verify: bool) -> ssl.SSLContext:
 
 class FederationClient:
     def __init__(
-        self, server_name: str, signing_key: ServerSigningKey, config: FederationConfig
+        self,
+        server_name: str,
+        signing_key: ServerSigningKey,
+        config: FederationConfig,
+        metrics: Metrics | None = None,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
@@ -89,6 +95,9 @@ class FederationClient:
         self._ssl = make_ssl_context(config.extra_ca_file, config.verify_tls)
         self._session: aiohttp.ClientSession | None = None
         self._well_known: dict[str, tuple[str | None, float]] = {}
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.outbound_open_connections.set_function(self.open_connections)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -117,12 +126,36 @@ class FederationClient:
             raise RuntimeError("FederationClient used before start()")
         return self._session
 
-    def open_connections(self) -> int:
+    def open_connections(self, destination_base_url: str | None = None) -> int:
+        """Sockets the pool holds: in use, being opened, and idle (keep-alive); all hosts,
+        or only those of one base URL (``Target.base_url``)."""
         connector = self._session.connector if self._session else None
-        if connector is None:
+        if connector is None or connector.closed:
             return 0
-        acquired = getattr(connector, "_acquired", ())
-        return len(acquired)
+        # aiohttp keeps no public count; read the pool (acquired includes connects in progress).
+        idle: dict[Any, Any] = getattr(connector, "_conns", {})
+        if destination_base_url is None:
+            acquired = getattr(connector, "_acquired", ())
+            return len(acquired) + sum(len(c) for c in idle.values())
+        url = URL(destination_base_url)
+        per_host: dict[Any, Any] = getattr(connector, "_acquired_per_host", {})
+        total = 0
+        for key, conns in [*per_host.items(), *idle.items()]:
+            if getattr(key, "host", None) == url.host and getattr(key, "port", None) == url.port:
+                total += len(conns)
+        return total
+
+    def _close_idle(self, target: Target) -> None:
+        """Close pooled keep-alive connections to a host that just failed: they are likely
+        dead too, and must not hold a socket while the destination backs off."""
+        connector = self._session.connector if self._session else None
+        idle: dict[Any, Any] | None = getattr(connector, "_conns", None)
+        if not idle:
+            return
+        url = URL(target.base_url)
+        for key in [k for k in idle if getattr(k, "host", None) == url.host and getattr(k, "port", None) == url.port]:
+            for proto, _ in idle.pop(key, ()):
+                proto.close()
 
     # ----------------------------------------------------------------- discovery
 
@@ -201,6 +234,25 @@ class FederationClient:
             total=timeout or self._config.request_timeout,
             connect=self._config.connect_timeout,
         )
+        started = time.monotonic()
+        try:
+            return await self._send(method, destination, path, target, uri, data, headers, req_timeout)
+        except FederationRequestError as e:
+            if e.status is None:
+                self._close_idle(target)
+            if self._metrics is not None:
+                reason = "timeout" if "timed out" in str(e) else (
+                    f"http_{e.status // 100}xx" if e.status else "transport")
+                self._metrics.outbound_request_failures.labels(reason).inc()
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.outbound_request_seconds.labels(method).observe(time.monotonic() - started)
+
+    async def _send(
+        self, method: str, destination: str, path: str, target: Target, uri: str,
+        data: bytes | None, headers: dict[str, str], req_timeout: aiohttp.ClientTimeout,
+    ) -> Any:
         try:
             async with self.session.request(
                 method, target.base_url + uri, data=data, headers=headers, timeout=req_timeout,

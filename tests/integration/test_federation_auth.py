@@ -146,7 +146,7 @@ async def test_concurrent_key_fetches_coalesce(pair: tuple[RunningServer, Runnin
         return 200
 
     statuses = await asyncio.gather(*(probe() for _ in range(20)))
-    assert statuses == [404] * 20
+    assert statuses == [404] * 20, statuses
     assert b.services.keyring.fetches == 1
 
 

@@ -1,0 +1,529 @@
+"""The per-PDU pipeline of the inbound worker, and the handling of EDUs.
+
+Each PDU goes through the spec's "Checks performed on receipt of a PDU" in order:
+1. format (else dropped), 2. signatures, keys through the key cache (else dropped),
+3. content hash (else redacted), 4. auth against its auth events (else rejected),
+5. auth against the state before it (else rejected), 6. auth against the current state
+(else soft-failed). Rejected and soft-failed events are stored as such and never enter
+the current state. Missing prev_events are fetched with a bounded ``get_missing_events``
+(count, depth, time); when the gap remains the state at the missing event is fetched
+(``/state_ids``, then ``/event/{id}`` for what we lack) instead of walking further.
+Missing auth events come from ``/event_auth`` (or ``/event/{id}``), bounded. A peer whose
+fetch failed is not asked again for ``fetch_backoff_seconds``: a dead peer costs at most
+one budget, not one per event. An event already stored is skipped with one look-up.
+
+EDUs: ``m.typing`` and ``m.receipt`` are written to their tables for the client API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from homeserver.config import InboundConfig
+from homeserver.crypto.keyring import KeyNotFoundError, KeyRing
+from homeserver.events.auth import (
+    auth_types_for_event,
+    check_auth_events_shape,
+    check_auth_rules,
+)
+from homeserver.events.errors import AuthError, EventError, EventFormatError, SignatureError
+from homeserver.events.event import Event, StateKey
+from homeserver.events.format import check_pdu_format
+from homeserver.events.hashes import compute_event_id
+from homeserver.events.signing import (
+    HashCheck,
+    check_content_hash,
+    required_signers,
+    verify_event_signatures,
+)
+from homeserver.events.versions import RoomVersion, get_room_version
+from homeserver.federation.client import FederationClient, FederationRequestError
+from homeserver.federation.inbox import InboxEntry
+from homeserver.metrics import Metrics
+from homeserver.rooms.persist import EventPersister, PersistError
+from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore, Outcome
+
+log = logging.getLogger(__name__)
+
+FED = "/_matrix/federation/v1"
+TYPING_TIMEOUT_MS = 30_000
+STATE_FETCH_CONCURRENCY = 8
+MAX_STATE_EVENTS = 20_000
+
+CREATE: StateKey = ("m.room.create", "")
+
+
+def _depth_of(pdu: Mapping[str, Any]) -> int:
+    depth = pdu.get("depth")
+    return depth if isinstance(depth, int) else 0
+
+
+class Dropped(Exception):
+    """The PDU fails the format or signature checks, or cannot be placed: not stored."""
+
+
+class _Budget:
+    """The time left for filling one gap."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+class InboundProcessor:
+    """Processes one inbox entry at a time per room (the worker guarantees the ordering)."""
+
+    def __init__(
+        self,
+        config: InboundConfig,
+        db: Database,
+        store: EventStore,
+        persister: EventPersister,
+        keyring: KeyRing,
+        client: FederationClient,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._db = db
+        self._store = store
+        self._persister = persister
+        self._keyring = keyring
+        self._client = client
+        self._metrics = metrics
+        # event ID -> (event, outcome): auth events are read for every event of a room.
+        self._events: OrderedDict[str, tuple[Event, Outcome]] = OrderedDict()
+        self._backoff: dict[str, float] = {}
+        # event ID -> state after it, for events this worker persisted (shared maps: a
+        # message's state after is its state before, the same object).
+        self._state_after: OrderedDict[str, Mapping[StateKey, str]] = OrderedDict()
+
+    # ------------------------------------------------------------------ entry point
+
+    async def __call__(self, entry: InboxEntry) -> None:
+        if entry.kind == "edu":
+            await self.handle_edu(entry.origin, entry.body)
+            return
+        assert entry.room_version is not None
+        version = get_room_version(entry.room_version)
+        try:
+            outcome = await self.handle_pdu(entry.origin, entry.body, version, entry.event_id)
+        except Dropped as e:
+            self._metrics.events_processed.labels("dropped").inc()
+            log.info("inbound event dropped", extra={"origin": entry.origin, "event_id": entry.event_id,
+                                                     "reason": str(e)})
+            return
+        self._metrics.events_processed.labels(outcome or "duplicate").inc()
+
+    async def handle_pdu(
+        self, origin: str, pdu: dict[str, Any], version: RoomVersion, event_id: str | None = None,
+        *, budget: _Budget | None = None,
+    ) -> str | None:
+        """Run the checks and persist; return the outcome's name, or None for a duplicate."""
+        event_id = event_id or compute_event_id(pdu, version)
+        if event_id in self._events or await self._store.have_events([event_id]):
+            return None
+        event = await self.check_event(pdu, version, event_id)
+        return await self._process(origin, event, budget)
+
+    # ------------------------------------------------------------------ steps 1-3
+
+    async def check_event(self, pdu: dict[str, Any], version: RoomVersion, event_id: str) -> Event:
+        # 1. Format, else dropped.
+        try:
+            check_pdu_format(pdu, version)
+        except EventFormatError as e:
+            raise Dropped(f"format: {e}") from None
+        # 2. Signatures of every required signer, else dropped.
+        keys: dict[str, dict[str, Any]] = {}
+        sigs = pdu["signatures"]
+        for server in required_signers(pdu):
+            for key_id in sigs.get(server) or {}:
+                if not key_id.startswith("ed25519:"):
+                    continue
+                try:
+                    key = await self._keyring.get_verify_key(
+                        server, key_id, valid_at_ms=pdu["origin_server_ts"]
+                    )
+                except KeyNotFoundError:
+                    continue
+                keys.setdefault(server, {})[key_id] = key
+        try:
+            verify_event_signatures(pdu, version, keys)
+        except SignatureError as e:
+            raise Dropped(f"signature: {e}") from None
+        # 3. Content hash, else the event is used redacted.
+        check, used = check_content_hash(pdu, version)
+        event = Event.from_pdu(used, version, event_id=event_id)
+        if check is HashCheck.MISMATCH:
+            event = dataclasses.replace(event, redacted_on_receipt=True)
+        return event
+
+    # ------------------------------------------------------------------ steps 4-6
+
+    async def _process(self, origin: str, event: Event, budget: _Budget | None) -> str:
+        # Network work first, without the room lock: missing auth events, missing prevs.
+        await self._ensure_auth_events(origin, event)
+        prev_states = await self._prev_states(origin, event, budget)
+        async with self._persister.room_lock(event.room_id):
+            outcome, reason, state_before = await self._decide(event, prev_states)
+            await self._persister.persist_event(event, outcome, state_before, rejection_reason=reason)
+        self._remember(event, outcome)
+        after: Mapping[StateKey, str] = state_before
+        if event.is_state and outcome is not Outcome.REJECTED:
+            after = {**state_before, event.state_tuple: event.event_id}
+        self._state_after[event.event_id] = after
+        while len(self._state_after) > self._config.cache_size:
+            self._state_after.popitem(last=False)
+        if outcome is not Outcome.ACCEPTED:
+            log.info("inbound event not accepted", extra={
+                "origin": origin, "event_id": event.event_id, "outcome": outcome.value, "reason": reason})
+        return outcome.value
+
+    async def _decide(
+        self, event: Event, prev_states: list[Mapping[StateKey, str]] | None
+    ) -> tuple[Outcome, str | None, dict[StateKey, str]]:
+        version = event.room_version
+        if event.type == "m.room.create" and event.state_key == "":
+            try:
+                check_auth_rules(event, {})
+            except AuthError as e:
+                return Outcome.REJECTED, str(e), {}
+            return Outcome.ACCEPTED, None, {}
+        # The state before the event: from its prevs' stored states, or the fetched ones.
+        try:
+            cached = [self._state_after.get(p) for p in event.prev_events]
+            if prev_states is None and len(cached) == 1 and cached[0] is not None:
+                state_before = dict(cached[0])  # the linear case: no look-up
+            elif prev_states is None:
+                state_before = await self._persister.compute_state_before(version, event.prev_events)
+            else:
+                state_before = await self._persister.resolve(version, prev_states)
+        except PersistError as e:
+            raise Dropped(f"no state before the event: {e}") from None
+        # 4. Auth against the event's own auth events, else rejected.
+        auth = await self._get_events(event.auth_events)
+        missing = [a for a in event.auth_events if a not in auth]
+        if missing:
+            return Outcome.REJECTED, f"auth events not found: {missing[:3]}", state_before
+        try:
+            auth_events = [auth[a][0] for a in event.auth_events]
+            check_auth_events_shape(event, auth_events)
+            for a in event.auth_events:
+                if auth[a][1] is Outcome.REJECTED:
+                    raise AuthError("2.3", f"auth event {a} was rejected")
+            auth_state = {e.state_tuple: e for e in auth_events}
+            await self._add_create(event, auth_state)
+            check_auth_rules(event, auth_state)
+        except AuthError as e:
+            return Outcome.REJECTED, str(e), state_before
+        # 5. Auth against the state before the event, else rejected.
+        try:
+            check_auth_rules(event, await self._auth_state(event, state_before))
+        except AuthError as e:
+            return Outcome.REJECTED, str(e), state_before
+        # 6. Auth against the current state, else soft-failed. When the event's prevs are
+        # the room's forward extremities, the current state is the state before it.
+        extremities = await self._store.get_forward_extremities(event.room_id)
+        if set(extremities) != set(event.prev_events):
+            current = await self._store.get_current_state_ids(event.room_id)
+            try:
+                check_auth_rules(event, await self._auth_state(event, current))
+            except AuthError as e:
+                return Outcome.SOFT_FAILED, str(e), state_before
+        return Outcome.ACCEPTED, None, state_before
+
+    async def _auth_state(self, event: Event, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
+        wanted = auth_types_for_event(event) | {CREATE}
+        ids = {k: state[k] for k in wanted if k in state}
+        found = await self._get_events(ids.values())
+        return {k: found[i][0] for k, i in ids.items() if i in found}
+
+    async def _add_create(self, event: Event, auth_state: dict[StateKey, Event]) -> None:
+        """Room v12 events do not cite the create event: its ID is the room ID."""
+        if CREATE in auth_state or not event.room_version.room_id_is_create_hash:
+            return
+        found = await self._get_events(["$" + event.room_id[1:]])
+        for ev, _ in found.values():
+            auth_state[CREATE] = ev
+
+    # ------------------------------------------------------------------ event cache
+
+    def _remember(self, event: Event, outcome: Outcome) -> None:
+        self._events[event.event_id] = (event, outcome)
+        self._events.move_to_end(event.event_id)
+        while len(self._events) > self._config.cache_size:
+            self._events.popitem(last=False)
+
+    async def _get_events(self, event_ids: Iterable[str]) -> dict[str, tuple[Event, Outcome]]:
+        out: dict[str, tuple[Event, Outcome]] = {}
+        wanted: list[str] = []
+        for event_id in event_ids:
+            hit = self._events.get(event_id)
+            if hit is not None:
+                out[event_id] = hit
+            else:
+                wanted.append(event_id)
+        if wanted:
+            for event_id, stored in (await self._store.get_events(wanted)).items():
+                out[event_id] = (stored.event, stored.outcome)
+                if stored.outcome is not Outcome.OUTLIER:
+                    self._remember(stored.event, stored.outcome)
+        return out
+
+    # ------------------------------------------------------------------ fetching
+
+    def _backing_off(self, server: str) -> bool:
+        until = self._backoff.get(server)
+        return until is not None and until > time.monotonic()
+
+    def _failed(self, server: str, kind: str, error: Exception) -> None:
+        self._backoff[server] = time.monotonic() + self._config.fetch_backoff_seconds
+        self._metrics.missing_events_fetches.labels(kind, "failed").inc()
+        log.info("fetch from a peer failed", extra={"server": server, "kind": kind, "error": str(error)})
+
+    async def _fetch_json(self, server: str, kind: str, method: str, path: str, budget: _Budget,
+                          **kw: Any) -> Any | None:
+        if self._backing_off(server) or budget.left() <= 0:
+            return None
+        try:
+            async with asyncio.timeout(budget.left()):
+                reply = await self._client.request(method, server, path, timeout=budget.left(), **kw)
+        except (FederationRequestError, TimeoutError) as e:
+            self._failed(server, kind, e)
+            return None
+        self._metrics.missing_events_fetches.labels(kind, "ok").inc()
+        return reply
+
+    async def _ensure_auth_events(self, origin: str, event: Event) -> None:
+        """Fetch the auth events we lack (``/event_auth``, then ``/event/{id}``), bounded;
+        check them and store them as outliers. What cannot be had leaves the event to be
+        rejected at step 4."""
+        if not event.auth_events:
+            return
+        have = await self._get_events(event.auth_events)
+        missing = [a for a in event.auth_events if a not in have]
+        if not missing:
+            return
+        budget = _Budget(self._config.missing_events_timeout)
+        room = quote(event.room_id, safe="")
+        reply = await self._fetch_json(
+            origin, "event_auth", "GET", f"{FED}/event_auth/{room}/{quote(event.event_id, safe='')}", budget
+        )
+        pdus: list[Any] = []
+        if isinstance(reply, dict) and isinstance(reply.get("auth_chain"), list):
+            pdus = reply["auth_chain"][: self._config.missing_auth_events_limit]
+        else:
+            pdus = await self._fetch_events(origin, missing[: self._config.missing_auth_events_limit], budget)
+        await self._store_outliers(pdus, event.room_version, event.room_id)
+
+    async def _fetch_events(self, origin: str, event_ids: Sequence[str], budget: _Budget) -> list[Any]:
+        sem = asyncio.Semaphore(STATE_FETCH_CONCURRENCY)
+
+        async def one(event_id: str) -> Any:
+            async with sem:
+                reply = await self._fetch_json(origin, "event", "GET", f"{FED}/event/{quote(event_id, safe='')}",
+                                               budget)
+            if isinstance(reply, dict) and isinstance(reply.get("pdus"), list) and reply["pdus"]:
+                return reply["pdus"][0]
+            return None
+
+        got = await asyncio.gather(*(one(e) for e in event_ids))
+        return [p for p in got if isinstance(p, dict)]
+
+    async def _store_outliers(self, pdus: Sequence[Any], version: RoomVersion, room_id: str) -> set[str]:
+        """Check fetched events (format, signatures, hashes, auth against their own auth
+        events, in depth order) and store those that pass as outliers."""
+        checked: dict[str, Event] = {}
+        for pdu in sorted((p for p in pdus if isinstance(p, dict)),
+                          key=_depth_of):
+            if pdu.get("room_id", room_id) != room_id:
+                continue
+            try:
+                event_id = compute_event_id(pdu, version)
+                if event_id in checked:
+                    continue
+                event = await self.check_event(pdu, version, event_id)
+            except (Dropped, EventError, TypeError, ValueError, AttributeError):
+                continue
+            checked[event.event_id] = event
+        have = await self._store.have_events(checked)
+        lookup: dict[str, Event] = {eid: e for eid, (e, _) in (await self._get_events(
+            {a for e in checked.values() for a in e.auth_events})).items()}
+        good: list[Event] = []
+        for event in checked.values():
+            if event.event_id in have:
+                continue
+            lookup_state: dict[StateKey, Event] = {}
+            for a in event.auth_events:
+                auth_event = lookup.get(a)
+                if auth_event is not None and auth_event.is_state:
+                    lookup_state[auth_event.state_tuple] = auth_event
+            try:
+                if event.type != "m.room.create":
+                    await self._add_create(event, lookup_state)
+                    if CREATE not in lookup_state and "$" + event.room_id[1:] in checked:
+                        lookup_state[CREATE] = checked["$" + event.room_id[1:]]
+                check_auth_rules(event, lookup_state)
+            except AuthError:
+                continue
+            good.append(event)
+            lookup[event.event_id] = event
+        await self._persister.persist_outliers(good)
+        return {e.event_id for e in good} | have
+
+    async def _prev_states(
+        self, origin: str, event: Event, budget: _Budget | None
+    ) -> list[Mapping[StateKey, str]] | None:
+        """None when every prev event is stored with state; otherwise fill the gap and
+        return the states after the prev events (fetched where still missing)."""
+        if not event.prev_events:
+            return None
+        if all(p in self._state_after for p in event.prev_events):
+            return None
+        outcomes = await self._store.get_outcomes(event.prev_events)
+        missing = [p for p in event.prev_events if outcomes.get(p) in (None, Outcome.OUTLIER)]
+        if not missing:
+            return None
+        started = time.perf_counter()
+        try:
+            gap_filling = budget is None
+            budget = budget or _Budget(self._config.missing_events_timeout)
+            if gap_filling:
+                await self._get_missing_events(origin, event, budget)
+                outcomes = await self._store.get_outcomes(event.prev_events)
+                missing = [p for p in event.prev_events if outcomes.get(p) in (None, Outcome.OUTLIER)]
+                if not missing:
+                    return None
+            # The gap remains: fetch the state at each missing prev instead of walking on.
+            states: list[Mapping[StateKey, str]] = []
+            for prev in event.prev_events:
+                if prev in missing:
+                    state = await self._state_after_remote(origin, event, prev, budget)
+                    if state is None:
+                        raise Dropped(f"prev event {prev} and the state at it could not be fetched")
+                else:
+                    state = await self._store.get_state_ids_after(prev)
+                    if state is None:
+                        raise Dropped(f"prev event {prev} has no state")
+                states.append(state)
+            return states
+        finally:
+            self._metrics.missing_events_seconds.observe(time.perf_counter() - started)
+
+    async def _get_missing_events(self, origin: str, event: Event, budget: _Budget) -> None:
+        earliest = await self._store.get_forward_extremities(event.room_id)
+        reply = await self._fetch_json(
+            origin, "get_missing_events", "POST",
+            f"{FED}/get_missing_events/{quote(event.room_id, safe='')}", budget,
+            content={
+                "limit": self._config.missing_events_limit,
+                "min_depth": max(0, event.depth - self._config.missing_events_max_depth),
+                "earliest_events": earliest,
+                "latest_events": [event.event_id],
+            },
+        )
+        if not isinstance(reply, dict) or not isinstance(reply.get("events"), list):
+            return
+        fetched = [p for p in reply["events"][: self._config.missing_events_limit] if isinstance(p, dict)]
+        fetched.sort(key=_depth_of)
+        for pdu in fetched:
+            if pdu.get("room_id") != event.room_id:
+                continue
+            try:
+                # No further get_missing_events: what these lack is fetched as state.
+                await self.handle_pdu(origin, pdu, event.room_version, budget=budget)
+            except Dropped as e:
+                log.info("fetched missing event dropped", extra={"origin": origin, "reason": str(e)})
+            except (EventError, TypeError, ValueError, AttributeError):
+                continue
+
+    async def _state_after_remote(
+        self, origin: str, event: Event, prev: str, budget: _Budget
+    ) -> dict[StateKey, str] | None:
+        """The state after ``prev`` from ``/state_ids`` at it, fetching what we lack."""
+        room = quote(event.room_id, safe="")
+        reply = await self._fetch_json(origin, "state_ids", "GET", f"{FED}/state_ids/{room}", budget,
+                                       query={"event_id": prev})
+        if not isinstance(reply, dict):
+            return None
+        pdu_ids, chain_ids = reply.get("pdu_ids"), reply.get("auth_chain_ids")
+        if not isinstance(pdu_ids, list) or not isinstance(chain_ids, list):
+            return None
+        wanted = [i for i in dict.fromkeys([*chain_ids, *pdu_ids, prev]) if isinstance(i, str)]
+        if len(wanted) > MAX_STATE_EVENTS:
+            return None
+        have = await self._store.have_events(wanted)
+        lacking = [i for i in wanted if i not in have]
+        if lacking:
+            await self._store_outliers(await self._fetch_events(origin, lacking, budget),
+                                       event.room_version, event.room_id)
+        found = await self._get_events([*pdu_ids, prev])
+        state: dict[StateKey, str] = {}
+        for event_id in pdu_ids:
+            hit = found.get(event_id)
+            if hit is None or not hit[0].is_state:
+                return None  # the state is incomplete: the event cannot be placed
+            state[hit[0].state_tuple] = event_id
+        prev_hit = found.get(prev)
+        if prev_hit is None:
+            return None
+        if prev_hit[0].is_state:
+            state[prev_hit[0].state_tuple] = prev
+        return state
+
+    # ------------------------------------------------------------------ EDUs
+
+    async def handle_edu(self, origin: str, edu: Mapping[str, Any]) -> None:
+        """m.typing and m.receipt go to their tables (the door kept only the origin's own
+        users); anything else is ignored."""
+        content = edu.get("content")
+        if not isinstance(content, dict):
+            return
+        now = int(time.time() * 1000)
+        if edu.get("edu_type") == "m.typing":
+            room_id, user_id = content.get("room_id"), content.get("user_id")
+            if not isinstance(room_id, str) or not isinstance(user_id, str):
+                return
+            if content.get("typing") is True:
+                await self._db.execute(
+                    "INSERT INTO typing (room_id, user_id, expires_ts) VALUES (?, ?, ?)"
+                    " ON CONFLICT (room_id, user_id) DO UPDATE SET expires_ts = excluded.expires_ts",
+                    room_id, user_id, now + TYPING_TIMEOUT_MS,
+                )
+            else:
+                await self._db.execute(
+                    "DELETE FROM typing WHERE room_id = ? AND user_id = ?", room_id, user_id
+                )
+        elif edu.get("edu_type") == "m.receipt":
+            rows: list[tuple[Any, ...]] = []
+            for room_id, by_type in content.items():
+                for receipt_type, by_user in by_type.items():
+                    for user_id, receipt in by_user.items():
+                        event_ids = receipt.get("event_ids")
+                        data = receipt.get("data")
+                        if not isinstance(event_ids, list) or not all(isinstance(e, str) for e in event_ids):
+                            continue
+                        data = data if isinstance(data, dict) else {}
+                        thread = data.get("thread_id")
+                        rows.append((room_id, receipt_type, user_id,
+                                     thread if isinstance(thread, str) else "",
+                                     json.dumps(event_ids), json.dumps(data), now))
+            if rows:
+                await self._db.executemany(
+                    "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_ids, data,"
+                    " received_ts) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room_id, receipt_type,"
+                    " user_id, thread_id) DO UPDATE SET event_ids = excluded.event_ids,"
+                    " data = excluded.data, received_ts = excluded.received_ts",
+                    rows,
+                )

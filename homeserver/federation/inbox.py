@@ -1,0 +1,402 @@
+"""The durable inbox of inbound federation, and the worker that drains it.
+
+``InboxStore`` is what ``PUT /send`` writes: the (origin, txnId) de-duplication row and the
+transaction's PDUs and EDUs go into the database in ONE transaction, and the row's primary
+key makes a concurrent repeat of the same transaction enqueue nothing (the second insert of
+the de-duplication row finds the first and returns its stored reply). A PDU already in the
+inbox (``inbox.event_id`` is unique) is not enqueued twice.
+
+``InboundWorker`` drains the inbox: it claims entries in bounded batches, fairly across
+origins (each origin gets an equal share of a claim, so one flooding server cannot starve
+the others); processes the events of one room in order, one at a time; runs up to
+``room_concurrency`` rooms at once, round-robin, so a room that is slow (a dead peer being
+asked for missing events) holds one slot for at most its budget; and on start-up resets
+the claims of a previous run, so every entry written before a crash is processed.
+Processing is idempotent (an event already stored is skipped), which is what lets an entry
+be deleted after it is processed rather than atomically with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.config import InboundConfig
+from homeserver.events.canonical import loads
+from homeserver.metrics import Metrics
+from homeserver.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_SECONDS = 300.0
+IDLE_POLL_SECONDS = 5.0
+STOP_TIMEOUT_SECONDS = 10.0
+# A room task gives its slot to a waiting room after this many entries.
+ROOM_SLICE = 20
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    id: int
+    origin: str
+    kind: str  # "pdu" or "edu"
+    room_id: str | None
+    event_id: str | None
+    room_version: str | None
+    body: dict[str, Any]
+
+    @property
+    def queue_key(self) -> str:
+        """Entries with one key are processed in order, one at a time."""
+        return self.room_id if self.room_id is not None else f"edu {self.origin}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPdu:
+    """A PDU accepted at the door: its room, ID and room version are known."""
+
+    room_id: str
+    event_id: str
+    room_version: str
+    pdu: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTransaction:
+    response: dict[str, Any]
+    repeated: bool  # the (origin, txnId) was seen before; nothing was enqueued
+    enqueued: int
+    already_queued: int  # PDUs skipped because the inbox already held them
+
+
+_COLUMNS = "id, origin, kind, room_id, event_id, room_version, body"
+
+
+def _entry(row: Sequence[Any]) -> InboxEntry:
+    return InboxEntry(int(row[0]), row[1], row[2], row[3], row[4], row[5], loads(row[6]))
+
+
+class InboxStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get_response(self, origin: str, txn_id: str) -> dict[str, Any] | None:
+        raw = await self.db.fetchval(
+            "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?",
+            origin, txn_id,
+        )
+        return None if raw is None else dict(loads(raw))
+
+    async def queued_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = await self.db.fetchall(f"SELECT event_id FROM inbox WHERE event_id IN ({marks})", *ids)
+        return {r[0] for r in rows}
+
+    async def store_transaction(
+        self,
+        origin: str,
+        txn_id: str,
+        response: dict[str, Any],
+        pdus: Sequence[PendingPdu],
+        edus: Sequence[dict[str, Any]],
+    ) -> StoredTransaction:
+        """Record (origin, txn_id) with ``response`` and enqueue ``pdus`` and ``edus``, in one
+        database transaction. When the pair is already recorded (a repeat, possibly
+        concurrent), enqueue nothing and return the first response."""
+        now = _now_ms()
+        async with self.db.transaction() as conn:
+            inserted = await conn.execute(
+                "INSERT INTO federation_transactions (origin, txn_id, response, received_ts)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (origin, txn_id) DO NOTHING",
+                origin, txn_id, _dumps(response), now,
+            )
+            if inserted == 0:
+                raw = await conn.fetchval(
+                    "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?",
+                    origin, txn_id,
+                )
+                return StoredTransaction(dict(loads(raw)), True, 0, 0)
+            already: set[str] = set()
+            if pdus:
+                marks = ",".join("?" * len(pdus))
+                rows = await conn.fetchall(
+                    f"SELECT event_id FROM inbox WHERE event_id IN ({marks})",
+                    *[p.event_id for p in pdus],
+                )
+                already = {r[0] for r in rows}
+                fresh = [p for p in pdus if p.event_id not in already]
+                if fresh:
+                    # ON CONFLICT: a concurrent transaction from another origin may have
+                    # enqueued the same event since the look-up above.
+                    await conn.executemany(
+                        "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body,"
+                        " received_ts) VALUES (?, 'pdu', ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (event_id) DO NOTHING",
+                        [(origin, p.room_id, p.event_id, p.room_version, _dumps(p.pdu), now)
+                         for p in fresh],
+                    )
+            if edus:
+                await conn.executemany(
+                    "INSERT INTO inbox (origin, kind, body, received_ts) VALUES (?, 'edu', ?, ?)",
+                    [(origin, _dumps(e), now) for e in edus],
+                )
+        return StoredTransaction(response, False, len(pdus) - len(already) + len(edus), len(already))
+
+    async def reset_claims(self) -> None:
+        await self.db.execute("UPDATE inbox SET claimed = 0 WHERE claimed <> 0")
+
+    async def origins_with_entries(self) -> set[str]:
+        rows = await self.db.fetchall("SELECT DISTINCT origin FROM inbox WHERE claimed = 0")
+        return {r[0] for r in rows}
+
+    async def count(self) -> int:
+        return int(await self.db.fetchval("SELECT COUNT(*) FROM inbox") or 0)
+
+    async def claim(self, origin: str, limit: int, exclude_keys: Sequence[str]) -> list[InboxEntry]:
+        """Claim the oldest ``limit`` unclaimed entries of ``origin`` outside the rooms in
+        ``exclude_keys`` (rooms whose in-memory queue is full)."""
+        sql = f"SELECT {_COLUMNS} FROM inbox WHERE origin = ? AND claimed = 0"
+        args: list[Any] = [origin]
+        rooms = [k for k in exclude_keys if not k.startswith("edu ")]
+        if rooms:
+            sql += f" AND (room_id IS NULL OR room_id NOT IN ({','.join('?' * len(rooms))}))"
+            args += rooms
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        if self.db.engine == "postgres":
+            sql += " FOR UPDATE SKIP LOCKED"
+        async with self.db.transaction() as conn:
+            rows = await conn.fetchall(sql, *args)
+            if rows:
+                marks = ",".join("?" * len(rows))
+                await conn.execute(
+                    f"UPDATE inbox SET claimed = 1 WHERE id IN ({marks})", *[int(r[0]) for r in rows]
+                )
+        return [_entry(r) for r in rows]
+
+    async def delete(self, ids: Sequence[int]) -> None:
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            await self.db.execute(f"DELETE FROM inbox WHERE id IN ({','.join('?' * len(chunk))})", *chunk)
+
+    async def prune_transactions(self, older_than_ms: int) -> int:
+        return await self.db.execute(
+            "DELETE FROM federation_transactions WHERE received_ts < ?", older_than_ms
+        )
+
+
+Processor = Callable[[InboxEntry], Awaitable[None]]
+
+
+class InboundWorker:
+    """Drains the inbox; ``notify`` wakes it after /send enqueued something."""
+
+    def __init__(
+        self, store: InboxStore, process: Processor, config: InboundConfig, metrics: Metrics
+    ) -> None:
+        self._store = store
+        self._process = process
+        self._config = config
+        self._metrics = metrics
+        self._origins: set[str] = set()
+        self._origin_order: deque[str] = deque()
+        self._queues: dict[str, deque[InboxEntry]] = {}
+        self._waiting: deque[str] = deque()  # rooms with entries and no running task
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._pending = 0
+        self._done: list[int] = []
+        self._wake = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._main: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+        self.processed = 0  # entries processed since start (observability, tests)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        # Entries claimed by a run that crashed are taken up again.
+        await self._store.reset_claims()
+        for origin in await self._store.origins_with_entries():
+            self._add_origin(origin)
+        self._metrics.inbox_depth.set(await self._store.count())
+        self._main = asyncio.create_task(self._run(), name="inbound-worker")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._main, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        self._main = None
+        # Entries processed but not yet deleted would only be skipped as duplicates on
+        # restart; deleting them now saves that look-up.
+        if self._done:
+            try:
+                await self._store.delete(self._done)
+            except Exception:
+                log.warning("could not delete processed inbox entries at shutdown", exc_info=True)
+            self._done.clear()
+
+    def notify(self, origin: str) -> None:
+        """/send enqueued entries from ``origin``."""
+        self._add_origin(origin)
+        self._wake.set()
+
+    def pause(self) -> None:
+        """Claim nothing more until ``resume`` (entries already claimed finish)."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0 and not self._origins
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until the inbox is drained; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while not self.idle or self._done:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def _add_origin(self, origin: str) -> None:
+        if origin not in self._origins:
+            self._origins.add(origin)
+            self._origin_order.append(origin)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._flush_done()
+                await self._maybe_prune()
+                claimed = 0
+                if self._resumed.is_set():
+                    claimed = await self._claim_round()
+                if claimed == 0:
+                    self._wake.clear()
+                    if self._done:
+                        continue
+                    try:
+                        async with asyncio.timeout(IDLE_POLL_SECONDS):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        # Another process may have written entries (PostgreSQL).
+                        for origin in await self._store.origins_with_entries():
+                            self._add_origin(origin)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbound worker loop failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _claim_round(self) -> int:
+        """Claim up to the free slots, an equal share per origin with entries."""
+        free = self._config.worker_batch_size - self._pending
+        if free <= 0 or not self._origin_order:
+            return 0
+        full = [k for k, q in self._queues.items() if len(q) >= self._config.max_queued_per_room]
+        origins = list(self._origin_order)[: max(1, free)]
+        share = max(1, free // len(origins))
+        claimed: list[InboxEntry] = []
+        for origin in origins:
+            entries = await self._store.claim(origin, share, full)
+            claimed.extend(entries)
+            # Rotate: the next round starts with the next origin.
+            self._origin_order.remove(origin)
+            if len(entries) < share and not full:
+                self._origins.discard(origin)  # drained (for now)
+            else:
+                self._origin_order.append(origin)
+        claimed.sort(key=lambda e: e.id)
+        for entry in claimed:
+            self._enqueue(entry)
+        return len(claimed)
+
+    def _enqueue(self, entry: InboxEntry) -> None:
+        key = entry.queue_key
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            if key not in self._running:
+                self._waiting.append(key)
+        queue.append(entry)
+        self._pending += 1
+        self._start_rooms()
+
+    def _start_rooms(self) -> None:
+        while self._waiting and len(self._running) < self._config.room_concurrency:
+            key = self._waiting.popleft()
+            self._running[key] = asyncio.create_task(self._room(key), name=f"inbound-room {key}")
+
+    async def _room(self, key: str) -> None:
+        try:
+            done_here = 0
+            queue = self._queues[key]
+            while queue:
+                entry = queue[0]
+                started = time.perf_counter()
+                try:
+                    await self._process(entry)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The entry is dropped: a bug must not wedge the room forever.
+                    log.exception(
+                        "inbound entry failed",
+                        extra={"origin": entry.origin, "event_id": entry.event_id, "room_id": entry.room_id},
+                    )
+                if entry.kind == "pdu":
+                    self._metrics.inbound_event_seconds.observe(time.perf_counter() - started)
+                queue.popleft()
+                self._pending -= 1
+                self.processed += 1
+                self._done.append(entry.id)
+                self._wake.set()
+                done_here += 1
+                if done_here >= ROOM_SLICE and self._waiting and queue:
+                    # Give the slot to a waiting room; come back at the end of the line.
+                    self._waiting.append(key)
+                    return
+            del self._queues[key]
+        finally:
+            self._running.pop(key, None)
+            self._start_rooms()
+
+    async def _flush_done(self) -> None:
+        if not self._done:
+            return
+        ids, self._done = self._done, []
+        await self._store.delete(ids)
+        self._metrics.inbox_depth.dec(len(ids))
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_INTERVAL_SECONDS:
+            return
+        self._last_prune = now
+        cutoff = _now_ms() - self._config.transaction_retention_seconds * 1000
+        await self._store.prune_transactions(cutoff)

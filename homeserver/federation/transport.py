@@ -1,0 +1,428 @@
+"""Inbound federation HTTP handlers: ``PUT /send`` and the room endpoints other servers read.
+
+``/send`` answers from the durable inbox and does only what must happen before the reply:
+the X-Matrix signature (checked by the middleware), the body's shape and bounds, the
+(origin, txnId) de-duplication, a look-up of which PDUs we already hold, and one database
+transaction that records the transaction and enqueues its PDUs and EDUs. No outbound
+request, no PDU signature check, no authorization and no state resolution run before the
+reply; the inbound worker does all of that.
+
+The read endpoints (``/event``, ``/state``, ``/state_ids``, ``/event_auth``,
+``/get_missing_events``, ``/backfill``) answer only servers in the room (or, per history
+visibility, servers that were in it at the event); what they return is a reply, never a
+relay: nothing here sends anything anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.config import InboundConfig
+from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.events.errors import EventError
+from homeserver.events.event import Event, StateKey
+from homeserver.events.hashes import compute_event_id
+from homeserver.events.identifiers import server_name_of
+from homeserver.events.versions import DEFAULT_ROOM_VERSION
+from homeserver.federation.auth import BODY, ORIGIN
+from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
+from homeserver.http import json_response
+from homeserver.metrics import Metrics
+from homeserver.storage.events import EventStore, Outcome
+
+log = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+MAX_TXN_ID_BYTES = 255
+ECHO_WARNING_INTERVAL_SECONDS = 60.0
+# get_missing_events and backfill return at most this many events.
+MAX_MISSING_EVENTS = 100
+MAX_BACKFILL = 100
+# EDU types the worker keeps; other types are acknowledged and ignored.
+KEPT_EDU_TYPES = ("m.typing", "m.receipt")
+
+
+def _server_of(user_id: object) -> str | None:
+    return server_name_of(user_id) if isinstance(user_id, str) and ":" in user_id else None
+
+
+class EchoMonitor:
+    """Counts PDUs a peer sent that we already held; names the peer in a warning each
+    time its count crosses another ``threshold``, at most once a minute per peer."""
+
+    def __init__(self, threshold: int, metrics: Metrics, max_peers: int = 10_000) -> None:
+        self._threshold = threshold
+        self._metrics = metrics
+        self._counts: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
+        self._max_peers = max_peers
+
+    def record(self, origin: str, duplicates: int) -> None:
+        if duplicates <= 0:
+            return
+        self._metrics.inbound_duplicate_pdus.labels(origin).inc(duplicates)
+        count, warned_at_count, warned_ts = self._counts.pop(origin, (0, 0, 0.0))
+        count += duplicates
+        now = time.monotonic()
+        if count - warned_at_count >= self._threshold and now - warned_ts >= ECHO_WARNING_INTERVAL_SECONDS:
+            log.warning(
+                "peer keeps sending events we already hold",
+                extra={"origin": origin, "duplicates": count},
+            )
+            warned_at_count, warned_ts = count, now
+        self._counts[origin] = (count, warned_at_count, warned_ts)
+        while len(self._counts) > self._max_peers:
+            self._counts.popitem(last=False)
+
+
+class FederationTransport:
+    def __init__(
+        self,
+        server_name: str,
+        config: InboundConfig,
+        store: EventStore,
+        inbox: InboxStore,
+        worker: InboundWorker | None,
+        metrics: Metrics,
+    ) -> None:
+        self.server_name = server_name
+        self._config = config
+        self._store = store
+        self._inbox = inbox
+        self._worker = worker
+        self._metrics = metrics
+        self.echoes = EchoMonitor(config.duplicate_warning_threshold, metrics)
+
+    def routes(self) -> list[web.RouteDef]:
+        p = "/_matrix/federation/v1"
+        return [
+            web.put(p + "/send/{txnId}", self.on_send),
+            web.get(p + "/event/{eventId}", self.on_event),
+            web.get(p + "/state/{roomId}", self.on_state),
+            web.get(p + "/state_ids/{roomId}", self.on_state_ids),
+            web.get(p + "/event_auth/{roomId}/{eventId}", self.on_event_auth),
+            web.post(p + "/get_missing_events/{roomId}", self.on_get_missing_events),
+            web.get(p + "/backfill/{roomId}", self.on_backfill),
+        ]
+
+    # ------------------------------------------------------------------ /send
+
+    async def on_send(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        origin = request[ORIGIN]
+        txn_id = request.match_info["txnId"]
+        # 1. Bounds and shape, before anything is looked up.
+        if len(txn_id.encode("utf-8")) > MAX_TXN_ID_BYTES:
+            raise MatrixError(400, "M_INVALID_PARAM", "txnId is too long")
+        if request.content.total_bytes > self._config.max_transaction_bytes:
+            raise MatrixError(
+                413, "M_TOO_LARGE", f"Transaction exceeds {self._config.max_transaction_bytes} bytes"
+            )
+        body = request.get(BODY)
+        pdus, edus = self._check_transaction(origin, body)
+        self._metrics.inbound_transactions.labels(origin).inc()
+        # 2. A repeated transaction is answered with the first reply; nothing is enqueued.
+        first = await self._inbox.get_response(origin, txn_id)
+        if first is not None:
+            self._metrics.inbound_repeated_transactions.labels(origin).inc()
+            return json_response(first)
+        # 3. Each PDU: its room must be known here (room version, cached), then its ID.
+        results: dict[str, dict[str, Any]] = {}
+        pending: dict[str, PendingPdu] = {}
+        for pdu in pdus:
+            self._metrics.inbound_pdus.labels(origin).inc()
+            accepted = await self._admit_pdu(origin, pdu, results)
+            if accepted is not None:
+                pending.setdefault(accepted.event_id, accepted)
+        # 4. PDUs we already hold are answered {} and not enqueued (one look-up).
+        held = await self._store.have_events(pending)
+        for event_id in held:
+            results[event_id] = {}
+            del pending[event_id]
+        kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
+        # 5. One DB transaction: the de-duplication row and the inbox entries.
+        for event_id in pending:
+            results[event_id] = {}
+        response = {"pdus": results}
+        stored = await self._inbox.store_transaction(
+            origin, txn_id, response, list(pending.values()), kept_edus
+        )
+        if stored.repeated:
+            self._metrics.inbound_repeated_transactions.labels(origin).inc()
+        else:
+            self.echoes.record(origin, len(held) + stored.already_queued)
+            if stored.enqueued:
+                self._metrics.inbox_depth.inc(stored.enqueued)
+                if self._worker is not None:
+                    self._worker.notify(origin)
+        self._metrics.send_latency.observe(time.perf_counter() - started)
+        return json_response(stored.response)
+
+    def _check_transaction(self, origin: str, body: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if not isinstance(body, dict):
+            raise bad_json("The transaction must be a JSON object")
+        if body.get("origin") != origin:
+            raise forbidden("The transaction's origin is not the server that signed the request")
+        ts = body.get("origin_server_ts")
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            raise bad_json("origin_server_ts must be an integer")
+        pdus = body.get("pdus")
+        if not isinstance(pdus, list):
+            raise bad_json("pdus must be a list")
+        if len(pdus) > MAX_PDUS:
+            raise bad_json(f"A transaction carries at most {MAX_PDUS} PDUs")
+        if not all(isinstance(p, dict) for p in pdus):
+            raise bad_json("Each PDU must be a JSON object")
+        edus = body.get("edus", [])
+        if edus is None:
+            edus = []
+        if not isinstance(edus, list):
+            raise bad_json("edus must be a list")
+        if len(edus) > MAX_EDUS:
+            raise bad_json(f"A transaction carries at most {MAX_EDUS} EDUs")
+        for edu in edus:
+            if not isinstance(edu, dict) or not isinstance(edu.get("edu_type"), str):
+                raise bad_json("Each EDU must be an object with a string edu_type")
+        return pdus, edus
+
+    async def _admit_pdu(
+        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]]
+    ) -> PendingPdu | None:
+        room_id = pdu.get("room_id")
+        version = await self._store.get_room_version(room_id) if isinstance(room_id, str) else None
+        if version is None:
+            # Events of rooms we are not in do not come over /send (joins use send_join);
+            # the entry is keyed by the ID the latest room version would give it.
+            self._drop(origin, pdu, results, "unknown_room", "Unknown room", DEFAULT_ROOM_VERSION)
+            return None
+        try:
+            event_id = compute_event_id(pdu, version)
+        except (EventError, TypeError, ValueError, AttributeError):
+            self._metrics.inbound_pdus_dropped.labels(origin, "malformed").inc()
+            return None  # no ID to key an entry by
+        sender_server = _server_of(pdu.get("sender"))
+        if self._config.strict_origin and sender_server != origin and not _strict_exempt(pdu):
+            self._metrics.inbound_pdus_dropped.labels(origin, "foreign_sender").inc()
+            results[event_id] = {"error": "Event was not sent by a user of the origin server"}
+            return None
+        return PendingPdu(room_id, event_id, version.identifier, pdu)  # type: ignore[arg-type]
+
+    def _drop(
+        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]],
+        reason: str, message: str, version: Any,
+    ) -> None:
+        self._metrics.inbound_pdus_dropped.labels(origin, reason).inc()
+        try:
+            event_id = compute_event_id(pdu, version)
+        except (EventError, TypeError, ValueError, AttributeError):
+            return
+        results[event_id] = {"error": message}
+
+    def _admit_edu(self, origin: str, edu: dict[str, Any]) -> dict[str, Any] | None:
+        """Keep EDUs about the origin's own users; drop (and count) the rest."""
+        edu_type = edu["edu_type"]
+        content = edu.get("content")
+        if edu_type not in KEPT_EDU_TYPES:
+            self._metrics.inbound_edus_dropped.labels(origin, "unhandled_type").inc()
+            return None
+        if not isinstance(content, dict):
+            self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
+            return None
+        if edu_type == "m.typing":
+            if _server_of(content.get("user_id")) != origin or not isinstance(content.get("room_id"), str):
+                self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc()
+                return None
+            return edu
+        # m.receipt: room -> receipt type -> user -> receipt; keep the origin's users only.
+        kept: dict[str, Any] = {}
+        dropped = 0
+        for room_id, by_type in content.items():
+            if not isinstance(by_type, dict):
+                dropped += 1
+                continue
+            for receipt_type, by_user in by_type.items():
+                if not isinstance(by_user, dict):
+                    dropped += 1
+                    continue
+                for user_id, receipt in by_user.items():
+                    if _server_of(user_id) != origin or not isinstance(receipt, dict):
+                        dropped += 1
+                        continue
+                    kept.setdefault(room_id, {}).setdefault(receipt_type, {})[user_id] = receipt
+        if dropped:
+            self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc(dropped)
+        return {"edu_type": edu_type, "content": kept} if kept else None
+
+    # ------------------------------------------------------------------ reads
+
+    async def _require_room(self, origin: str, room_id: str) -> None:
+        if await self._store.get_room_version(room_id) is None:
+            raise not_found("Unknown room")
+        current = await self._store.get_current_state_ids(room_id)
+        if origin not in await self._store.joined_servers(current):
+            raise forbidden("Your server is not in this room")
+
+    async def _may_see(self, origin: str, event: Event) -> bool:
+        """May ``origin`` see ``event``? Joined at the event, or per history visibility."""
+        state = await self._store.get_state_ids_after(event.event_id)
+        current = await self._store.get_current_state_ids(event.room_id)
+        if state is None:
+            state = current
+        if origin in await self._store.joined_servers(state):
+            return True
+        visibility = "shared"
+        hv_id = state.get(("m.room.history_visibility", ""))
+        if hv_id is not None:
+            hv = await self._store.get_event(hv_id)
+            if hv is not None and isinstance(hv.event.content.get("history_visibility"), str):
+                visibility = hv.event.content["history_visibility"]
+        if visibility == "world_readable":
+            return True
+        if visibility == "shared":
+            return origin in await self._store.joined_servers(current)
+        return False
+
+    async def _visible_event(self, origin: str, event_id: str, room_id: str | None = None) -> Event:
+        stored = await self._store.get_event(event_id)
+        if stored is None or (room_id is not None and stored.event.room_id != room_id):
+            raise not_found("Unknown event")
+        if not await self._may_see(origin, stored.event):
+            raise forbidden("Your server may not see this event")
+        return stored.event
+
+    def _envelope(self, pdus: Iterable[Event]) -> dict[str, Any]:
+        return {
+            "origin": self.server_name,
+            "origin_server_ts": int(time.time() * 1000),
+            "pdus": [e.pdu for e in pdus],
+        }
+
+    async def on_event(self, request: web.Request) -> web.Response:
+        event = await self._visible_event(request[ORIGIN], request.match_info["eventId"])
+        return json_response(self._envelope([event]))
+
+    async def _state_at(self, request: web.Request) -> tuple[dict[StateKey, str], set[str]]:
+        room_id = request.match_info["roomId"]
+        event_id = request.query.get("event_id")
+        if not event_id:
+            raise MatrixError(400, "M_MISSING_PARAM", "event_id is required")
+        event = await self._visible_event(request[ORIGIN], event_id, room_id)
+        # The state at the event: the state before it (what /state_ids gives a server that
+        # lacks the event and must compute the state after it itself).
+        state = await self._store.get_state_ids_before(event.event_id)
+        if state is None:
+            raise not_found("The state at this event is not known here")
+        chain = await self._store.get_auth_chain_ids(state.values())
+        return state, chain
+
+    async def on_state_ids(self, request: web.Request) -> web.Response:
+        state, chain = await self._state_at(request)
+        return json_response({"pdu_ids": sorted(state.values()), "auth_chain_ids": sorted(chain)})
+
+    async def on_state(self, request: web.Request) -> web.Response:
+        state, chain = await self._state_at(request)
+        events = await self._store.get_events([*state.values(), *chain])
+        return json_response({
+            "pdus": [events[e].event.pdu for e in sorted(state.values()) if e in events],
+            "auth_chain": [events[e].event.pdu for e in sorted(chain) if e in events],
+        })
+
+    async def on_event_auth(self, request: web.Request) -> web.Response:
+        event = await self._visible_event(
+            request[ORIGIN], request.match_info["eventId"], request.match_info["roomId"]
+        )
+        chain = await self._store.get_auth_chain_ids([event.event_id])
+        events = await self._store.get_events(chain)
+        return json_response({"auth_chain": [events[e].event.pdu for e in sorted(chain) if e in events]})
+
+    async def on_get_missing_events(self, request: web.Request) -> web.Response:
+        origin = request[ORIGIN]
+        room_id = request.match_info["roomId"]
+        body = request.get(BODY)
+        if not isinstance(body, dict):
+            raise bad_json("Body must be a JSON object")
+        limit = body.get("limit", 10)
+        min_depth = body.get("min_depth", 0)
+        earliest = body.get("earliest_events", [])
+        latest = body.get("latest_events")
+        if not _is_int(limit) or not _is_int(min_depth):
+            raise bad_json("limit and min_depth must be integers")
+        if not _str_list(earliest) or not _str_list(latest) or not latest:
+            raise bad_json("earliest_events and latest_events must be lists of event IDs")
+        await self._require_room(origin, room_id)
+        limit = max(0, min(limit, MAX_MISSING_EVENTS))
+        # Walk prev_events back from latest_events, breadth first, stopping at
+        # earliest_events, below min_depth, and at the limit. The latest are not returned.
+        found = await self._walk_back(room_id, latest, set(earliest), limit, min_depth, include_start=False)
+        return json_response({"events": [e.pdu for e in sorted(found, key=lambda e: (e.depth, e.event_id))]})
+
+    async def on_backfill(self, request: web.Request) -> web.Response:
+        origin = request[ORIGIN]
+        room_id = request.match_info["roomId"]
+        starts = request.query.getall("v", [])
+        if not starts:
+            raise MatrixError(400, "M_MISSING_PARAM", "v is required")
+        try:
+            limit = int(request.query.get("limit", "10"))
+        except ValueError:
+            raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
+        await self._require_room(origin, room_id)
+        limit = max(0, min(limit, MAX_BACKFILL))
+        found = await self._walk_back(room_id, starts, set(), limit, 0, include_start=True)
+        found.sort(key=lambda e: (-e.depth, e.event_id))
+        return json_response(self._envelope(found))
+
+    async def _walk_back(
+        self, room_id: str, starts: list[str], stop: set[str], limit: int, min_depth: int,
+        *, include_start: bool,
+    ) -> list[Event]:
+        found: list[Event] = []
+        seen: set[str] = set(stop)
+        frontier: list[str] = []
+        if include_start:
+            frontier = [s for s in starts if s not in seen]
+        else:
+            seen.update(starts)
+            start_events = await self._store.get_events(starts)
+            frontier = [p for s in start_events.values() if s.event.room_id == room_id
+                        for p in s.event.prev_events]
+        while frontier and len(found) < limit:
+            batch = [e for e in dict.fromkeys(frontier) if e not in seen]
+            seen.update(batch)
+            stored = await self._store.get_events(batch)
+            frontier = []
+            for event_id in batch:
+                s = stored.get(event_id)
+                if s is None or s.event.room_id != room_id or s.outcome is Outcome.OUTLIER:
+                    continue
+                if s.event.depth < min_depth:
+                    continue
+                found.append(s.event)
+                if len(found) >= limit:
+                    break
+                frontier.extend(s.event.prev_events)
+        return found
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _strict_exempt(pdu: Mapping[str, Any]) -> bool:
+    """In strict mode, member joins and invites by other servers' users still pass."""
+    content = pdu.get("content")
+    return (
+        pdu.get("type") == "m.room.member"
+        and isinstance(content, dict)
+        and content.get("membership") in ("join", "invite")
+    )

@@ -1,0 +1,1 @@
+"""Rooms: persisting events with their state, creating local events, membership."""

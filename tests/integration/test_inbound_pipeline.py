@@ -1,0 +1,173 @@
+"""The inbound worker's per-PDU pipeline and the endpoints served to other servers, with
+real servers on loopback (a fake remote with its own keys), on SQLite and PostgreSQL:
+third-server events (and the strict switch), gaps filled through get_missing_events, a dead
+peer given up on within the budget while other rooms flow, rejection, redaction on a hash
+mismatch, bad signatures, and who may read what."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import quote
+
+from homeserver.storage.events import Outcome
+from tests.conftest import DatabaseFactory
+from tests.integration.test_inbound_send import WAIT, Setup, metric, outcome
+from tests.integration.test_inbound_send import setup as setup
+from tests.remote import fake_remote
+from tests.servers import make_config, running_server
+
+
+async def _third_server_flow(
+    db_factory: DatabaseFactory, tmp_path: Path, ca: tuple[Path, Path], strict: bool
+) -> None:
+    config = make_config(tmp_path / "hs", await db_factory.new_settings(), ca,
+                         extra={"inbound": {"strict_origin": strict}})
+    async with running_server(config) as server, fake_remote(ca, tmp_path / "r") as remote, \
+            fake_remote(ca, tmp_path / "third") as third:
+        room = remote.room()
+        room.create_room()
+        await room.teach(server)
+        carol = f"@carol:{third.server_name}"
+        join = room.build("m.room.member", carol, {"membership": "join"}, carol, signer=third)
+        hello = room.message("hello from a third server", sender=carol, signer=third)
+        status, body = await remote.send(server, [join, hello])
+        assert status == 200
+        assert body["pdus"][join.event_id] == {}
+        assert await server.services.inbound_worker.wait_idle(WAIT)
+        assert await outcome(server, join.event_id) is Outcome.ACCEPTED
+        if strict:
+            assert "error" in body["pdus"][hello.event_id]
+            assert await outcome(server, hello.event_id) is None
+            assert metric(server, "hs_inbound_pdus_dropped_total",
+                          {"origin": remote.server_name, "reason": "foreign_sender"}) == 1
+        else:
+            assert body["pdus"][hello.event_id] == {}
+            assert await outcome(server, hello.event_id) is Outcome.ACCEPTED
+
+
+async def test_third_server_events_are_processed(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    await _third_server_flow(db_factory, tmp_path, test_ca, strict=False)
+
+
+async def test_strict_origin_refuses_third_server_messages_but_not_joins(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    await _third_server_flow(db_factory, tmp_path, test_ca, strict=True)
+
+
+async def test_gap_is_filled_through_get_missing_events(setup: Setup) -> None:
+    s = setup
+    msgs = [s.room.message(f"gap {i}") for i in range(6)]
+    status, _ = await s.remote.send(s.server, [msgs[-1]])  # only the latest
+    assert status == 200
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    for m in msgs:
+        assert await outcome(s.server, m.event_id) is Outcome.ACCEPTED
+    assert ("POST", f"/_matrix/federation/v1/get_missing_events/{s.room.room_id}") in [
+        (m, p) for m, p in s.remote.requests
+    ]
+    assert await s.server.services.event_store.get_forward_extremities(s.room.room_id) == [msgs[-1].event_id]
+
+
+async def test_dead_peer_costs_the_budget_and_other_rooms_flow(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    budget = 8.0
+    config = make_config(tmp_path / "hs", await db_factory.new_settings(), test_ca,
+                         extra={"inbound": {"missing_events_timeout": budget}})
+    async with running_server(config) as server, fake_remote(test_ca, tmp_path / "dead") as dead, \
+            fake_remote(test_ca, tmp_path / "alive") as alive:
+        room_a, room_b = dead.room(), alive.room()
+        room_a.create_room()
+        room_b.create_room()
+        await room_a.teach(server)
+        await room_b.teach(server)
+        room_a.message("never sent")
+        stuck = room_a.message("after the gap")
+        dead.hang = True
+        assert (await dead.send(server, [stuck]))[0] == 200
+        for _ in range(int(WAIT / 0.01)):  # until the worker waits on the dead peer
+            if dead.requests:
+                break
+            await asyncio.sleep(0.01)
+        assert dead.requests
+        flowing = [room_b.message(f"b{i}") for i in range(5)]
+        assert (await alive.send(server, flowing))[0] == 200
+        for _ in range(int(WAIT / 0.05)):
+            if await outcome(server, flowing[-1].event_id) is Outcome.ACCEPTED:
+                break
+            await asyncio.sleep(0.05)
+        # Room B was processed while room A's peer still had not answered.
+        assert await outcome(server, flowing[-1].event_id) is Outcome.ACCEPTED
+        assert await outcome(server, stuck.event_id) is None
+        assert not server.services.inbound_worker.idle
+        # Room A's event is given up on once the budget is spent.
+        assert await server.services.inbound_worker.wait_idle(budget + WAIT)
+        assert await outcome(server, stuck.event_id) is None
+        assert metric(server, "hs_missing_events_fetches_total",
+                      {"kind": "get_missing_events", "result": "failed"}) == 1
+        assert metric(server, "hs_events_processed_total", {"outcome": "dropped"}) == 1
+
+
+async def test_unauthorised_event_is_rejected_and_stays_out_of_state(setup: Setup) -> None:
+    s = setup
+    stranger = f"@stranger:{s.remote.server_name}"
+    topic = s.room.build("m.room.topic", stranger, {"topic": "not yours"}, "", add=False)
+    await s.remote.send(s.server, [topic])
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    stored = await s.server.services.event_store.get_event(topic.event_id)
+    assert stored is not None and stored.outcome is Outcome.REJECTED
+    current = await s.server.services.event_store.get_current_state_ids(s.room.room_id)
+    assert ("m.room.topic", "") not in current
+
+
+async def test_hash_mismatch_is_redacted_and_bad_signature_dropped(setup: Setup) -> None:
+    s = setup
+    tampered = s.room.message("original", add=False)
+    pdu = dict(tampered.pdu, content={"msgtype": "m.text", "body": "changed"})  # signature still holds
+    bad_sig = s.room.message("forged", add=False)
+    forged = dict(bad_sig.pdu, signatures={s.remote.server_name: {
+        s.remote.key.key_id: "A" * 86}})
+    status, _ = await s.remote.send_raw(s.server, "tamper", s.remote.transaction([pdu, forged]))
+    assert status == 200
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    stored = await s.server.services.event_store.get_event(tampered.event_id)
+    assert stored is not None and stored.event.content == {}
+    assert await outcome(s.server, bad_sig.event_id) is None
+    assert metric(s.server, "hs_events_processed_total", {"outcome": "dropped"}) == 1
+
+
+async def test_endpoints_served_to_servers_in_the_room(
+    setup: Setup, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    s = setup
+    msgs = [s.room.message(f"read {i}") for i in range(4)]
+    await s.remote.send(s.server, msgs)
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    room = quote(s.room.room_id, safe="")
+    p = "/_matrix/federation/v1"
+    status, body = await s.remote.get(s.server, f"{p}/event/{quote(msgs[0].event_id, safe='')}")
+    assert status == 200 and body["pdus"] == [msgs[0].pdu]
+    status, body = await s.remote.get(s.server, f"{p}/state_ids/{room}?event_id={quote(msgs[1].event_id)}")
+    assert status == 200
+    assert set(body["pdu_ids"]) == {e.event_id for e in s.room.events[:4]}
+    status, body = await s.remote.get(s.server, f"{p}/state/{room}?event_id={quote(msgs[1].event_id)}")
+    assert status == 200 and len(body["pdus"]) == 4
+    status, body = await s.remote.get(s.server, f"{p}/event_auth/{room}/{quote(msgs[1].event_id, safe='')}")
+    assert status == 200 and {e["type"] for e in body["auth_chain"]} >= {"m.room.create", "m.room.member"}
+    status, body = await s.remote.get(s.server, f"{p}/get_missing_events/{room}", "POST", {
+        "limit": 10, "earliest_events": [msgs[0].event_id], "latest_events": [msgs[3].event_id]})
+    assert status == 200 and [e["content"]["body"] for e in body["events"]] == ["read 1", "read 2"]
+    status, body = await s.remote.get(s.server, f"{p}/backfill/{room}?v={quote(msgs[3].event_id)}&limit=2")
+    assert status == 200 and len(body["pdus"]) == 2 and body["pdus"][0] == msgs[3].pdu
+    # A server that is not in the room reads nothing.
+    async with fake_remote(test_ca, tmp_path / "outsider") as outsider:
+        status, body = await outsider.get(s.server, f"{p}/event/{quote(msgs[0].event_id, safe='')}")
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+        status, _ = await outsider.get(s.server, f"{p}/state_ids/{room}?event_id={quote(msgs[1].event_id)}")
+        assert status == 403
+        status, _ = await outsider.get(s.server, f"{p}/backfill/{room}?v={quote(msgs[3].event_id)}")
+        assert status == 403

@@ -1,0 +1,105 @@
+"""The pure destination rules of the outbound sender: who hears about an event of ours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.events.event import Event, StateKey
+from homeserver.federation.sender import destinations_for_event, joined_servers
+from tests.unit.events.builders import ALL_VERSIONS, Room
+
+US = "a.test"
+ALICE = "@alice:a.test"
+BOB = "@bob:b.test"
+CAROL = "@carol:c.test"
+DAVE = "@dave:b.test"
+ERIN = "@erin:e.test"
+VERSION = ALL_VERSIONS[-1]
+
+
+def room_with(members: dict[str, str]) -> Room:
+    room = Room(VERSION, ALICE)
+    room.set_member(ALICE, "join")
+    room.send("m.room.power_levels", ALICE, {"users": {ALICE: 100}}, "")
+    room.send("m.room.join_rules", ALICE, {"join_rule": "public"}, "")
+    for user, membership in members.items():
+        room.set_member(user, membership)
+    return room
+
+
+def dests(room: Room, event: Event) -> set[str]:
+    before = dict(room.state)
+    after: dict[StateKey, Event] = dict(before)
+    if event.is_state:
+        after[event.state_tuple] = event
+    return destinations_for_event(event, before, after, server_name=US)
+
+
+def test_message_goes_to_every_joined_server_but_us() -> None:
+    room = room_with({BOB: "join", DAVE: "join", CAROL: "join", ERIN: "leave"})
+    msg = room.make("m.room.message", ALICE, {"body": "hi"})
+    assert dests(room, msg) == {"b.test", "c.test"}  # b.test once, e.test left, not a.test
+
+
+def test_state_maps_of_contents_work_too() -> None:
+    state: dict[StateKey, Any] = {
+        ("m.room.member", BOB): {"membership": "join"},
+        ("m.room.member", CAROL): {"membership": "invite"},
+        ("m.room.member", ALICE): {"membership": "join"},
+        ("m.room.name", ""): {"name": "x"},
+    }
+    assert joined_servers(state) == {"a.test", "b.test"}
+    msg = room_with({}).make("m.room.message", ALICE, {"body": "hi"})
+    assert destinations_for_event(msg, state, state, server_name=US) == {"b.test"}
+
+
+def test_ban_reaches_a_server_with_no_member_left() -> None:
+    room = room_with({BOB: "join", CAROL: "join"})
+    room.set_member(CAROL, "leave")  # c.test's last member left
+    ban = room.member(CAROL, "ban", sender=ALICE)
+    assert dests(room, ban) == {"b.test", "c.test"}
+
+
+def test_invite_and_kick_reach_the_target_server() -> None:
+    room = room_with({BOB: "join"})
+    invite = room.member(ERIN, "invite", sender=ALICE)
+    assert dests(room, invite) == {"b.test", "e.test"}
+    room = room_with({BOB: "join", CAROL: "join"})
+    kick = room.member(CAROL, "leave", sender=ALICE)
+    assert dests(room, kick) == {"b.test", "c.test"}
+
+
+def test_own_leave_goes_to_the_room_only() -> None:
+    room = room_with({BOB: "join"})
+    leave = room.member(ALICE, "leave")
+    assert dests(room, leave) == {"b.test"}
+    # our own user's ban of one of our users: only the room's servers
+    room = room_with({BOB: "join"})
+    room.set_member("@zed:a.test", "join")
+    assert dests(room, room.member("@zed:a.test", "ban", sender=ALICE)) == {"b.test"}
+
+
+def test_join_includes_the_state_after() -> None:
+    # Our user joins a room where only c.test is: c.test hears, and the after-state
+    # (which adds us) adds no one else.
+    room = room_with({CAROL: "join"})
+    join = room.member("@zed:a.test", "join")
+    assert dests(room, join) == {"c.test"}
+    # A join whose after-state has a server the before-state lacks (state given by the caller).
+    before: dict[StateKey, Any] = {("m.room.member", ALICE): {"membership": "join"}}
+    after = dict(before)
+    after[("m.room.member", BOB)] = {"membership": "join"}
+    ev = room.member("@zed:a.test", "join")
+    assert destinations_for_event(ev, before, after, server_name=US) == {"b.test"}
+    # ... but a message does not use the after-state.
+    msg = room.make("m.room.message", ALICE, {"body": "x"})
+    assert destinations_for_event(msg, before, after, server_name=US) == set()
+
+
+def test_nobody_else_in_the_room() -> None:
+    room = room_with({})
+    assert dests(room, room.make("m.room.message", ALICE, {"body": "alone"})) == set()
+    # a user ID without a valid server name is ignored
+    state: dict[StateKey, Any] = {("m.room.member", "@bad:"): {"membership": "join"},
+                                  ("m.room.member", "@x:bad host"): {"membership": "join"}}
+    assert destinations_for_event(room.make("m.room.message", ALICE, {}), state, None, server_name=US) == set()
