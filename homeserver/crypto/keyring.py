@@ -118,7 +118,7 @@ class KeyRing:
         if key is None or key.valid_until_ts < at:
             if key is not None and key.expired_ts is not None:
                 raise KeyNotFoundError(f"key {key_id} of {server_name} expired at {key.expired_ts}")
-            await self._fetch_coalesced(server_name)
+            await self._fetch_coalesced(server_name, key_id)
             key = await self._lookup(server_name, key_id)
         if key is None:
             raise KeyNotFoundError(f"no key {key_id} for {server_name}")
@@ -142,11 +142,16 @@ class KeyRing:
         while len(self._memory) > MEMORY_CACHE_SIZE:
             self._memory.popitem(last=False)
 
-    async def _fetch_coalesced(self, server_name: str) -> None:
+    async def _fetch_coalesced(self, server_name: str, key_id: str) -> None:
         if self._failed_until.get(server_name, 0) > self._clock():
             return
         fut = self._inflight.get(server_name)
         if fut is None:
+            # A fetch that finished while this caller was reading the database may
+            # already have brought the key.
+            known = self._memory.get((server_name, key_id))
+            if known is not None and known.valid_until_ts >= self._clock():
+                return
             fut = asyncio.get_running_loop().create_future()
             self._inflight[server_name] = fut
             try:

@@ -244,10 +244,13 @@ class FederationClient:
                 reason = "timeout" if "timed out" in str(e) else (
                     f"http_{e.status // 100}xx" if e.status else "transport")
                 self._metrics.outbound_request_failures.labels(reason).inc()
+                self._metrics.outbound_destination_request_failures.labels(destination).inc()
             raise
         finally:
             if self._metrics is not None:
-                self._metrics.outbound_request_seconds.labels(method).observe(time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._metrics.outbound_request_seconds.labels(method).observe(elapsed)
+                self._metrics.outbound_destination_request_seconds.labels(destination).observe(elapsed)
 
     async def _send(
         self, method: str, destination: str, path: str, target: Target, uri: str,
@@ -255,7 +258,9 @@ class FederationClient:
     ) -> Any:
         try:
             async with self.session.request(
-                method, target.base_url + uri, data=data, headers=headers, timeout=req_timeout,
+                # encoded=True: the request line must carry exactly the URI that was signed
+                # (yarl would otherwise decode %3A, %21, %40 and the signature would not match).
+                method, URL(target.base_url + uri, encoded=True), data=data, headers=headers, timeout=req_timeout,
                 allow_redirects=False,
             ) as resp:
                 raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)

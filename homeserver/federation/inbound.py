@@ -120,6 +120,10 @@ class InboundProcessor:
             outcome = await self.handle_pdu(entry.origin, entry.body, version, entry.event_id)
         except Dropped as e:
             self._metrics.events_processed.labels("dropped").inc()
+            reason = str(e).split(":", 1)[0]
+            self._metrics.inbound_pdus_dropped.labels(
+                entry.origin, {"format": "malformed", "signature": "bad_signature"}.get(reason, "unplaceable")
+            ).inc()
             log.info("inbound event dropped", extra={"origin": entry.origin, "event_id": entry.event_id,
                                                      "reason": str(e)})
             return
@@ -131,10 +135,14 @@ class InboundProcessor:
     ) -> str | None:
         """Run the checks and persist; return the outcome's name, or None for a duplicate."""
         event_id = event_id or compute_event_id(pdu, version)
-        if event_id in self._events or await self._store.have_events([event_id]):
+        if event_id in self._events:
+            return None
+        # An outlier (stored earlier as another event's auth or state) is processed now.
+        stored = (await self._store.get_outcomes([event_id])).get(event_id)
+        if stored is not None and stored is not Outcome.OUTLIER:
             return None
         event = await self.check_event(pdu, version, event_id)
-        return await self._process(origin, event, budget)
+        return await self._process(origin, event, budget, stored)
 
     # ------------------------------------------------------------------ steps 1-3
 
@@ -171,13 +179,17 @@ class InboundProcessor:
 
     # ------------------------------------------------------------------ steps 4-6
 
-    async def _process(self, origin: str, event: Event, budget: _Budget | None) -> str:
+    async def _process(
+        self, origin: str, event: Event, budget: _Budget | None, stored: Outcome | None = None
+    ) -> str:
         # Network work first, without the room lock: missing auth events, missing prevs.
         await self._ensure_auth_events(origin, event)
         prev_states = await self._prev_states(origin, event, budget)
         async with self._persister.room_lock(event.room_id):
             outcome, reason, state_before = await self._decide(event, prev_states)
-            await self._persister.persist_event(event, outcome, state_before, rejection_reason=reason)
+            await self._persister.persist_event(
+                event, outcome, state_before, rejection_reason=reason, stored_outcome=stored
+            )
         self._remember(event, outcome)
         after: Mapping[StateKey, str] = state_before
         if event.is_state and outcome is not Outcome.REJECTED:
@@ -234,8 +246,8 @@ class InboundProcessor:
             return Outcome.REJECTED, str(e), state_before
         # 6. Auth against the current state, else soft-failed. When the event's prevs are
         # the room's forward extremities, the current state is the state before it.
-        extremities = await self._store.get_forward_extremities(event.room_id)
-        if set(extremities) != set(event.prev_events):
+        extremities = await self._persister.forward_extremities(event.room_id)
+        if extremities != set(event.prev_events):
             current = await self._store.get_current_state_ids(event.room_id)
             try:
                 check_auth_rules(event, await self._auth_state(event, current))

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 300.0
 IDLE_POLL_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 10.0
+# At shutdown, entries already claimed get this long to finish before being cancelled.
+SHUTDOWN_GRACE_SECONDS = 5.0
 # A room task gives its slot to a waiting room after this many entries.
 ROOM_SLICE = 20
 
@@ -204,6 +206,9 @@ class InboxStore:
 
 Processor = Callable[[InboxEntry], Awaitable[None]]
 
+# Processed entries are deleted in batches of this size while the worker is busy.
+DELETE_BATCH = 50
+
 
 class InboundWorker:
     """Drains the inbox; ``notify`` wakes it after /send enqueued something."""
@@ -240,12 +245,22 @@ class InboundWorker:
         self._main = asyncio.create_task(self._run(), name="inbound-worker")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._main, *self._running.values()) if t is not None]
+        """Graceful: claim nothing more, let the rooms finish the entries already claimed
+        (for at most SHUTDOWN_GRACE_SECONDS), then cancel the rest; entries not finished
+        stay in the inbox and are processed on the next start (no work is lost)."""
+        main, self._main = self._main, None
+        if main is not None:
+            main.cancel()
+            await asyncio.wait([main], timeout=STOP_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while self._running and time.monotonic() < deadline:
+            # A finishing room starts the next waiting room: wait for those too.
+            await asyncio.wait(list(self._running.values()), timeout=deadline - time.monotonic())
+        tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
-        self._main = None
         # Entries processed but not yet deleted would only be skipped as duplicates on
         # restart; deleting them now saves that look-up.
         if self._done:
@@ -298,7 +313,7 @@ class InboundWorker:
                     claimed = await self._claim_round()
                 if claimed == 0:
                     self._wake.clear()
-                    if self._done:
+                    if self._done and not self._pending:
                         continue
                     try:
                         async with asyncio.timeout(IDLE_POLL_SECONDS):
@@ -316,7 +331,9 @@ class InboundWorker:
     async def _claim_round(self) -> int:
         """Claim up to the free slots, an equal share per origin with entries."""
         free = self._config.worker_batch_size - self._pending
-        if free <= 0 or not self._origin_order:
+        # Claim in batches: wait until half the slots are free (or the worker is idle), so
+        # a busy worker does not pay a claim transaction per processed entry.
+        if free <= 0 or not self._origin_order or (self._pending and free * 2 < self._config.worker_batch_size):
             return 0
         full = [k for k, q in self._queues.items() if len(q) >= self._config.max_queued_per_room]
         origins = list(self._origin_order)[: max(1, free)]
@@ -387,7 +404,7 @@ class InboundWorker:
             self._start_rooms()
 
     async def _flush_done(self) -> None:
-        if not self._done:
+        if not self._done or (self._pending and len(self._done) < DELETE_BATCH):
             return
         ids, self._done = self._done, []
         await self._store.delete(ids)

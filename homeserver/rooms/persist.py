@@ -14,7 +14,9 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from homeserver.events.errors import StateResolutionError
 from homeserver.events.event import Event, StateKey
@@ -26,6 +28,26 @@ from homeserver.storage.events import EventStore, Outcome, event_json
 log = logging.getLogger(__name__)
 
 InTransaction = Callable[[Connection], Awaitable[None]]
+# Called after an event's transaction commits (event, outcome, stream ordering): wakes
+# /sync long-polls and similar. Listeners must be quick and must not raise.
+PersistListener = Callable[[Event, "Outcome", int], None]
+
+
+HEAD_CACHE_ROOMS = 1_000
+GROUP_CACHE_EVENTS = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """A room's forward extremities and current state, as committed."""
+
+    extremities: frozenset[str]
+    state: dict[StateKey, str]
+    # When known: the only entries that differ from the previous head's state.
+    delta: tuple[tuple[StateKey, str], ...] | None = None
+
+
+_UNCHECKED = object()
 
 
 class PersistError(Exception):
@@ -37,6 +59,15 @@ class EventPersister:
         self.store = store
         self.db = store.db
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.listeners: list[PersistListener] = []
+        # Only this class writes heads and state groups, under the room lock, and caches
+        # are updated after commit: in one process they are authoritative.
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self._group_after: OrderedDict[str, int] = OrderedDict()
+        self._next_ordering: int | None = None
+        # Commits happen in stream order, so a reader that has seen ordering N has seen
+        # everything below it (PostgreSQL would otherwise commit concurrent rooms out of order).
+        self._commit_lock = asyncio.Lock()
 
     def room_lock(self, room_id: str) -> asyncio.Lock:
         """The lock that serialises persisting and creating events in one room."""
@@ -99,12 +130,16 @@ class EventPersister:
         if not events:
             return
         have = await self.store.have_events(e.event_id for e in events)
-        async with self.db.transaction() as conn:
-            for event in events:
-                if event.event_id in have:
-                    continue
-                await self._insert(conn, event, Outcome.OUTLIER, None, None, None)
-                have.add(event.event_id)
+        try:
+            async with self._commit_lock, self.db.transaction() as conn:
+                for event in events:
+                    if event.event_id in have:
+                        continue
+                    await self._insert(conn, event, Outcome.OUTLIER, None, None, None)
+                    have.add(event.event_id)
+        except BaseException:
+            self._next_ordering = None
+            raise
 
     async def persist_event(
         self,
@@ -114,11 +149,13 @@ class EventPersister:
         *,
         rejection_reason: str | None = None,
         in_transaction: InTransaction | None = None,
+        stored_outcome: Outcome | object | None = _UNCHECKED,
     ) -> int:
         """Store ``event`` with its outcome and the state before it; return its stream ordering.
 
         Idempotent: an event already stored with state keeps its first outcome; an outlier
-        is upgraded to a full event.
+        is upgraded to a full event. A caller that has just looked the event up passes what
+        it found as ``stored_outcome`` (None: not stored) to save the look-up here.
         """
         if outcome is Outcome.OUTLIER:
             await self.persist_outliers([event])
@@ -128,23 +165,38 @@ class EventPersister:
             return int(row)
         if state_before is None:
             raise PersistError("an event with an outcome needs its state before")
-        existing = await self.db.fetchone(
-            "SELECT stream_ordering, outcome FROM events WHERE event_id = ?", event.event_id
-        )
-        if existing is not None and existing[1] != Outcome.OUTLIER.value:
-            return int(existing[0])
+        existing: bool
+        if stored_outcome is _UNCHECKED:
+            row = await self.db.fetchone(
+                "SELECT stream_ordering, outcome FROM events WHERE event_id = ?", event.event_id
+            )
+            if row is not None and row[1] != Outcome.OUTLIER.value:
+                return int(row[0])
+            existing = row is not None
+        elif stored_outcome is None:
+            existing = False
+        elif stored_outcome is Outcome.OUTLIER:
+            existing = True
+        else:
+            row = await self.db.fetchone(
+                "SELECT stream_ordering FROM events WHERE event_id = ?", event.event_id
+            )
+            return int(row[0]) if row else 0
 
         state_after = dict(state_before)
         if event.is_state and outcome is not Outcome.REJECTED:
             state_after[event.state_tuple] = event.event_id
 
         parent = await self._parent_group(event)
-        head: tuple[set[str], dict[StateKey, str]] | None = None
+        old_head: _Head | None = None
+        new_head: _Head | None = None
         if outcome is Outcome.ACCEPTED:
-            head = await self._next_head(event, state_after)
+            old_head = await self._load_head(event.room_id)
+            new_head = await self._next_head(event, state_after, old_head)
+        new_room = await self.store.get_room_version(event.room_id) is None
         new_groups: list[int] = []
         try:
-            async with self.db.transaction() as conn:
+            async with self._commit_lock, self.db.transaction() as conn:
                 before_group = await self._group_for(conn, event.room_id, state_before, parent, new_groups)
                 if state_after == state_before:
                     after_group = before_group
@@ -153,26 +205,50 @@ class EventPersister:
                         conn, event.room_id, state_after, before_group
                     )
                     new_groups.append(after_group)
-                if existing is not None:
-                    await conn.execute("DELETE FROM events WHERE event_id = ?", event.event_id)
-                    await conn.execute("DELETE FROM event_edges WHERE event_id = ?", event.event_id)
-                    await conn.execute("DELETE FROM event_auth WHERE event_id = ?", event.event_id)
+                if existing:
+                    await conn.write("DELETE FROM events WHERE event_id = ?", event.event_id)
+                    await conn.write("DELETE FROM event_edges WHERE event_id = ?", event.event_id)
+                    await conn.write("DELETE FROM event_auth WHERE event_id = ?", event.event_id)
                 ordering = await self._insert(
-                    conn, event, outcome, rejection_reason, before_group, after_group
+                    conn, event, outcome, rejection_reason, before_group, after_group, new_room
                 )
-                if head is not None:
-                    await self._write_head(conn, event.room_id, *head)
+                if old_head is not None and new_head is not None:
+                    await self._write_head(conn, event, old_head, new_head)
                 if in_transaction is not None:
                     await in_transaction(conn)
         except BaseException:
             for g in new_groups:
                 self.store.forget_cached_group(g)
+            self._heads.pop(event.room_id, None)
+            self._next_ordering = None
             raise
+        self._remember_group(event.event_id, after_group)
+        if new_head is not None:
+            self._heads[event.room_id] = new_head
+            self._heads.move_to_end(event.room_id)
+            while len(self._heads) > HEAD_CACHE_ROOMS:
+                self._heads.popitem(last=False)
+        self._notify(event, outcome, ordering)
         return ordering
+
+    def _notify(self, event: Event, outcome: Outcome, ordering: int) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, outcome, ordering)
+            except Exception:
+                log.exception("persist listener failed", extra={"event_id": event.event_id})
+
+    def _remember_group(self, event_id: str, group: int) -> None:
+        self._group_after[event_id] = group
+        self._group_after.move_to_end(event_id)
+        while len(self._group_after) > GROUP_CACHE_EVENTS:
+            self._group_after.popitem(last=False)
 
     async def _parent_group(self, event: Event) -> int | None:
         for prev in event.prev_events:
-            group = await self.store.get_state_group_after(prev)
+            group = self._group_after.get(prev)
+            if group is None:
+                group = await self.store.get_state_group_after(prev)
             if group is not None:
                 return group
         return None
@@ -201,19 +277,21 @@ class EventPersister:
         rejection_reason: str | None,
         before_group: int | None,
         after_group: int | None,
+        new_room: bool = True,
     ) -> int:
-        await conn.execute(
-            "INSERT INTO rooms (room_id, room_version, created_ts) VALUES (?, ?, ?)"
-            " ON CONFLICT (room_id) DO NOTHING",
-            event.room_id,
-            event.room_version.identifier,
-            int(time.time() * 1000),
+        if new_room:
+            await conn.write(
+                "INSERT INTO rooms (room_id, room_version, created_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id) DO NOTHING",
+                event.room_id,
+                event.room_version.identifier,
+                int(time.time() * 1000),
+            )
+        columns = (
+            "event_id, room_id, type, state_key, sender, membership, depth, origin_server_ts,"
+            " outcome, rejection_reason, state_group, state_group_after, received_ts, json"
         )
-        ordering = await conn.fetchval(
-            "INSERT INTO events (event_id, room_id, type, state_key, sender, membership, depth,"
-            " origin_server_ts, outcome, rejection_reason, state_group, state_group_after,"
-            " received_ts, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " RETURNING stream_ordering",
+        values = (
             event.event_id,
             event.room_id,
             event.type,
@@ -229,39 +307,78 @@ class EventPersister:
             int(time.time() * 1000),
             event_json(event),
         )
+        if self.db.engine == "sqlite":
+            # One writer (the transaction holds the connection's lock): the ordering is
+            # allocated here, so the insert need not be a round trip of its own.
+            if self._next_ordering is None:
+                self._next_ordering = int(await conn.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events"))
+            self._next_ordering += 1
+            ordering = self._next_ordering
+            await conn.write(
+                f"INSERT INTO events (stream_ordering, {columns}) VALUES (?, {', '.join('?' * len(values))})",
+                ordering,
+                *values,
+            )
+        else:
+            ordering = await conn.fetchval(
+                f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))}) RETURNING stream_ordering",
+                *values,
+            )
         if event.prev_events:
-            await conn.executemany(
+            await conn.write_many(
                 "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)"
                 " ON CONFLICT DO NOTHING",
                 [(event.event_id, p) for p in dict.fromkeys(event.prev_events)],
             )
         if event.auth_events:
-            await conn.executemany(
+            await conn.write_many(
                 "INSERT INTO event_auth (event_id, auth_event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(event.event_id, a) for a in dict.fromkeys(event.auth_events)],
             )
         return int(ordering)
 
-    async def _next_head(
-        self, event: Event, state_after: dict[StateKey, str]
-    ) -> tuple[set[str], dict[StateKey, str]]:
+    async def forward_extremities(self, room_id: str) -> frozenset[str]:
+        """The room's forward extremities (from the cache when warm)."""
+        return (await self._load_head(room_id)).extremities
+
+    async def _load_head(self, room_id: str) -> _Head:
+        cached = self._heads.get(room_id)
+        if cached is not None:
+            return cached
+        extremities = frozenset(await self.store.get_forward_extremities(room_id))
+        return _Head(extremities, await self.store.get_current_state_ids(room_id))
+
+    async def _next_head(self, event: Event, state_after: dict[StateKey, str], old: _Head) -> _Head:
         """The forward extremities and current state once ``event`` is accepted.
 
         Computed before the write transaction (the caller holds the room lock), because
         state resolution may need to load many events.
         """
-        later = await self.db.fetchval(
-            "SELECT 1 FROM event_edges ed JOIN events e ON e.event_id = ed.event_id"
-            " WHERE ed.prev_event_id = ? AND e.outcome = 'accepted' LIMIT 1",
-            event.event_id,
-        )
-        extremities = set(await self.store.get_forward_extremities(event.room_id))
-        extremities -= set(event.prev_events)
+        prevs = set(event.prev_events)
+        later = False
+        if not prevs <= old.extremities:
+            # Out of order: an accepted event may already point at this one, in which
+            # case it is not an extremity.
+            later = bool(
+                await self.db.fetchval(
+                    "SELECT 1 FROM event_edges ed JOIN events e ON e.event_id = ed.event_id"
+                    " WHERE ed.prev_event_id = ? AND e.outcome = 'accepted' LIMIT 1",
+                    event.event_id,
+                )
+            )
+        extremities = set(old.extremities) - prevs
         if not later:
-            # An event that an accepted event already points at is not an extremity.
             extremities.add(event.event_id)
+        if extremities == {event.event_id} and prevs == old.extremities and len(prevs) == 1:
+            # The linear case: the state before the event is the current state.
+            if not event.is_state:
+                return _Head(frozenset(extremities), old.state, ())
+            key = event.state_tuple
+            if state_after.get(key) == old.state.get(key):
+                return _Head(frozenset(extremities), old.state, ())
+            return _Head(frozenset(extremities), {**old.state, key: event.event_id}, ((key, event.event_id),))
         if extremities == {event.event_id}:
-            return extremities, state_after
+            return _Head(frozenset(extremities), state_after)
         states = []
         for ext in sorted(extremities):
             if ext == event.event_id:
@@ -270,35 +387,52 @@ class EventPersister:
             after = await self.store.get_state_ids_after(ext)
             if after is not None:
                 states.append(after)
-        return extremities, await self.resolve(event.room_version, states, {event.event_id: event})
+        resolved = await self.resolve(event.room_version, states, {event.event_id: event})
+        return _Head(frozenset(extremities), resolved)
 
-    async def _write_head(
-        self, conn: Connection, room_id: str, extremities: set[str], new_state: dict[StateKey, str]
-    ) -> None:
-        await conn.execute("DELETE FROM forward_extremities WHERE room_id = ?", room_id)
-        await conn.executemany(
-            "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
-            [(room_id, e) for e in sorted(extremities)],
-        )
-        await self._write_current_state(conn, room_id, new_state)
+    async def _write_head(self, conn: Connection, event: Event, old: _Head, new: _Head) -> None:
+        room_id = event.room_id
+        known = {event.event_id: event.membership} if event.type == "m.room.member" else {}
+        removed = sorted(old.extremities - new.extremities)
+        added = sorted(new.extremities - old.extremities)
+        if removed:
+            await conn.write(
+                f"DELETE FROM forward_extremities WHERE room_id = ? AND event_id IN ({','.join('?' * len(removed))})",
+                room_id,
+                *removed,
+            )
+        if added:
+            await conn.write_many(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(room_id, e) for e in added],
+            )
+        if new.delta is not None:
+            if new.delta:
+                await self._write_current_state(conn, room_id, old.state, dict(new.delta), known, partial=True)
+        elif new.state is not old.state:
+            await self._write_current_state(conn, room_id, old.state, new.state, known)
 
     async def _write_current_state(
-        self, conn: Connection, room_id: str, new_state: Mapping[StateKey, str]
+        self,
+        conn: Connection,
+        room_id: str,
+        old: Mapping[StateKey, str],
+        new_state: Mapping[StateKey, str],
+        known: Mapping[str, str | None],
+        partial: bool = False,
     ) -> None:
-        rows = await conn.fetchall(
-            "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?", room_id
-        )
-        old = {(t, sk): eid for t, sk, eid in rows}
-        removed = [k for k in old if k not in new_state]
+        """Write the difference between ``old`` and ``new_state`` (or, with ``partial``,
+        the entries of ``new_state`` only)."""
+        removed = [] if partial else [k for k in old if k not in new_state]
         changed = [(k, eid) for k, eid in new_state.items() if old.get(k) != eid]
         for t, sk in removed:
-            await conn.execute(
+            await conn.write(
                 "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?", room_id, t, sk
             )
         if not changed:
             return
-        member_ids = [eid for (t, _), eid in changed if t == "m.room.member"]
-        memberships: dict[str, str | None] = {}
+        memberships: dict[str, str | None] = dict(known)
+        member_ids = [eid for (t, _), eid in changed if t == "m.room.member" and eid not in memberships]
         for i in range(0, len(member_ids), 500):
             chunk = member_ids[i : i + 500]
             got = await conn.fetchall(
@@ -308,11 +442,11 @@ class EventPersister:
             memberships.update((r[0], r[1]) for r in got)
         for (t, sk), _ in changed:
             if (t, sk) in old:
-                await conn.execute(
+                await conn.write(
                     "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
                     room_id, t, sk,
                 )
-        await conn.executemany(
+        await conn.write_many(
             "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)",
             [(room_id, t, sk, eid, memberships.get(eid)) for (t, sk), eid in changed],
         )

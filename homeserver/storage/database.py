@@ -52,6 +52,16 @@ class Connection(abc.ABC):
     async def executescript(self, script: str) -> None:
         """Run several ``;``-separated statements (migrations)."""
 
+    async def write(self, sql: str, *args: Any) -> None:
+        """A statement whose result is not needed. Inside a transaction an engine may defer
+        it to the next read or the commit, so several writes cost one round trip."""
+        await self.execute(sql, *args)
+
+    async def write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``executemany`` that may be deferred like ``write``."""
+        if rows:
+            await self.executemany(sql, rows)
+
 
 class Database(Connection):
     engine: str
@@ -94,6 +104,74 @@ class _SqliteConn(Connection):
     async def executescript(self, script: str) -> None:
         for statement in split_statements(script):
             await self._conn.execute(statement)
+
+
+class _SqliteTxn(_SqliteConn):
+    """A transaction on the SQLite connection that batches writes: ``BEGIN`` and every
+    ``write`` are queued and run in one hop to the database thread together with the next
+    read or the ``COMMIT`` (each hop costs far more than the statements themselves)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        super().__init__(conn)
+        self._queue: list[tuple[str, Sequence[Any], bool]] = [("BEGIN IMMEDIATE", (), False)]
+        self.begun = False
+
+    async def _flush(self, final: str | None = None) -> None:
+        batch = self._queue
+        self._queue = []
+        if final is not None:
+            batch.append((final, (), False))
+        if not batch:
+            return
+        if batch[0][0].startswith("BEGIN"):
+            self.begun = True
+
+        def run(raw: Any) -> None:
+            for sql, args, many in batch:
+                if many:
+                    raw.executemany(sql, args)
+                else:
+                    raw.execute(sql, args)
+
+        raw = getattr(self._conn, "_connection", None)
+        if raw is None:  # pragma: no cover - aiosqlite internals changed: one hop each
+            for sql, args, many in batch:
+                if many:
+                    await self._conn.executemany(sql, args)
+                else:
+                    await self._conn.execute(sql, args)
+            return
+        await self._conn._execute(run, raw)  # type: ignore[no-untyped-call]
+
+    async def write(self, sql: str, *args: Any) -> None:
+        self._queue.append((sql, args, False))
+
+    async def write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._queue.append((sql, [tuple(r) for r in rows], True))
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        await self._flush()
+        return await super().execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.write_many(sql, rows)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        await self._flush()
+        return await super().fetchall(sql, *args)
+
+    async def executescript(self, script: str) -> None:
+        await self._flush()
+        await super().executescript(script)
+
+    async def commit(self) -> None:
+        await self._flush("COMMIT")
+
+    async def rollback(self) -> None:
+        self._queue = []
+        if self.begun:
+            await self._conn.execute("ROLLBACK")
 
 
 class SqliteDatabase(Database):
@@ -139,14 +217,17 @@ class SqliteDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            txn = _SqliteTxn(self._conn)
             try:
-                yield self._inner
+                yield txn
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await txn.rollback()
                 raise
-            else:
-                await self._conn.execute("COMMIT")
+            try:
+                await txn.commit()
+            except BaseException:
+                await txn.rollback()
+                raise
 
     async def close(self) -> None:
         await self._conn.close()

@@ -230,7 +230,7 @@ class EventStore:
             chain_length,
         )
         if entries:
-            await conn.executemany(
+            await conn.write_many(
                 "INSERT INTO state_group_entries (state_group, type, state_key, event_id) VALUES (?, ?, ?, ?)",
                 [(int(group), t, sk, eid) for t, sk, eid in entries],
             )
