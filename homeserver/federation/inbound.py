@@ -107,6 +107,19 @@ class InboundProcessor:
         # event ID -> state after it, for events this worker persisted (shared maps: a
         # message's state after is its state before, the same object).
         self._state_after: OrderedDict[str, Mapping[StateKey, str]] = OrderedDict()
+        # event ID -> outcome looked up for a whole claimed batch at once (None: not stored).
+        self._prefetched: dict[str, Outcome | None] = {}
+
+    async def prefetch(self, entries: Sequence[InboxEntry]) -> None:
+        """Look up, in one query, whether the claimed PDUs are already stored."""
+        ids = [e.event_id for e in entries if e.kind == "pdu" and e.event_id]
+        if not ids:
+            return
+        found = await self._store.get_outcomes(ids)
+        for event_id in ids:
+            self._prefetched[event_id] = found.get(event_id)
+        while len(self._prefetched) > self._config.cache_size:
+            self._prefetched.pop(next(iter(self._prefetched)))
 
     # ------------------------------------------------------------------ entry point
 
@@ -138,7 +151,10 @@ class InboundProcessor:
         if event_id in self._events:
             return None
         # An outlier (stored earlier as another event's auth or state) is processed now.
-        stored = (await self._store.get_outcomes([event_id])).get(event_id)
+        if event_id in self._prefetched:
+            stored = self._prefetched.pop(event_id)
+        else:
+            stored = (await self._store.get_outcomes([event_id])).get(event_id)
         if stored is not None and stored is not Outcome.OUTLIER:
             return None
         event = await self.check_event(pdu, version, event_id)

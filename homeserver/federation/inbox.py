@@ -349,6 +349,15 @@ class InboundWorker:
             else:
                 self._origin_order.append(origin)
         claimed.sort(key=lambda e: e.id)
+        prefetch = getattr(self._process, "prefetch", None)
+        if prefetch is not None and claimed:
+            self._pending += len(claimed)  # claimed, not idle, while the look-up runs
+            try:
+                await prefetch(claimed)
+            except Exception:  # an optimisation only: each entry then looks itself up
+                log.warning("inbox prefetch failed", exc_info=True)
+            finally:
+                self._pending -= len(claimed)
         for entry in claimed:
             self._enqueue(entry)
         return len(claimed)

@@ -22,7 +22,7 @@ from homeserver.events.errors import StateResolutionError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.stateres import resolve_state
 from homeserver.events.versions import RoomVersion
-from homeserver.storage.database import Connection
+from homeserver.storage.database import Connection, is_unique_violation
 from homeserver.storage.events import EventStore, Outcome, event_json
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,27 @@ class EventPersister:
             return int(row)
         if state_before is None:
             raise PersistError("an event with an outcome needs its state before")
+        try:
+            return await self._persist_event(
+                event, outcome, state_before, rejection_reason, in_transaction, stored_outcome
+            )
+        except Exception as e:
+            if stored_outcome is _UNCHECKED or not is_unique_violation(e):
+                raise
+            # The caller's look-up was stale (the event was stored since): check here.
+            return await self._persist_event(
+                event, outcome, state_before, rejection_reason, in_transaction, _UNCHECKED
+            )
+
+    async def _persist_event(
+        self,
+        event: Event,
+        outcome: Outcome,
+        state_before: Mapping[StateKey, str],
+        rejection_reason: str | None,
+        in_transaction: InTransaction | None,
+        stored_outcome: Outcome | object | None,
+    ) -> int:
         existing: bool
         if stored_outcome is _UNCHECKED:
             row = await self.db.fetchone(

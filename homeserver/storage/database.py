@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -72,6 +73,13 @@ class Database(Connection):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is either engine's unique-constraint violation."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc)
+    return isinstance(exc, asyncpg.UniqueViolationError)
 
 
 def split_statements(script: str) -> list[str]:
