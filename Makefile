@@ -6,7 +6,7 @@ SERVER_NAME ?= localhost:8448
 DATA_DIR ?= ./data
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install config clean
+.PHONY: run test interop lint install config clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -29,6 +29,10 @@ run: $(STAMP) config
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# A real Synapse beside two of ours; the first run installs it into ~/.cache/homeserver-interop.
+interop: $(STAMP)
+	$(BIN)/pytest -m interop tests/interop $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check homeserver tests bench

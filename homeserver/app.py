@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from homeserver.client_api import create_client_api_app
 from homeserver.config import Config
 from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
@@ -22,13 +23,20 @@ from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
-from homeserver.http import error_middleware, json_response
+from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
+from homeserver.ops import health_route
+from homeserver.rooms.builder import EventBuilder
+from homeserver.rooms.federation_api import FederationRoomsAPI, user_store_profiles
 from homeserver.rooms.persist import EventPersister
+from homeserver.rooms.remote import RemoteMembership
+from homeserver.rooms.service import RoomService
+from homeserver.rooms.store import RoomMembershipStore
 from homeserver.storage.database import Database, open_database
 from homeserver.storage.events import EventStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
+from homeserver.storage.users import UserStore
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ class Services:
     sender: OutboundSender
     inbox: InboxStore
     inbound_worker: InboundWorker
+    rooms: RoomService
 
     @classmethod
     async def open(cls, config: Config, signing_key: ServerSigningKey | None = None) -> Services:
@@ -97,8 +106,12 @@ class Services:
             await client.close()
             await db.close()
             raise
+        builder = EventBuilder(config.server_name, key, event_store, persister, sender)
+        memberships = RoomMembershipStore(db)
+        remote = RemoteMembership(config.server_name, client, keyring, processor, builder, memberships)
+        rooms = RoomService(config.server_name, builder, remote, memberships)
         return cls(
-            config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker
+            config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms
         )
 
     async def close(self) -> None:
@@ -119,6 +132,7 @@ def create_federation_app(services: Services) -> web.Application:
         client_max_size=8 * 1024 * 1024,
     )
     app.add_routes(key_routes(services.config, services.signing_key))
+    app.add_routes([health_route(services.db)])
     transport = FederationTransport(
         services.config.server_name,
         services.config.inbound,
@@ -128,14 +142,23 @@ def create_federation_app(services: Services) -> web.Application:
         services.metrics,
     )
     app.add_routes(transport.routes())
+    rooms_api = FederationRoomsAPI(
+        services.config.server_name, services.signing_key, services.rooms, services.rooms.remote.processor,
+        profiles=user_store_profiles(UserStore(services.db)),
+    )
+    app.add_routes(rooms_api.routes())
     return app
 
 
 def create_client_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
-
-    async def versions(request: web.Request) -> web.Response:
-        return json_response({"versions": ["v1.11", "v1.12"], "unstable_features": {}})
-
-    app.add_routes([web.get("/_matrix/client/versions", versions)])
+    app = create_client_api_app(
+        services.config,
+        users=UserStore(services.db),
+        events=services.event_store,
+        persister=services.persister,
+        rooms=services.rooms,
+        sender=services.sender,
+        federation=services.federation_client,
+    )
+    app.add_routes([health_route(services.db)])
     return app

@@ -1,4 +1,4 @@
-"""Command line: ``homeserver run | migrate | generate-config | generate-key``.
+"""Command line: ``homeserver run | migrate | generate-config | generate-key | testbed``.
 
 Every expected failure (bad config, bad key file, unreachable database) prints one line
 to stderr and exits with status 1; no traceback.
@@ -25,6 +25,8 @@ from homeserver.federation.client import split_server_name
 from homeserver.logsetup import setup_logging
 from homeserver.storage.database import DatabaseError, open_database
 from homeserver.storage.migrations import migrate
+from homeserver.testbed.commands import add_testbed_commands
+from homeserver.testbed.state import TestbedError
 
 
 class CliError(Exception):
@@ -119,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     config = _load(args.config)
     _check_files(config)
-    setup_logging(config.logging.level, config.logging.format)
+    setup_logging(args.log_level or config.logging.level, config.logging.format)
     try:
         asyncio.run(run_forever(config))
     except DatabaseError as e:
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the homeserver")
     p.add_argument("-c", "--config", required=True, help="config file")
+    p.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   help="overrides logging.level of the config")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("migrate", help="apply database migrations and exit")
@@ -155,14 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-key", help="print (or write) a new ed25519 signing key")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_generate_key)
+
+    add_testbed_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except CliError as e:
+        status = args.func(args)
+    except (CliError, TestbedError) as e:
         print(f"homeserver: {e}", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0

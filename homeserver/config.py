@@ -136,6 +136,28 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    # Token bucket per client IP: ``burst_count`` requests at once, refilled at
+    # ``per_second`` requests per second.
+    per_second: float = 0.5
+    burst_count: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    enable_registration: bool = True
+    # When set, registering needs the m.login.registration_token stage with this token.
+    registration_token: str | None = None
+    # Base URL advertised in /.well-known/matrix/client (default: from the request).
+    public_baseurl: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    # Longest /sync long-poll honoured, in milliseconds.
+    max_sync_timeout_ms: int = 60_000
+    login_rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    register_rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "json"
@@ -153,6 +175,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -320,6 +343,19 @@ def _validate(config: Config) -> None:
         raise ConfigError("outbound.max_pdus_per_transaction: must be between 1 and 50 (spec limit)")
     if not 1 <= out.max_edus_per_transaction <= 100:
         raise ConfigError("outbound.max_edus_per_transaction: must be between 1 and 100 (spec limit)")
+    cl = config.client
+    for key_name, number in (
+        ("client.max_body_bytes", cl.max_body_bytes),
+        ("client.max_sync_timeout_ms", cl.max_sync_timeout_ms),
+        ("client.login_rate_limit.per_second", cl.login_rate_limit.per_second),
+        ("client.login_rate_limit.burst_count", cl.login_rate_limit.burst_count),
+        ("client.register_rate_limit.per_second", cl.register_rate_limit.per_second),
+        ("client.register_rate_limit.burst_count", cl.register_rate_limit.burst_count),
+    ):
+        if number <= 0:
+            raise ConfigError(f"{key_name}: must be positive")
+    if cl.registration_token is not None and not cl.registration_token:
+        raise ConfigError("client.registration_token: must not be empty (null disables it)")
     if config.key_validity_period_ms <= 0:
         raise ConfigError("key_validity_period_ms: must be positive")
 

@@ -141,6 +141,27 @@ outbound:
   # Seconds between sweeps that pick up queues whose wake-up was missed.
   sweep_interval: 30.0
 
+client:
+  # Client-server API. Open registration (the m.login.dummy flow) is on so that a fresh
+  # `make run` is usable at once; turn it off, or require a token, on a public server.
+  enable_registration: true
+  # When set, registering needs the m.login.registration_token stage with this token.
+  registration_token: null
+  # Base URL given to clients in /.well-known/matrix/client (null: from the request).
+  public_baseurl: null
+  # Largest client request body accepted, in bytes (larger: 413 M_TOO_LARGE).
+  max_body_bytes: 1048576
+  # Longest /sync long-poll honoured, in milliseconds.
+  max_sync_timeout_ms: 60000
+  # Per-IP token buckets for POST /login and POST /register: burst_count requests at
+  # once, refilled at per_second; past that, 429 M_LIMIT_EXCEEDED with retry_after_ms.
+  login_rate_limit:
+    per_second: 0.5
+    burst_count: 10
+  register_rate_limit:
+    per_second: 0.5
+    burst_count: 10
+
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.
   level: "INFO"

@@ -4,7 +4,7 @@ process in tests). Components receive the ``Metrics`` object by constructor inje
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class Metrics:
@@ -95,4 +95,31 @@ class Metrics:
         )
         self.outbound_open_connections = Gauge(
             "hs_outbound_open_connections", "Sockets held by the outbound HTTP client", registry=r
+        )
+
+        # ---- per destination, refreshed or observed where the work happens (ops.py, client.py)
+        self.outbound_destination_queue_depth = Gauge(
+            "hs_outbound_destination_queue_depth", "Queued outbound items per destination and kind"
+            " (read from the queue tables when /metrics is scraped)", ["destination", "kind"], registry=r,
+        )
+        self.outbound_destination_request_seconds = Histogram(
+            "hs_outbound_destination_request_seconds", "Outbound federation request latency, per destination",
+            ["destination"], registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.outbound_destination_request_failures = Counter(
+            "hs_outbound_destination_request_failures", "Outbound federation requests failed, per destination",
+            ["destination"], registry=r,
+        )
+        self.inbox_oldest_age = Gauge(
+            "hs_inbox_oldest_age_seconds", "Age of the oldest inbox entry (0 when empty; read when scraped)",
+            registry=r,
+        )
+        # ---- process (ops.py): open fds and RSS from /proc, event-loop lag from a probe task
+        ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
+        self.event_loop_lag = Gauge(
+            "hs_event_loop_lag_seconds", "How late the last event-loop probe woke up", registry=r
+        )
+        self.event_loop_lag_histogram = Histogram(
+            "hs_event_loop_lag_probe_seconds", "Event-loop lag per probe", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
         )

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from homeserver.app import Services, create_client_app, create_federation_app
 from homeserver.config import Config
+from homeserver.ops import LoopLagProbe, create_metrics_app
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,15 @@ class RunningServer:
     runners: list[web.AppRunner] = field(default_factory=list)
     client_port: int = 0
     federation_port: int = 0
+    metrics_port: int | None = None  # None when the metrics listener is disabled
+    lag_probe: LoopLagProbe | None = None
 
     async def stop(self) -> None:
+        """Stop accepting requests, then let the services finish and close (graceful)."""
         for runner in reversed(self.runners):
             await runner.cleanup()
+        if self.lag_probe is not None:
+            await self.lag_probe.stop()
         await self.services.close()
 
 
@@ -66,6 +72,14 @@ async def start_server(config: Config) -> RunningServer:
         cl = config.listeners.client
         runner, running.client_port = await _site(create_client_app(services), cl.bind, cl.port, None)
         running.runners.append(runner)
+        mc = config.listeners.metrics
+        if mc.enabled:
+            runner, running.metrics_port = await _site(
+                create_metrics_app(services.db, services.metrics), mc.bind, mc.port, None
+            )
+            running.runners.append(runner)
+            running.lag_probe = LoopLagProbe(services.metrics)
+            running.lag_probe.start()
     except BaseException:
         await running.stop()
         raise
@@ -75,6 +89,7 @@ async def start_server(config: Config) -> RunningServer:
             "server_name": config.server_name,
             "client_port": running.client_port,
             "federation_port": running.federation_port,
+            "metrics_port": running.metrics_port,
             "database": config.database.engine,
         },
     )
@@ -92,3 +107,4 @@ async def run_forever(config: Config) -> None:
     finally:
         log.info("homeserver stopping")
         await running.stop()
+        log.info("homeserver stopped")

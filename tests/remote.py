@@ -122,6 +122,10 @@ class FakeRemote:
         self._session: aiohttp.ClientSession | None = None
         self.txn_counter = 0
         self.rooms: dict[str, RemoteRoom] = {}
+        # PUT /send from our server: answered 200 and recorded when accept_sends is set
+        # (else 404, as a server without the endpoint would).
+        self.accept_sends = False
+        self.received_transactions: list[dict[str, Any]] = []
 
     def room(self, version: str = "11", localpart: str = "creator") -> RemoteRoom:
         room = RemoteRoom(self, KNOWN_ROOM_VERSIONS[version], localpart)
@@ -144,6 +148,7 @@ class FakeRemote:
             web.get(p + "/state_ids/{roomId}", self._state_ids),
             web.get(p + "/event/{eventId}", self._event),
             web.get(p + "/event_auth/{roomId}/{eventId}", self._event_auth),
+            web.put(p + "/send/{txnId}", self._send),
         ])
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -191,6 +196,14 @@ class FakeRemote:
             frontier = nxt
         found = found[:limit]
         return web.json_response({"events": [e.pdu for e in sorted(found, key=lambda e: e.depth)]})
+
+    async def _send(self, request: web.Request) -> web.Response:
+        await self._federation(request)
+        if not self.accept_sends:
+            return web.json_response({"errcode": "M_UNRECOGNIZED", "error": "no"}, status=404)
+        body = await request.json()
+        self.received_transactions.append(body)
+        return web.json_response({"pdus": {}})
 
     def _room_of(self, room_id: str) -> RemoteRoom | None:
         return self.rooms.get(room_id)

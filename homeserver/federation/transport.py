@@ -67,6 +67,7 @@ class EchoMonitor:
         if duplicates <= 0:
             return
         self._metrics.inbound_duplicate_pdus.labels(origin).inc(duplicates)
+        self._metrics.inbound_pdus_dropped.labels(origin, "duplicate").inc(duplicates)
         count, warned_at_count, warned_ts = self._counts.pop(origin, (0, 0, 0.0))
         count += duplicates
         now = time.monotonic()
@@ -140,8 +141,11 @@ class FederationTransport:
             accepted = await self._admit_pdu(origin, pdu, results)
             if accepted is not None:
                 pending.setdefault(accepted.event_id, accepted)
-        # 4. PDUs we already hold are answered {} and not enqueued (one look-up).
-        held = await self._store.have_events(pending)
+        # 4. PDUs we already hold are answered {} and not enqueued (one look-up). An event
+        # held only as an outlier (someone's auth or state, no state of its own) is not
+        # held: it is enqueued so that the worker takes it into the room.
+        outcomes = await self._store.get_outcomes(pending)
+        held = [e for e, o in outcomes.items() if o is not Outcome.OUTLIER]
         for event_id in held:
             results[event_id] = {}
             del pending[event_id]

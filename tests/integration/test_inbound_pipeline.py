@@ -171,3 +171,19 @@ async def test_endpoints_served_to_servers_in_the_room(
         assert status == 403
         status, _ = await outsider.get(s.server, f"{p}/backfill/{room}?v={quote(msgs[3].event_id)}")
         assert status == 403
+
+
+async def test_event_held_as_outlier_is_taken_into_the_room(setup: Setup) -> None:
+    """An event we hold only as an outlier (fetched as someone's auth or state) is not a
+    duplicate at the door: when it arrives over /send it is processed into the timeline."""
+    s = setup
+    early = s.room.message("known early as an outlier")
+    await s.server.services.persister.persist_outliers([early])
+    assert await outcome(s.server, early.event_id) is Outcome.OUTLIER
+    status, body = await s.remote.send(s.server, [early])
+    assert status == 200 and body["pdus"][early.event_id] == {}
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    assert await outcome(s.server, early.event_id) is Outcome.ACCEPTED
+    assert metric(s.server, "hs_inbound_duplicate_pdus_total", {"origin": s.remote.server_name}) == 0
+    extremities = await s.server.services.event_store.get_forward_extremities(s.room.room_id)
+    assert extremities == [early.event_id]

@@ -176,7 +176,7 @@ async def test_dead_destination_costs_nothing_until_it_calls(
             return st is not None and st.dead
 
         await eventually(dead)
-        assert metric(a, "hs_outbound_destinations_dead") == 1
+        await eventually(lambda: metric(a, "hs_outbound_destinations_dead") == 1)
         assert await sender.queue_depth(c.server_name) == (2, 0)  # the catch-up markers
         tries = metric(a, "hs_outbound_transactions_total", {"destination": c.server_name, "result": "failed"})
         newest = await r1.message("four")  # queued (as r1's marker), not tried
@@ -195,7 +195,7 @@ async def test_dead_destination_costs_nothing_until_it_calls(
             return st is not None and st.failure_count == 0
 
         await eventually(healthy)
-        assert metric(a, "hs_outbound_destinations_dead") == 0
+        await eventually(lambda: metric(a, "hs_outbound_destinations_dead") == 0)
     # and a restart remembers nothing dead any more
     async with running_server(cfg) as a2:
         st = await a2.services.sender.get_state(c.server_name)

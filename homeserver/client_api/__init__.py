@@ -1,0 +1,74 @@
+"""The client-server API subset: what Matrix clients (matrix-nio, Element) use to register,
+log in, create and join rooms, talk, moderate and /sync.
+
+``create_client_app`` wires one handler class per area (auth.py accounts, rooms.py
+membership and state reads, events.py sending and pagination, sync.py, profile.py,
+ephemeral.py typing and receipts) onto one aiohttp application, behind the CORS and
+Matrix-error middlewares; unknown endpoints answer 404 M_UNRECOGNIZED.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.client_api.auth import AccountsAPI
+from homeserver.client_api.common import Authenticator, cors_middleware
+from homeserver.client_api.ephemeral import EphemeralAPI
+from homeserver.client_api.events import EventsAPI
+from homeserver.client_api.notifier import Notifier
+from homeserver.client_api.profile import ProfileAPI
+from homeserver.client_api.rooms import RoomsAPI
+from homeserver.client_api.sync import SyncAPI
+from homeserver.config import Config
+from homeserver.federation.client import FederationClient
+from homeserver.federation.sender import OutboundSender
+from homeserver.http import error_middleware
+from homeserver.rooms.persist import EventPersister
+from homeserver.rooms.service import RoomService
+from homeserver.storage.events import EventStore
+from homeserver.storage.timeline import TimelineStore
+from homeserver.storage.users import UserStore
+
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier", Notifier)
+
+
+def create_client_api_app(
+    config: Config,
+    *,
+    users: UserStore,
+    events: EventStore,
+    persister: EventPersister,
+    rooms: RoomService,
+    sender: OutboundSender,
+    federation: FederationClient,
+) -> web.Application:
+    cc = config.client
+    # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
+    app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=cc.max_body_bytes + 1024)
+    auth = Authenticator(users)
+    timeline = TimelineStore(events.db, events)
+    notifier = Notifier()
+    app[NOTIFIER] = notifier
+    app.add_routes(AccountsAPI(config.server_name, cc, users, auth).routes())
+    app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline).routes())
+    app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users).routes())
+    app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier).routes())
+    app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
+    app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier).routes())
+
+    def on_invite(user_id: str, room_id: str) -> None:
+        notifier.wake_user(user_id)
+
+    async def listen(app: web.Application) -> None:
+        persister.listeners.append(notifier.on_event)
+        rooms.invite_listeners.append(on_invite)
+
+    async def unlisten(app: web.Application) -> None:
+        if notifier.on_event in persister.listeners:
+            persister.listeners.remove(notifier.on_event)
+        if on_invite in rooms.invite_listeners:
+            rooms.invite_listeners.remove(on_invite)
+
+    app.on_startup.append(listen)
+    app.on_cleanup.append(unlisten)
+    return app

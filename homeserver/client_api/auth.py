@@ -1,0 +1,287 @@
+"""Accounts: /versions, /.well-known/matrix/client, registration (user-interactive auth
+with the m.login.dummy or m.login.registration_token stage), password login, logout and
+whoami.
+
+Guarantees: registration and login are rate-limited per client IP; a user ID is
+registered at most once (M_USER_IN_USE); a wrong password and an unknown user give the
+same M_FORBIDDEN; logout invalidates the device's access tokens at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.client_api.common import Authenticator, require_str
+from homeserver.client_api.ratelimit import RateLimiter
+from homeserver.config import ClientConfig
+from homeserver.errors import MatrixError, forbidden
+from homeserver.http import json_response, read_json_object
+from homeserver.storage.users import UserExistsError, UserStore
+
+log = logging.getLogger(__name__)
+
+SPEC_VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+                 "v1.12"]
+LOCALPART = re.compile(r"^[a-z0-9._=/+\-]+$")
+MAX_USER_ID_BYTES = 255
+MAX_PASSWORD_LENGTH = 512
+UIA_SESSION_TTL = 600.0
+UIA_MAX_SESSIONS = 10_000
+DUMMY = "m.login.dummy"
+TOKEN = "m.login.registration_token"
+PASSWORD = "m.login.password"
+
+
+class _Sessions:
+    """User-interactive auth sessions: id -> (created, stages completed). Bounded, expiring."""
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()
+
+    def new(self) -> str:
+        self._prune()
+        sid = secrets.token_urlsafe(16)
+        self._sessions[sid] = (time.monotonic(), set())
+        return sid
+
+    def completed(self, sid: str | None) -> set[str] | None:
+        self._prune()
+        if sid is None:
+            return None
+        hit = self._sessions.get(sid)
+        return None if hit is None else hit[1]
+
+    def drop(self, sid: str | None) -> None:
+        if sid is not None:
+            self._sessions.pop(sid, None)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        while self._sessions:
+            sid, (created, _) = next(iter(self._sessions.items()))
+            if now - created < UIA_SESSION_TTL and len(self._sessions) < UIA_MAX_SESSIONS:
+                break
+            self._sessions.pop(sid)
+
+
+def client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+class AccountsAPI:
+    def __init__(
+        self, server_name: str, config: ClientConfig, users: UserStore, auth: Authenticator
+    ) -> None:
+        self.server_name = server_name
+        self.config = config
+        self.users = users
+        self.auth = auth
+        self.login_limiter = RateLimiter(config.login_rate_limit)
+        self.register_limiter = RateLimiter(config.register_rate_limit)
+        self._sessions = _Sessions()
+
+    def routes(self) -> list[web.RouteDef]:
+        p = "/_matrix/client/v3"
+        return [
+            web.get("/_matrix/client/versions", self.versions),
+            web.get("/.well-known/matrix/client", self.well_known),
+            web.post(f"{p}/register", self.register),
+            web.get(f"{p}/register/available", self.register_available),
+            web.get(f"{p}/register/{TOKEN}/validity", self.token_validity),
+            web.get(f"{p}/login", self.login_flows),
+            web.post(f"{p}/login", self.login),
+            web.post(f"{p}/logout", self.logout),
+            web.post(f"{p}/logout/all", self.logout_all),
+            web.get(f"{p}/account/whoami", self.whoami),
+        ]
+
+    # ------------------------------------------------------------------ discovery
+
+    async def versions(self, request: web.Request) -> web.Response:
+        return json_response({"versions": SPEC_VERSIONS, "unstable_features": {}})
+
+    async def well_known(self, request: web.Request) -> web.Response:
+        base = self.config.public_baseurl or f"{request.scheme}://{request.host}"
+        return json_response({"m.homeserver": {"base_url": base.rstrip("/")}})
+
+    # ------------------------------------------------------------------ registration
+
+    def _user_id_for(self, localpart: str) -> str:
+        if not LOCALPART.match(localpart):
+            raise MatrixError(400, "M_INVALID_USERNAME", "User ID may only contain a-z, 0-9, and ._=-/+")
+        user_id = f"@{localpart}:{self.server_name}"
+        if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+            raise MatrixError(400, "M_INVALID_USERNAME", "User ID is too long")
+        return user_id
+
+    def _stages(self) -> list[str]:
+        # With a token, the token stage and then the dummy one (as Synapse, which
+        # matrix-nio's token registration expects).
+        return [TOKEN, DUMMY] if self.config.registration_token else [DUMMY]
+
+    def _flows(self) -> list[dict[str, Any]]:
+        return [{"stages": self._stages()}]
+
+    async def register(self, request: web.Request) -> web.Response:
+        # 1. Rate limit, then refuse what this server does not offer.
+        self.register_limiter.enforce(client_ip(request))
+        if request.query.get("kind", "user") == "guest":
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+        if request.query.get("kind", "user") != "user":
+            raise MatrixError(400, "M_INVALID_PARAM", "kind must be user or guest")
+        if not self.config.enable_registration:
+            raise forbidden("Registration is disabled")
+        body = await read_json_object(request, self.config.max_body_bytes)
+        # 2. Check the username before any auth stage, as the spec's flow does.
+        username = require_str(body, "username", optional=True)
+        if username is None:
+            localpart = "u" + secrets.token_hex(6)
+        else:
+            localpart = username[1:].split(":", 1)[0] if username.startswith("@") else username
+            if username.startswith("@") and not username.endswith(":" + self.server_name):
+                raise MatrixError(400, "M_INVALID_USERNAME", "User ID is not on this server")
+        user_id = self._user_id_for(localpart)
+        if await self.users.user_exists(user_id):
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken")
+        password = require_str(body, "password")
+        assert password is not None
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
+        device_id = require_str(body, "device_id", optional=True)
+        display = require_str(body, "initial_device_display_name", optional=True)
+        inhibit = body.get("inhibit_login") is True
+        # 3. User-interactive auth: the one stage this server requires must be complete.
+        self._check_uia(body.get("auth"))
+        # 4. Create the account (the unique key decides a race) and log it in.
+        try:
+            await self.users.create_user(user_id, password, localpart)
+        except UserExistsError:
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken") from None
+        log.info("user registered", extra={"user_id": user_id})
+        if inhibit:
+            return json_response({"user_id": user_id})
+        device_id, token = await self.users.create_session(user_id, device_id, display)
+        return json_response({"user_id": user_id, "access_token": token, "device_id": device_id})
+
+    def _check_uia(self, auth: Any) -> None:
+        """Return when every stage of the flow is complete; otherwise raise the 401."""
+        stages = self._stages()
+        if auth is None:
+            raise self._uia_challenge(self._sessions.new(), set())
+        if not isinstance(auth, dict):
+            raise MatrixError(400, "M_BAD_JSON", "auth must be an object")
+        sid = auth.get("session") if isinstance(auth.get("session"), str) else None
+        if sid is None:
+            sid = self._sessions.new()
+        done = self._sessions.completed(sid)
+        if done is None:
+            raise MatrixError(400, "M_UNKNOWN", "Unknown or expired session")
+        stage = auth.get("type")
+        if stage is None:
+            raise self._uia_challenge(sid, done)
+        if stage not in stages:
+            raise self._uia_challenge(
+                sid, done, MatrixError(401, "M_UNRECOGNIZED", f"Unsupported auth stage {stage!r}")
+            )
+        if stage == TOKEN:
+            # The spec names the field "token"; older matrix-nio sends "registration_token".
+            token = auth.get("token", auth.get("registration_token"))
+            expected = self.config.registration_token or ""
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+                raise self._uia_challenge(sid, done, MatrixError(401, "M_FORBIDDEN", "Invalid registration token"))
+        done.add(stage)
+        if all(s in done for s in stages):
+            self._sessions.drop(sid)
+            return
+        raise self._uia_challenge(sid, done)
+
+    def _uia_challenge(self, sid: str, done: set[str], err: MatrixError | None = None) -> MatrixError:
+        extra: dict[str, Any] = {"flows": self._flows(), "params": {}, "session": sid, "completed": sorted(done)}
+        if err is None:
+            # The first response of user-interactive auth carries no errcode.
+            return _UiaChallenge(extra)
+        return MatrixError(401, err.errcode, err.message, **extra)
+
+    async def register_available(self, request: web.Request) -> web.Response:
+        self.register_limiter.enforce(client_ip(request))
+        username = request.query.get("username")
+        if not username:
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing username")
+        user_id = self._user_id_for(username)
+        if await self.users.user_exists(user_id):
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken")
+        return json_response({"available": True})
+
+    async def token_validity(self, request: web.Request) -> web.Response:
+        self.register_limiter.enforce(client_ip(request))
+        token = request.query.get("token")
+        if token is None:
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing token")
+        if not self.config.enable_registration:
+            raise forbidden("Registration is disabled")
+        expected = self.config.registration_token
+        valid = expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+        return json_response({"valid": valid})
+
+    # ------------------------------------------------------------------ login
+
+    async def login_flows(self, request: web.Request) -> web.Response:
+        return json_response({"flows": [{"type": PASSWORD}]})
+
+    async def login(self, request: web.Request) -> web.Response:
+        self.login_limiter.enforce(client_ip(request))
+        body = await read_json_object(request, self.config.max_body_bytes)
+        if body.get("type") != PASSWORD:
+            raise MatrixError(400, "M_UNKNOWN", "Unsupported login type")
+        identifier = body.get("identifier")
+        if isinstance(identifier, dict):
+            if identifier.get("type") != "m.id.user":
+                raise MatrixError(400, "M_UNKNOWN", "Only m.id.user identifiers are supported")
+            user = identifier.get("user")
+        else:
+            user = body.get("user")  # the deprecated top-level field
+        if not isinstance(user, str) or not user:
+            raise MatrixError(400, "M_BAD_JSON", "Missing user identifier")
+        password = require_str(body, "password")
+        assert password is not None
+        user_id = user if user.startswith("@") else f"@{user.lower()}:{self.server_name}"
+        if len(password) > MAX_PASSWORD_LENGTH or not await self.users.check_password(user_id, password):
+            raise forbidden("Invalid username or password")
+        device_id = require_str(body, "device_id", optional=True)
+        display = require_str(body, "initial_device_display_name", optional=True)
+        device_id, token = await self.users.create_session(user_id, device_id, display)
+        return json_response({
+            "user_id": user_id, "access_token": token, "device_id": device_id, "home_server": self.server_name,
+        })
+
+    async def logout(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        await self.users.delete_device(req.user_id, req.device_id)
+        return json_response({})
+
+    async def logout_all(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        await self.users.delete_all_devices(req.user_id)
+        return json_response({})
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        return json_response({"user_id": req.user_id, "device_id": req.device_id, "is_guest": False})
+
+
+class _UiaChallenge(MatrixError):
+    """The 401 that opens user-interactive auth: flows, params and session, no errcode."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(401, "", "", **body)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.extra)

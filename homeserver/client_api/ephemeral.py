@@ -1,0 +1,103 @@
+"""Typing notifications and read receipts from our users: stored in the tables the
+inbound worker also fills (migrations/0003), sent as EDUs to the other servers in the
+room, and delivered to local clients in /sync's ephemeral section.
+
+Guarantees: only a joined member may type or send a receipt, only for themselves;
+``m.read.private`` never leaves the server; local /sync long-polls are woken at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.client_api.access import room_access
+from homeserver.client_api.common import Authenticator
+from homeserver.client_api.notifier import Notifier
+from homeserver.config import ClientConfig
+from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.federation.sender import OutboundSender
+from homeserver.http import json_response, read_json_object
+from homeserver.storage.events import EventStore, Outcome
+from homeserver.storage.timeline import TimelineStore
+
+RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
+
+
+class EphemeralAPI:
+    def __init__(
+        self, server_name: str, config: ClientConfig, auth: Authenticator, events: EventStore,
+        timeline: TimelineStore, sender: OutboundSender, notifier: Notifier,
+    ) -> None:
+        self.server_name = server_name
+        self.config = config
+        self.auth = auth
+        self.events = events
+        self.timeline = timeline
+        self.sender = sender
+        self.notifier = notifier
+
+    def routes(self) -> list[web.RouteDef]:
+        r = "/_matrix/client/v3/rooms/{room_id}"
+        return [
+            web.put(f"{r}/typing/{{user_id}}", self.typing),
+            web.post(f"{r}/receipt/{{receipt_type}}/{{event_id}}", self.receipt),
+        ]
+
+    async def _remote_servers(self, room_id: str) -> set[str]:
+        servers = await self.events.joined_servers(await self.events.get_current_state_ids(room_id))
+        servers.discard(self.server_name)
+        return servers
+
+    async def typing(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id, user_id = request.match_info["room_id"], request.match_info["user_id"]
+        if user_id != req.user_id:
+            raise forbidden("You can only set your own typing state")
+        body = await read_json_object(request, self.config.max_body_bytes)
+        typing = body.get("typing")
+        if not isinstance(typing, bool):
+            raise MatrixError(400, "M_BAD_JSON", "typing must be a boolean")
+        timeout = body.get("timeout")
+        if typing and timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)):
+            raise MatrixError(400, "M_BAD_JSON", "timeout must be an integer")
+        access = await room_access(self.timeline, user_id, room_id)
+        if access.membership != "join":
+            raise forbidden("You are not in this room")
+        # The server's own 30 s lifetime applies (the client re-sends while typing).
+        await self.timeline.set_typing(room_id, user_id, typing, int(time.time() * 1000))
+        self.notifier.wake_room(room_id)
+        content = {"room_id": room_id, "user_id": user_id, "typing": typing}
+        await self.sender.enqueue_edu("m.typing", content, await self._remote_servers(room_id))
+        return json_response({})
+
+    async def receipt(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        receipt_type, event_id = request.match_info["receipt_type"], request.match_info["event_id"]
+        if receipt_type not in RECEIPT_TYPES:
+            raise MatrixError(400, "M_INVALID_PARAM", f"receipt type must be one of {', '.join(RECEIPT_TYPES)}")
+        body = await read_json_object(request, self.config.max_body_bytes) if request.can_read_body else {}
+        thread_id = body.get("thread_id")
+        if thread_id is not None and not isinstance(thread_id, str):
+            raise MatrixError(400, "M_BAD_JSON", "thread_id must be a string")
+        access = await room_access(self.timeline, req.user_id, room_id)
+        if access.membership != "join":
+            raise forbidden("You are not in this room")
+        stored = await self.events.get_event(event_id)
+        if stored is None or stored.event.room_id != room_id or stored.outcome is not Outcome.ACCEPTED:
+            raise not_found("Event not found")
+        if receipt_type == "m.fully_read":
+            return json_response({})  # a read marker is account data, not kept (yet)
+        now = int(time.time() * 1000)
+        data: dict[str, Any] = {"ts": now}
+        if thread_id:
+            data["thread_id"] = thread_id
+        await self.timeline.store_receipt(room_id, receipt_type, req.user_id, thread_id or "", event_id, data, now)
+        self.notifier.wake_room(room_id)
+        if receipt_type == "m.read":
+            content = {room_id: {"m.read": {req.user_id: {"event_ids": [event_id], "data": data}}}}
+            await self.sender.enqueue_edu("m.receipt", content, await self._remote_servers(room_id))
+        return json_response({})

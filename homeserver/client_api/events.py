@@ -1,0 +1,170 @@
+"""Events for clients: sending messages (idempotent per device and txnId), setting state,
+paginating a room's timeline (/messages) and fetching one event.
+
+Guarantees: a PUT /send retried with the same (user, device, txnId) returns the first
+event ID and creates nothing new (a per-key lock covers concurrent retries in this
+process; the stored mapping covers later ones); clients only ever see ACCEPTED events,
+and a former member sees nothing after their leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.client_api.access import room_access
+from homeserver.client_api.common import Authenticator, Requester, client_event, room_errors
+from homeserver.client_api.tokens import page_token, parse_page_token
+from homeserver.config import ClientConfig
+from homeserver.errors import MatrixError, not_found
+from homeserver.http import json_response, read_json_object
+from homeserver.rooms.service import RoomService
+from homeserver.storage.events import EventStore, Outcome, StoredEvent
+from homeserver.storage.timeline import TimelineStore
+from homeserver.storage.users import UserStore
+
+MAX_TXN_ID_LENGTH = 255
+MAX_PAGE = 1000
+
+
+async def serialize_events(
+    users: UserStore, requester: Requester, events: Sequence[StoredEvent], *, include_room_id: bool = True
+) -> list[dict[str, Any]]:
+    """Client events, with ``unsigned.transaction_id`` on those this device sent."""
+    own = [se.event.event_id for se in events if se.event.sender == requester.user_id]
+    txns = await users.txn_ids_for_events(requester.user_id, requester.device_id, own) if own else {}
+    now = int(time.time() * 1000)
+    return [
+        client_event(se.event, transaction_id=txns.get(se.event.event_id), now_ms=now,
+                     include_room_id=include_room_id)
+        for se in events
+    ]
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per key while someone holds or waits for it (no unbounded growth)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, ...]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class EventsAPI:
+    def __init__(
+        self, config: ClientConfig, auth: Authenticator, rooms: RoomService, events: EventStore,
+        timeline: TimelineStore, users: UserStore,
+    ) -> None:
+        self.config = config
+        self.auth = auth
+        self.rooms = rooms
+        self.events = events
+        self.timeline = timeline
+        self.users = users
+        self._txn_locks = _KeyedLocks()
+
+    def routes(self) -> list[web.RouteDef]:
+        r = "/_matrix/client/v3/rooms/{room_id}"
+        return [
+            web.put(f"{r}/send/{{event_type}}/{{txn_id}}", self.send),
+            web.put(f"{r}/state/{{event_type}}", self.put_state),
+            web.put(f"{r}/state/{{event_type}}/{{state_key:.*}}", self.put_state),
+            web.get(f"{r}/messages", self.messages),
+            web.get(f"{r}/event/{{event_id}}", self.get_event),
+        ]
+
+    async def send(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        event_type = request.match_info["event_type"]
+        txn_id = request.match_info["txn_id"]
+        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid transaction ID")
+        content = await read_json_object(request, self.config.max_body_bytes)
+        # One effect per (user, device, txnId): the lock orders concurrent retries, the
+        # stored mapping answers later ones.
+        async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
+            existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
+            if existing is not None:
+                return json_response({"event_id": existing})
+            with room_errors():
+                event = await self.rooms.send_event(req.user_id, room_id, event_type, content)
+            await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id)
+        return json_response({"event_id": event.event_id})
+
+    async def put_state(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        content = await read_json_object(request, self.config.max_body_bytes)
+        with room_errors():
+            event = await self.rooms.send_event(
+                req.user_id, room_id, request.match_info["event_type"], content,
+                state_key=request.match_info.get("state_key", ""),
+            )
+        return json_response({"event_id": event.event_id})
+
+    async def messages(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        direction = request.query.get("dir")
+        if direction not in ("b", "f"):
+            raise MatrixError(400, "M_INVALID_PARAM", "dir must be b or f")
+        try:
+            limit = int(request.query.get("limit") or 10)
+        except ValueError:
+            raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
+        limit = max(1, min(MAX_PAGE, limit))
+        raw_from, raw_to = request.query.get("from"), request.query.get("to")
+        from_pos = parse_page_token(raw_from) if raw_from else None
+        to_pos = parse_page_token(raw_to) if raw_to else None
+        access = await room_access(self.timeline, req.user_id, room_id)
+        now = access.upto if access.upto is not None else await self.events.max_stream_ordering()
+        if direction == "b":
+            start = now if from_pos is None else min(from_pos, now)
+            chunk = await self.timeline.room_events(
+                room_id, after=to_pos or 0, upto=start, limit=limit, newest_first=True
+            )
+            end = page_token(chunk[-1].stream_ordering - 1) if len(chunk) == limit else None
+        else:
+            start = 0 if from_pos is None else from_pos
+            upto = now if to_pos is None else min(to_pos, now)
+            chunk = await self.timeline.room_events(room_id, after=start, upto=upto, limit=limit, newest_first=False)
+            end = page_token(chunk[-1].stream_ordering) if len(chunk) == limit else None
+        body: dict[str, Any] = {
+            "start": raw_from or page_token(start),
+            "chunk": await serialize_events(self.users, req, chunk),
+        }
+        if end is not None:
+            body["end"] = end
+        return json_response(body)
+
+    async def get_event(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        access = await room_access(self.timeline, req.user_id, room_id)
+        stored = await self.events.get_event(request.match_info["event_id"])
+        if (
+            stored is None
+            or stored.event.room_id != room_id
+            or stored.outcome is not Outcome.ACCEPTED
+            or (access.upto is not None and stored.stream_ordering > access.upto)
+        ):
+            raise not_found("Event not found")
+        return json_response((await serialize_events(self.users, req, [stored]))[0])

@@ -1,0 +1,115 @@
+"""Profiles: GET a user's displayname and avatar_url (local from the user store, remote
+through the federation profile query), PUT our own, and carry a new name or avatar into
+the member events of the rooms the user is in (best effort, one room at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.client_api.common import Authenticator, server_of
+from homeserver.config import ClientConfig
+from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.federation.client import FederationClient, FederationRequestError
+from homeserver.http import json_response, read_json_object
+from homeserver.rooms.errors import RoomError
+from homeserver.rooms.service import RoomService
+from homeserver.storage.users import UserStore
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("displayname", "avatar_url")
+MAX_FIELD_LENGTH = 1024
+REMOTE_PROFILE_TIMEOUT = 10.0
+
+
+class ProfileAPI:
+    def __init__(
+        self, server_name: str, config: ClientConfig, auth: Authenticator, users: UserStore,
+        rooms: RoomService, federation: FederationClient,
+    ) -> None:
+        self.server_name = server_name
+        self.config = config
+        self.auth = auth
+        self.users = users
+        self.rooms = rooms
+        self.federation = federation
+
+    def routes(self) -> list[web.RouteDef]:
+        p = "/_matrix/client/v3/profile/{user_id}"
+        return [
+            web.get(p, self.get_profile),
+            web.get(f"{p}/{{field}}", self.get_field),
+            web.put(f"{p}/{{field}}", self.put_field),
+        ]
+
+    async def _profile(self, user_id: str, field: str | None = None) -> dict[str, Any]:
+        if not user_id.startswith("@") or ":" not in user_id:
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a user ID")
+        server = server_of(user_id)
+        if server == self.server_name:
+            profile = await self.users.get_profile(user_id)
+            if profile is None:
+                raise not_found("Profile not found")
+            values = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}
+            return {k: v for k, v in values.items() if v is not None and (field is None or k == field)}
+        query = {"user_id": user_id} if field is None else {"user_id": user_id, "field": field}
+        try:
+            body = await self.federation.get_json(
+                server, "/_matrix/federation/v1/query/profile", query=query, timeout=REMOTE_PROFILE_TIMEOUT
+            )
+        except FederationRequestError as e:
+            if e.status == 404:
+                raise not_found("Profile not found") from None
+            raise MatrixError(502, "M_UNKNOWN", "Could not fetch the remote profile") from None
+        if not isinstance(body, dict):
+            raise MatrixError(502, "M_UNKNOWN", "Remote server sent a malformed profile")
+        return {k: body[k] for k in FIELDS if isinstance(body.get(k), str) and (field is None or k == field)}
+
+    async def get_profile(self, request: web.Request) -> web.Response:
+        return json_response(await self._profile(request.match_info["user_id"]))
+
+    async def get_field(self, request: web.Request) -> web.Response:
+        field = request.match_info["field"]
+        if field not in FIELDS:
+            raise not_found("Unknown profile field")
+        return json_response(await self._profile(request.match_info["user_id"], field))
+
+    async def put_field(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        user_id, field = request.match_info["user_id"], request.match_info["field"]
+        if field not in FIELDS:
+            raise MatrixError(400, "M_UNRECOGNIZED", "Unknown profile field")
+        if user_id != req.user_id:
+            raise forbidden("You can only change your own profile")
+        body = await read_json_object(request, self.config.max_body_bytes)
+        value = body.get(field)
+        if value is not None and not isinstance(value, str):
+            raise MatrixError(400, "M_BAD_JSON", f"{field} must be a string")
+        if value is not None and len(value) > MAX_FIELD_LENGTH:
+            raise MatrixError(400, "M_TOO_LARGE", f"{field} is too long")
+        await self.users.set_profile_field(user_id, field, value or None)
+        await self._update_member_events(user_id, field, value or None)
+        return json_response({})
+
+    async def _update_member_events(self, user_id: str, field: str, value: str | None) -> None:
+        rooms = await self.rooms.rooms_for_user(user_id)
+        for room_id, membership in sorted(rooms.items()):
+            if membership != "join":
+                continue
+            try:
+                current = await self.rooms.get_state_event(room_id, "m.room.member", user_id)
+                content: dict[str, Any] = dict(current.content) if current is not None else {"membership": "join"}
+                if content.get(field) == value:
+                    continue
+                if value is None:
+                    content.pop(field, None)
+                else:
+                    content[field] = value
+                content["membership"] = "join"
+                await self.rooms.send_event(user_id, room_id, "m.room.member", content, state_key=user_id)
+            except RoomError as e:
+                log.info("profile change not carried into room", extra={"room_id": room_id, "error": str(e)})

@@ -1,0 +1,48 @@
+"""Per-key token buckets for the client API (login and registration, per client IP).
+
+Guarantees: memory is bounded (least recently used keys are forgotten past ``max_keys``);
+a refused request learns how long to wait (``retry_after_ms``), as M_LIMIT_EXCEEDED needs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from homeserver.config import RateLimitConfig
+from homeserver.errors import MatrixError
+
+
+class RateLimiter:
+    def __init__(
+        self, config: RateLimitConfig, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = config.per_second
+        self.burst = float(config.burst_count)
+        self.max_keys = max_keys
+        self._clock = clock
+        # key -> (tokens left, time of the last update)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def check(self, key: str) -> int:
+        """Take one token for ``key``: 0 if allowed, else the milliseconds to wait."""
+        now = self._clock()
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            wait = 0
+        else:
+            self._buckets[key] = (tokens, now)
+            wait = max(1, math.ceil((1.0 - tokens) / self.rate * 1000))
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return wait
+
+    def enforce(self, key: str) -> None:
+        """Raise 429 M_LIMIT_EXCEEDED (with retry_after_ms) when ``key`` is over its limit."""
+        wait = self.check(key)
+        if wait:
+            raise MatrixError(429, "M_LIMIT_EXCEEDED", "Too many requests", retry_after_ms=wait)

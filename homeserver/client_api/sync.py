@@ -1,0 +1,313 @@
+"""GET /sync (initial and incremental), and stored filters.
+
+What a response holds, per the spec's /sync:
+1. ``rooms.join``: for each joined room with news since ``since`` (all of them on an
+   initial sync), the newest ``timeline.limit`` accepted events (``limited`` when more
+   were skipped, ``prev_batch`` to page back from), the state at the start of the
+   timeline (all of it for an initial sync, a newly joined room or ``full_state``;
+   otherwise the state changed in the skipped gap), and typing and receipts.
+2. ``rooms.invite``: invites received since ``since``, with their stripped state.
+3. ``rooms.leave``: rooms left, kicked or banned from since ``since`` (on an initial
+   sync only with ``include_leave``), with the timeline up to the leave.
+4. ``next_batch``: the position to pass as ``since`` next time (tokens.py).
+
+Long-poll: with ``since`` and ``timeout``, an empty answer waits on the Notifier (woken by
+persisted events, local typing and receipts) and is recomputed when woken; no database
+polling. Each wait is bounded by ``client.max_sync_timeout_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
+from homeserver.client_api.events import serialize_events
+from homeserver.client_api.notifier import Notifier, Waiter
+from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
+from homeserver.config import ClientConfig
+from homeserver.errors import MatrixError, forbidden
+from homeserver.http import json_response, read_json_object
+from homeserver.rooms.service import RoomService
+from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
+from homeserver.storage.events import EventStore, Outcome, StoredEvent
+from homeserver.storage.timeline import MembershipChange, Receipt, TimelineStore
+from homeserver.storage.users import UserStore
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMELINE_LIMIT = 100
+MAX_FILTER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SyncFilter:
+    timeline_limit: int = DEFAULT_TIMELINE_LIMIT
+    include_leave: bool = False
+
+
+def parse_filter(value: Any) -> SyncFilter:
+    """The subset of a filter this server honours: room.timeline.limit, room.include_leave."""
+    if not isinstance(value, dict):
+        raise MatrixError(400, "M_BAD_JSON", "A filter must be a JSON object")
+    room = value.get("room", {})
+    if not isinstance(room, dict):
+        raise MatrixError(400, "M_BAD_JSON", "filter.room must be an object")
+    timeline = room.get("timeline", {})
+    if not isinstance(timeline, dict):
+        raise MatrixError(400, "M_BAD_JSON", "filter.room.timeline must be an object")
+    limit = timeline.get("limit", DEFAULT_TIMELINE_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise MatrixError(400, "M_BAD_JSON", "filter.room.timeline.limit must be an integer")
+    include_leave = room.get("include_leave", False)
+    if not isinstance(include_leave, bool):
+        raise MatrixError(400, "M_BAD_JSON", "filter.room.include_leave must be a boolean")
+    return SyncFilter(max(1, min(MAX_TIMELINE_LIMIT, limit)), include_leave)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _pdu_as_client_event(pdu: dict[str, Any], event_id: str, room_id: str) -> dict[str, Any]:
+    fields = ("content", "origin_server_ts", "sender", "type", "state_key")
+    out: dict[str, Any] = {k: pdu[k] for k in fields if k in pdu}
+    out["event_id"] = event_id
+    out["room_id"] = room_id
+    return out
+
+
+class SyncAPI:
+    def __init__(
+        self, config: ClientConfig, auth: Authenticator, users: UserStore, events: EventStore,
+        timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
+    ) -> None:
+        self.config = config
+        self.auth = auth
+        self.users = users
+        self.events = events
+        self.timeline = timeline
+        self.invites = invites
+        self.rooms = rooms
+        self.notifier = notifier
+
+    def routes(self) -> list[web.RouteDef]:
+        p = "/_matrix/client/v3"
+        return [
+            web.get(f"{p}/sync", self.sync),
+            web.post(f"{p}/user/{{user_id}}/filter", self.post_filter),
+            web.get(f"{p}/user/{{user_id}}/filter/{{filter_id}}", self.get_filter),
+        ]
+
+    # ------------------------------------------------------------------ filters
+
+    async def post_filter(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        if request.match_info["user_id"] != req.user_id:
+            raise forbidden("You can only create filters for yourself")
+        body = await read_json_object(request, min(MAX_FILTER_BYTES, self.config.max_body_bytes))
+        parse_filter(body)
+        return json_response({"filter_id": await self.users.store_filter(req.user_id, body)})
+
+    async def get_filter(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        if request.match_info["user_id"] != req.user_id:
+            raise forbidden("You can only read your own filters")
+        found = await self.users.get_filter(req.user_id, request.match_info["filter_id"])
+        if found is None:
+            raise MatrixError(404, "M_NOT_FOUND", "No such filter")
+        return json_response(found)
+
+    async def _resolve_filter(self, req: Requester, raw: str | None) -> SyncFilter:
+        if not raw:
+            return SyncFilter()
+        if raw.lstrip().startswith("{"):
+            if len(raw) > MAX_FILTER_BYTES:
+                raise MatrixError(400, "M_TOO_LARGE", "Filter too large")
+            try:
+                return parse_filter(json.loads(raw))
+            except ValueError:
+                raise MatrixError(400, "M_NOT_JSON", "Filter is not valid JSON") from None
+        stored = await self.users.get_filter(req.user_id, raw)
+        if stored is None:
+            raise MatrixError(400, "M_INVALID_PARAM", "Unknown filter ID")
+        return parse_filter(stored)
+
+    # ------------------------------------------------------------------ /sync
+
+    async def sync(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        raw_since = request.query.get("since")
+        since = parse_sync_token(raw_since) if raw_since else None
+        timeout_ms = query_int(request, "timeout", 0, low=0, high=self.config.max_sync_timeout_ms)
+        full_state = query_bool(request, "full_state")
+        flt = await self._resolve_filter(req, request.query.get("filter"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            waiter = self.notifier.waiter(req.user_id)
+            try:
+                body, changed = await self._compute(req, since, full_state, flt, waiter)
+                remaining = deadline - loop.time()
+                if since is None or changed or full_state or remaining <= 0:
+                    return json_response(body)
+                if not await waiter.wait(remaining):
+                    return json_response(body)
+            finally:
+                self.notifier.release(waiter)
+
+    async def _compute(
+        self, req: Requester, since: SyncToken | None, full_state: bool, flt: SyncFilter, waiter: Waiter
+    ) -> tuple[dict[str, Any], bool]:
+        user = req.user_id
+        # Memberships first, watched before the positions are read, so that an event
+        # committed after the positions were read always wakes the waiter.
+        memberships = await self.rooms.rooms_for_user(user)
+        joined = sorted(r for r, m in memberships.items() if m == "join")
+        waiter.watch_rooms(joined)
+        now_ms = _now_ms()
+        token = SyncToken(
+            await self.events.max_stream_ordering(), await self.invites.max_stream_id(), now_ms
+        )
+        since_pos = since.events if since is not None else 0
+        since_ms = since.ephemeral_ms if since is not None else 0
+
+        changes: dict[str, MembershipChange] = {}
+        if since is not None:
+            for change in await self.timeline.membership_changes(user, since_pos, token.events):
+                changes[change.room_id] = change
+        remote_rows = {
+            row.room_id: row
+            for row in await self.invites.invites_for_user(user, since.invites if since is not None else 0)
+        }
+
+        # 1. Joined rooms.
+        if since is None:
+            active = set(joined)
+            typing_rooms = set(joined)
+        else:
+            active = await self.timeline.rooms_with_events(joined, since_pos, token.events)
+            typing_rooms = await self.timeline.rooms_with_typing_changes(joined, since_ms, now_ms)
+        receipts: dict[str, list[Receipt]] = defaultdict(list)
+        for receipt in await self.timeline.receipts(joined, since_ms, now_ms):
+            if receipt.receipt_type != "m.read.private" or receipt.user_id == user:
+                receipts[receipt.room_id].append(receipt)
+        join: dict[str, Any] = {}
+        for room_id in joined:
+            newly = False
+            if since is not None and room_id in changes:
+                before = await self.timeline.latest_membership(user, room_id, since_pos)
+                newly = before is None or before.membership != "join"
+            if not (room_id in active or newly or full_state or room_id in typing_rooms or room_id in receipts):
+                continue
+            section = await self._room_section(
+                req, room_id, since_pos, token.events, flt.timeline_limit,
+                full=since is None or newly or full_state,
+            )
+            ephemeral: list[dict[str, Any]] = []
+            if room_id in typing_rooms:
+                ephemeral.append({"type": "m.typing",
+                                  "content": {"user_ids": await self.timeline.typing_users(room_id, now_ms)}})
+            if receipts.get(room_id):
+                ephemeral.append(_receipt_event(receipts[room_id]))
+            section["ephemeral"] = {"events": ephemeral}
+            section["account_data"] = {"events": []}
+            section["unread_notifications"] = {}
+            if section["timeline"]["events"] or section["state"]["events"] or ephemeral or since is None or newly:
+                join[room_id] = section
+
+        # 2. Invites: to rooms we are in (member events), and received over federation.
+        invite: dict[str, Any] = {}
+        for room_id, membership in memberships.items():
+            if membership != "invite":
+                continue
+            if since is not None and room_id not in changes and room_id not in remote_rows:
+                continue
+            invite[room_id] = {"invite_state": {"events": await self._invite_state(user, room_id)}}
+
+        # 3. Rooms left (kick, ban, leave, rejected invite).
+        leave: dict[str, Any] = {}
+        for room_id, membership in memberships.items():
+            if membership not in ("leave", "ban"):
+                continue
+            if since is None and not flt.include_leave:
+                continue
+            left = changes.get(room_id)
+            if since is not None and left is None:
+                continue
+            if left is None:
+                left = await self.timeline.latest_membership(user, room_id)
+            if left is None:
+                continue
+            leave[room_id] = await self._room_section(
+                req, room_id, since_pos, left.stream_ordering, flt.timeline_limit, full=since is None
+            )
+        for room_id, row in remote_rows.items():
+            if row.membership == "leave" and room_id not in leave and memberships.get(room_id) != "join":
+                leave[room_id] = _rejected_invite_section(row)
+
+        body: dict[str, Any] = {
+            "next_batch": token.encode(),
+            "rooms": {"join": join, "invite": invite, "leave": leave},
+            "presence": {"events": []},
+            "account_data": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+        return body, bool(join or invite or leave)
+
+    async def _room_section(
+        self, req: Requester, room_id: str, since_pos: int, upto: int, limit: int, *, full: bool
+    ) -> dict[str, Any]:
+        """Timeline (newest ``limit`` events in (since, upto]) and the state at its start."""
+        newest = await self.timeline.room_events(
+            room_id, after=since_pos if not full else 0, upto=upto, limit=limit + 1, newest_first=True
+        )
+        limited = len(newest) > limit
+        events = list(reversed(newest[:limit]))
+        in_timeline = {se.event.event_id for se in events}
+        if events:
+            prev_batch = page_token(events[0].stream_ordering - 1)
+            state_ids = await self.events.get_state_ids_before(events[0].event.event_id) or {}
+        else:
+            prev_batch = page_token(upto)
+            state_ids = await self.events.get_current_state_ids(room_id) if full else {}
+        state: list[StoredEvent] = []
+        if full or limited:
+            found = await self.events.get_events(state_ids.values())
+            for eid in state_ids.values():
+                se = found.get(eid)
+                if se is None or se.outcome is Outcome.REJECTED or eid in in_timeline:
+                    continue
+                if full or se.stream_ordering > since_pos:
+                    state.append(se)
+        return {
+            "timeline": {
+                "events": await serialize_events(self.users, req, events, include_room_id=False),
+                "limited": limited,
+                "prev_batch": prev_batch,
+            },
+            "state": {"events": await serialize_events(self.users, req, state, include_room_id=False)},
+        }
+
+    async def _invite_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+        return await self.rooms.get_invite_state(user_id, room_id)
+
+
+def _receipt_event(receipts: list[Receipt]) -> dict[str, Any]:
+    content: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in receipts:
+        for event_id in r.event_ids:
+            content.setdefault(event_id, {}).setdefault(r.receipt_type, {})[r.user_id] = dict(r.data)
+    return {"type": "m.receipt", "content": content}
+
+
+def _rejected_invite_section(row: ReceivedInvite) -> dict[str, Any]:
+    event = _pdu_as_client_event(row.event, row.event_id, row.room_id)
+    return {"timeline": {"events": [event], "limited": False}, "state": {"events": []}}

@@ -1,0 +1,50 @@
+"""Stream tokens handed to clients.
+
+A sync token ``s<events>_<invites>_<ephemeral ms>`` names a position in three streams:
+the events table's stream ordering, the received-invites table's stream id, and the
+wall-clock millisecond up to which typing and receipts were delivered. A pagination
+token ``p<events>`` (``prev_batch``, ``/messages`` start/end) names a position between two
+events: position P lies between the events with orderings P and P+1. ``/messages`` also
+accepts a sync token (its event position).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from homeserver.errors import MatrixError
+
+_SYNC = re.compile(r"^s(\d{1,18})_(\d{1,18})_(\d{1,18})$")
+_PAGE = re.compile(r"^p(\d{1,18})$")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncToken:
+    events: int
+    invites: int
+    ephemeral_ms: int
+
+    def encode(self) -> str:
+        return f"s{self.events}_{self.invites}_{self.ephemeral_ms}"
+
+
+def parse_sync_token(raw: str) -> SyncToken:
+    m = _SYNC.match(raw)
+    if m is None:
+        raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token")
+    return SyncToken(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def page_token(position: int) -> str:
+    return f"p{max(0, position)}"
+
+
+def parse_page_token(raw: str) -> int:
+    m = _PAGE.match(raw)
+    if m is not None:
+        return int(m.group(1))
+    s = _SYNC.match(raw)
+    if s is not None:
+        return int(s.group(1))
+    raise MatrixError(400, "M_INVALID_PARAM", "Invalid pagination token")

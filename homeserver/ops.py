@@ -1,0 +1,109 @@
+"""Operations endpoints and probes: ``GET /health``, the ``/metrics`` listener's app, and the
+event-loop lag probe.
+
+``/health`` answers 200 ``{"status": "ok"}`` while the database answers a trivial query
+within a second, else 503: a container health check needs no more. ``/metrics`` refreshes
+the figures that live in the database (inbox age, per-destination queue depths) with one
+bounded query each, then renders the server's own registry; a slow database makes the
+scrape show the last values, never hang. The lag probe sleeps a fixed interval and records
+how late it woke up, so a blocked loop shows in ``hs_event_loop_lag_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from homeserver.metrics import Metrics
+from homeserver.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+HEALTH_DB_TIMEOUT_SECONDS = 1.0
+SCRAPE_DB_TIMEOUT_SECONDS = 2.0
+LAG_PROBE_INTERVAL_SECONDS = 0.5
+# Label sets of the per-destination queue gauge kept at most (the busiest destinations).
+MAX_DESTINATION_SERIES = 1000
+
+
+def health_route(db: Database) -> web.RouteDef:
+    async def health(request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(HEALTH_DB_TIMEOUT_SECONDS):
+                await db.fetchval("SELECT 1")
+        except Exception as e:  # any failure of the database is "unhealthy", not a 500
+            log.warning("health check failed", extra={"error": str(e) or type(e).__name__})
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    return web.get("/health", health)
+
+
+async def refresh_database_gauges(db: Database, metrics: Metrics) -> None:
+    """Read the inbox age and the per-destination queue depths into their gauges."""
+    oldest = await db.fetchval("SELECT MIN(received_ts) FROM inbox")
+    age = max(0.0, time.time() - int(oldest) / 1000) if oldest is not None else 0.0
+    metrics.inbox_oldest_age.set(age)
+    depths: dict[tuple[str, str], int] = {}
+    for kind, table in (("pdu", "outbound_pdu_queue"), ("edu", "outbound_edu_queue")):
+        rows = await db.fetchall(
+            f"SELECT destination, COUNT(*) AS n FROM {table} GROUP BY destination"
+            f" ORDER BY n DESC LIMIT {MAX_DESTINATION_SERIES}"
+        )
+        for dest, count in rows:
+            depths[(str(dest), kind)] = int(count)
+    gauge = metrics.outbound_destination_queue_depth
+    gauge.clear()  # destinations whose queue emptied disappear instead of sticking
+    for (dest, kind), count in depths.items():
+        gauge.labels(dest, kind).set(count)
+
+
+def create_metrics_app(db: Database, metrics: Metrics) -> web.Application:
+    """The app of the metrics listener: ``GET /metrics`` and ``GET /health``."""
+    app = web.Application()
+
+    async def scrape(request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
+                await refresh_database_gauges(db, metrics)
+        except Exception as e:
+            log.warning("metrics: database gauges not refreshed", extra={"error": str(e) or type(e).__name__})
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.add_routes([web.get("/metrics", scrape), health_route(db)])
+    return app
+
+
+class LoopLagProbe:
+    """A task that sleeps ``interval`` seconds at a time and records how late it wakes."""
+
+    def __init__(self, metrics: Metrics, interval: float = LAG_PROBE_INTERVAL_SECONDS) -> None:
+        self._metrics = metrics
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="event-loop-lag-probe")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self._interval)
+            lag = max(0.0, loop.time() - before - self._interval)
+            self._metrics.event_loop_lag.set(lag)
+            self._metrics.event_loop_lag_histogram.observe(lag)

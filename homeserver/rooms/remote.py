@@ -1,0 +1,342 @@
+"""The joining server's side of the membership handshakes with other servers.
+
+* Join (spec: server-server "Joining Rooms"): ``make_join`` offering every room version
+  we implement, checks of the template, our signature, ``send_join`` (v2), then the
+  returned state and auth chain are verified event by event (format, signatures through
+  the keyring, content hashes, the auth rules against each event's own auth events) and
+  stored as outliers; the join is checked against the returned state and persisted with
+  it as the state before it. From then on the room is ours like any other.
+* Leave of a room we are not in (rejecting a remote invite): ``make_leave``/``send_leave``.
+* Invite of another server's user: ``PUT /v2/invite`` first; the event comes back with
+  the invitee's server's signature, which is checked before the event is persisted.
+
+Every request goes through the one federation client, with its timeouts; resident
+servers are tried in turn and a refusal by the auth rules stops the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from signedjson.sign import SignatureVerifyException, verify_signed_json
+
+from homeserver.crypto.keyring import KeyNotFoundError, KeyRing
+from homeserver.events.auth import check_auth_events_shape, check_auth_rules
+from homeserver.events.errors import AuthError, EventError, UnsupportedRoomVersion
+from homeserver.events.event import Event, StateKey
+from homeserver.events.hashes import compute_event_id
+from homeserver.events.identifiers import server_name_of
+from homeserver.events.redaction import redact
+from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from homeserver.federation.client import FederationClient, FederationRequestError
+from homeserver.federation.inbound import Dropped, InboundProcessor
+from homeserver.rooms.builder import CREATE, EventBuilder
+from homeserver.rooms.errors import NotAllowed, RemoteJoinFailed, RoomNotFound, UnsupportedVersion
+from homeserver.rooms.store import RoomMembershipStore
+from homeserver.storage.events import Outcome
+
+log = logging.getLogger(__name__)
+
+V1 = "/_matrix/federation/v1"
+V2 = "/_matrix/federation/v2"
+MAX_JOIN_CANDIDATES = 5
+MAX_AUTH_PASSES = 50
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def check_template(template: Any, room_id: str, user_id: str, membership: str) -> dict[str, Any]:
+    """The spec's checks of a make_join/make_leave template; ValueError when malformed."""
+    if not isinstance(template, dict):
+        raise ValueError("the template is not an object")
+    content = template.get("content")
+    if (
+        template.get("room_id") != room_id
+        or template.get("sender") != user_id
+        or template.get("state_key") != user_id
+        or template.get("type") != "m.room.member"
+        or not isinstance(content, dict)
+        or content.get("membership") != membership
+    ):
+        raise ValueError("the template does not match the request")
+    if not isinstance(template.get("prev_events"), list) or not isinstance(template.get("auth_events"), list):
+        raise ValueError("the template has no prev_events or auth_events")
+    if not isinstance(template.get("depth"), int):
+        raise ValueError("the template has no depth")
+    return template
+
+
+class RemoteMembership:
+    def __init__(
+        self,
+        server_name: str,
+        client: FederationClient,
+        keyring: KeyRing,
+        processor: InboundProcessor,
+        builder: EventBuilder,
+        memberships: RoomMembershipStore,
+    ) -> None:
+        self.server_name = server_name
+        self._client = client
+        self._keyring = keyring
+        self.processor = processor
+        self._builder = builder
+        self._store = builder.store
+        self._persister = builder.persister
+        self._memberships = memberships
+
+    def candidates(self, servers: Iterable[str]) -> list[str]:
+        return [s for s in dict.fromkeys(servers) if s and s != self.server_name][:MAX_JOIN_CANDIDATES]
+
+    # ------------------------------------------------------------------ join
+
+    async def join(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]) -> Event:
+        """Join ``room_id`` through the first of ``servers`` that completes the handshake."""
+        candidates = self.candidates(servers)
+        if not candidates:
+            raise RoomNotFound(room_id, "no server to join the room through")
+        failures: list[str] = []
+        for server in candidates:
+            try:
+                return await self._join_via(server, user_id, room_id, content)
+            except FederationRequestError as e:
+                self._raise_refusal(e, room_id)
+                failures.append(f"{server}: {e}")
+            except RemoteJoinFailed as e:
+                failures.append(f"{server}: {e.reason}")
+            log.info("remote join attempt failed", extra={"room_id": room_id, "server": server,
+                                                          "reason": failures[-1][:300]})
+        raise RemoteJoinFailed("; ".join(failures))
+
+    @staticmethod
+    def _raise_refusal(e: FederationRequestError, room_id: str) -> None:
+        """Refusals that another resident would repeat end the attempt."""
+        if e.status == 403:
+            raise NotAllowed(f"{e.destination} refused: {e.body.get('error') if isinstance(e.body, dict) else e}")
+        if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+            version = e.body.get("room_version") if isinstance(e.body, dict) else None
+            raise UnsupportedVersion(version, "the room's version is not one we implement")
+
+    async def _join_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> Event:
+        # 1. make_join, offering every version we implement.
+        reply = await self._client.get_json(
+            server, f"{V1}/make_join/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)}
+        )
+        if not isinstance(reply, dict):
+            raise RemoteJoinFailed("make_join reply is not an object")
+        try:
+            version = get_room_version(reply.get("room_version"))
+        except UnsupportedRoomVersion:
+            raise UnsupportedVersion(reply.get("room_version")) from None
+        # 2. The template must be the join we asked for.
+        try:
+            template = check_template(reply.get("event"), room_id, user_id, "join")
+        except ValueError as e:
+            raise RemoteJoinFailed(f"bad make_join template: {e}") from None
+        # 3. Fill in, sign.
+        join = self._fill(template, content, version)
+        # 4. send_join (v2), full state.
+        resp = await self._client.put_json(
+            server, f"{V2}/send_join/{_q(room_id)}/{_q(join.event_id)}", join.pdu
+        )
+        if not isinstance(resp, dict) or not isinstance(resp.get("state"), list) \
+                or not isinstance(resp.get("auth_chain"), list):
+            raise RemoteJoinFailed("send_join reply has no state or auth_chain")
+        if resp.get("members_omitted") is True:
+            raise RemoteJoinFailed("send_join omitted members we did not agree to omit")
+        signed = resp.get("event")
+        if isinstance(signed, dict):
+            # The resident's copy (signed by it too, for restricted joins): same event.
+            try:
+                if compute_event_id(signed, version) == join.event_id:
+                    join = await self.processor.check_event(signed, version, join.event_id)
+            except (Dropped, EventError, TypeError, ValueError, AttributeError):
+                raise RemoteJoinFailed("the resident's copy of the join does not verify") from None
+        # 5. Verify the state and auth chain; 6. persist them and the join.
+        await self._take_state(join, resp["state"], resp["auth_chain"], exclude={server})
+        return join
+
+    def _fill(self, template: dict[str, Any], content: Mapping[str, Any], version: RoomVersion) -> Event:
+        pdu = {k: v for k, v in template.items() if k not in ("event_id", "signatures", "hashes", "unsigned")}
+        merged = {**dict(content), **template["content"]}
+        merged["membership"] = template["content"]["membership"]
+        pdu["content"] = merged
+        pdu["origin"] = self.server_name
+        pdu["origin_server_ts"] = self._builder.now_ms()
+        return self._builder.sign(pdu, version)
+
+    async def _take_state(
+        self, join: Event, state_pdus: list[Any], chain_pdus: list[Any], *, exclude: set[str]
+    ) -> None:
+        room_id, version = join.room_id, join.room_version
+        good = await self.verify_events(room_id, version, [*chain_pdus, *state_pdus])
+        state: dict[StateKey, str] = {}
+        for pdu in state_pdus:
+            try:
+                event_id = compute_event_id(pdu, version) if isinstance(pdu, dict) else None
+            except (EventError, TypeError, ValueError, AttributeError):
+                event_id = None
+            event = good.get(event_id or "")
+            if event is not None and event.is_state:
+                state[event.state_tuple] = event.event_id
+        if CREATE not in state:
+            raise RemoteJoinFailed("the returned state has no valid create event")
+        auth_state = {k: good[eid] for k, eid in state.items()}
+        try:
+            check_auth_rules(join, auth_state)
+        except AuthError as e:
+            raise RemoteJoinFailed(f"our join does not pass the returned state: {e}") from None
+        await self._persister.persist_outliers(
+            [e for e in good.values() if e.event_id != join.event_id]
+        )
+        async with self._persister.room_lock(room_id):
+            # Our join goes to every server in the room but the resident, which has it.
+            await self._builder.persist_local(join, state, exclude_destinations=exclude)
+
+    async def verify_events(self, room_id: str, version: RoomVersion, pdus: Sequence[Any]) -> dict[str, Event]:
+        """The events of ``pdus`` that pass the checks on receipt (format, signatures,
+        hashes) and the auth rules against their own auth events; the others are left out."""
+        checked: dict[str, Event] = {}
+        for pdu in pdus:
+            if not isinstance(pdu, dict):
+                continue
+            try:
+                event_id = compute_event_id(pdu, version)
+                if event_id in checked:
+                    continue
+                event = await self.processor.check_event(pdu, version, event_id)
+            except (Dropped, EventError, TypeError, ValueError, AttributeError):
+                continue
+            if event.room_id == room_id:
+                checked[event_id] = event
+        # Auth events we already hold count too (a rejoin).
+        wanted = {a for e in checked.values() for a in e.auth_events if a not in checked}
+        known = {eid: s.event for eid, s in (await self._store.get_events(wanted)).items()
+                 if s.outcome is not Outcome.REJECTED}
+        good: dict[str, Event] = {}
+        bad: set[str] = set()
+        pending = sorted(checked.values(), key=lambda e: (e.depth, e.event_id))
+        create_id = "$" + room_id[1:]
+        for _ in range(MAX_AUTH_PASSES):
+            progress = False
+            waiting: list[Event] = []
+            for event in pending:
+                if any(a in checked and a not in good and a not in bad for a in event.auth_events):
+                    waiting.append(event)  # an auth event is not decided yet
+                    continue
+                progress = True
+                if self._passes_auth(event, good, known, create_id):
+                    good[event.event_id] = event
+                else:
+                    bad.add(event.event_id)
+            pending = waiting
+            if not pending or not progress:
+                break
+        if bad or pending:
+            log.info("remote room events left out", extra={
+                "room_id": room_id, "failed_auth": len(bad), "undecided": len(pending)})
+        return good
+
+    @staticmethod
+    def _passes_auth(event: Event, good: Mapping[str, Event], known: Mapping[str, Event], create_id: str) -> bool:
+        auth_events: list[Event] = []
+        for a in event.auth_events:
+            found = good.get(a) or known.get(a)
+            if found is None:
+                return False  # missing or rejected auth event (rule 2.3)
+            auth_events.append(found)
+        auth_state = {e.state_tuple: e for e in auth_events if e.is_state}
+        if event.room_version.create_event_implied_in_auth and not (
+            event.type == "m.room.create" and event.state_key == ""
+        ):
+            create = good.get(create_id) or known.get(create_id)
+            if create is None:
+                return False
+            auth_state[CREATE] = create
+        try:
+            check_auth_events_shape(event, auth_events)
+            check_auth_rules(event, auth_state)
+        except AuthError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ leave (reject)
+
+    async def leave(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]) -> Event:
+        """Leave a room we are not in (reject an invite) through a resident server."""
+        failures: list[str] = []
+        for server in self.candidates(servers):
+            try:
+                reply = await self._client.get_json(server, f"{V1}/make_leave/{_q(room_id)}/{_q(user_id)}")
+                if not isinstance(reply, dict):
+                    raise RemoteJoinFailed("make_leave reply is not an object")
+                try:
+                    version = get_room_version(reply.get("room_version"))
+                    template = check_template(reply.get("event"), room_id, user_id, "leave")
+                except (UnsupportedRoomVersion, ValueError) as e:
+                    raise RemoteJoinFailed(f"bad make_leave reply: {e}") from None
+                leave = self._fill(template, content, version)
+                await self._client.put_json(
+                    server, f"{V2}/send_leave/{_q(room_id)}/{_q(leave.event_id)}", leave.pdu
+                )
+                return leave
+            except FederationRequestError as e:
+                if e.status == 403:
+                    raise NotAllowed(f"{server} refused the leave") from None
+                failures.append(f"{server}: {e}")
+            except RemoteJoinFailed as e:
+                failures.append(f"{server}: {e.reason}")
+        raise RemoteJoinFailed("could not leave through any server: " + "; ".join(failures))
+
+    # ------------------------------------------------------------------ invite
+
+    async def invite(self, event: Event, invite_room_state: list[dict[str, Any]]) -> Event:
+        """Have the invitee's server sign ``event``; return the event with both signatures."""
+        assert event.state_key is not None
+        target = server_name_of(event.state_key)
+        reply = await self._client.put_json(
+            target,
+            f"{V2}/invite/{_q(event.room_id)}/{_q(event.event_id)}",
+            {"room_version": event.room_version.identifier, "event": event.pdu,
+             "invite_room_state": invite_room_state},
+        )
+        signed = reply.get("event") if isinstance(reply, dict) else None
+        if not isinstance(signed, dict):
+            raise RemoteJoinFailed(f"{target} returned no invite event")
+        try:
+            same = compute_event_id(signed, event.room_version) == event.event_id
+        except (EventError, TypeError, ValueError, AttributeError):
+            same = False
+        if not same:
+            raise RemoteJoinFailed(f"{target} changed the invite event")
+        await self._check_signature(signed, event.room_version, target)
+        # Keep our event; add the invitee's server's signatures.
+        pdu = dict(event.pdu)
+        sigs = {k: dict(v) for k, v in pdu["signatures"].items()}
+        sigs[target] = dict(signed["signatures"][target])
+        pdu["signatures"] = sigs
+        return Event.from_pdu(pdu, event.room_version, event_id=event.event_id)
+
+    async def _check_signature(self, pdu: dict[str, Any], version: RoomVersion, server: str) -> None:
+        sigs = pdu.get("signatures")
+        theirs = sigs.get(server) if isinstance(sigs, dict) else None
+        if not isinstance(theirs, dict) or not theirs:
+            raise RemoteJoinFailed(f"{server} did not sign the invite")
+        redacted = redact(pdu, version)
+        redacted.pop("unsigned", None)
+        redacted["signatures"] = {server: theirs}
+        for key_id in theirs:
+            if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
+                continue
+            try:
+                key = await self._keyring.get_verify_key(server, key_id)
+                verify_signed_json(redacted, server, key)
+                return
+            except (KeyNotFoundError, SignatureVerifyException):
+                continue
+        raise RemoteJoinFailed(f"{server}'s signature on the invite does not verify")

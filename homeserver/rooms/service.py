@@ -1,0 +1,409 @@
+"""The room service: what local users do to rooms, and what the client API calls.
+
+Creating rooms (the spec's createRoom sequence, see ``creation.py``), sending events,
+joining (locally, or over federation when we are not in the room), inviting (remote
+invitees' servers countersign first), leaving (rejecting a remote invite goes through a
+resident server), kicking, banning, unbanning and forgetting; and membership and state
+queries. Every event is built and persisted by the ``EventBuilder``, so every rule there
+(auth checked, stored and queued in one transaction) holds here. Repeating a join, an
+invite or a leave that is already in effect sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from homeserver.events.errors import UnsupportedRoomVersion
+from homeserver.events.event import Event, StateKey
+from homeserver.events.identifiers import is_valid_user_id, server_name_of
+from homeserver.events.versions import DEFAULT_ROOM_VERSION, get_room_version
+from homeserver.federation.client import FederationRequestError
+from homeserver.rooms.builder import EventBuilder
+from homeserver.rooms.creation import invite_content, plan_room
+from homeserver.rooms.errors import (
+    BadRoomRequest,
+    NotAllowed,
+    RemoteJoinFailed,
+    RoomError,
+    RoomNotFound,
+    UnsupportedVersion,
+)
+from homeserver.rooms.remote import RemoteMembership
+from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
+
+log = logging.getLogger(__name__)
+
+# Stripped state given to invitees (client-server "Stripped state"), in this order.
+INVITE_STATE_TYPES = (
+    "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.topic",
+    "m.room.canonical_alias", "m.room.encryption",
+)
+# Called after an invite over federation (or its rejection) is stored: (user_id, room_id).
+InviteListener = Callable[[str, str], None]
+
+
+def strip_event(pdu: Mapping[str, Any]) -> dict[str, Any]:
+    """A stripped state event: type, state_key, content, sender."""
+    return {k: pdu[k] for k in ("type", "state_key", "content", "sender") if k in pdu}
+
+
+class RoomService:
+    def __init__(
+        self,
+        server_name: str,
+        builder: EventBuilder,
+        remote: RemoteMembership,
+        memberships: RoomMembershipStore,
+    ) -> None:
+        self.server_name = server_name
+        self.builder = builder
+        self.store = builder.store
+        self.persister = builder.persister
+        self.remote = remote
+        self.memberships = memberships
+        self.invite_listeners: list[InviteListener] = []
+        self._member_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _is_local(self, user_id: str) -> bool:
+        return server_name_of(user_id) == self.server_name
+
+    def _require_local(self, user_id: str) -> None:
+        if not is_valid_user_id(user_id) or not self._is_local(user_id):
+            raise BadRoomRequest(f"{user_id!r} is not a user of this server")
+
+    def _member_lock(self, user_id: str, room_id: str) -> asyncio.Lock:
+        key = (user_id, room_id)
+        lock = self._member_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._member_locks[key] = lock
+        return lock
+
+    async def participating(self, room_id: str) -> bool:
+        """Whether one of our users is joined to the room (we hold its live state)."""
+        row = await self.store.db.fetchval(
+            "SELECT 1 FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND membership = 'join' AND state_key LIKE ? LIMIT 1",
+            room_id, "%:" + self.server_name,
+        )
+        return row is not None
+
+    async def _state_membership(self, user_id: str, room_id: str) -> tuple[str | None, str | None]:
+        row = await self.store.db.fetchone(
+            "SELECT membership, event_id FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND state_key = ?",
+            room_id, user_id,
+        )
+        return (None, None) if row is None else (row[0], row[1])
+
+    # ------------------------------------------------------------------ create, send
+
+    async def create_room(
+        self,
+        creator: str,
+        *,
+        room_version: str | None = None,
+        preset: str | None = None,
+        name: str | None = None,
+        topic: str | None = None,
+        invite: Sequence[str] = (),
+        initial_state: Sequence[Mapping[str, Any]] = (),
+        creation_content: Mapping[str, Any] | None = None,
+        power_level_content_override: Mapping[str, Any] | None = None,
+        is_direct: bool = False,
+        visibility: str = "private",
+        member_content: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create a room; return its ID. ``member_content`` adds to the creator's join
+        (displayname, avatar_url). Invites that fail are logged, not fatal."""
+        self._require_local(creator)
+        try:
+            version = get_room_version(room_version) if room_version is not None else DEFAULT_ROOM_VERSION
+        except UnsupportedRoomVersion:
+            raise UnsupportedVersion(room_version) from None
+        if creation_content is not None and not isinstance(creation_content, Mapping):
+            raise BadRoomRequest("creation_content must be an object")
+        plan = plan_room(
+            version, creator, preset=preset, visibility=visibility, name=name, topic=topic,
+            invite=invite, initial_state=initial_state, creation_content=creation_content,
+            power_level_content_override=power_level_content_override,
+        )
+        room_id: str | None = None
+        if not version.room_id_is_create_hash:
+            local = "".join(secrets.choice(string.ascii_letters) for _ in range(18))
+            room_id = f"!{local}:{self.server_name}"
+        # 1. The create event (a v12 room's ID is its create event's hash).
+        create = await self.builder.create_event(version, creator, room_id, plan.create_content)
+        room_id = create.room_id
+        async with self.persister.room_lock(room_id):
+            # 2. The creator's join; 3-7. power levels, preset, initial_state, name, topic.
+            join = {**dict(member_content or {}), "membership": "join"}
+            await self.builder.send_locked(room_id, "m.room.member", creator, join, creator)
+            for draft in plan.state:
+                await self.builder.send_locked(room_id, draft.type, creator, draft.content, draft.state_key)
+        # 8. Invites.
+        for target in plan.invites:
+            try:
+                await self.invite(creator, room_id, target, is_direct=is_direct)
+            except RoomError as e:
+                log.warning("invite at room creation failed",
+                            extra={"room_id": room_id, "target": target, "reason": str(e)})
+        log.info("room created", extra={"room_id": room_id, "version": version.identifier, "creator": creator})
+        return room_id
+
+    async def send_event(
+        self, sender: str, room_id: str, event_type: str, content: Mapping[str, Any],
+        state_key: str | None = None,
+    ) -> Event:
+        """Send a message or state event as ``sender``. Member events that need a
+        handshake (a remote invite) go through ``invite``."""
+        self._require_local(sender)
+        if not isinstance(content, Mapping):
+            raise BadRoomRequest("content must be an object")
+        if event_type == "m.room.member" and state_key is not None and content.get("membership") == "invite" \
+                and not self._is_local(state_key):
+            await self.invite(sender, room_id, state_key, is_direct=content.get("is_direct") is True)
+            _, event_id = await self.get_membership(state_key, room_id)
+            stored = await self.store.get_event(event_id or "")
+            if stored is None:
+                raise RoomNotFound(room_id)
+            return stored.event
+        if await self.store.get_room_version(room_id) is None:
+            raise RoomNotFound(room_id)
+        return await self.builder.send(room_id, event_type, sender, content, state_key)
+
+    # ------------------------------------------------------------------ join
+
+    async def join(
+        self, user_id: str, room_id_or_alias: str, via: Sequence[str] = (),
+        content: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Join a room; return its ID. Over federation when none of our users is in it."""
+        self._require_local(user_id)
+        if room_id_or_alias.startswith("#"):
+            raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
+        room_id = room_id_or_alias
+        if not room_id.startswith("!"):
+            raise BadRoomRequest(f"{room_id!r} is not a room ID")
+        body = {**dict(content or {}), "membership": "join"}
+        async with self._member_lock(user_id, room_id):
+            membership, _ = await self._state_membership(user_id, room_id)
+            if membership == "join":
+                return room_id  # already joined: nothing to send
+            if await self.participating(room_id):
+                await self.builder.send(room_id, "m.room.member", user_id, body, user_id)
+            else:
+                await self.remote.join(user_id, room_id, await self._servers_for(user_id, room_id, via), body)
+            await self.memberships.delete_invite(user_id, room_id)
+            await self.memberships.unforget(user_id, room_id)
+        return room_id
+
+    async def _servers_for(self, user_id: str, room_id: str, via: Sequence[str]) -> list[str]:
+        """Resident candidates: ``via``, the inviter's server, the room ID's server
+        (before v12), then servers our last known state of the room has joined."""
+        servers = list(via)
+        invite = await self.memberships.get_invite(user_id, room_id)
+        if invite is not None:
+            servers.append(server_name_of(invite.sender))
+        domain = server_name_of(room_id)
+        if domain:
+            servers.append(domain)
+        state = await self.store.get_current_state_ids(room_id)
+        if state:
+            servers.extend(sorted(await self.store.joined_servers(state)))
+        return [s for s in dict.fromkeys(servers) if s and s != self.server_name]
+
+    # ------------------------------------------------------------------ invite
+
+    async def invite(self, sender: str, room_id: str, target: str, *, is_direct: bool = False,
+                     reason: str | None = None) -> None:
+        """Invite ``target``; a remote target's server countersigns before we persist."""
+        self._require_local(sender)
+        if not is_valid_user_id(target):
+            raise BadRoomRequest(f"invalid user ID {target!r}")
+        if await self.store.get_room_version(room_id) is None:
+            raise RoomNotFound(room_id)
+        membership, _ = await self._state_membership(target, room_id)
+        if membership == "invite":
+            return  # already invited
+        content = invite_content(is_direct)
+        if reason:
+            content["reason"] = reason
+        if self._is_local(target):
+            await self.builder.send(room_id, "m.room.member", sender, content, target)
+            return
+        lock = self.persister.room_lock(room_id)
+        async with lock:
+            event, state_before = await self.builder.build_locked(room_id, "m.room.member", sender, content, target)
+            stripped = await self._invite_room_state(state_before, full=True)
+        # The handshake runs without the room lock: a slow invitee server holds nothing.
+        try:
+            signed = await self.remote.invite(event, stripped)
+        except FederationRequestError as e:
+            if e.status == 403:
+                raise NotAllowed(f"{e.destination} refused the invite") from None
+            raise RemoteJoinFailed(f"invite to {e.destination} failed: {e}") from None
+        async with lock:
+            await self.builder.persist_local(signed, state_before)
+
+    async def _invite_room_state(self, state: Mapping[StateKey, str], *, full: bool) -> list[dict[str, Any]]:
+        keys = [(t, "") for t in INVITE_STATE_TYPES if (t, "") in state]
+        events = await self.store.get_events(state[k] for k in keys)
+        out = []
+        for k in keys:
+            stored = events.get(state[k])
+            if stored is not None:
+                out.append(dict(stored.event.pdu) if full else strip_event(stored.event.pdu))
+        return out
+
+    async def receive_invite(
+        self, target: str, room_id: str, pdu: Mapping[str, Any], event_id: str, room_version: str,
+        invite_room_state: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Store an invite another server sent for one of our users (PUT /invite)."""
+        stripped = [strip_event(e) for e in invite_room_state]
+        stripped.append(strip_event(pdu))
+        await self.memberships.store_invite(target, room_id, pdu, event_id, room_version, stripped)
+        self._notify_invite(target, room_id)
+
+    def _notify_invite(self, user_id: str, room_id: str) -> None:
+        for listener in self.invite_listeners:
+            try:
+                listener(user_id, room_id)
+            except Exception:
+                log.exception("invite listener failed", extra={"room_id": room_id})
+
+    async def get_invite_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+        """Stripped state for an invite: as received over federation, else from our state."""
+        invite = await self.memberships.get_invite(user_id, room_id)
+        if invite is not None:
+            return list(invite.invite_room_state)
+        state = await self.store.get_current_state_ids(room_id)
+        out = await self._invite_room_state(state, full=False)
+        member = state.get(("m.room.member", user_id))
+        if member is not None:
+            stored = await self.store.get_event(member)
+            if stored is not None:
+                out.append(strip_event(stored.event.pdu))
+        return out
+
+    async def invites_since(self, user_id: str, stream_id: int = 0) -> list[ReceivedInvite]:
+        """Invites received over federation (and their rejections) past ``stream_id``."""
+        return await self.memberships.invites_for_user(user_id, stream_id)
+
+    # ------------------------------------------------------------------ leave and moderation
+
+    async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
+        """Leave a room, or reject an invite (through a resident server when we are not
+        in the room)."""
+        self._require_local(user_id)
+        content: dict[str, Any] = {"membership": "leave"}
+        if reason:
+            content["reason"] = reason
+        async with self._member_lock(user_id, room_id):
+            invite = await self.memberships.get_invite(user_id, room_id)
+            if invite is not None and invite.membership == "leave" and not await self.participating(room_id):
+                return  # already rejected
+            if invite is not None and invite.membership == "invite" and not await self.participating(room_id):
+                servers = [server_name_of(invite.sender), server_name_of(room_id)]
+                event = await self.remote.leave(user_id, room_id, servers, content)
+                await self.memberships.mark_rejected(user_id, room_id, event.pdu, event.event_id)
+                self._notify_invite(user_id, room_id)
+                return
+            membership, _ = await self._state_membership(user_id, room_id)
+            if membership is None:
+                if await self.store.get_room_version(room_id) is None:
+                    raise RoomNotFound(room_id)
+                raise NotAllowed("not a member of the room")
+            if membership == "leave":
+                return  # already left
+            await self.builder.send(room_id, "m.room.member", user_id, content, user_id)
+
+    async def _moderate(self, sender: str, room_id: str, target: str, membership: str,
+                        reason: str | None, allowed_from: tuple[str | None, ...]) -> None:
+        self._require_local(sender)
+        if not is_valid_user_id(target):
+            raise BadRoomRequest(f"invalid user ID {target!r}")
+        if await self.store.get_room_version(room_id) is None:
+            raise RoomNotFound(room_id)
+        current, _ = await self._state_membership(target, room_id)
+        if current not in allowed_from:
+            raise NotAllowed(f"{target} is not in a membership that can change to {membership} ({current})")
+        content: dict[str, Any] = {"membership": membership}
+        if reason:
+            content["reason"] = reason
+        await self.builder.send(room_id, "m.room.member", sender, content, target)
+
+    async def kick(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
+        await self._moderate(sender, room_id, target, "leave", reason, ("join", "invite", "knock"))
+
+    async def ban(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
+        await self._moderate(sender, room_id, target, "ban", reason, (None, "join", "invite", "knock", "leave"))
+
+    async def unban(self, sender: str, room_id: str, target: str) -> None:
+        await self._moderate(sender, room_id, target, "leave", None, ("ban",))
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        self._require_local(user_id)
+        membership, _ = await self.get_membership(user_id, room_id)
+        if membership in ("join", "invite", "knock"):
+            raise BadRoomRequest("leave the room before forgetting it")
+        if membership is None and await self.store.get_room_version(room_id) is None:
+            raise RoomNotFound(room_id)
+        await self.memberships.forget(user_id, room_id)
+
+    # ------------------------------------------------------------------ queries
+
+    async def get_membership(self, user_id: str, room_id: str) -> tuple[str | None, str | None]:
+        """(membership, event ID) in the current state; a remote invite (or its
+        rejection) counts unless the state says joined or banned."""
+        membership, event_id = await self._state_membership(user_id, room_id)
+        if membership in ("join", "ban"):
+            return membership, event_id
+        invite = await self.memberships.get_invite(user_id, room_id)
+        if invite is not None and (membership is None or not await self.participating(room_id)):
+            return invite.membership, invite.event_id
+        return membership, event_id
+
+    async def get_current_state(self, room_id: str) -> dict[StateKey, Event]:
+        ids = await self.store.get_current_state_ids(room_id)
+        if not ids and await self.store.get_room_version(room_id) is None:
+            raise RoomNotFound(room_id)
+        events = await self.store.get_events(ids.values())
+        return {k: events[eid].event for k, eid in ids.items() if eid in events}
+
+    async def get_state_event(self, room_id: str, event_type: str, state_key: str) -> Event | None:
+        row = await self.store.db.fetchval(
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            room_id, event_type, state_key,
+        )
+        if row is None:
+            return None
+        stored = await self.store.get_event(row)
+        return None if stored is None else stored.event
+
+    async def rooms_for_user(self, user_id: str) -> dict[str, str]:
+        """room ID -> membership (join/invite/leave/ban/knock), forgotten rooms left out."""
+        rows = await self.store.db.fetchall(
+            "SELECT room_id, membership FROM current_state WHERE type = 'm.room.member' AND state_key = ?",
+            user_id,
+        )
+        out: dict[str, str] = {r[0]: r[1] for r in rows if isinstance(r[1], str)}
+        for invite in await self.memberships.invites_for_user(user_id):
+            membership = out.get(invite.room_id)
+            if membership in ("join", "ban"):
+                continue
+            if membership is None or not await self.participating(invite.room_id):
+                out[invite.room_id] = invite.membership
+        forgotten = await self.memberships.forgotten(user_id)
+        return {r: m for r, m in out.items() if not (r in forgotten and m in ("leave", "ban"))}

@@ -1,0 +1,246 @@
+"""The user store: local accounts, devices, access tokens, profiles, sync filters and
+client transaction IDs.
+
+Guarantees: passwords are kept only as salted scrypt hashes (checked in constant time,
+off the event loop); access tokens only as their SHA-256, so a leaked database holds no
+usable token; a (user, device, txnId) maps to at most one event. Stateless apart from the
+database: any component may build one on the shared ``Database``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.storage.database import Database
+
+# scrypt cost: n=2**14, r=8, p=1 is ~16 MiB and a few tens of ms per hash.
+SCRYPT_N = 1 << 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+
+class UserExistsError(Exception):
+    """The user ID is already registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    user_id: str
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    displayname: str | None
+    avatar_url: str | None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password_sync(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=SCRYPT_MAXMEM
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def check_password_sync(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(
+            password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+            maxmem=SCRYPT_MAXMEM, dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_access_token() -> str:
+    return "hs_" + secrets.token_urlsafe(32)
+
+
+def new_device_id() -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+class UserStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ accounts
+
+    async def user_exists(self, user_id: str) -> bool:
+        return await self.db.fetchval("SELECT 1 FROM users WHERE user_id = ?", user_id) is not None
+
+    async def create_user(self, user_id: str, password: str | None, displayname: str | None) -> None:
+        """Register ``user_id``; raises UserExistsError when taken."""
+        hashed = await asyncio.to_thread(hash_password_sync, password) if password is not None else None
+        async with self.db.transaction() as conn:
+            inserted = await conn.fetchval(
+                "INSERT INTO users (user_id, password_hash, created_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+                user_id, hashed, _now_ms(),
+            )
+            if inserted is None:
+                raise UserExistsError(user_id)
+            await conn.execute(
+                "INSERT INTO profiles (user_id, displayname, avatar_url) VALUES (?, ?, NULL)"
+                " ON CONFLICT (user_id) DO NOTHING",
+                user_id, displayname,
+            )
+
+    async def check_password(self, user_id: str, password: str) -> bool:
+        stored = await self.db.fetchval(
+            "SELECT password_hash FROM users WHERE user_id = ? AND deactivated = 0", user_id
+        )
+        if not isinstance(stored, str):
+            # Spend the same time as a real check, so timing does not reveal which users exist.
+            await asyncio.to_thread(check_password_sync, password, _dummy_hash())
+            return False
+        return await asyncio.to_thread(check_password_sync, password, stored)
+
+    # ------------------------------------------------------------------ devices and tokens
+
+    async def create_session(self, user_id: str, device_id: str | None, display_name: str | None) -> tuple[str, str]:
+        """Create (or reuse) a device and give it a fresh access token: (device_id, token).
+
+        Logging in again with an existing device ID invalidates that device's old tokens.
+        """
+        device_id = device_id or new_device_id()
+        token = new_access_token()
+        now = _now_ms()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO devices (user_id, device_id, display_name, created_ts) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (user_id, device_id) DO NOTHING",
+                user_id, device_id, display_name, now,
+            )
+            await conn.execute(
+                "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", user_id, device_id
+            )
+            await conn.execute(
+                "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES (?, ?, ?, ?)",
+                token_hash(token), user_id, device_id, now,
+            )
+        return device_id, token
+
+    async def get_token_owner(self, token: str) -> TokenOwner | None:
+        row = await self.db.fetchone(
+            "SELECT t.user_id, t.device_id FROM access_tokens t JOIN users u ON u.user_id = t.user_id"
+            " WHERE t.token_hash = ? AND u.deactivated = 0",
+            token_hash(token),
+        )
+        return None if row is None else TokenOwner(row[0], row[1])
+
+    async def delete_device(self, user_id: str, device_id: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", user_id, device_id
+            )
+            await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", user_id, device_id)
+
+    async def delete_all_devices(self, user_id: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM access_tokens WHERE user_id = ?", user_id)
+            await conn.execute("DELETE FROM devices WHERE user_id = ?", user_id)
+
+    # ------------------------------------------------------------------ profiles
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        """The profile of a local user, or None when the user does not exist."""
+        row = await self.db.fetchone(
+            "SELECT p.displayname, p.avatar_url FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id"
+            " WHERE u.user_id = ?",
+            user_id,
+        )
+        return None if row is None else Profile(row[0], row[1])
+
+    async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
+        if field not in ("displayname", "avatar_url"):
+            raise ValueError(field)
+        await self.db.execute(
+            f"INSERT INTO profiles (user_id, {field}) VALUES (?, ?)"
+            f" ON CONFLICT (user_id) DO UPDATE SET {field} = excluded.{field}",
+            user_id, value,
+        )
+
+    # ------------------------------------------------------------------ client transactions
+
+    async def get_txn_event(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        value = await self.db.fetchval(
+            "SELECT event_id FROM client_txns WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+            user_id, device_id, txn_id,
+        )
+        return None if value is None else str(value)
+
+    async def store_txn_event(self, user_id: str, device_id: str, txn_id: str, event_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO client_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+            user_id, device_id, txn_id, event_id, _now_ms(),
+        )
+
+    async def txn_ids_for_events(self, user_id: str, device_id: str, event_ids: Iterable[str]) -> dict[str, str]:
+        """event_id -> txnId for the events this device sent (for ``unsigned.transaction_id``)."""
+        ids = list(dict.fromkeys(event_ids))
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows = await self.db.fetchall(
+                "SELECT event_id, txn_id FROM client_txns WHERE user_id = ? AND device_id = ?"
+                f" AND event_id IN ({','.join('?' * len(chunk))})",
+                user_id, device_id, *chunk,
+            )
+            out.update((r[0], r[1]) for r in rows)
+        return out
+
+    # ------------------------------------------------------------------ filters
+
+    async def store_filter(self, user_id: str, filter_json: dict[str, Any]) -> str:
+        filter_id = secrets.token_hex(8)
+        await self.db.execute(
+            "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
+            user_id, filter_id, json.dumps(filter_json, ensure_ascii=False, separators=(",", ":")),
+        )
+        return filter_id
+
+    async def get_filter(self, user_id: str, filter_id: str) -> dict[str, Any] | None:
+        raw = await self.db.fetchval(
+            "SELECT filter_json FROM user_filters WHERE user_id = ? AND filter_id = ?", user_id, filter_id
+        )
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password_sync("not a password")

@@ -1,0 +1,254 @@
+"""Rooms, messages and /sync on one server, driven by matrix-nio: create a room, send,
+see it in /sync, page back with /messages, idempotent sends, long-poll wake-ups, state,
+members, typing and receipts, profiles, and forbidden actions."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nio import (
+    JoinResponse,
+    RoomCreateResponse,
+    RoomGetStateResponse,
+    RoomMessagesResponse,
+    RoomSendResponse,
+    SyncResponse,
+)
+
+from tests.clients import client_server, nio_user, raw, sync_until, timeline_bodies
+from tests.conftest import DatabaseFactory
+
+V3 = "/_matrix/client/v3"
+TEXT = "m.room.message"
+
+
+def msg(body: str) -> dict[str, str]:
+    return {"msgtype": "m.text", "body": body}
+
+
+async def test_create_send_sync_and_paginate(db_factory: DatabaseFactory, tmp_path: Path,
+                                             test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        created = await alice.room_create(name="Lounge", topic="chat", invite=[bob.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        for i in range(5):
+            assert isinstance(await alice.room_send(room, TEXT, msg(f"before {i}")), RoomSendResponse)
+        # Bob sees the invite in /sync, joins, and messages continue.
+        await sync_until(bob, lambda r: room in r.rooms.invite)
+        assert isinstance(await bob.join(room), JoinResponse)
+        for i in range(5):
+            await bob.room_send(room, TEXT, msg(f"after {i}"))
+
+        # Alice's initial sync: the room with its name, a limited timeline of the newest events.
+        first = await alice.sync(timeout=0, sync_filter={"room": {"timeline": {"limit": 4}}})
+        assert isinstance(first, SyncResponse)
+        joined = first.rooms.join[room]
+        assert timeline_bodies(first, room) == ["after 1", "after 2", "after 3", "after 4"]
+        assert joined.timeline.limited is True
+        assert alice.rooms[room].name == "Lounge"
+        assert {e.source["type"] for e in joined.state} >= {"m.room.create", "m.room.power_levels"}
+
+        # Page back from prev_batch across Bob's join to Alice's first message.
+        seen: list[str] = []
+        token = joined.timeline.prev_batch
+        saw_join = False
+        for _ in range(20):
+            page = await alice.room_messages(room, start=token, limit=3)
+            assert isinstance(page, RoomMessagesResponse), page
+            for e in page.chunk:
+                if getattr(e, "body", None):
+                    seen.append(e.body)
+                if e.source["type"] == "m.room.member" and e.source["state_key"] == bob.user_id \
+                        and e.source["content"]["membership"] == "join":
+                    saw_join = True
+            if not page.end:
+                break
+            token = page.end
+        assert seen == ["after 0", *[f"before {i}" for i in reversed(range(5))]]
+        assert saw_join
+        # Forwards from the start of the room reaches the newest event in order.
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/messages?dir=f&limit=1000",
+                                 token=alice.access_token)
+        bodies = [e["content"].get("body") for e in body["chunk"] if e["type"] == TEXT]
+        assert status == 200 and bodies == [*(f"before {i}" for i in range(5)), *(f"after {i}" for i in range(5))]
+        assert body["chunk"][0]["type"] == "m.room.create" and "end" not in body
+
+        # Incremental sync: only what is new.
+        await alice.room_send(room, TEXT, msg("new"))
+        nxt = await alice.sync(timeout=0, since=first.next_batch)
+        assert isinstance(nxt, SyncResponse)
+        assert timeline_bodies(nxt, room) == ["new"] and nxt.rooms.join[room].timeline.limited is False
+        empty = await alice.sync(timeout=0, since=nxt.next_batch)
+        assert isinstance(empty, SyncResponse) and room not in empty.rooms.join
+
+
+async def test_idempotent_send_and_state(db_factory: DatabaseFactory, tmp_path: Path,
+                                         test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, nio_user(server) as alice:
+        room = (await alice.room_create()).room_id  # type: ignore[union-attr]
+        path = f"{V3}/rooms/{room}/send/{TEXT}/txn-1"
+        results = await asyncio.gather(*(raw(server, "PUT", path, token=alice.access_token, json=msg("once"))
+                                         for _ in range(5)))
+        ids = {body["event_id"] for status, body in results if status == 200}
+        assert len(ids) == 1 and all(status == 200 for status, _ in results)
+        count = await server.services.db.fetchval(
+            "SELECT COUNT(*) FROM events WHERE room_id = ? AND type = ?", room, TEXT)
+        assert count == 1
+        # The same txnId from another device is another message.
+        status, login = await raw(server, "POST", f"{V3}/login", json={
+            "type": "m.login.password", "user": alice.user_id, "password": "correct horse battery"})
+        status, body = await raw(server, "PUT", path, token=login["access_token"], json=msg("again"))
+        assert status == 200 and body["event_id"] not in ids
+        # The sending device gets its transaction_id back in /sync (local echo matching).
+        resp = await alice.sync(timeout=0)
+        assert isinstance(resp, SyncResponse)
+        own = [e for e in resp.rooms.join[room].timeline.events if e.event_id in ids]
+        assert own and own[0].source["unsigned"]["transaction_id"] == "txn-1"
+
+        # State: PUT then GET, with and without a state key.
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/state/m.room.topic", token=alice.access_token,
+                                 json={"topic": "hello"})
+        assert status == 200 and body["event_id"].startswith("$")
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.topic/", token=alice.access_token)
+        assert (status, body) == (200, {"topic": "hello"})
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.topic", token=alice.access_token)
+        assert (status, body) == (200, {"topic": "hello"})
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.nothing", token=alice.access_token)
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+        state = await alice.room_get_state(room)
+        assert isinstance(state, RoomGetStateResponse)
+        assert any(e["type"] == "m.room.topic" for e in state.events)
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/joined_members", token=alice.access_token)
+        assert status == 200 and list(body["joined"]) == [alice.user_id]
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/members", token=alice.access_token)
+        assert [e["state_key"] for e in body["chunk"]] == [alice.user_id]
+        status, body = await raw(server, "GET", f"{V3}/joined_rooms", token=alice.access_token)
+        assert body == {"joined_rooms": [room]}
+        event_id = next(iter(ids))
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/event/{event_id}", token=alice.access_token)
+        assert status == 200 and body["content"]["body"] == "once"
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/event/$nope", token=alice.access_token)
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+
+
+async def test_sync_long_poll_wakes_on_new_event(db_factory: DatabaseFactory, tmp_path: Path,
+                                                 test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server) as alice, nio_user(server) as bob:
+        room = (await alice.room_create(invite=[bob.user_id])).room_id  # type: ignore[union-attr]
+        await bob.join(room)
+        first = await bob.sync(timeout=0)
+        assert isinstance(first, SyncResponse)
+        notifier_waiting = server.runners[1].app  # the client application
+        from homeserver.client_api import NOTIFIER
+        notifier = notifier_waiting[NOTIFIER]
+        # A 60 s long-poll: it must return once Alice sends, long before its timeout.
+        task = asyncio.create_task(bob.sync(timeout=60_000, since=first.next_batch))
+        for _ in range(200):
+            if notifier.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert notifier.waiting == 1
+        await alice.room_send(room, TEXT, msg("wake up"))
+        resp = await asyncio.wait_for(task, 20)
+        assert isinstance(resp, SyncResponse) and timeline_bodies(resp, room) == ["wake up"]
+        assert notifier.waiting == 0
+
+        # Typing and receipts wake it too, and arrive as ephemeral events.
+        task = asyncio.create_task(bob.sync(timeout=60_000, since=resp.next_batch))
+        for _ in range(200):
+            if notifier.waiting:
+                break
+            await asyncio.sleep(0.01)
+        await alice.room_typing(room, True)
+        resp2 = await asyncio.wait_for(task, 20)
+        assert isinstance(resp2, SyncResponse)
+        typing = [e for e in resp2.rooms.join[room].ephemeral if e.__class__.__name__ == "TypingNoticeEvent"]
+        assert typing and typing[0].users == [alice.user_id]
+        event_id = resp.rooms.join[room].timeline.events[-1].event_id
+        status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/receipt/m.read/{event_id}",
+                              token=alice.access_token, json={})
+        assert status == 200
+        resp3 = await bob.sync(timeout=5000, since=resp2.next_batch)
+        assert isinstance(resp3, SyncResponse)
+        raw_eph = [e.source if hasattr(e, "source") else e for e in resp3.rooms.join[room].ephemeral]
+        assert any(getattr(e, "receipts", None) for e in resp3.rooms.join[room].ephemeral), raw_eph
+        await alice.room_typing(room, False)
+        resp4 = await bob.sync(timeout=5000, since=resp3.next_batch)
+        assert isinstance(resp4, SyncResponse)
+        typing = [e for e in resp4.rooms.join[room].ephemeral if e.__class__.__name__ == "TypingNoticeEvent"]
+        assert typing and typing[0].users == []
+
+
+async def test_membership_and_forbidden_actions(db_factory: DatabaseFactory, tmp_path: Path,
+                                                test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server) as alice, nio_user(server) as bob, nio_user(server) as eve:
+        room = (await alice.room_create(invite=[bob.user_id])).room_id  # type: ignore[union-attr]
+        await bob.join(room)
+        # Eve is not invited to a private room: joining, sending and reading are forbidden.
+        for method, path, body in (
+            ("POST", f"{V3}/join/{room}", {}),
+            ("PUT", f"{V3}/rooms/{room}/send/{TEXT}/t", msg("hi")),
+            ("GET", f"{V3}/rooms/{room}/messages?dir=b", None),
+            ("GET", f"{V3}/rooms/{room}/state", None),
+        ):
+            status, err = await raw(server, method, path, token=eve.access_token, json=body)
+            assert (status, err["errcode"]) == (403, "M_FORBIDDEN"), (path, err)
+        # Bob (power 0) may not kick or ban.
+        status, err = await raw(server, "POST", f"{V3}/rooms/{room}/kick", token=bob.access_token,
+                                json={"user_id": alice.user_id})
+        assert (status, err["errcode"]) == (403, "M_FORBIDDEN")
+        status, err = await raw(server, "POST", f"{V3}/rooms/{room}/kick", token=alice.access_token, json={})
+        assert (status, err["errcode"]) == (400, "M_MISSING_PARAM")
+        first = await bob.sync(timeout=0)
+        assert isinstance(first, SyncResponse)
+        # Alice kicks Bob: Bob's next sync lists the room under leave; he can read up to the kick.
+        status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/kick", token=alice.access_token,
+                              json={"user_id": bob.user_id, "reason": "bye"})
+        assert status == 200
+        await alice.room_send(room, TEXT, msg("after the kick"))
+        resp = await bob.sync(timeout=0, since=first.next_batch)
+        assert isinstance(resp, SyncResponse) and room in resp.rooms.leave and room not in resp.rooms.join
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/messages?dir=b", token=bob.access_token)
+        assert status == 200 and "after the kick" not in [e["content"].get("body") for e in body["chunk"]]
+        # Ban, unban, re-invite, rejoin, leave, forget.
+        for path, who in (("ban", bob), ("unban", bob)):
+            status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/{path}", token=alice.access_token,
+                                  json={"user_id": who.user_id})
+            assert status == 200
+        status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/invite", token=alice.access_token,
+                              json={"user_id": bob.user_id})
+        assert status == 200
+        assert isinstance(await bob.join(room), JoinResponse)
+        status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/leave", token=bob.access_token, json={})
+        assert status == 200
+        status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/forget", token=bob.access_token, json={})
+        assert status == 200
+        status, body = await raw(server, "GET", f"{V3}/joined_rooms", token=bob.access_token)
+        assert body == {"joined_rooms": []}
+
+
+async def test_profiles(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server) as bob:
+        room = (await alice.room_create()).room_id  # type: ignore[union-attr]
+        status, body = await raw(server, "GET", f"{V3}/profile/{alice.user_id}")
+        assert (status, body) == (200, {"displayname": "alice"})
+        status, _ = await raw(server, "PUT", f"{V3}/profile/{alice.user_id}/displayname",
+                              token=alice.access_token, json={"displayname": "Alice A."})
+        assert status == 200
+        status, body = await raw(server, "GET", f"{V3}/profile/{alice.user_id}/displayname")
+        assert (status, body) == (200, {"displayname": "Alice A."})
+        status, body = await raw(server, "PUT", f"{V3}/profile/{alice.user_id}/displayname",
+                                 token=bob.access_token, json={"displayname": "evil"})
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+        status, body = await raw(server, "GET", f"{V3}/profile/@nobody:{server.services.config.server_name}")
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+        # The new name is carried into the member event of the joined room.
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.member/{alice.user_id}",
+                                 token=alice.access_token)
+        assert status == 200 and body["displayname"] == "Alice A."
