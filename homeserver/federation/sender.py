@@ -664,6 +664,9 @@ class OutboundSender:
         dead = now - first >= cfg.dead_after_days * 86_400_000
         pdus, edus = await self.queue_depth(dest)
         collapse = dead or pdus > cfg.catch_up_threshold
+        if collapse:
+            # Before the collapse commits, as in _catch_up_if_needed.
+            self._catch_up.add(dest)
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE outbound_destinations SET failure_count = failure_count + 1, first_failure_ts = ?,"
@@ -677,7 +680,6 @@ class OutboundSender:
             if collapse:
                 await self._collapse(conn, dest)
         if collapse:
-            self._catch_up.add(dest)
             self.metrics.outbound_catch_ups.labels("dead" if dead else "threshold").inc()
             pdus, edus = await self.queue_depth(dest)
         self._depth[dest] = (pdus, edus)
@@ -700,9 +702,11 @@ class OutboundSender:
         pdus, _ = await self.queue_depth(state.destination)
         if pdus <= self.config.catch_up_threshold:
             return
+        # In catch-up before the collapse commits: an event enqueued meanwhile already
+        # replaces its room's marker instead of growing the queue.
+        self._catch_up.add(state.destination)
         async with self.db.transaction() as conn:
             await self._collapse(conn, state.destination)
-        self._catch_up.add(state.destination)
         self.metrics.outbound_catch_ups.labels(reason).inc()
         log.info("catching destination up instead of replaying its queue",
                  extra={"destination": state.destination, "queued": pdus})
