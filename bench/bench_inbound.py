@@ -1,15 +1,15 @@
 """Benchmark of inbound federation: /send acknowledgement latency under a backlog, the
-worker's sustained throughput, and peak memory.
+worker's sustained throughput, and the server's peak memory.
 
-A fake remote server (tests/remote.py: its own key and key endpoint over real HTTPS on
-loopback) builds a linear room of signed message events. With the worker held, 10,000
-events are sent in 50-PDU transactions (the backlog); the worker is then released and,
-while it drains, more 50-PDU transactions are sent and each /send acknowledgement is
-timed. Every check runs in the worker (format, signatures, hashes, auth x3, persistence).
-
-Prints: ack latency p50/p99 of 50-PDU transactions with the backlog draining, worker
-events/s, and the process's peak RSS (which includes the fake remote and the 10,000
-pre-built events held by the benchmark itself).
+The homeserver runs as its own process (``python -m homeserver run``), as in production,
+so the numbers are the server's and not the load generator's. A fake remote server
+(tests/remote.py: its own key and key endpoint over real HTTPS on loopback) builds a
+linear room of signed message events; the room's first events are taught to the server
+beforehand (in-process, on the same database). The backlog is sent as fast as the server
+answers, then more 50-PDU transactions are sent at a steady pace and each acknowledgement
+is timed (bodies and X-Matrix headers are prepared before timing). Every check runs in the
+worker (format, signatures, hashes, auth x3, persistence); throughput is read from the
+server's /metrics.
 
 Run: ``.venv/bin/python bench/bench_inbound.py [--engine sqlite|postgres] [--events 10000]``
 (postgres: HOMESERVER_TEST_POSTGRES_DSN or a throwaway cluster, as in the tests).
@@ -19,19 +19,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
-import resource
+import os
+import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homeserver.crypto.tls import generate_ca
+from homeserver.crypto.xmatrix import authorization_header
 from tests.remote import fake_remote
-from tests.servers import make_config, running_server
+from tests.servers import free_port, make_config, running_server
 
 BATCH = 50
 
@@ -47,53 +56,112 @@ async def db_settings(engine: str, tmp: Path) -> tuple[dict[str, str], str | Non
     return {"engine": "postgres", "dsn": dsn}, admin
 
 
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def processed(session: aiohttp.ClientSession, metrics_port: int) -> int:
+    async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("hs_events_processed_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 async def run(engine: str, backlog: int, acks: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ca = (tmp / "ca.crt", tmp / "ca.key")
         generate_ca(*ca)
         settings, admin = await db_settings(engine, tmp)
-        config = make_config(tmp / "hs", settings, ca, extra={"logging": {"level": "ERROR"}})
+        metrics_port = free_port()
+        config = make_config(tmp / "hs", settings, ca, extra={
+            "logging": {"level": "ERROR"},
+            "listeners": {"metrics": {"enabled": True, "bind": "127.0.0.1", "port": metrics_port}},
+        })
+        cfg_file = tmp / "hs.yaml"
+        cfg_file.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        proc: subprocess.Popen[bytes] | None = None
         try:
-            async with running_server(config) as server, fake_remote(ca, tmp / "remote") as remote:
+            async with fake_remote(ca, tmp / "remote") as remote:
                 room = remote.room()
                 room.create_room()
-                await room.teach(server)
-                worker = server.services.inbound_worker
-                print(f"[{engine}] building {backlog + acks * BATCH} signed events ...", flush=True)
-                events = [room.message(f"message {i}") for i in range(backlog + acks * BATCH)]
-                worker.pause()
-                for i in range(0, backlog, BATCH):
-                    status, _ = await remote.send(server, events[i : i + BATCH])
-                    assert status == 200
-                rest = events[backlog:]
-                latencies: list[float] = []
-                started = time.perf_counter()
-                worker.resume()
-                for i in range(0, len(rest), BATCH):
-                    t0 = time.perf_counter()
-                    status, _ = await remote.send(server, rest[i : i + BATCH])
-                    latencies.append(time.perf_counter() - t0)
-                    assert status == 200
-                    await asyncio.sleep(0.02)  # a steady stream, not a burst
-                backlog_left = await server.services.inbox.count()
-                assert await worker.wait_idle(3600)
-                elapsed = time.perf_counter() - started
-                total = backlog + len(rest)
-                accepted = await server.services.db.fetchval(
-                    "SELECT COUNT(*) FROM events WHERE outcome = 'accepted' AND type = 'm.room.message'"
+                async with running_server(config) as teacher:
+                    await room.teach(teacher)
+                total = backlog + acks * BATCH
+                print(f"[{engine}] building {total} signed events ...", flush=True)
+                events = [room.message(f"message {i}") for i in range(total)]
+                dest = config.server_name
+                prepared = []
+                for n, i in enumerate(range(0, total, BATCH)):
+                    body = remote.transaction([e.pdu for e in events[i : i + BATCH]])
+                    path = f"/_matrix/federation/v1/send/{quote(f'bench{n}', safe='')}"
+                    header = authorization_header(remote.key, remote.server_name, dest, "PUT", path, body)
+                    prepared.append((path, json.dumps(body).encode(), header))
+                log = (tmp / "server.log").open("wb")
+                # BENCH_SERVER_PREFIX="-m cProfile -o FILE" profiles the server process.
+                prefix = os.environ.get("BENCH_SERVER_PREFIX", "").split()
+                proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before timing
+                    [sys.executable, *prefix, "-m", "homeserver", "run", "-c", str(cfg_file)],
+                    stdout=subprocess.DEVNULL, stderr=log,
                 )
-                assert accepted == total, (accepted, total)
+                ctx = ssl.create_default_context(cafile=str(ca[0]))
+                base = f"https://localhost:{config.listeners.federation.port}"
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+                    for _ in range(300):
+                        try:
+                            async with s.get(f"{base}/_matrix/federation/v1/version") as r:
+                                if r.status == 200:
+                                    break
+                        except aiohttp.ClientError:
+                            pass
+                        await asyncio.sleep(0.1)
+
+                    async def put(path: str, data: bytes, header: str) -> float:
+                        t0 = time.perf_counter()
+                        async with s.put(f"{base}{path}", data=data, headers={
+                            "Authorization": header, "Content-Type": "application/json"}) as r:
+                            assert r.status == 200, await r.text()
+                            await r.read()
+                        return time.perf_counter() - t0
+
+                    started = time.perf_counter()
+                    n_backlog = backlog // BATCH
+                    for path, data, header in prepared[:n_backlog]:
+                        await put(path, data, header)
+                    done_at_backlog = await processed(s, metrics_port)
+                    in_backlog = backlog - done_at_backlog
+                    latencies = []
+                    for path, data, header in prepared[n_backlog:]:
+                        latencies.append(await put(path, data, header))
+                        await asyncio.sleep(0.02)  # a steady stream, not a burst
+                    left_after = total - await processed(s, metrics_port)
+                    drain_started = time.perf_counter()
+                    while await processed(s, metrics_port) < total:  # noqa: ASYNC110 - another process
+                        await asyncio.sleep(0.25)
+                    elapsed = time.perf_counter() - started
+                    drain = time.perf_counter() - drain_started
                 latencies.sort()
                 p50 = statistics.median(latencies) * 1000
                 p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
-                rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                print(f"[{engine}] /send ack of {BATCH}-PDU transactions while draining "
-                      f"(inbox still {backlog_left} after the last ack): p50 {p50:.2f} ms, "
-                      f"p99 {p99:.2f} ms ({len(latencies)} transactions)")
-                print(f"[{engine}] worker: {total} events in {elapsed:.1f} s = {total / elapsed:.0f} events/s")
-                print(f"[{engine}] peak RSS of the whole process: {rss_mb:.0f} MB")
+                print(f"[{engine}] backlog when timing began: {in_backlog} events; still "
+                      f"{left_after} after the last timed ack")
+                print(f"[{engine}] /send ack of {BATCH}-PDU transactions while draining: "
+                      f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(latencies)} transactions)")
+                print(f"[{engine}] worker, sustained (the last {left_after} events, no /send arriving): "
+                      f"{left_after / drain:.0f} events/s")
+                print(f"[{engine}] worker, overall (while answering every /send first): {total} events in "
+                      f"{elapsed:.1f} s = {total / elapsed:.0f} events/s")
+                print(f"[{engine}] peak RSS of the server process: {peak_rss_mb(proc.pid):.0f} MB")
         finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
             if admin is not None:
                 from tests.conftest import drop_pg_database
 
@@ -107,6 +175,7 @@ def main() -> None:
     parser.add_argument("--acks", type=int, default=100, help="timed transactions")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     asyncio.run(run(args.engine, args.events, args.acks))
 
 

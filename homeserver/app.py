@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from homeserver.client_api import create_client_api_app
 from homeserver.config import Config
@@ -23,7 +24,7 @@ from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
-from homeserver.http import error_middleware
+from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
 from homeserver.ops import health_route
 from homeserver.rooms.builder import EventBuilder
@@ -125,6 +126,7 @@ def create_federation_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             error_middleware,
+            answer_first_middleware(services.inbound_worker),
             make_auth_middleware(
                 services.config.server_name, services.keyring, services.sender.notify_destination_up
             ),
@@ -148,6 +150,20 @@ def create_federation_app(services: Services) -> web.Application:
     )
     app.add_routes(rooms_api.routes())
     return app
+
+
+def answer_first_middleware(worker: InboundWorker) -> Middleware:
+    """While a /send is being answered (its signature checked, its body staged), the
+    inbound worker holds back, so the remote server gets its 200 as soon as possible."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "PUT" and request.path.startswith("/_matrix/federation/v1/send/"):
+            with worker.answering():
+                return await handler(request)
+        return await handler(request)
+
+    return middleware
 
 
 def create_client_app(services: Services) -> web.Application:

@@ -6,7 +6,6 @@ served of an event that has been redacted.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from homeserver.events.versions import RedactionRules, RoomVersion
@@ -48,23 +47,29 @@ _CONTENT_V11: dict[str, frozenset[str]] = {
 
 
 def redact(event: dict[str, Any], version: RoomVersion) -> dict[str, Any]:
-    """Return a redacted deep copy of ``event`` (a PDU as JSON) under ``version``'s rules."""
+    """Return ``event`` (a PDU as JSON) redacted under ``version``'s rules.
+
+    The result is a new top-level dict and a new ``content`` dict; deeper values are shared
+    with ``event`` (redaction runs for every hash and signature check, and copying whole
+    events there was the largest cost of the inbound path). Callers may add, remove or
+    replace top-level keys and content keys, but must not mutate anything deeper.
+    """
     v11 = version.redaction is RedactionRules.V11
     keep = _TOP_LEVEL_V11 if v11 else _TOP_LEVEL_V9
-    out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in event.items() if k in keep}
+    out: dict[str, Any] = {k: v for k, v in event.items() if k in keep}
     content = event.get("content")
     if not isinstance(content, dict):
         out["content"] = {}
         return out
     event_type = event.get("type")
     if v11 and event_type == "m.room.create":
-        out["content"] = copy.deepcopy(content)
+        out["content"] = dict(content)
         return out
     allowed = (_CONTENT_V11 if v11 else _CONTENT_V9).get(event_type, frozenset())  # type: ignore[arg-type]
-    new_content = {k: copy.deepcopy(v) for k, v in content.items() if k in allowed}
+    new_content = {k: v for k, v in content.items() if k in allowed}
     if v11 and event_type == "m.room.member":
         tpi = content.get("third_party_invite")
         if isinstance(tpi, dict) and "signed" in tpi:
-            new_content["third_party_invite"] = {"signed": copy.deepcopy(tpi["signed"])}
+            new_content["third_party_invite"] = {"signed": tpi["signed"]}
     out["content"] = new_content
     return out

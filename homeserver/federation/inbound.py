@@ -58,6 +58,8 @@ FED = "/_matrix/federation/v1"
 TYPING_TIMEOUT_MS = 30_000
 STATE_FETCH_CONCURRENCY = 8
 MAX_STATE_EVENTS = 20_000
+# Entries whose checks may run ahead at once (a bound on memory and on wasted work).
+CHECK_AHEAD_LIMIT = 64
 
 CREATE: StateKey = ("m.room.create", "")
 
@@ -107,6 +109,8 @@ class InboundProcessor:
         # event ID -> state after it, for events this worker persisted (shared maps: a
         # message's state after is its state before, the same object).
         self._state_after: OrderedDict[str, Mapping[StateKey, str]] = OrderedDict()
+        # event ID -> its steps 1-3 running ahead (see check_ahead).
+        self._checked_ahead: dict[str, asyncio.Task[Event]] = {}
         # event ID -> outcome looked up for a whole claimed batch at once (None: not stored).
         self._prefetched: dict[str, Outcome | None] = {}
 
@@ -157,8 +161,25 @@ class InboundProcessor:
             stored = (await self._store.get_outcomes([event_id])).get(event_id)
         if stored is not None and stored is not Outcome.OUTLIER:
             return None
-        event = await self.check_event(pdu, version, event_id)
+        ahead = self._checked_ahead.pop(event_id, None)
+        event = await (ahead if ahead is not None else self.check_event(pdu, version, event_id))
         return await self._process(origin, event, budget, stored)
+
+    def check_ahead(self, entry: InboxEntry) -> None:
+        """Start steps 1-3 (format, signatures, hashes: they need no room state) of the
+        room's next entry, so they run while this entry waits on the database."""
+        if entry.kind != "pdu" or not entry.event_id or entry.room_version is None:
+            return
+        if entry.event_id in self._checked_ahead or entry.event_id in self._events:
+            return
+        version = get_room_version(entry.room_version)
+        task = asyncio.create_task(self.check_event(entry.body, version, entry.event_id))
+        # A check that nobody collects (the entry turned out a duplicate) must not warn.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._checked_ahead[entry.event_id] = task
+        while len(self._checked_ahead) > CHECK_AHEAD_LIMIT:
+            stale = self._checked_ahead.pop(next(iter(self._checked_ahead)))
+            stale.cancel()
 
     # ------------------------------------------------------------------ steps 1-3
 

@@ -19,11 +19,12 @@ be deleted after it is processed rather than atomically with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,29 @@ class InboxStore:
         )
         return None if raw is None else dict(loads(raw))
 
+    async def look_up(self, origin: str, txn_id: str, event_ids: Iterable[str]) -> DoorLookup:
+        """In one query: the first reply to (origin, txn_id) if it was seen, the outcomes of
+        the events we hold, and the events already waiting in the inbox."""
+        ids = list(dict.fromkeys(event_ids))
+        sql = "SELECT 't', response FROM federation_transactions WHERE origin = ? AND txn_id = ?"
+        args: list[Any] = [origin, txn_id]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            sql += (
+                f" UNION ALL SELECT 'e' || event_id, outcome FROM events WHERE event_id IN ({marks})"
+                f" UNION ALL SELECT 'q' || event_id, NULL FROM inbox WHERE event_id IN ({marks})"
+            )
+            args += ids + ids
+        found = DoorLookup(None, {}, set())
+        for key, value in await self.db.fetchall(sql, *args):
+            if key == "t":
+                found.response = dict(loads(value))
+            elif key.startswith("e"):
+                found.outcomes[key[1:]] = value
+            else:
+                found.queued.add(key[1:])
+        return found
+
     async def queued_event_ids(self, event_ids: Iterable[str]) -> set[str]:
         ids = list(dict.fromkeys(event_ids))
         if not ids:
@@ -135,19 +159,13 @@ class InboxStore:
                     origin, txn_id,
                 )
                 return StoredTransaction(dict(loads(raw)), True, 0, 0)
-            already: set[str] = set()
+            already: set[str] = set()  # checked by the caller's look_up just before
             if pdus:
-                marks = ",".join("?" * len(pdus))
-                rows = await conn.fetchall(
-                    f"SELECT event_id FROM inbox WHERE event_id IN ({marks})",
-                    *[p.event_id for p in pdus],
-                )
-                already = {r[0] for r in rows}
-                fresh = [p for p in pdus if p.event_id not in already]
+                fresh = list(pdus)
                 if fresh:
                     # ON CONFLICT: a concurrent transaction from another origin may have
-                    # enqueued the same event since the look-up above.
-                    await conn.executemany(
+                    # enqueued the same event since the caller's look-up.
+                    await conn.write_many(
                         "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body,"
                         " received_ts) VALUES (?, 'pdu', ?, ?, ?, ?, ?)"
                         " ON CONFLICT (event_id) DO NOTHING",
@@ -155,7 +173,7 @@ class InboxStore:
                          for p in fresh],
                     )
             if edus:
-                await conn.executemany(
+                await conn.write_many(
                     "INSERT INTO inbox (origin, kind, body, received_ts) VALUES (?, 'edu', ?, ?)",
                     [(origin, _dumps(e), now) for e in edus],
                 )
@@ -204,10 +222,19 @@ class InboxStore:
         )
 
 
+@dataclass(slots=True)
+class DoorLookup:
+    response: dict[str, Any] | None  # the first reply, when the transaction is a repeat
+    outcomes: dict[str, str]  # event ID -> outcome, for events we hold
+    queued: set[str]  # event IDs waiting in the inbox
+
+
 Processor = Callable[[InboxEntry], Awaitable[None]]
 
 # Processed entries are deleted in batches of this size while the worker is busy.
 DELETE_BATCH = 50
+# Longest the worker holds back for /send requests being answered, each time.
+DOOR_YIELD_SECONDS = 0.05
 
 
 class InboundWorker:
@@ -233,6 +260,13 @@ class InboundWorker:
         self._main: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self.processed = 0  # entries processed since start (observability, tests)
+        # Answer first: while /send requests are being answered the worker holds back
+        # (for at most DOOR_YIELD_SECONDS at a time, so a flood cannot starve it).
+        # Optional: start the next entry's state-free checks early (the processor's).
+        self._check_ahead: Callable[[InboxEntry], None] | None = getattr(process, "check_ahead", None)
+        self._door = 0
+        self._door_clear = asyncio.Event()
+        self._door_clear.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -269,6 +303,26 @@ class InboundWorker:
             except Exception:
                 log.warning("could not delete processed inbox entries at shutdown", exc_info=True)
             self._done.clear()
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Mark a /send being answered: the worker yields the event loop to it."""
+        self._door += 1
+        self._door_clear.clear()
+        try:
+            yield
+        finally:
+            self._door -= 1
+            if not self._door:
+                self._door_clear.set()
+
+    async def _give_way(self) -> None:
+        if not self._door_clear.is_set():
+            try:
+                async with asyncio.timeout(DOOR_YIELD_SECONDS):
+                    await self._door_clear.wait()
+            except TimeoutError:
+                pass
 
     def notify(self, origin: str) -> None:
         """/send enqueued entries from ``origin``."""
@@ -383,8 +437,11 @@ class InboundWorker:
             done_here = 0
             queue = self._queues[key]
             while queue:
+                await self._give_way()
                 entry = queue[0]
                 started = time.perf_counter()
+                if len(queue) > 1 and self._check_ahead is not None:
+                    self._check_ahead(queue[1])
                 try:
                     await self._process(entry)
                 except asyncio.CancelledError:

@@ -128,27 +128,30 @@ class FederationTransport:
         body = request.get(BODY)
         pdus, edus = self._check_transaction(origin, body)
         self._metrics.inbound_transactions.labels(origin).inc()
-        # 2. A repeated transaction is answered with the first reply; nothing is enqueued.
-        first = await self._inbox.get_response(origin, txn_id)
-        if first is not None:
-            self._metrics.inbound_repeated_transactions.labels(origin).inc()
-            return json_response(first)
-        # 3. Each PDU: its room must be known here (room version, cached), then its ID.
+        # 2. Each PDU: its room must be known here (room version, cached), then its ID.
+        # Counters wait until we know the transaction is not a repeat.
         results: dict[str, dict[str, Any]] = {}
         pending: dict[str, PendingPdu] = {}
+        drops: list[str] = []
         for pdu in pdus:
-            self._metrics.inbound_pdus.labels(origin).inc()
-            accepted = await self._admit_pdu(origin, pdu, results)
+            accepted = await self._admit_pdu(origin, pdu, results, drops)
             if accepted is not None:
                 pending.setdefault(accepted.event_id, accepted)
-        # 4. PDUs we already hold are answered {} and not enqueued (one look-up). An event
-        # held only as an outlier (someone's auth or state, no state of its own) is not
-        # held: it is enqueued so that the worker takes it into the room.
-        outcomes = await self._store.get_outcomes(pending)
-        held = [e for e, o in outcomes.items() if o is not Outcome.OUTLIER]
-        for event_id in held:
+        # 3. One look-up: is this a repeated transaction (answered with the first reply,
+        # nothing enqueued), and which PDUs do we already hold or have queued? An event held
+        # only as an outlier (someone's auth or state) is not held: the worker takes it in.
+        seen = await self._inbox.look_up(origin, txn_id, pending)
+        if seen.response is not None:
+            self._metrics.inbound_repeated_transactions.labels(origin).inc()
+            return json_response(seen.response)
+        self._metrics.inbound_pdus.labels(origin).inc(len(pdus))
+        for reason in drops:
+            self._metrics.inbound_pdus_dropped.labels(origin, reason).inc()
+        held = [e for e, o in seen.outcomes.items() if o != Outcome.OUTLIER.value]
+        queued = [e for e in seen.queued if e in pending]
+        for event_id in (*held, *queued):
             results[event_id] = {}
-            del pending[event_id]
+            pending.pop(event_id, None)
         kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
         # 5. One DB transaction: the de-duplication row and the inbox entries.
         for event_id in pending:
@@ -160,7 +163,7 @@ class FederationTransport:
         if stored.repeated:
             self._metrics.inbound_repeated_transactions.labels(origin).inc()
         else:
-            self.echoes.record(origin, len(held) + stored.already_queued)
+            self.echoes.record(origin, len(held) + len(queued) + stored.already_queued)
             if stored.enqueued:
                 self._metrics.inbox_depth.inc(stored.enqueued)
                 if self._worker is not None:
@@ -196,32 +199,31 @@ class FederationTransport:
         return pdus, edus
 
     async def _admit_pdu(
-        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]]
+        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str]
     ) -> PendingPdu | None:
         room_id = pdu.get("room_id")
         version = await self._store.get_room_version(room_id) if isinstance(room_id, str) else None
         if version is None:
             # Events of rooms we are not in do not come over /send (joins use send_join);
             # the entry is keyed by the ID the latest room version would give it.
-            self._drop(origin, pdu, results, "unknown_room", "Unknown room", DEFAULT_ROOM_VERSION)
+            drops.append("unknown_room")
+            self._drop(pdu, results, "Unknown room", DEFAULT_ROOM_VERSION)
             return None
         try:
             event_id = compute_event_id(pdu, version)
         except (EventError, TypeError, ValueError, AttributeError):
-            self._metrics.inbound_pdus_dropped.labels(origin, "malformed").inc()
+            drops.append("malformed")
             return None  # no ID to key an entry by
         sender_server = _server_of(pdu.get("sender"))
         if self._config.strict_origin and sender_server != origin and not _strict_exempt(pdu):
-            self._metrics.inbound_pdus_dropped.labels(origin, "foreign_sender").inc()
+            drops.append("foreign_sender")
             results[event_id] = {"error": "Event was not sent by a user of the origin server"}
             return None
         return PendingPdu(room_id, event_id, version.identifier, pdu)  # type: ignore[arg-type]
 
     def _drop(
-        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]],
-        reason: str, message: str, version: Any,
+        self, pdu: dict[str, Any], results: dict[str, dict[str, Any]], message: str, version: Any,
     ) -> None:
-        self._metrics.inbound_pdus_dropped.labels(origin, reason).inc()
         try:
             event_id = compute_event_id(pdu, version)
         except (EventError, TypeError, ValueError, AttributeError):

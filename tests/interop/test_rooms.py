@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -30,10 +29,10 @@ pytestmark = pytest.mark.interop
 VERSIONS = ["10", "11", "12"]
 
 
-async def eventually(check: Callable[[], bool], within: float = 30.0) -> None:
+async def eventually_db(server: OurServer, query: str, expected: int, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
+    while (value := await server.server.services.db.fetchval(query)) != expected:
+        assert time.monotonic() < deadline, f"{query} = {value}, expected {expected}"
         await asyncio.sleep(0.05)
 
 
@@ -116,6 +115,10 @@ async def test_three_servers_each_message_once_no_relay(
     await a_user.wait_for_membership(room_id, b_user.user_id, "join")
 
     servers = (synapse.server_name, a.name, b.name)
+    # Our joins are still on their way to Synapse (queued in the join's transaction): let the
+    # queues drain, so that the counts below see only the messages.
+    for srv in (a, b):
+        await eventually_db(srv, "SELECT COUNT(*) FROM outbound_pdu_queue", 0)
     metrics = ("hs_inbound_pdus_total", "hs_inbound_duplicate_pdus_total")
     before_in = {(srv.name, m, o): counter(srv, m, origin=o) for srv in (a, b) for m in metrics for o in servers}
     before_out = {(srv.name, d): counter(srv, "hs_outbound_pdus_total", destination=d) for srv in (a, b)
@@ -142,7 +145,10 @@ async def test_three_servers_each_message_once_no_relay(
 
     # Each of ours sent its one message to each of the two others, and nothing else: in
     # particular not Synapse's message to our other server (no relaying).
-    await eventually(lambda: all(delta_out(srv, d) == 1 for srv in (a, b) for d in servers if d != srv.name))
+    for srv in (a, b):
+        await eventually_db(srv, "SELECT COUNT(*) FROM outbound_pdu_queue", 0)
+    sent = {(srv.name, d): delta_out(srv, d) for srv in (a, b) for d in servers if d != srv.name}
+    assert set(sent.values()) == {1}, sent
     for srv, other in ((a, b), (b, a)):
         # Received once from each origin, never a duplicate, nothing from the wrong server.
         assert delta_in(srv, "hs_inbound_pdus_total", synapse.server_name) == 1

@@ -20,15 +20,16 @@ from signedjson.sign import verify_signed_json
 from unpaddedbase64 import decode_base64
 
 from tests.interop.conftest import OurServer, new_user
-from tests.interop.synapse import SynapseServer
+from tests.interop.synapse import SYNAPSE_VERSION, SynapseServer
 
 pytestmark = pytest.mark.interop
 
 
 async def test_keys_and_xmatrix_both_ways(
     synapse: SynapseServer, ours: tuple[OurServer, OurServer], http: aiohttp.ClientSession,
-    test_ca: tuple[Path, Path],
+    test_ca: tuple[Path, Path], synapse_version: str,
 ) -> None:
+    assert synapse_version == SYNAPSE_VERSION  # the version the README's figures name
     a, _ = ours
     ctx = ssl.create_default_context(cafile=str(test_ca[0]))
     # 1. Synapse fetches our keys (as a notary, over its federation listener).
