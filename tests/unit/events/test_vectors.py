@@ -1,6 +1,7 @@
 """Real events from Synapse as test vectors: IDs, hashes, signatures and the auth rules.
 
-Fixtures: /work/shared/reference/synapse-vectors/synapse-room-v{10,11,12}.json, made by
+Fixtures: tests/fixtures/synapse-vectors/synapse-room-v{10,11,12}.json (copied from the
+project's shared reference material), made by
 running two Synapse 1.163.2 servers on loopback (see the README next to them). Every
 event there was accepted by Synapse, so each must pass our auth rules in order.
 """
@@ -30,7 +31,7 @@ from homeserver.events.signing import (
 )
 from homeserver.events.versions import get_room_version
 
-VECTORS = Path("/work/shared/reference/synapse-vectors")
+VECTORS = Path(__file__).resolve().parents[2] / "fixtures" / "synapse-vectors"
 FILES = [VECTORS / f"synapse-room-v{v}.json" for v in (10, 11, 12)]
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason="synapse vectors not present")
