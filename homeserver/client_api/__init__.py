@@ -62,12 +62,15 @@ def create_client_api_app(
     async def listen(app: web.Application) -> None:
         persister.listeners.append(notifier.on_event)
         rooms.invite_listeners.append(on_invite)
+        rooms.remote.processor.edu_listeners.append(notifier.wake_room)
 
     async def unlisten(app: web.Application) -> None:
         if notifier.on_event in persister.listeners:
             persister.listeners.remove(notifier.on_event)
         if on_invite in rooms.invite_listeners:
             rooms.invite_listeners.remove(on_invite)
+        if notifier.wake_room in rooms.remote.processor.edu_listeners:
+            rooms.remote.processor.edu_listeners.remove(notifier.wake_room)
 
     app.on_startup.append(listen)
     app.on_cleanup.append(unlisten)

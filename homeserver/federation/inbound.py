@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -109,6 +109,9 @@ class InboundProcessor:
         # event ID -> state after it, for events this worker persisted (shared maps: a
         # message's state after is its state before, the same object).
         self._state_after: OrderedDict[str, Mapping[StateKey, str]] = OrderedDict()
+        # Called with a room ID after typing or receipts of that room were stored (wakes
+        # /sync long-polls). Listeners must be quick and must not raise.
+        self.edu_listeners: list[Callable[[str], None]] = []
         # event ID -> its steps 1-3 running ahead (see check_ahead).
         self._checked_ahead: dict[str, asyncio.Task[Event]] = {}
         # event ID -> outcome looked up for a whole claimed batch at once (None: not stored).
@@ -551,9 +554,12 @@ class InboundProcessor:
                     room_id, user_id, now + TYPING_TIMEOUT_MS,
                 )
             else:
+                # Expired now rather than deleted: /sync reports "stopped typing" as a change.
                 await self._db.execute(
-                    "DELETE FROM typing WHERE room_id = ? AND user_id = ?", room_id, user_id
+                    "UPDATE typing SET expires_ts = ? WHERE room_id = ? AND user_id = ? AND expires_ts > ?",
+                    now, room_id, user_id, now,
                 )
+            self._edu_stored([room_id])
         elif edu.get("edu_type") == "m.receipt":
             rows: list[tuple[Any, ...]] = []
             for room_id, by_type in content.items():
@@ -576,3 +582,12 @@ class InboundProcessor:
                     " data = excluded.data, received_ts = excluded.received_ts",
                     rows,
                 )
+                self._edu_stored(dict.fromkeys(r[0] for r in rows))
+
+    def _edu_stored(self, room_ids: Iterable[str]) -> None:
+        for room_id in room_ids:
+            for listener in self.edu_listeners:
+                try:
+                    listener(room_id)
+                except Exception:
+                    log.exception("EDU listener failed", extra={"room_id": room_id})

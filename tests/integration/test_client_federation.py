@@ -4,6 +4,7 @@ through /sync; kick and ban reach the other server; profiles are fetched remotel
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -94,3 +95,43 @@ async def test_invite_join_talk_kick_ban_over_federation(pair: tuple[RunningServ
         assert isinstance(resp, SyncResponse)
         status, body = await raw(b, "POST", f"{V3}/rooms/{room}/join", token=bob.access_token, json={})
         assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+
+
+def _typing_users(resp: SyncResponse, room_id: str) -> list[str] | None:
+    room = resp.rooms.join.get(room_id)
+    for event in room.ephemeral if room else []:
+        users = getattr(event, "users", None)
+        if users is not None:
+            return list(users)
+    return None
+
+
+async def test_remote_typing_wakes_a_waiting_sync(pair: tuple[RunningServer, RunningServer]) -> None:
+    """Typing on B reaches A as an EDU and wakes Alice's long-polling /sync on A (one long
+    poll, not a poll loop: without the wake-up it would return empty after 30 s); stopping
+    is reported too, as an empty typing list."""
+    a, b = pair
+    async with nio_user(a, "alice") as alice, nio_user(b, "bob") as bob:
+        created = await alice.room_create(name="Typing", preset=None, invite=[bob.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        await sync_until(bob, lambda r: room in r.rooms.invite)
+        assert isinstance(await bob.join(room), JoinResponse)
+        await sync_until(alice, lambda r: room in r.rooms.join and any(
+            getattr(e, "membership", None) == "join" and getattr(e, "state_key", None) == bob.user_id
+            for e in r.rooms.join[room].timeline.events))
+
+        async def typing(on: bool) -> list[str] | None:
+            # A 60 s long-poll: only a wake-up brings it back within the 20 s allowed.
+            started = asyncio.create_task(alice.sync(timeout=60_000))
+            await asyncio.sleep(0.3)  # let the sync reach the server and wait there
+            assert not started.done()
+            status, _ = await raw(b, "PUT", f"{V3}/rooms/{room}/typing/{bob.user_id}", token=bob.access_token,
+                                  json={"typing": on, "timeout": 10_000} if on else {"typing": False})
+            assert status == 200
+            resp = await asyncio.wait_for(started, 20)
+            assert isinstance(resp, SyncResponse), resp
+            return _typing_users(resp, room)
+
+        assert await typing(True) == [bob.user_id]
+        assert await typing(False) == []
