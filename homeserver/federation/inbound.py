@@ -340,7 +340,12 @@ class InboundProcessor:
         return until is not None and until > time.monotonic()
 
     def _failed(self, server: str, kind: str, error: Exception) -> None:
-        self._backoff[server] = time.monotonic() + self._config.fetch_backoff_seconds
+        status = getattr(error, "status", None)
+        if status is None or status >= 500 or status == 429:
+            # The peer is down, slow or overloaded: ask it nothing for a while, so it costs
+            # one budget, not one per event. A 4xx answer (say, a 403 for an event it will
+            # not show us) is an answer from a healthy peer, and says nothing of others.
+            self._backoff[server] = time.monotonic() + self._config.fetch_backoff_seconds
         self._metrics.missing_events_fetches.labels(kind, "failed").inc()
         log.info("fetch from a peer failed", extra={"server": server, "kind": kind, "error": str(error)})
 

@@ -135,7 +135,9 @@ class EventPersister:
                 for event in events:
                     if event.event_id in have:
                         continue
-                    await self._insert(conn, event, Outcome.OUTLIER, None, None, None)
+                    # The event may have been stored since the look-up above (the worker
+                    # and a join can fetch the same auth chain): then this is a no-op.
+                    await self._insert(conn, event, Outcome.OUTLIER, None, None, None, if_absent=True)
                     have.add(event.event_id)
         except BaseException:
             self._next_ordering = None
@@ -299,6 +301,8 @@ class EventPersister:
         before_group: int | None,
         after_group: int | None,
         new_room: bool = True,
+        *,
+        if_absent: bool = False,
     ) -> int:
         if new_room:
             await conn.write(
@@ -328,6 +332,7 @@ class EventPersister:
             int(time.time() * 1000),
             event_json(event),
         )
+        conflict = " ON CONFLICT (event_id) DO NOTHING" if if_absent else ""
         if self.db.engine == "sqlite":
             # One writer (the transaction holds the connection's lock): the ordering is
             # allocated here, so the insert need not be a round trip of its own.
@@ -336,15 +341,20 @@ class EventPersister:
             self._next_ordering += 1
             ordering = self._next_ordering
             await conn.write(
-                f"INSERT INTO events (stream_ordering, {columns}) VALUES (?, {', '.join('?' * len(values))})",
+                f"INSERT INTO events (stream_ordering, {columns}) VALUES (?, {', '.join('?' * len(values))})"
+                + conflict,
                 ordering,
                 *values,
             )
         else:
             ordering = await conn.fetchval(
-                f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))}) RETURNING stream_ordering",
+                f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))})"
+                + conflict
+                + " RETURNING stream_ordering",
                 *values,
             )
+            if ordering is None:  # already there (if_absent)
+                return 0
         if event.prev_events:
             await conn.write_many(
                 "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)"
