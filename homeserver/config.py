@@ -89,6 +89,8 @@ class FederationConfig:
     key_fetch_timeout: float = 10.0
     max_connections: int = 100
     max_connections_per_host: int = 4
+    # Nameserver for SRV look-ups in server discovery, host[:port]; None: /etc/resolv.conf.
+    dns_server: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +300,13 @@ def _validate(config: Config) -> None:
     for i, ks in enumerate(config.federation.key_servers):
         if not is_valid_server_name(ks.server_name):
             raise ConfigError(f"federation.key_servers[{i}].server_name: not a valid server name")
+    if config.federation.dns_server is not None:
+        from homeserver.federation.dns import parse_nameserver
+
+        try:
+            parse_nameserver(config.federation.dns_server)
+        except ValueError:
+            raise ConfigError("federation.dns_server: must be host[:port] (or null)") from None
     for key_name, value in (
         ("federation.connect_timeout", config.federation.connect_timeout),
         ("federation.request_timeout", config.federation.request_timeout),

@@ -81,6 +81,9 @@ federation:
   # Outbound connection pool: total, and per remote host.
   max_connections: 100
   max_connections_per_host: 4
+  # Nameserver (host[:port]) asked for SRV records (_matrix-fed._tcp, _matrix._tcp) in
+  # server discovery; null: the first nameserver of /etc/resolv.conf.
+  dns_server: null
 
 inbound:
   # Inbound federation: /send answers from a durable inbox; a worker processes it.

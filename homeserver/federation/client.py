@@ -23,6 +23,7 @@ from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.events.canonical import loads
+from homeserver.federation.dns import SrvResolver, nameserver_from_resolv_conf, parse_nameserver
 from homeserver.metrics import Metrics
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
@@ -88,6 +89,7 @@ class FederationClient:
         signing_key: ServerSigningKey,
         config: FederationConfig,
         metrics: Metrics | None = None,
+        dns: SrvResolver | None = None,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
@@ -95,6 +97,12 @@ class FederationClient:
         self._ssl = make_ssl_context(config.extra_ca_file, config.verify_tls)
         self._session: aiohttp.ClientSession | None = None
         self._well_known: dict[str, tuple[str | None, float]] = {}
+        if dns is None:
+            nameserver = (
+                parse_nameserver(config.dns_server) if config.dns_server else nameserver_from_resolv_conf()
+            )
+            dns = SrvResolver(nameserver, timeout=min(2.0, config.connect_timeout))
+        self.dns = dns
         self._metrics = metrics
         if metrics is not None:
             metrics.outbound_open_connections.set_function(self.open_connections)
@@ -160,9 +168,13 @@ class FederationClient:
     # ----------------------------------------------------------------- discovery
 
     async def resolve(self, destination: str) -> Target:
-        """Server discovery: config override, IP literal or explicit port, well-known, 8448.
+        """Server discovery (server-server API, "Resolving server names"): config override,
+        IP literal or explicit port, ``.well-known`` delegation, SRV records
+        (``_matrix-fed._tcp`` then the deprecated ``_matrix._tcp``), then port 8448.
 
-        SRV records are not looked up (no DNS resolver library); see docs/federation.md.
+        With an SRV record the connection goes to the record's target and port, while the
+        ``Host`` header and the TLS name (SNI and certificate check) stay the server name,
+        or the delegated hostname. Only the first record in RFC 2782 order is used.
         """
         override = self._config.hosts.get(destination)
         if override:
@@ -173,8 +185,20 @@ class FederationClient:
         delegated = await self._well_known_lookup(host)
         if delegated:
             dhost, dport = split_server_name(delegated)
-            return Target(f"https://{dhost}:{dport or 8448}", delegated, None)
-        return Target(f"https://{host}:8448", destination, None)
+            if is_ip_literal(dhost) or dport is not None:  # steps 3.1, 3.2
+                return Target(f"https://{dhost}:{dport or 8448}", delegated, None)
+            return await self._srv_or_default(dhost)  # steps 3.3 - 3.5
+        return await self._srv_or_default(host)  # steps 4 - 6
+
+    async def _srv_or_default(self, host: str) -> Target:
+        for service in ("_matrix-fed._tcp", "_matrix._tcp"):
+            records = await self.dns.lookup(f"{service}.{host}")
+            if records:
+                target, port = records[0].target, records[0].port
+                if ":" in target:
+                    target = f"[{target}]"
+                return Target(f"https://{target}:{port}", host, host)
+        return Target(f"https://{host}:8448", host, None)
 
     async def _well_known_lookup(self, host: str) -> str | None:
         now = time.monotonic() * 1000
@@ -262,6 +286,8 @@ class FederationClient:
                 # (yarl would otherwise decode %3A, %21, %40 and the signature would not match).
                 method, URL(target.base_url + uri, encoded=True), data=data, headers=headers, timeout=req_timeout,
                 allow_redirects=False,
+                # An SRV target: SNI and the certificate check use the server name, not the target.
+                server_hostname=target.server_hostname,
             ) as resp:
                 raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 if len(raw) > MAX_RESPONSE_BYTES:
