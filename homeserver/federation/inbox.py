@@ -97,13 +97,6 @@ class InboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def get_response(self, origin: str, txn_id: str) -> dict[str, Any] | None:
-        raw = await self.db.fetchval(
-            "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?",
-            origin, txn_id,
-        )
-        return None if raw is None else dict(loads(raw))
-
     async def look_up(self, origin: str, txn_id: str, event_ids: Iterable[str]) -> DoorLookup:
         """In one query: the first reply to (origin, txn_id) if it was seen, the outcomes of
         the events we hold, and the events already waiting in the inbox."""
@@ -126,14 +119,6 @@ class InboxStore:
             else:
                 found.queued.add(key[1:])
         return found
-
-    async def queued_event_ids(self, event_ids: Iterable[str]) -> set[str]:
-        ids = list(dict.fromkeys(event_ids))
-        if not ids:
-            return set()
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.fetchall(f"SELECT event_id FROM inbox WHERE event_id IN ({marks})", *ids)
-        return {r[0] for r in rows}
 
     async def store_transaction(
         self,
@@ -161,17 +146,14 @@ class InboxStore:
                 return StoredTransaction(dict(loads(raw)), True, 0, 0)
             already: set[str] = set()  # checked by the caller's look_up just before
             if pdus:
-                fresh = list(pdus)
-                if fresh:
-                    # ON CONFLICT: a concurrent transaction from another origin may have
-                    # enqueued the same event since the caller's look-up.
-                    await conn.write_many(
-                        "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body,"
-                        " received_ts) VALUES (?, 'pdu', ?, ?, ?, ?, ?)"
-                        " ON CONFLICT (event_id) DO NOTHING",
-                        [(origin, p.room_id, p.event_id, p.room_version, _dumps(p.pdu), now)
-                         for p in fresh],
-                    )
+                # ON CONFLICT: a concurrent transaction from another origin may have
+                # enqueued the same event since the caller's look-up.
+                await conn.write_many(
+                    "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body,"
+                    " received_ts) VALUES (?, 'pdu', ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (event_id) DO NOTHING",
+                    [(origin, p.room_id, p.event_id, p.room_version, _dumps(p.pdu), now) for p in pdus],
+                )
             if edus:
                 await conn.write_many(
                     "INSERT INTO inbox (origin, kind, body, received_ts) VALUES (?, 'edu', ?, ?)",
