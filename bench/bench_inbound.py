@@ -63,6 +63,19 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+async def door_seconds(session: aiohttp.ClientSession, metrics_port: int) -> tuple[float, int]:
+    """The server's own time in /send handlers (sum, count), from its histogram."""
+    async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+        text = await r.text()
+    total, count = 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("hs_send_reply_seconds_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("hs_send_reply_seconds_count"):
+            count = int(float(line.rsplit(" ", 1)[1]))
+    return total, count
+
+
 async def processed(session: aiohttp.ClientSession, metrics_port: int) -> int:
     async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
         text = await r.text()
@@ -103,7 +116,7 @@ async def run(engine: str, backlog: int, acks: int) -> None:
                     path = f"/_matrix/federation/v1/send/{quote(f'bench{n}', safe='')}"
                     header = authorization_header(remote.key, remote.server_name, dest, "PUT", path, body)
                     prepared.append((path, json.dumps(body).encode(), header))
-                log = (tmp / "server.log").open("wb")
+                log = open(os.environ.get("BENCH_SERVER_LOG", str(tmp / "server.log")), "wb")  # noqa: ASYNC230
                 # BENCH_SERVER_PREFIX="-m cProfile -o FILE" profiles the server process.
                 prefix = os.environ.get("BENCH_SERVER_PREFIX", "").split()
                 proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before timing
@@ -132,14 +145,16 @@ async def run(engine: str, backlog: int, acks: int) -> None:
 
                     started = time.perf_counter()
                     n_backlog = backlog // BATCH
-                    for path, data, header in prepared[:n_backlog]:
-                        await put(path, data, header)
+                    backlog_acks = [await put(path, data, header) for path, data, header in prepared[:n_backlog]]
+                    backlog_sent = time.perf_counter() - started
                     done_at_backlog = await processed(s, metrics_port)
                     in_backlog = backlog - done_at_backlog
+                    door_before = await door_seconds(s, metrics_port)
                     latencies = []
                     for path, data, header in prepared[n_backlog:]:
                         latencies.append(await put(path, data, header))
                         await asyncio.sleep(0.02)  # a steady stream, not a burst
+                    door_after = await door_seconds(s, metrics_port)
                     left_after = total - await processed(s, metrics_port)
                     drain_started = time.perf_counter()
                     while await processed(s, metrics_port) < total:  # noqa: ASYNC110 - another process
@@ -149,10 +164,17 @@ async def run(engine: str, backlog: int, acks: int) -> None:
                 latencies.sort()
                 p50 = statistics.median(latencies) * 1000
                 p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
+                backlog_acks.sort()
+                print(f"[{engine}] backlog: {n_backlog} transactions sent back to back in {backlog_sent:.1f} s, "
+                      f"ack p50 {statistics.median(backlog_acks) * 1000:.2f} ms")
                 print(f"[{engine}] backlog when timing began: {in_backlog} events; still "
                       f"{left_after} after the last timed ack")
                 print(f"[{engine}] /send ack of {BATCH}-PDU transactions while draining: "
                       f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(latencies)} transactions)")
+                door_n = door_after[1] - door_before[1]
+                if door_n:
+                    print(f"[{engine}] of which in the /send handler (server side, after the request signature "
+                          f"check): mean {(door_after[0] - door_before[0]) / door_n * 1000:.2f} ms")
                 print(f"[{engine}] worker, sustained (the last {left_after} events, no /send arriving): "
                       f"{left_after / drain:.0f} events/s")
                 print(f"[{engine}] worker, overall (while answering every /send first): {total} events in "

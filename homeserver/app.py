@@ -28,12 +28,15 @@ from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
 from homeserver.ops import health_route
 from homeserver.rooms.builder import EventBuilder
+from homeserver.rooms.directory import RoomDirectory
+from homeserver.rooms.directory_federation import FederationDirectoryAPI
 from homeserver.rooms.federation_api import FederationRoomsAPI, user_store_profiles
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import RoomMembershipStore
 from homeserver.storage.database import Database, open_database
+from homeserver.storage.directory import DirectoryStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
@@ -56,6 +59,7 @@ class Services:
     inbox: InboxStore
     inbound_worker: InboundWorker
     rooms: RoomService
+    directory: RoomDirectory
 
     @classmethod
     async def open(cls, config: Config, signing_key: ServerSigningKey | None = None) -> Services:
@@ -111,8 +115,11 @@ class Services:
         memberships = RoomMembershipStore(db)
         remote = RemoteMembership(config.server_name, client, keyring, processor, builder, memberships)
         rooms = RoomService(config.server_name, builder, remote, memberships)
+        directory = RoomDirectory(config.server_name, DirectoryStore(db), rooms, client)
+        rooms.alias_resolver = directory.resolve  # joins by alias
         return cls(
-            config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms
+            config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
+            directory,
         )
 
     async def close(self) -> None:
@@ -149,6 +156,7 @@ def create_federation_app(services: Services) -> web.Application:
         profiles=user_store_profiles(UserStore(services.db)),
     )
     app.add_routes(rooms_api.routes())
+    app.add_routes(FederationDirectoryAPI(services.directory).routes())
     return app
 
 
@@ -175,6 +183,8 @@ def create_client_app(services: Services) -> web.Application:
         rooms=services.rooms,
         sender=services.sender,
         federation=services.federation_client,
+        directory=services.directory,
+        metrics=services.metrics,
     )
     app.add_routes([health_route(services.db)])
     return app

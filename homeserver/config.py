@@ -110,6 +110,9 @@ class InboundConfig:
     transaction_retention_seconds: int = 24 * 3600
     duplicate_warning_threshold: int = 100
     cache_size: int = 10_000
+    # Helper processes for the state-free checks (format, signatures, hashes) of large
+    # batches; 0: every check runs in the server process.
+    check_processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,19 @@ class ClientConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    # History from before we joined a room, fetched with GET /backfill when a client pages
+    # /messages back past the oldest event we hold: events asked for per request, servers
+    # of the room tried per attempt, and the seconds one /messages request may spend on it.
+    limit: int = 100
+    max_servers: int = 3
+    timeout: float = 10.0
+    # After an attempt that brought nothing (peers down, nothing more), the same room is
+    # not tried again for this many seconds.
+    retry_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "json"
@@ -177,6 +193,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -332,6 +349,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{key_name}: must be positive")
     if inbound.fetch_backoff_seconds < 0:
         raise ConfigError("inbound.fetch_backoff_seconds: must not be negative")
+    if not 0 <= inbound.check_processes <= 64:
+        raise ConfigError("inbound.check_processes: must be between 0 and 64")
     out = config.outbound
     for key_name, number in (
         ("outbound.backoff_initial_seconds", out.backoff_initial_seconds),
@@ -352,6 +371,15 @@ def _validate(config: Config) -> None:
         raise ConfigError("outbound.max_pdus_per_transaction: must be between 1 and 50 (spec limit)")
     if not 1 <= out.max_edus_per_transaction <= 100:
         raise ConfigError("outbound.max_edus_per_transaction: must be between 1 and 100 (spec limit)")
+    bf = config.backfill
+    if not 1 <= bf.limit <= 1000:
+        raise ConfigError("backfill.limit: must be between 1 and 1000")
+    if bf.max_servers < 0:
+        raise ConfigError("backfill.max_servers: must not be negative (0 turns backfill off)")
+    if bf.timeout <= 0:
+        raise ConfigError("backfill.timeout: must be positive")
+    if bf.retry_seconds < 0:
+        raise ConfigError("backfill.retry_seconds: must not be negative")
     cl = config.client
     for key_name, number in (
         ("client.max_body_bytes", cl.max_body_bytes),

@@ -115,6 +115,9 @@ inbound:
   duplicate_warning_threshold: 100
   # Entries in each in-memory cache of the worker (events, states, room versions).
   cache_size: 10000
+  # Helper processes that run the state-free checks (format, signatures, hashes) of large
+  # batches, beside the server's event loop; 0: every check runs in the server process.
+  check_processes: 1
 
 outbound:
   # Outbound federation: only events created here leave, through one durable queue per
@@ -143,6 +146,18 @@ outbound:
   send_timeout: 30.0
   # Seconds between sweeps that pick up queues whose wake-up was missed.
   sweep_interval: 30.0
+
+backfill:
+  # History from before we joined a room: when a client pages /messages back past the
+  # oldest event we hold, GET /backfill asks the room's servers (the creator's first, then
+  # those with the most members) for up to `limit` earlier events; at most `max_servers`
+  # servers (0: never backfill) and `timeout` seconds per /messages request. The events are
+  # checked like any received event and stored as history (never sent to anyone).
+  limit: 100
+  max_servers: 3
+  timeout: 10.0
+  # Seconds before a room whose last attempt brought nothing is tried again.
+  retry_seconds: 30.0
 
 client:
   # Client-server API. Open registration (the m.login.dummy flow) is on so that a fresh

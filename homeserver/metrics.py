@@ -45,6 +45,14 @@ class Metrics:
             "hs_inbound_event_seconds", "Worker time per inbound PDU", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0),
         )
+        self.inbound_helper_checks = Counter(
+            "hs_inbound_helper_checks", "Inbound PDUs whose format, signature and hash checks ran in "
+            "the check helper processes", registry=r,
+        )
+        self.inbound_commit_retries = Counter(
+            "hs_inbound_commit_retries", "Inbox entries handed back because their deferred commit failed",
+            registry=r,
+        )
         self.missing_events_fetches = Counter(
             "hs_missing_events_fetches", "Fetches for missing events, per kind and result",
             ["kind", "result"], registry=r,

@@ -3,8 +3,9 @@ log in, create and join rooms, talk, moderate and /sync.
 
 ``create_client_app`` wires one handler class per area (auth.py accounts, rooms.py
 membership and state reads, events.py sending and pagination, sync.py, profile.py,
-ephemeral.py typing and receipts) onto one aiohttp application, behind the CORS and
-Matrix-error middlewares; unknown endpoints answer 404 M_UNRECOGNIZED.
+ephemeral.py typing and receipts, directory.py aliases and the published room directory)
+onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
+endpoints answer 404 M_UNRECOGNIZED.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from homeserver.client_api.auth import AccountsAPI
 from homeserver.client_api.common import Authenticator, cors_middleware
+from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.notifier import Notifier
@@ -23,8 +25,12 @@ from homeserver.config import Config
 from homeserver.federation.client import FederationClient
 from homeserver.federation.sender import OutboundSender
 from homeserver.http import error_middleware
+from homeserver.metrics import Metrics
+from homeserver.rooms.backfill import Backfiller
+from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.service import RoomService
+from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.events import EventStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
@@ -41,6 +47,8 @@ def create_client_api_app(
     rooms: RoomService,
     sender: OutboundSender,
     federation: FederationClient,
+    directory: RoomDirectory | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -50,9 +58,19 @@ def create_client_api_app(
     notifier = Notifier()
     app[NOTIFIER] = notifier
     app.add_routes(AccountsAPI(config.server_name, cc, users, auth).routes())
-    app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline).routes())
-    app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users).routes())
-    app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier).routes())
+    app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory).routes())
+    if directory is not None:
+        app.add_routes(DirectoryAPI(config.server_name, cc, auth, directory).routes())
+    # History visibility for /messages, /event and /sync; backfill over federation for /messages.
+    visibility = HistoryVisibility(events)
+    backfiller = Backfiller(
+        config.server_name, config.backfill, events, persister, federation, rooms.remote,
+        fetch_backoff_seconds=config.inbound.fetch_backoff_seconds, metrics=metrics,
+    )
+    app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users, backfiller=backfiller,
+                             visibility=visibility, backfill_timeout=config.backfill.timeout).routes())
+    app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
+                           visibility=visibility).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier).routes())
 

@@ -2,9 +2,10 @@
 left or was banned reads up to (and the state after) their leave event; anyone else
 gets M_FORBIDDEN.
 
-History visibility is treated as ``shared`` (the default of the presets): a member reads
-the room's history from before their join. ``joined``/``invited`` visibility is not
-narrowed further (yet).
+Within that range, history visibility decides event by event what the user sees
+(``rooms/visibility.py``, applied by /messages, /event and /sync). Room state (``/state``,
+``/members``) is not filtered by it, and a non-member cannot read a ``world_readable``
+room (no peeking).
 """
 
 from __future__ import annotations

@@ -4,12 +4,16 @@ paginating a room's timeline (/messages) and fetching one event.
 Guarantees: a PUT /send retried with the same (user, device, txnId) returns the first
 event ID and creates nothing new (a per-key lock covers concurrent retries in this
 process; the stored mapping covers later ones); clients only ever see ACCEPTED events,
-and a former member sees nothing after their leave.
+a former member sees nothing after their leave, and every event shown passes history
+visibility (``rooms/visibility.py``). A backwards page that reaches the oldest event we
+hold backfills the room's earlier history over federation (``rooms/backfill.py``, bounded
+in time), then pages on into it; ``end`` is given while more history may be had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,17 +23,23 @@ from aiohttp import web
 
 from homeserver.client_api.access import room_access
 from homeserver.client_api.common import Authenticator, Requester, client_event, room_errors
-from homeserver.client_api.tokens import page_token, parse_page_token
+from homeserver.client_api.tokens import FIRST_POSITION, page_token, parse_page_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
 from homeserver.http import json_response, read_json_object
+from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.service import RoomService
+from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
 
+log = logging.getLogger(__name__)
+
 MAX_TXN_ID_LENGTH = 255
 MAX_PAGE = 1000
+# Backfill requests one /messages request may make (each bounded; all within backfill.timeout).
+BACKFILL_ROUNDS = 3
 
 
 async def serialize_events(
@@ -70,9 +80,13 @@ class _KeyedLocks:
 class EventsAPI:
     def __init__(
         self, config: ClientConfig, auth: Authenticator, rooms: RoomService, events: EventStore,
-        timeline: TimelineStore, users: UserStore,
+        timeline: TimelineStore, users: UserStore, *, backfiller: Backfiller | None = None,
+        visibility: HistoryVisibility | None = None, backfill_timeout: float = 10.0,
     ) -> None:
         self.config = config
+        self.backfiller = backfiller
+        self.visibility = visibility or HistoryVisibility(events)
+        self.backfill_timeout = backfill_timeout
         self.auth = auth
         self.rooms = rooms
         self.events = events
@@ -136,24 +150,64 @@ class EventsAPI:
         to_pos = parse_page_token(raw_to) if raw_to else None
         access = await room_access(self.timeline, req.user_id, room_id)
         now = access.upto if access.upto is not None else await self.events.max_stream_ordering()
+        end: str | None
         if direction == "b":
             start = now if from_pos is None else min(from_pos, now)
-            chunk = await self.timeline.room_events(
-                room_id, after=to_pos or 0, upto=start, limit=limit, newest_first=True
-            )
-            end = page_token(chunk[-1].stream_ordering - 1) if len(chunk) == limit else None
+            after = FIRST_POSITION if to_pos is None else to_pos
+            chunk = await self.timeline.room_events(room_id, after=after, upto=start, limit=limit, newest_first=True)
+            more = False
+            if len(chunk) < limit and to_pos is None and self.backfiller is not None:
+                # The oldest event we hold is reached: fetch earlier history from the room's
+                # servers (bounded), then page on into it.
+                chunk, more = await self._backfill(room_id, start, limit, chunk)
+            if len(chunk) == limit:
+                end = page_token(chunk[-1].stream_ordering - 1)
+            elif more:  # history may go further back: the client asks again, we fetch more
+                end = page_token(chunk[-1].stream_ordering - 1 if chunk else start)
+            else:
+                end = None
         else:
-            start = 0 if from_pos is None else from_pos
+            start = FIRST_POSITION if from_pos is None else from_pos
             upto = now if to_pos is None else min(to_pos, now)
             chunk = await self.timeline.room_events(room_id, after=start, upto=upto, limit=limit, newest_first=False)
             end = page_token(chunk[-1].stream_ordering) if len(chunk) == limit else None
+        visible = await self.visibility.filter_for_user(req.user_id, room_id, chunk)
         body: dict[str, Any] = {
             "start": raw_from or page_token(start),
-            "chunk": await serialize_events(self.users, req, chunk),
+            "chunk": await serialize_events(self.users, req, visible),
         }
         if end is not None:
             body["end"] = end
         return json_response(body)
+
+    async def _backfill(
+        self, room_id: str, start: int, limit: int, chunk: list[StoredEvent]
+    ) -> tuple[list[StoredEvent], bool]:
+        """Backfill until the page is full, nothing more comes, or the time is up; return
+        the page and whether more history may be had."""
+        assert self.backfiller is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.backfill_timeout
+        more = False
+        for _ in range(BACKFILL_ROUNDS):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                result = await self.backfiller.backfill(room_id, timeout=left)
+            except Exception:
+                # Backfill is best effort: /messages answers with what we hold.
+                log.exception("backfill failed", extra={"room_id": room_id})
+                break
+            if not result.stored:
+                break
+            more = True
+            chunk = await self.timeline.room_events(
+                room_id, after=FIRST_POSITION, upto=start, limit=limit, newest_first=True
+            )
+            if len(chunk) == limit:
+                break
+        return chunk, more
 
     async def get_event(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
@@ -165,6 +219,7 @@ class EventsAPI:
             or stored.event.room_id != room_id
             or stored.outcome is not Outcome.ACCEPTED
             or (access.upto is not None and stored.stream_ordering > access.upto)
+            or not await self.visibility.user_may_see_event(req.user_id, stored)
         ):
             raise not_found("Event not found")
         return json_response((await serialize_events(self.users, req, [stored]))[0])

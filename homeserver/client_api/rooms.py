@@ -1,6 +1,6 @@
-"""Rooms and membership for clients: createRoom, join (by ID or alias, with server_name /
-via), invite, leave, kick, ban, unban, forget, joined_rooms, and reading a room's state
-and members.
+"""Rooms and membership for clients: createRoom (``room_alias_name`` and ``visibility``
+through the room directory), join (by ID or alias, with server_name / via), invite, leave,
+kick, ban, unban, forget, joined_rooms, and reading a room's state and members.
 
 Handlers are thin: parse and check the body, call the room service, map its errors
 (``room_errors``). Reads go through ``access.room_access``, so a non-member gets
@@ -9,6 +9,7 @@ M_FORBIDDEN and a former member sees the room as it was when they left.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -21,10 +22,12 @@ from homeserver.client_api.common import (
     require_user_id,
     room_errors,
 )
+from homeserver.client_api.directory import directory_errors
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.events.event import Event
 from homeserver.http import json_response, read_json_object
+from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.service import RoomService
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.timeline import TimelineStore
@@ -52,13 +55,14 @@ def _optional_object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
 class RoomsAPI:
     def __init__(
         self, config: ClientConfig, auth: Authenticator, rooms: RoomService, events: EventStore,
-        timeline: TimelineStore,
+        timeline: TimelineStore, directory: RoomDirectory | None = None,
     ) -> None:
         self.config = config
         self.auth = auth
         self.rooms = rooms
         self.events = events
         self.timeline = timeline
+        self.directory = directory
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -120,20 +124,41 @@ class RoomsAPI:
         is_direct = body.get("is_direct", False)
         if not isinstance(is_direct, bool):
             raise MatrixError(400, "M_BAD_JSON", "is_direct must be a boolean")
-        with room_errors():
-            room_id = await self.rooms.create_room(
-                req.user_id,
-                room_version=room_version,
-                preset=preset,
-                name=require_str(body, "name", optional=True),
-                topic=require_str(body, "topic", optional=True),
-                invite=tuple(invite),
-                initial_state=tuple(initial_state),
-                creation_content=_optional_object(body, "creation_content"),
-                power_level_content_override=_optional_object(body, "power_level_content_override"),
-                is_direct=is_direct,
-                visibility=visibility,
-            )
+        name = require_str(body, "name", optional=True)
+        topic = require_str(body, "topic", optional=True)
+        creation_content = _optional_object(body, "creation_content")
+        power_level_content_override = _optional_object(body, "power_level_content_override")
+        alias_name = require_str(body, "room_alias_name", optional=True)
+        directory = self.directory
+        if directory is None and alias_name is not None:
+            raise MatrixError(400, "M_UNRECOGNIZED", "This server has no room directory")
+        in_use = MatrixError(400, "M_ROOM_IN_USE", f"Room alias {alias_name!r} is already in use")
+        with room_errors(), directory_errors(in_use=in_use):
+            alias = directory.local_alias(alias_name) if directory is not None and alias_name is not None else None
+
+            def create() -> Awaitable[str]:
+                return self.rooms.create_room(
+                    req.user_id,
+                    room_version=room_version,
+                    preset=preset,
+                    name=name,
+                    topic=topic,
+                    invite=tuple(invite),
+                    initial_state=tuple(initial_state),
+                    creation_content=creation_content,
+                    power_level_content_override=power_level_content_override,
+                    is_direct=is_direct,
+                    visibility=visibility,
+                    canonical_alias=alias,
+                )
+
+            # The alias is checked free before the room exists; the room is then published
+            # when visibility is public.
+            if directory is None:
+                room_id = await create()
+            else:
+                room_id = await directory.create_room(req.user_id, alias, publish=visibility == "public",
+                                                      create=create)
         return json_response({"room_id": room_id})
 
     # ------------------------------------------------------------------ membership
@@ -154,7 +179,7 @@ class RoomsAPI:
         body = await self._body(request) if request.can_read_body else {}
         reason = require_str(body, "reason", optional=True)
         content = {"reason": reason} if reason else None
-        with room_errors():
+        with room_errors(), directory_errors():
             room_id = await self.rooms.join(user_id, target, via=tuple(dict.fromkeys(via)), content=content)
         return json_response({"room_id": room_id})
 

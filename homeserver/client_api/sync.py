@@ -5,7 +5,9 @@ What a response holds, per the spec's /sync:
    initial sync), the newest ``timeline.limit`` accepted events (``limited`` when more
    were skipped, ``prev_batch`` to page back from), the state at the start of the
    timeline (all of it for an initial sync, a newly joined room or ``full_state``;
-   otherwise the state changed in the skipped gap), and typing and receipts.
+   otherwise the state changed in the skipped gap), and typing and receipts. Timeline
+   events the user may not see under history visibility are left out; backfilled
+   history (negative stream orderings) is never news.
 2. ``rooms.invite``: invites received since ``since``, with their stripped state.
 3. ``rooms.leave``: rooms left, kicked or banned from since ``since`` (on an initial
    sync only with ``include_leave``), with the timeline up to the leave.
@@ -36,6 +38,7 @@ from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
+from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import MembershipChange, Receipt, TimelineStore
 from homeserver.storage.users import UserStore
@@ -86,8 +89,10 @@ class SyncAPI:
     def __init__(
         self, config: ClientConfig, auth: Authenticator, users: UserStore, events: EventStore,
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
+        *, visibility: HistoryVisibility | None = None,
     ) -> None:
         self.config = config
+        self.visibility = visibility or HistoryVisibility(events)
         self.auth = auth
         self.users = users
         self.events = events
@@ -271,13 +276,20 @@ class SyncAPI:
         )
         limited = len(newest) > limit
         events = list(reversed(newest[:limit]))
-        in_timeline = {se.event.event_id for se in events}
         if events:
             prev_batch = page_token(events[0].stream_ordering - 1)
-            state_ids = await self.events.get_state_ids_before(events[0].event.event_id) or {}
+            # History visibility: events the user may not see are left out of the timeline;
+            # the state given is then the state at the first event shown (or after the last).
+            visible = await self.visibility.filter_for_user(req.user_id, room_id, events)
+            if visible:
+                state_ids = await self.events.get_state_ids_before(visible[0].event.event_id) or {}
+            else:
+                state_ids = await self.events.get_state_ids_after(events[-1].event.event_id) or {}
+            events = visible
         else:
             prev_batch = page_token(upto)
             state_ids = await self.events.get_current_state_ids(room_id) if full else {}
+        in_timeline = {se.event.event_id for se in events}
         state: list[StoredEvent] = []
         if full or limited:
             found = await self.events.get_events(state_ids.values())

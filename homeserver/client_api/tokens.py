@@ -4,8 +4,9 @@ A sync token ``s<events>_<invites>_<ephemeral ms>`` names a position in three st
 the events table's stream ordering, the received-invites table's stream id, and the
 wall-clock millisecond up to which typing and receipts were delivered. A pagination
 token ``p<events>`` (``prev_batch``, ``/messages`` start/end) names a position between two
-events: position P lies between the events with orderings P and P+1. ``/messages`` also
-accepts a sync token (its event position).
+events: position P lies between the events with orderings P and P+1. Backfilled history
+has negative orderings (below everything else), so a page position may be negative
+(``p-42``). ``/messages`` also accepts a sync token (its event position).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from homeserver.errors import MatrixError
 
 _SYNC = re.compile(r"^s(\d{1,18})_(\d{1,18})_(\d{1,18})$")
-_PAGE = re.compile(r"^p(\d{1,18})$")
+_PAGE = re.compile(r"^p(-?\d{1,18})$")
+# Below every stream ordering: the start of a room's timeline, backfilled history included.
+FIRST_POSITION = -(10**17)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +40,13 @@ def parse_sync_token(raw: str) -> SyncToken:
 
 
 def page_token(position: int) -> str:
-    return f"p{max(0, position)}"
+    return f"p{max(FIRST_POSITION, position)}"
 
 
 def parse_page_token(raw: str) -> int:
     m = _PAGE.match(raw)
     if m is not None:
-        return int(m.group(1))
+        return max(FIRST_POSITION, int(m.group(1)))
     s = _SYNC.match(raw)
     if s is not None:
         return int(s.group(1))

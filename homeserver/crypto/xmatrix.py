@@ -8,6 +8,7 @@ for the real servers (RFC 9110 auth-params, quoted or token values, colons unquo
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,31 @@ def parse_authorization(header: str) -> XMatrixAuth:
     )
 
 
+def pdu_texts(content: Any) -> list[bytes] | None:
+    """For a body with a ``pdus`` list of objects (``/send``): each PDU's canonical JSON,
+    which the request's signed bytes are assembled from and the inbox can keep as is."""
+    if not isinstance(content, dict):
+        return None
+    pdus = content.get("pdus")
+    if not isinstance(pdus, list) or not pdus or not all(isinstance(p, dict) for p in pdus):
+        return None
+    return [canonical_json(p) for p in pdus]
+
+
+def signed_bytes(
+    method: str, uri: str, origin: str, destination: str, content: Any | None,
+    pdu_parts: list[bytes] | None = None,
+) -> bytes:
+    """The canonical JSON a request signature covers. With ``pdu_parts`` (the canonical
+    JSON of each of ``content["pdus"]``), the PDUs are not encoded again: canonical JSON
+    is compositional, so the list is spliced in where a one-off placeholder was encoded."""
+    if pdu_parts is None or not isinstance(content, dict):
+        return canonical_json(request_json(method, uri, origin, destination, content))
+    token = f"pdus-{secrets.token_hex(16)}"
+    payload = canonical_json(request_json(method, uri, origin, destination, dict(content, pdus=token)))
+    return payload.replace(b'"' + token.encode() + b'"', b"[" + b",".join(pdu_parts) + b"]", 1)
+
+
 def verify_request(
     auth: XMatrixAuth,
     verify_key: Any,
@@ -98,9 +124,10 @@ def verify_request(
     uri: str,
     our_name: str,
     content: Any | None,
+    pdu_parts: list[bytes] | None = None,
 ) -> None:
     """Check the request signature with the origin's nacl ``verify_key``; raise on failure."""
-    payload = canonical_json(request_json(method, uri, auth.origin, our_name, content))
+    payload = signed_bytes(method, uri, auth.origin, our_name, content, pdu_parts)
     try:
         sig = decode_b64(auth.signature)
         verify_key.verify(payload, sig)

@@ -15,13 +15,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from homeserver.crypto.keyring import KeyNotFoundError, KeyRing
-from homeserver.crypto.xmatrix import XMatrixError, parse_authorization, verify_request
+from homeserver.crypto.xmatrix import XMatrixError, parse_authorization, pdu_texts, verify_request
 from homeserver.errors import MatrixError, unauthorized
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.http import Handler, parse_json, read_body
 
 ORIGIN = web.RequestKey("origin", str)
 BODY: web.RequestKey[Any] = web.RequestKey("body", object)
+# /send: the canonical JSON of each PDU of the body (computed for the signature check).
+PDU_TEXTS: web.RequestKey[Any] = web.RequestKey("pdu_texts", object)
 # Largest body any federation endpoint accepts; endpoints may bound it further.
 MAX_FEDERATION_BODY = 8 * 1024 * 1024
 
@@ -42,6 +44,7 @@ def make_auth_middleware(
             raise unauthorized("Missing X-Matrix Authorization header")
         raw = await read_body(request, MAX_FEDERATION_BODY)
         content = parse_json(raw) if raw else None
+        parts = pdu_texts(content)
         last_error = "no X-Matrix Authorization header"
         for header in headers:
             try:
@@ -60,11 +63,12 @@ def make_auth_middleware(
             except KeyNotFoundError as e:
                 raise unauthorized(f"Cannot verify the request: {e}") from None
             try:
-                verify_request(auth, key, request.method, request.raw_path, server_name, content)
+                verify_request(auth, key, request.method, request.raw_path, server_name, content, parts)
             except XMatrixError as e:
                 raise unauthorized(str(e)) from None
             request[ORIGIN] = auth.origin
             request[BODY] = content
+            request[PDU_TEXTS] = parts
             if on_authenticated is not None:
                 await on_authenticated(auth.origin)
             return await handler(request)

@@ -38,6 +38,7 @@ from homeserver.events.errors import AuthError, EventError, EventFormatError, Si
 from homeserver.events.event import Event, StateKey
 from homeserver.events.format import check_pdu_format
 from homeserver.events.hashes import compute_event_id
+from homeserver.events.redaction import redact
 from homeserver.events.signing import (
     HashCheck,
     check_content_hash,
@@ -45,6 +46,7 @@ from homeserver.events.signing import (
     verify_event_signatures,
 )
 from homeserver.events.versions import RoomVersion, get_room_version
+from homeserver.federation.checkpool import CheckItem, CheckPool, Verdict
 from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.federation.inbox import InboxEntry
 from homeserver.metrics import Metrics
@@ -60,6 +62,10 @@ STATE_FETCH_CONCURRENCY = 8
 MAX_STATE_EVENTS = 20_000
 # Entries whose checks may run ahead at once (a bound on memory and on wasted work).
 CHECK_AHEAD_LIMIT = 64
+# A claimed batch with at least this many PDUs has steps 1-3 run in the check helpers,
+# in chunks of POOL_CHUNK (smaller batches are checked inline: no process is worth it).
+POOL_MIN_BATCH = 16
+POOL_CHUNK = 25
 
 CREATE: StateKey = ("m.room.create", "")
 
@@ -116,28 +122,68 @@ class InboundProcessor:
         self._checked_ahead: dict[str, asyncio.Task[Event]] = {}
         # event ID -> outcome looked up for a whole claimed batch at once (None: not stored).
         self._prefetched: dict[str, Outcome | None] = {}
+        # Steps 1-3 of large batches run in helper processes: event ID -> (its chunk's
+        # verdicts, its index in the chunk).
+        self._pool = CheckPool(config.check_processes)
+        self._pooled: OrderedDict[str, tuple[asyncio.Task[list[Verdict]], int]] = OrderedDict()
+        db.on_deferred_failure(self._forget_all)
 
     async def prefetch(self, entries: Sequence[InboxEntry]) -> None:
         """Look up, in one query, whether the claimed PDUs are already stored."""
         ids = [e.event_id for e in entries if e.kind == "pdu" and e.event_id]
         if not ids:
             return
-        found = await self._store.get_outcomes(ids)
+        # Events whose writes are deferred are not seen: the cache of events knows them.
+        found = await self._store.get_outcomes(ids, settled=False)
         for event_id in ids:
             self._prefetched[event_id] = found.get(event_id)
         while len(self._prefetched) > self._config.cache_size:
             self._prefetched.pop(next(iter(self._prefetched)))
+        fresh = [e for e in entries if e.kind == "pdu" and e.event_id and e.room_version
+                 and found.get(e.event_id) in (None, Outcome.OUTLIER) and e.event_id not in self._events]
+        if self._pool.enabled and len(fresh) >= POOL_MIN_BATCH:
+            for i in range(0, len(fresh), POOL_CHUNK):
+                chunk = fresh[i : i + POOL_CHUNK]
+                task = asyncio.create_task(self._pool_check(chunk))
+                # Verdicts nobody collects (the entry turned out a duplicate) must not warn.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                for n, entry in enumerate(chunk):
+                    self._pooled[entry.event_id] = (task, n)  # type: ignore[index]
+            while len(self._pooled) > self._config.cache_size:
+                self._pooled.popitem(last=False)
+
+    async def _pool_check(self, entries: Sequence[InboxEntry]) -> list[Verdict]:
+        items: list[CheckItem] = []
+        for n, entry in enumerate(entries):
+            if n % 5 == 4:
+                await asyncio.sleep(0)  # parsing a chunk at once would hold the loop
+            keys = await self._signer_keys(entry.body)
+            raw = {s: {k: bytes(v.encode()) for k, v in by_id.items()} for s, by_id in keys.items()}
+            items.append((entry.raw, entry.room_version or "", raw))
+        verdicts = await self._pool.check(items)
+        self._metrics.inbound_helper_checks.inc(len(verdicts))
+        return verdicts
+
+    def close(self) -> None:
+        """Stop the check helpers (the worker calls this when it stops)."""
+        for task, _ in self._pooled.values():
+            task.cancel()
+        self._pooled.clear()
+        self._pool.close()
 
     # ------------------------------------------------------------------ entry point
 
-    async def __call__(self, entry: InboxEntry) -> None:
+    async def __call__(self, entry: InboxEntry) -> asyncio.Future[None] | None:
+        """Process one entry. A future returned resolves when what it stored is committed
+        (the worker deletes the entry then); None: done already."""
         if entry.kind == "edu":
             await self.handle_edu(entry.origin, entry.body)
-            return
+            return None
         assert entry.room_version is not None
         version = get_room_version(entry.room_version)
+        commits: list[asyncio.Future[None]] = []
         try:
-            outcome = await self.handle_pdu(entry.origin, entry.body, version, entry.event_id)
+            outcome = await self.handle_pdu(entry.origin, entry.body, version, entry.event_id, commits=commits)
         except Dropped as e:
             self._metrics.events_processed.labels("dropped").inc()
             reason = str(e).split(":", 1)[0]
@@ -146,14 +192,22 @@ class InboundProcessor:
             ).inc()
             log.info("inbound event dropped", extra={"origin": entry.origin, "event_id": entry.event_id,
                                                      "reason": str(e)})
-            return
+            return None
         self._metrics.events_processed.labels(outcome or "duplicate").inc()
+        return commits[0] if commits else None
+
+    def _forget_all(self) -> None:
+        """Deferred writes failed: what the caches say was stored may not be."""
+        self._events.clear()
+        self._state_after.clear()
+        self._prefetched.clear()
 
     async def handle_pdu(
         self, origin: str, pdu: dict[str, Any], version: RoomVersion, event_id: str | None = None,
-        *, budget: _Budget | None = None,
+        *, budget: _Budget | None = None, commits: list[asyncio.Future[None]] | None = None,
     ) -> str | None:
-        """Run the checks and persist; return the outcome's name, or None for a duplicate."""
+        """Run the checks and persist; return the outcome's name, or None for a duplicate.
+        With ``commits``, the write may be deferred: its commit's future is appended."""
         event_id = event_id or compute_event_id(pdu, version)
         if event_id in self._events:
             return None
@@ -164,16 +218,44 @@ class InboundProcessor:
             stored = (await self._store.get_outcomes([event_id])).get(event_id)
         if stored is not None and stored is not Outcome.OUTLIER:
             return None
+        pooled = self._pooled.pop(event_id, None)
         ahead = self._checked_ahead.pop(event_id, None)
-        event = await (ahead if ahead is not None else self.check_event(pdu, version, event_id))
-        return await self._process(origin, event, budget, stored)
+        if pooled is not None:
+            if ahead is not None:
+                ahead.cancel()
+            event = await self._pooled_event(pooled, pdu, version, event_id)
+        else:
+            event = await (ahead if ahead is not None else self.check_event(pdu, version, event_id))
+        return await self._process(origin, event, budget, stored, commits)
+
+    async def _pooled_event(
+        self, pooled: tuple[asyncio.Task[list[Verdict]], int], pdu: dict[str, Any], version: RoomVersion,
+        event_id: str,
+    ) -> Event:
+        task, index = pooled
+        try:
+            verdict, detail = (await task)[index]
+        except asyncio.CancelledError:
+            if task.cancelled():  # the chunk was given up (shutdown), not this task
+                return await self.check_event(pdu, version, event_id)
+            raise
+        except Exception:
+            log.warning("check helpers failed; checking inline", exc_info=True)
+            return await self.check_event(pdu, version, event_id)
+        if verdict in ("format", "signature"):
+            raise Dropped(f"{verdict}: {detail}")
+        if verdict == "redact":
+            return dataclasses.replace(
+                Event.from_pdu(redact(pdu, version), version, event_id=event_id), redacted_on_receipt=True
+            )
+        return Event.from_pdu(pdu, version, event_id=event_id)
 
     def check_ahead(self, entry: InboxEntry) -> None:
         """Start steps 1-3 (format, signatures, hashes: they need no room state) of the
         room's next entry, so they run while this entry waits on the database."""
         if entry.kind != "pdu" or not entry.event_id or entry.room_version is None:
             return
-        if entry.event_id in self._checked_ahead or entry.event_id in self._events:
+        if entry.event_id in self._checked_ahead or entry.event_id in self._events or entry.event_id in self._pooled:
             return
         version = get_room_version(entry.room_version)
         task = asyncio.create_task(self.check_event(entry.body, version, entry.event_id))
@@ -193,19 +275,7 @@ class InboundProcessor:
         except EventFormatError as e:
             raise Dropped(f"format: {e}") from None
         # 2. Signatures of every required signer, else dropped.
-        keys: dict[str, dict[str, Any]] = {}
-        sigs = pdu["signatures"]
-        for server in required_signers(pdu):
-            for key_id in sigs.get(server) or {}:
-                if not key_id.startswith("ed25519:"):
-                    continue
-                try:
-                    key = await self._keyring.get_verify_key(
-                        server, key_id, valid_at_ms=pdu["origin_server_ts"]
-                    )
-                except KeyNotFoundError:
-                    continue
-                keys.setdefault(server, {})[key_id] = key
+        keys = await self._signer_keys(pdu)
         try:
             verify_event_signatures(pdu, version, keys)
         except SignatureError as e:
@@ -217,19 +287,46 @@ class InboundProcessor:
             event = dataclasses.replace(event, redacted_on_receipt=True)
         return event
 
+    async def _signer_keys(self, pdu: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The verify keys, valid when the event was sent, of every required signer's
+        ed25519 signatures (keys that cannot be had are left out: the check then fails)."""
+        keys: dict[str, dict[str, Any]] = {}
+        sigs = pdu.get("signatures")
+        ts = pdu.get("origin_server_ts")
+        if not isinstance(sigs, dict) or not isinstance(ts, int):
+            return keys
+        for server in required_signers(pdu):
+            by_id = sigs.get(server)
+            if not isinstance(by_id, dict):
+                continue
+            for key_id in by_id:
+                if not key_id.startswith("ed25519:"):
+                    continue
+                try:
+                    key = await self._keyring.get_verify_key(server, key_id, valid_at_ms=ts)
+                except KeyNotFoundError:
+                    continue
+                keys.setdefault(server, {})[key_id] = key
+        return keys
+
     # ------------------------------------------------------------------ steps 4-6
 
     async def _process(
-        self, origin: str, event: Event, budget: _Budget | None, stored: Outcome | None = None
+        self, origin: str, event: Event, budget: _Budget | None, stored: Outcome | None = None,
+        commits: list[asyncio.Future[None]] | None = None,
     ) -> str:
         # Network work first, without the room lock: missing auth events, missing prevs.
         await self._ensure_auth_events(origin, event)
         prev_states = await self._prev_states(origin, event, budget)
         async with self._persister.room_lock(event.room_id):
+            generation = self._persister.generation
             outcome, reason, state_before = await self._decide(event, prev_states)
-            await self._persister.persist_event(
-                event, outcome, state_before, rejection_reason=reason, stored_outcome=stored
+            _, commit = await self._persister.persist_event_deferred(
+                event, outcome, state_before, rejection_reason=reason, stored_outcome=stored,
+                defer=commits is not None, generation=generation,
             )
+        if commit is not None and commits is not None:
+            commits.append(commit)
         self._remember(event, outcome)
         after: Mapping[StateKey, str] = state_before
         if event.is_state and outcome is not Outcome.REJECTED:

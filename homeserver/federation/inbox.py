@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from homeserver.config import InboundConfig
 from homeserver.events.canonical import loads
 from homeserver.metrics import Metrics
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database, Row, is_unique_violation
+from homeserver.storage.events import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,30 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-@dataclass(frozen=True, slots=True)
 class InboxEntry:
-    id: int
-    origin: str
-    kind: str  # "pdu" or "edu"
-    room_id: str | None
-    event_id: str | None
-    room_version: str | None
-    body: dict[str, Any]
+    """One claimed inbox entry. The body is parsed when first asked for, so claiming a
+    batch does not hold the event loop for a hundred JSON parses."""
+
+    __slots__ = ("_body", "event_id", "id", "kind", "origin", "raw", "room_id", "room_version")
+
+    def __init__(
+        self, id: int, origin: str, kind: str, room_id: str | None, event_id: str | None,
+        room_version: str | None, raw: str,
+    ) -> None:
+        self.id = id
+        self.origin = origin
+        self.kind = kind  # "pdu" or "edu"
+        self.room_id = room_id
+        self.event_id = event_id
+        self.room_version = room_version
+        self.raw = raw  # the body's JSON text as stored (handed to the check helpers as is)
+        self._body: dict[str, Any] | None = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        if self._body is None:
+            self._body = dict(loads(self.raw))
+        return self._body
 
     @property
     def queue_key(self) -> str:
@@ -76,90 +93,100 @@ class PendingPdu:
     event_id: str
     room_version: str
     pdu: dict[str, Any]
+    text: str | None = None  # the PDU's JSON, when the door has it already
 
 
 @dataclass(frozen=True, slots=True)
-class StoredTransaction:
+class Admitted:
     response: dict[str, Any]
     repeated: bool  # the (origin, txnId) was seen before; nothing was enqueued
     enqueued: int
-    already_queued: int  # PDUs skipped because the inbox already held them
+    held: set[str]  # PDUs we hold already (echoes)
+    queued: set[str]  # PDUs already waiting in the inbox
 
 
 _COLUMNS = "id, origin, kind, room_id, event_id, room_version, body"
 
 
 def _entry(row: Sequence[Any]) -> InboxEntry:
-    return InboxEntry(int(row[0]), row[1], row[2], row[3], row[4], row[5], loads(row[6]))
+    return InboxEntry(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6])
 
 
 class InboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def look_up(self, origin: str, txn_id: str, event_ids: Iterable[str]) -> DoorLookup:
-        """In one query: the first reply to (origin, txn_id) if it was seen, the outcomes of
-        the events we hold, and the events already waiting in the inbox."""
-        ids = list(dict.fromkeys(event_ids))
-        sql = "SELECT 't', response FROM federation_transactions WHERE origin = ? AND txn_id = ?"
-        args: list[Any] = [origin, txn_id]
-        if ids:
-            marks = ",".join("?" * len(ids))
-            sql += (
-                f" UNION ALL SELECT 'e' || event_id, outcome FROM events WHERE event_id IN ({marks})"
-                f" UNION ALL SELECT 'q' || event_id, NULL FROM inbox WHERE event_id IN ({marks})"
-            )
-            args += ids + ids
-        found = DoorLookup(None, {}, set())
-        for key, value in await self.db.fetchall(sql, *args):
-            if key == "t":
-                found.response = dict(loads(value))
-            elif key.startswith("e"):
-                found.outcomes[key[1:]] = value
-            else:
-                found.queued.add(key[1:])
-        return found
-
-    async def store_transaction(
+    async def admit(
         self,
         origin: str,
         txn_id: str,
         response: dict[str, Any],
         pdus: Sequence[PendingPdu],
         edus: Sequence[dict[str, Any]],
-    ) -> StoredTransaction:
-        """Record (origin, txn_id) with ``response`` and enqueue ``pdus`` and ``edus``, in one
-        database transaction. When the pair is already recorded (a repeat, possibly
-        concurrent), enqueue nothing and return the first response."""
+    ) -> Admitted:
+        """The door's one database transaction: if (origin, txn_id) was seen, return its
+        first reply and enqueue nothing; otherwise record it with ``response`` and enqueue
+        the PDUs we neither hold (an outlier is not held: the worker takes it in) nor have
+        queued already, and the EDUs. Events whose writes the worker has deferred are not
+        seen here: they are enqueued again and skipped by the worker, which knows them."""
         now = _now_ms()
-        async with self.db.transaction() as conn:
-            inserted = await conn.execute(
-                "INSERT INTO federation_transactions (origin, txn_id, response, received_ts)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (origin, txn_id) DO NOTHING",
+        texts = [p.text if p.text is not None else _dumps(p.pdu) for p in pdus]
+        edu_rows = [(origin, _dumps(e), now) for e in edus]
+        ids = list(dict.fromkeys(p.event_id for p in pdus))
+
+        async def work(conn: Connection) -> Admitted:
+            sql = "SELECT 't', response FROM federation_transactions WHERE origin = ? AND txn_id = ?"
+            args: list[Any] = [origin, txn_id]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                sql += (
+                    f" UNION ALL SELECT 'e' || event_id, outcome FROM events WHERE event_id IN ({marks})"
+                    f" UNION ALL SELECT 'q' || event_id, NULL FROM inbox WHERE event_id IN ({marks})"
+                )
+                args += ids + ids
+            held: set[str] = set()
+            queued: set[str] = set()
+            for key, value in await conn.fetchall(sql, *args):
+                if key == "t":
+                    return Admitted(dict(loads(value)), True, 0, set(), set())
+                if key.startswith("e"):
+                    if value != Outcome.OUTLIER.value:
+                        held.add(key[1:])
+                else:
+                    queued.add(key[1:])
+            queued -= held
+            await conn.execute(
+                "INSERT INTO federation_transactions (origin, txn_id, response, received_ts) VALUES (?, ?, ?, ?)",
                 origin, txn_id, _dumps(response), now,
             )
-            if inserted == 0:
-                raw = await conn.fetchval(
-                    "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?",
-                    origin, txn_id,
-                )
-                return StoredTransaction(dict(loads(raw)), True, 0, 0)
-            already: set[str] = set()  # checked by the caller's look_up just before
-            if pdus:
-                # ON CONFLICT: a concurrent transaction from another origin may have
-                # enqueued the same event since the caller's look-up.
-                await conn.write_many(
+            rows = [
+                (origin, p.room_id, p.event_id, p.room_version, text, now)
+                for p, text in zip(pdus, texts, strict=True)
+                if p.event_id not in held and p.event_id not in queued
+            ]
+            if rows:
+                # ON CONFLICT: one event twice in the transaction.
+                await conn.executemany(
                     "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body,"
-                    " received_ts) VALUES (?, 'pdu', ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (event_id) DO NOTHING",
-                    [(origin, p.room_id, p.event_id, p.room_version, _dumps(p.pdu), now) for p in pdus],
+                    " received_ts) VALUES (?, 'pdu', ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                    rows,
                 )
-            if edus:
-                await conn.write_many(
-                    "INSERT INTO inbox (origin, kind, body, received_ts) VALUES (?, 'edu', ?, ?)",
-                    [(origin, _dumps(e), now) for e in edus],
+            if edu_rows:
+                await conn.executemany(
+                    "INSERT INTO inbox (origin, kind, body, received_ts) VALUES (?, 'edu', ?, ?)", edu_rows
                 )
-        return StoredTransaction(response, False, len(pdus) - len(already) + len(edus), len(already))
+            return Admitted(response, False, len(rows) + len(edu_rows), held, queued)
+
+        try:
+            return await self.db.side_transaction(work)
+        except Exception as e:
+            if not is_unique_violation(e):
+                raise
+            # The same (origin, txn_id) admitted concurrently (PostgreSQL): a repeat.
+            raw = await self.db.fetchval(
+                "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?", origin, txn_id
+            )
+            return Admitted(dict(loads(raw)), True, 0, set(), set())
 
     async def reset_claims(self) -> None:
         await self.db.execute("UPDATE inbox SET claimed = 0 WHERE claimed <> 0")
@@ -184,19 +211,37 @@ class InboxStore:
         args.append(limit)
         if self.db.engine == "postgres":
             sql += " FOR UPDATE SKIP LOCKED"
-        async with self.db.transaction() as conn:
+
+        async def work(conn: Connection) -> list[Row]:
             rows = await conn.fetchall(sql, *args)
             if rows:
                 marks = ",".join("?" * len(rows))
-                await conn.execute(
-                    f"UPDATE inbox SET claimed = 1 WHERE id IN ({marks})", *[int(r[0]) for r in rows]
-                )
-        return [_entry(r) for r in rows]
+                await conn.execute(f"UPDATE inbox SET claimed = 1 WHERE id IN ({marks})", *[int(r[0]) for r in rows])
+            return rows
+
+        # The inbox does not depend on the worker's deferred event writes: no waiting for them.
+        return [_entry(r) for r in await self.db.side_transaction(work)]
+
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give claimed entries back (they are claimed and processed again)."""
+        await self._by_ids("UPDATE inbox SET claimed = 0", ids)
+
+    async def _by_ids(self, statement: str, ids: Sequence[int]) -> None:
+        async def work(conn: Connection) -> None:
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                await conn.execute(f"{statement} WHERE id IN ({','.join('?' * len(chunk))})", *chunk)
+
+        await self.db.side_transaction(work)
+
+    async def settle(self) -> None:
+        """Wait for the commits of writes deferred so far."""
+        await self.db.flush_deferred()
 
     async def delete(self, ids: Sequence[int]) -> None:
-        for i in range(0, len(ids), 500):
-            chunk = list(ids[i : i + 500])
-            await self.db.execute(f"DELETE FROM inbox WHERE id IN ({','.join('?' * len(chunk))})", *chunk)
+        """Delete processed entries (their events are committed: the worker deletes an
+        entry only once its commit has landed)."""
+        await self._by_ids("DELETE FROM inbox", ids)
 
     async def prune_transactions(self, older_than_ms: int) -> int:
         return await self.db.execute(
@@ -204,14 +249,9 @@ class InboxStore:
         )
 
 
-@dataclass(slots=True)
-class DoorLookup:
-    response: dict[str, Any] | None  # the first reply, when the transaction is a repeat
-    outcomes: dict[str, str]  # event ID -> outcome, for events we hold
-    queued: set[str]  # event IDs waiting in the inbox
-
-
-Processor = Callable[[InboxEntry], Awaitable[None]]
+# Processes one entry; a future returned resolves once what it stored is committed (the
+# entry is deleted then, or handed back to the inbox if the commit failed).
+Processor = Callable[[InboxEntry], Awaitable["asyncio.Future[None] | None"]]
 
 # Processed entries are deleted in batches of this size while the worker is busy.
 DELETE_BATCH = 50
@@ -234,8 +274,10 @@ class InboundWorker:
         self._queues: dict[str, deque[InboxEntry]] = {}
         self._waiting: deque[str] = deque()  # rooms with entries and no running task
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._pending = 0
+        self._pending = 0  # claimed and not yet processed
+        self._uncommitted = 0  # processed, their deferred commit not yet landed
         self._done: list[int] = []
+        self._released: list[int] = []  # entries whose commit failed: to be claimed again
         self._wake = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -249,6 +291,8 @@ class InboundWorker:
         self._door = 0
         self._door_clear = asyncio.Event()
         self._door_clear.set()
+        # Group commits of deferred writes hold back too while a reply is being written.
+        store.db.set_defer_gate(self._door_clear)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -277,6 +321,15 @@ class InboundWorker:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        close = getattr(self._process, "close", None)
+        if close is not None:
+            close()
+        # Let deferred commits land (their callbacks mark entries done).
+        try:
+            await self._store.settle()
+        except Exception:
+            log.warning("deferred writes failed at shutdown", exc_info=True)
+        await asyncio.sleep(0)
         # Entries processed but not yet deleted would only be skipped as duplicates on
         # restart; deleting them now saves that look-up.
         if self._done:
@@ -299,6 +352,9 @@ class InboundWorker:
                 self._door_clear.set()
 
     async def _give_way(self) -> None:
+        # Always let the loop turn once: with everything cached, processing an entry may
+        # never suspend, and a room would otherwise hold the loop for its whole queue.
+        await asyncio.sleep(0)
         if not self._door_clear.is_set():
             try:
                 async with asyncio.timeout(DOOR_YIELD_SECONDS):
@@ -321,7 +377,7 @@ class InboundWorker:
 
     @property
     def idle(self) -> bool:
-        return self._pending == 0 and not self._origins
+        return self._pending == 0 and self._uncommitted == 0 and not self._origins
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until the inbox is drained; False if ``timeout`` passed first."""
@@ -367,6 +423,8 @@ class InboundWorker:
     async def _claim_round(self) -> int:
         """Claim up to the free slots, an equal share per origin with entries."""
         free = self._config.worker_batch_size - self._pending
+        if self._uncommitted >= self._config.worker_batch_size:
+            free = 0  # the database is behind: do not run further ahead of it
         # Claim in batches: wait until half the slots are free (or the worker is idle), so
         # a busy worker does not pay a claim transaction per processed entry.
         if free <= 0 or not self._origin_order or (self._pending and free * 2 < self._config.worker_batch_size):
@@ -424,8 +482,9 @@ class InboundWorker:
                 started = time.perf_counter()
                 if len(queue) > 1 and self._check_ahead is not None:
                     self._check_ahead(queue[1])
+                commit: asyncio.Future[None] | None = None
                 try:
-                    await self._process(entry)
+                    commit = await self._process(entry)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -438,9 +497,11 @@ class InboundWorker:
                     self._metrics.inbound_event_seconds.observe(time.perf_counter() - started)
                 queue.popleft()
                 self._pending -= 1
-                self.processed += 1
-                self._done.append(entry.id)
-                self._wake.set()
+                if commit is None:
+                    self._finish(entry)
+                else:
+                    self._uncommitted += 1
+                    commit.add_done_callback(functools.partial(self._committed, entry))
                 done_here += 1
                 if done_here >= ROOM_SLICE and self._waiting and queue:
                     # Give the slot to a waiting room; come back at the end of the line.
@@ -451,7 +512,28 @@ class InboundWorker:
             self._running.pop(key, None)
             self._start_rooms()
 
+    def _finish(self, entry: InboxEntry) -> None:
+        self.processed += 1
+        self._done.append(entry.id)
+        self._wake.set()
+
+    def _committed(self, entry: InboxEntry, commit: asyncio.Future[None]) -> None:
+        self._uncommitted -= 1
+        if not commit.cancelled() and commit.exception() is None:
+            self._finish(entry)
+            return
+        # Not stored after all: hand the entry back to the inbox, to be claimed again.
+        log.warning("inbound entry not committed; it will be processed again",
+                    extra={"origin": entry.origin, "event_id": entry.event_id})
+        self._metrics.inbound_commit_retries.inc()
+        self._released.append(entry.id)
+        self._add_origin(entry.origin)
+        self._wake.set()
+
     async def _flush_done(self) -> None:
+        if self._released:
+            ids, self._released = self._released, []
+            await self._store.release(ids)
         if not self._done or (self._pending and len(self._done) < DELETE_BATCH):
             return
         ids, self._done = self._done, []

@@ -9,8 +9,9 @@ reply; the inbound worker does all of that.
 
 The read endpoints (``/event``, ``/state``, ``/state_ids``, ``/event_auth``,
 ``/get_missing_events``, ``/backfill``) answer only servers in the room (or, per history
-visibility, servers that were in it at the event); what they return is a reply, never a
-relay: nothing here sends anything anywhere.
+visibility, servers that may see the event: see ``rooms/visibility.py``). ``/backfill``,
+``/get_missing_events`` and ``/event`` give an event a server in the room may not see
+redacted. What they return is a reply, never a relay: nothing here sends anything anywhere.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from homeserver.events.errors import EventError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import server_name_of
+from homeserver.events.redaction import redact
 from homeserver.events.versions import DEFAULT_ROOM_VERSION
-from homeserver.federation.auth import BODY, ORIGIN
+from homeserver.federation.auth import BODY, ORIGIN, PDU_TEXTS
 from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
+from homeserver.rooms.visibility import HistoryVisibility, ServerView
 from homeserver.storage.events import EventStore, Outcome
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class FederationTransport:
         self._worker = worker
         self._metrics = metrics
         self.echoes = EchoMonitor(config.duplicate_warning_threshold, metrics)
+        self._visibility = HistoryVisibility(store)
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/federation/v1"
@@ -133,43 +137,32 @@ class FederationTransport:
         results: dict[str, dict[str, Any]] = {}
         pending: dict[str, PendingPdu] = {}
         drops: list[str] = []
-        for pdu in pdus:
-            accepted = await self._admit_pdu(origin, pdu, results, drops)
+        texts = request.get(PDU_TEXTS)
+        for i, pdu in enumerate(pdus):
+            text = texts[i].decode("utf-8") if texts is not None else None
+            accepted = await self._admit_pdu(origin, pdu, results, drops, text)
             if accepted is not None:
                 pending.setdefault(accepted.event_id, accepted)
-        # 3. One look-up: is this a repeated transaction (answered with the first reply,
-        # nothing enqueued), and which PDUs do we already hold or have queued? An event held
-        # only as an outlier (someone's auth or state) is not held: the worker takes it in.
-        seen = await self._inbox.look_up(origin, txn_id, pending)
-        if seen.response is not None:
+        kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
+        for event_id in pending:
+            results[event_id] = {}
+        # 3. One database transaction: a repeated transaction gets its first reply and
+        # enqueues nothing; otherwise the de-duplication row and the inbox entries of the
+        # PDUs we neither hold (echoes: answered {}, counted) nor have queued.
+        admitted = await self._inbox.admit(origin, txn_id, {"pdus": results}, list(pending.values()), kept_edus)
+        if admitted.repeated:
             self._metrics.inbound_repeated_transactions.labels(origin).inc()
-            return json_response(seen.response)
+            return json_response(admitted.response)
         self._metrics.inbound_pdus.labels(origin).inc(len(pdus))
         for reason in drops:
             self._metrics.inbound_pdus_dropped.labels(origin, reason).inc()
-        held = [e for e, o in seen.outcomes.items() if o != Outcome.OUTLIER.value]
-        queued = [e for e in seen.queued if e in pending]
-        for event_id in (*held, *queued):
-            results[event_id] = {}
-            pending.pop(event_id, None)
-        kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
-        # 5. One DB transaction: the de-duplication row and the inbox entries.
-        for event_id in pending:
-            results[event_id] = {}
-        response = {"pdus": results}
-        stored = await self._inbox.store_transaction(
-            origin, txn_id, response, list(pending.values()), kept_edus
-        )
-        if stored.repeated:
-            self._metrics.inbound_repeated_transactions.labels(origin).inc()
-        else:
-            self.echoes.record(origin, len(held) + len(queued) + stored.already_queued)
-            if stored.enqueued:
-                self._metrics.inbox_depth.inc(stored.enqueued)
-                if self._worker is not None:
-                    self._worker.notify(origin)
+        self.echoes.record(origin, len(admitted.held) + len(admitted.queued))
+        if admitted.enqueued:
+            self._metrics.inbox_depth.inc(admitted.enqueued)
+            if self._worker is not None:
+                self._worker.notify(origin)
         self._metrics.send_latency.observe(time.perf_counter() - started)
-        return json_response(stored.response)
+        return json_response(admitted.response)
 
     def _check_transaction(self, origin: str, body: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if not isinstance(body, dict):
@@ -199,7 +192,8 @@ class FederationTransport:
         return pdus, edus
 
     async def _admit_pdu(
-        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str]
+        self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str],
+        text: str | None = None,
     ) -> PendingPdu | None:
         room_id = pdu.get("room_id")
         version = await self._store.get_room_version(room_id) if isinstance(room_id, str) else None
@@ -219,7 +213,7 @@ class FederationTransport:
             drops.append("foreign_sender")
             results[event_id] = {"error": "Event was not sent by a user of the origin server"}
             return None
-        return PendingPdu(room_id, event_id, version.identifier, pdu)  # type: ignore[arg-type]
+        return PendingPdu(room_id, event_id, version.identifier, pdu, text)  # type: ignore[arg-type]
 
     def _drop(
         self, pdu: dict[str, Any], results: dict[str, dict[str, Any]], message: str, version: Any,
@@ -270,37 +264,35 @@ class FederationTransport:
     async def _require_room(self, origin: str, room_id: str) -> None:
         if await self._store.get_room_version(room_id) is None:
             raise not_found("Unknown room")
-        current = await self._store.get_current_state_ids(room_id)
-        if origin not in await self._store.joined_servers(current):
+        if not await self._in_room(origin, room_id):
             raise forbidden("Your server is not in this room")
 
-    async def _may_see(self, origin: str, event: Event) -> bool:
-        """May ``origin`` see ``event``? Joined at the event, or per history visibility."""
-        state = await self._store.get_state_ids_after(event.event_id)
-        current = await self._store.get_current_state_ids(event.room_id)
-        if state is None:
-            state = current
-        if origin in await self._store.joined_servers(state):
-            return True
-        visibility = "shared"
-        hv_id = state.get(("m.room.history_visibility", ""))
-        if hv_id is not None:
-            hv = await self._store.get_event(hv_id)
-            if hv is not None and isinstance(hv.event.content.get("history_visibility"), str):
-                visibility = hv.event.content["history_visibility"]
-        if visibility == "world_readable":
-            return True
-        if visibility == "shared":
-            return origin in await self._store.joined_servers(current)
-        return False
+    async def _in_room(self, origin: str, room_id: str) -> bool:
+        current = await self._store.get_current_state_ids(room_id)
+        return origin in await self._store.joined_servers(current)
 
-    async def _visible_event(self, origin: str, event_id: str, room_id: str | None = None) -> Event:
+    async def _event_for(self, origin: str, event_id: str, room_id: str | None = None) -> tuple[Event, ServerView]:
+        """The event and how ``origin`` may see it: a server in the room now gets every
+        event (whole or redacted per history visibility); another server only the events
+        it may see whole (say, from when it was in the room, or world_readable ones)."""
         stored = await self._store.get_event(event_id)
         if stored is None or (room_id is not None and stored.event.room_id != room_id):
             raise not_found("Unknown event")
-        if not await self._may_see(origin, stored.event):
+        in_room = await self._in_room(origin, stored.event.room_id)
+        views = await self._visibility.server_views(origin, [stored.event], in_room=in_room)
+        view = views[stored.event.event_id]
+        if view is not ServerView.FULL and not in_room:
             raise forbidden("Your server may not see this event")
-        return stored.event
+        return stored.event, view
+
+    async def _visible_event(self, origin: str, event_id: str, room_id: str | None = None) -> Event:
+        return (await self._event_for(origin, event_id, room_id))[0]
+
+    async def _as_seen_by(self, origin: str, events: list[Event]) -> list[dict[str, Any]]:
+        """The PDUs of ``events`` as ``origin`` (a server in the room) may see them: whole,
+        or redacted."""
+        views = await self._visibility.server_views(origin, events, in_room=True)
+        return [e.pdu if views.get(e.event_id) is ServerView.FULL else _redacted(e) for e in events]
 
     def _envelope(self, pdus: Iterable[Event]) -> dict[str, Any]:
         return {
@@ -310,8 +302,11 @@ class FederationTransport:
         }
 
     async def on_event(self, request: web.Request) -> web.Response:
-        event = await self._visible_event(request[ORIGIN], request.match_info["eventId"])
-        return json_response(self._envelope([event]))
+        event, view = await self._event_for(request[ORIGIN], request.match_info["eventId"])
+        envelope = self._envelope([event])
+        if view is not ServerView.FULL:
+            envelope["pdus"] = [_redacted(event)]
+        return json_response(envelope)
 
     async def _state_at(self, request: web.Request) -> tuple[dict[StateKey, str], set[str]]:
         room_id = request.match_info["roomId"]
@@ -366,7 +361,8 @@ class FederationTransport:
         # Walk prev_events back from latest_events, breadth first, stopping at
         # earliest_events, below min_depth, and at the limit. The latest are not returned.
         found = await self._walk_back(room_id, latest, set(earliest), limit, min_depth, include_start=False)
-        return json_response({"events": [e.pdu for e in sorted(found, key=lambda e: (e.depth, e.event_id))]})
+        found.sort(key=lambda e: (e.depth, e.event_id))
+        return json_response({"events": await self._as_seen_by(origin, found)})
 
     async def on_backfill(self, request: web.Request) -> web.Response:
         origin = request[ORIGIN]
@@ -382,7 +378,9 @@ class FederationTransport:
         limit = max(0, min(limit, MAX_BACKFILL))
         found = await self._walk_back(room_id, starts, set(), limit, 0, include_start=True)
         found.sort(key=lambda e: (-e.depth, e.event_id))
-        return json_response(self._envelope(found))
+        envelope = self._envelope([])
+        envelope["pdus"] = await self._as_seen_by(origin, found)
+        return json_response(envelope)
 
     async def _walk_back(
         self, room_id: str, starts: list[str], stop: set[str], limit: int, min_depth: int,
@@ -414,6 +412,12 @@ class FederationTransport:
                     break
                 frontier.extend(s.event.prev_events)
         return found
+
+
+def _redacted(event: Event) -> dict[str, Any]:
+    """The event redacted (what a server that may not see it gets): its signatures still
+    verify, and its content hash tells the receiver it was redacted."""
+    return redact(event.pdu, event.room_version)
 
 
 def _is_int(value: object) -> bool:

@@ -3,7 +3,7 @@
 ``plan_room`` turns a createRoom request into the create event's content and the ordered
 list of state events that follow it, per the client-server spec's createRoom sequence:
 1. m.room.create, 2. the creator's join, 3. power levels (``power_level_content_override``
-applied), 4. (canonical alias: not supported here), 5. the preset's join rules, history
+applied), 4. the canonical alias (``room_alias_name``), 5. the preset's join rules, history
 visibility and guest access, 6. ``initial_state``, 7. name and topic, 8. invites.
 Room version 12: creators have infinite power, so they are not listed in ``users``, the
 tombstone level is above ``state_default``, and ``trusted_private_chat`` invitees become
@@ -86,6 +86,7 @@ def plan_room(
     initial_state: Sequence[Mapping[str, Any]] = (),
     creation_content: Mapping[str, Any] | None = None,
     power_level_content_override: Mapping[str, Any] | None = None,
+    canonical_alias: str | None = None,
 ) -> RoomPlan:
     """The content of the create event and the state events after the creator's join."""
     if visibility not in ("private", "public"):
@@ -143,6 +144,10 @@ def plan_room(
             raise BadRoomRequest("power_level_content_override must be an object")
         pl.update(power_level_content_override)
     state.append(StateDraft("m.room.power_levels", "", pl))
+
+    # 4. The canonical alias (createRoom's room_alias_name, reserved by the caller).
+    if canonical_alias is not None:
+        state.append(StateDraft("m.room.canonical_alias", "", {"alias": canonical_alias}))
 
     # 5. The preset's events, unless initial_state sets them.
     settings = PRESETS[preset]

@@ -4,8 +4,10 @@ extremities and current state, in one database transaction per event.
 Outcomes decide what an event may touch: an accepted event moves the room's forward
 extremities and current state; soft-failed and rejected events are stored with their
 state but never become part of the current state; outliers (auth chains and state
-fetched from other servers) are stored with no state at all. Persisting the same event
-twice has one effect. Callers serialise work per room with ``room_lock``.
+fetched from other servers) are stored with no state at all; backfilled history is stored
+with its state but below everything else in stream order, touching neither extremities
+nor current state (``persist_historical``). Persisting the same event twice has one
+effect. Callers serialise work per room with ``room_lock``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from homeserver.events.errors import StateResolutionError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.stateres import resolve_state
 from homeserver.events.versions import RoomVersion
-from homeserver.storage.database import Connection, is_unique_violation
+from homeserver.storage.database import Connection, Statement, is_unique_violation
 from homeserver.storage.events import EventStore, Outcome, event_json
 
 log = logging.getLogger(__name__)
@@ -50,8 +53,45 @@ class _Head:
 _UNCHECKED = object()
 
 
+@dataclass(frozen=True, slots=True)
+class Historical:
+    """A backfilled event to store: its outcome (accepted or rejected) and the state before it."""
+
+    event: Event
+    outcome: Outcome
+    state_before: Mapping[StateKey, str]
+    rejection_reason: str | None = None
+
+
 class PersistError(Exception):
     """The event cannot be persisted as asked (for example, a prev event has no state)."""
+
+
+class _Collect(Connection):
+    """Collects writes for a deferred group (see EventPersister's fast path); reads are
+    not allowed there."""
+
+    def __init__(self) -> None:
+        self.statements: list[Statement] = []
+
+    async def write(self, sql: str, *args: Any) -> None:
+        self.statements.append((sql, args, False))
+
+    async def write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.statements.append((sql, [tuple(r) for r in rows], True))
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        raise PersistError("a deferred write cannot read")
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.write_many(sql, rows)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        raise PersistError("a deferred write cannot read")
+
+    async def executescript(self, script: str) -> None:
+        raise PersistError("a deferred write cannot run scripts")
 
 
 class EventPersister:
@@ -68,6 +108,16 @@ class EventPersister:
         # Commits happen in stream order, so a reader that has seen ordering N has seen
         # everything below it (PostgreSQL would otherwise commit concurrent rooms out of order).
         self._commit_lock = asyncio.Lock()
+        # Bumped when deferred writes failed and the caches above were dropped: work
+        # computed from the caches before that must not be deferred.
+        self.generation = 0
+        self.db.on_deferred_failure(self._forget_all)
+
+    def _forget_all(self) -> None:
+        self._heads.clear()
+        self._group_after.clear()
+        self._next_ordering = None
+        self.generation += 1
 
     def room_lock(self, room_id: str) -> asyncio.Lock:
         """The lock that serialises persisting and creating events in one room."""
@@ -143,6 +193,79 @@ class EventPersister:
             self._next_ordering = None
             raise
 
+    async def persist_historical(self, items: Sequence[Historical]) -> dict[str, int]:
+        """Store backfilled events (history from before we joined): ``items`` in
+        topological order, oldest first, each with its outcome and the state before it.
+
+        They get stream orderings below every ordering in the database (negative and
+        decreasing, the newest of the batch highest), so /messages pages back into them;
+        they never touch the forward extremities or the current state, and listeners
+        (/sync wake-ups) are not told: they are not new. Events already stored with state
+        are skipped (an outlier is taken in); returns the orderings of those stored now.
+        The caller holds the room lock.
+        """
+        if not items:
+            return {}
+        room_id = items[0].event.room_id
+        new_groups: list[int] = []
+        stored: dict[str, int] = {}
+        after_groups: dict[str, int] = {}
+        new_room = await self.store.get_room_version(room_id) is None
+        try:
+            async with self._commit_lock, self.db.transaction() as conn:
+                ids = [i.event.event_id for i in items]
+                held: dict[str, str] = {}
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    rows = await conn.fetchall(
+                        f"SELECT event_id, outcome FROM events WHERE event_id IN ({','.join('?' * len(chunk))})",
+                        *chunk,
+                    )
+                    held.update((r[0], r[1]) for r in rows)
+                todo = [i for i in items if held.get(i.event.event_id, Outcome.OUTLIER.value) == Outcome.OUTLIER.value]
+                if not todo:
+                    return {}
+                low = await conn.fetchval("SELECT MIN(stream_ordering) FROM events")
+                base = min(int(low) if low is not None else 0, 0) - len(todo)
+                for index, item in enumerate(todo):
+                    event = item.event
+                    parent: int | None = None
+                    for prev in event.prev_events:
+                        parent = after_groups.get(prev) or self._group_after.get(prev)
+                        if parent is None:
+                            value = await conn.fetchval(
+                                "SELECT state_group_after FROM events WHERE event_id = ?", prev
+                            )
+                            parent = int(value) if value is not None else None
+                        if parent is not None:
+                            break
+                    state_after = dict(item.state_before)
+                    if event.is_state and item.outcome is not Outcome.REJECTED:
+                        state_after[event.state_tuple] = event.event_id
+                    before_group = await self._group_for(conn, room_id, item.state_before, parent, new_groups)
+                    if state_after == item.state_before:
+                        after_group = before_group
+                    else:
+                        after_group = await self.store.store_state_group(conn, room_id, state_after, before_group)
+                        new_groups.append(after_group)
+                    if event.event_id in held:  # an outlier, taken into the timeline
+                        await conn.write("DELETE FROM events WHERE event_id = ?", event.event_id)
+                        await conn.write("DELETE FROM event_edges WHERE event_id = ?", event.event_id)
+                        await conn.write("DELETE FROM event_auth WHERE event_id = ?", event.event_id)
+                    stored[event.event_id] = await self._insert(
+                        conn, event, item.outcome, item.rejection_reason, before_group, after_group,
+                        new_room, ordering=base + index,
+                    )
+                    new_room = False
+                    after_groups[event.event_id] = after_group
+        except BaseException:
+            for g in new_groups:
+                self.store.forget_cached_group(g)
+            raise
+        for event_id, group in after_groups.items():
+            self._remember_group(event_id, group)
+        return stored
+
     async def persist_event(
         self,
         event: Event,
@@ -159,24 +282,52 @@ class EventPersister:
         is upgraded to a full event. A caller that has just looked the event up passes what
         it found as ``stored_outcome`` (None: not stored) to save the look-up here.
         """
+        ordering, commit = await self.persist_event_deferred(
+            event, outcome, state_before, rejection_reason=rejection_reason, in_transaction=in_transaction,
+            stored_outcome=stored_outcome, defer=False,
+        )
+        assert commit is None
+        return ordering
+
+    async def persist_event_deferred(
+        self,
+        event: Event,
+        outcome: Outcome,
+        state_before: Mapping[StateKey, str] | None,
+        *,
+        rejection_reason: str | None = None,
+        in_transaction: InTransaction | None = None,
+        stored_outcome: Outcome | object | None = _UNCHECKED,
+        defer: bool = True,
+        generation: int | None = None,
+    ) -> tuple[int, asyncio.Future[None] | None]:
+        """``persist_event`` that may return before the commit: with ``defer`` and when the
+        event changes no state and everything it needs is cached, its writes join the
+        database's next group commit and the returned future resolves once they are
+        committed (None: committed already). The caches (and so the next event of the
+        room) see the event at once. ``generation``: the persister's ``generation`` when the
+        caller read what it decided from; if it changed since, nothing is deferred.
+        """
         if outcome is Outcome.OUTLIER:
             await self.persist_outliers([event])
             row = await self.db.fetchval(
                 "SELECT stream_ordering FROM events WHERE event_id = ?", event.event_id
             )
-            return int(row)
+            return int(row), None
         if state_before is None:
             raise PersistError("an event with an outcome needs its state before")
+        if generation is not None and generation != self.generation:
+            defer = False
         try:
             return await self._persist_event(
-                event, outcome, state_before, rejection_reason, in_transaction, stored_outcome
+                event, outcome, state_before, rejection_reason, in_transaction, stored_outcome, defer
             )
         except Exception as e:
             if stored_outcome is _UNCHECKED or not is_unique_violation(e):
                 raise
             # The caller's look-up was stale (the event was stored since): check here.
             return await self._persist_event(
-                event, outcome, state_before, rejection_reason, in_transaction, _UNCHECKED
+                event, outcome, state_before, rejection_reason, in_transaction, _UNCHECKED, False
             )
 
     async def _persist_event(
@@ -187,14 +338,16 @@ class EventPersister:
         rejection_reason: str | None,
         in_transaction: InTransaction | None,
         stored_outcome: Outcome | object | None,
-    ) -> int:
+        defer: bool,
+    ) -> tuple[int, asyncio.Future[None] | None]:
         existing: bool
+        generation = self.generation
         if stored_outcome is _UNCHECKED:
             row = await self.db.fetchone(
                 "SELECT stream_ordering, outcome FROM events WHERE event_id = ?", event.event_id
             )
             if row is not None and row[1] != Outcome.OUTLIER.value:
-                return int(row[0])
+                return int(row[0]), None
             existing = row is not None
         elif stored_outcome is None:
             existing = False
@@ -204,7 +357,7 @@ class EventPersister:
             row = await self.db.fetchone(
                 "SELECT stream_ordering FROM events WHERE event_id = ?", event.event_id
             )
-            return int(row[0]) if row else 0
+            return (int(row[0]) if row else 0), None
 
         state_after = dict(state_before)
         if event.is_state and outcome is not Outcome.REJECTED:
@@ -217,6 +370,13 @@ class EventPersister:
             old_head = await self._load_head(event.room_id)
             new_head = await self._next_head(event, state_after, old_head)
         new_room = await self.store.get_room_version(event.room_id) is None
+        if (
+            defer and self.db.supports_defer and not existing and not new_room and in_transaction is None
+            and generation == self.generation and parent is not None and self._next_ordering is not None
+            and state_after == state_before and (new_head is None or new_head.delta == ())
+            and self.store.cached_state_group(parent) == state_before
+        ):
+            return await self._persist_deferred(event, outcome, rejection_reason, parent, old_head, new_head)
         new_groups: list[int] = []
         try:
             async with self._commit_lock, self.db.transaction() as conn:
@@ -252,7 +412,33 @@ class EventPersister:
             while len(self._heads) > HEAD_CACHE_ROOMS:
                 self._heads.popitem(last=False)
         self._notify(event, outcome, ordering)
-        return ordering
+        return ordering, None
+
+    async def _persist_deferred(
+        self, event: Event, outcome: Outcome, rejection_reason: str | None, group: int,
+        old_head: _Head | None, new_head: _Head | None,
+    ) -> tuple[int, asyncio.Future[None]]:
+        """The fast path: an event that changes no state, with everything cached. Nothing
+        here suspends (the collector's writes return at once), so no other task can change
+        the caches between the checks of the caller and the deferral."""
+        collect = _Collect()
+        ordering = await self._insert(collect, event, outcome, rejection_reason, group, group, False)
+        if old_head is not None and new_head is not None:
+            await self._write_head(collect, event, old_head, new_head)
+        commit = self.db.defer(collect.statements)
+        self._remember_group(event.event_id, group)
+        if new_head is not None:
+            self._heads[event.room_id] = new_head
+            self._heads.move_to_end(event.room_id)
+            while len(self._heads) > HEAD_CACHE_ROOMS:
+                self._heads.popitem(last=False)
+
+        def committed(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self._notify(event, outcome, ordering)
+
+        commit.add_done_callback(committed)
+        return ordering, commit
 
     def _notify(self, event: Event, outcome: Outcome, ordering: int) -> None:
         for listener in self.listeners:
@@ -303,6 +489,7 @@ class EventPersister:
         new_room: bool = True,
         *,
         if_absent: bool = False,
+        ordering: int | None = None,
     ) -> int:
         if new_room:
             await conn.write(
@@ -333,7 +520,15 @@ class EventPersister:
             event_json(event),
         )
         conflict = " ON CONFLICT (event_id) DO NOTHING" if if_absent else ""
-        if self.db.engine == "sqlite":
+        if ordering is not None:
+            # Given by the caller (backfilled history, below every ordering handed out).
+            await conn.write(
+                f"INSERT INTO events (stream_ordering, {columns}) VALUES (?, {', '.join('?' * len(values))})"
+                + conflict,
+                ordering,
+                *values,
+            )
+        elif self.db.engine == "sqlite":
             # One writer (the transaction holds the connection's lock): the ordering is
             # allocated here, so the insert need not be a round trip of its own.
             if self._next_ordering is None:

@@ -16,7 +16,7 @@ import logging
 import secrets
 import string
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from homeserver.events.errors import UnsupportedRoomVersion
@@ -46,6 +46,8 @@ INVITE_STATE_TYPES = (
 )
 # Called after an invite over federation (or its rejection) is stored: (user_id, room_id).
 InviteListener = Callable[[str, str], None]
+# Resolves a room alias to (room ID, servers likely in the room); raises RoomError subclasses.
+AliasResolver = Callable[[str], Awaitable[tuple[str, list[str]]]]
 
 
 def strip_event(pdu: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,6 +70,8 @@ class RoomService:
         self.remote = remote
         self.memberships = memberships
         self.invite_listeners: list[InviteListener] = []
+        # Set by the app factory (rooms/directory.py): joins by alias need it.
+        self.alias_resolver: AliasResolver | None = None
         self._member_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -123,9 +127,11 @@ class RoomService:
         is_direct: bool = False,
         visibility: str = "private",
         member_content: Mapping[str, Any] | None = None,
+        canonical_alias: str | None = None,
     ) -> str:
         """Create a room; return its ID. ``member_content`` adds to the creator's join
-        (displayname, avatar_url). Invites that fail are logged, not fatal."""
+        (displayname, avatar_url); ``canonical_alias`` (already reserved by the caller) is
+        sent as the m.room.canonical_alias event. Invites that fail are logged, not fatal."""
         self._require_local(creator)
         try:
             version = get_room_version(room_version) if room_version is not None else DEFAULT_ROOM_VERSION
@@ -136,7 +142,7 @@ class RoomService:
         plan = plan_room(
             version, creator, preset=preset, visibility=visibility, name=name, topic=topic,
             invite=invite, initial_state=initial_state, creation_content=creation_content,
-            power_level_content_override=power_level_content_override,
+            power_level_content_override=power_level_content_override, canonical_alias=canonical_alias,
         )
         room_id: str | None = None
         if not version.room_id_is_create_hash:
@@ -146,7 +152,8 @@ class RoomService:
         create = await self.builder.create_event(version, creator, room_id, plan.create_content)
         room_id = create.room_id
         async with self.persister.room_lock(room_id):
-            # 2. The creator's join; 3-7. power levels, preset, initial_state, name, topic.
+            # 2. The creator's join; 3-7. power levels, canonical alias, preset, initial_state,
+            # name, topic.
             join = {**dict(member_content or {}), "membership": "join"}
             await self.builder.send_locked(room_id, "m.room.member", creator, join, creator)
             for draft in plan.state:
@@ -188,10 +195,14 @@ class RoomService:
         self, user_id: str, room_id_or_alias: str, via: Sequence[str] = (),
         content: Mapping[str, Any] | None = None,
     ) -> str:
-        """Join a room; return its ID. Over federation when none of our users is in it."""
+        """Join a room; return its ID. Over federation when none of our users is in it. An
+        alias is resolved first (by its server) and the servers it names are tried first."""
         self._require_local(user_id)
         if room_id_or_alias.startswith("#"):
-            raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
+            if self.alias_resolver is None:
+                raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
+            room_id_or_alias, alias_servers = await self.alias_resolver(room_id_or_alias)
+            via = [*alias_servers, *via]
         room_id = room_id_or_alias
         if not room_id.startswith("!"):
             raise BadRoomRequest(f"{room_id!r} is not a room ID")

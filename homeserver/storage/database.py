@@ -13,15 +13,17 @@ import abc
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import asyncpg
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 
 
 class DatabaseError(Exception):
@@ -64,8 +66,51 @@ class Connection(abc.ABC):
             await self.executemany(sql, rows)
 
 
+# The side connection waits this long at most for SQLite's write lock.
+DOOR_LOCK_TIMEOUT_SECONDS = 5.0
+
+# Group commits hold back this long at most while the gate is closed.
+DEFER_GATE_SECONDS = 0.05
+
+# Deferred writes committed together at most (each is one event's writes, say).
+DEFER_GROUP_MAX = 16
+
+# One statement of a deferred write: (sql, args, is_executemany).
+Statement = tuple[str, Sequence[Any], bool]
+
+
+class DeferredWriteError(DatabaseError):
+    """A deferred write was not committed (its group failed, or one before it did)."""
+
+
 class Database(Connection):
     engine: str
+    # Whether ``defer`` is available (see SqliteDatabase.defer).
+    supports_defer = False
+
+    def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+    def on_deferred_failure(self, hook: Any) -> None:
+        """``hook()`` runs, synchronously, when deferred writes failed (see SqliteDatabase)."""
+
+    async def flush_deferred(self) -> None:
+        """Wait until every deferred write issued so far is committed (or failed)."""
+
+    def set_defer_gate(self, gate: asyncio.Event) -> None:
+        """Group commits start only while ``gate`` is set (or after a short wait)."""
+
+    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction that need not see deferred writes (the /send
+        door, the inbox bookkeeping). ``work`` may only await the connection it is given:
+        SQLite runs it whole in one hop on a second connection, so it never queues behind
+        the first one's commits; PostgreSQL runs it as an ordinary transaction."""
+        async with self.transaction() as conn:
+            return await work(conn)
+
+    async def fetchall_side(self, sql: str, *args: Any) -> list[Row]:
+        """A read that need not see deferred writes (SQLite: on the second connection)."""
+        return await self.fetchall(sql, *args)
 
     @abc.abstractmethod
     def transaction(self) -> Any:
@@ -182,20 +227,181 @@ class _SqliteTxn(_SqliteConn):
             await self._conn.execute("ROLLBACK")
 
 
+class _InThreadConn(Connection):
+    """A connection for code run whole on the database thread: every method completes
+    at once (its coroutine never suspends), so the caller's coroutine can be driven to
+    its end there without an event loop."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self._raw = raw
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self._raw.execute(sql, args).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._raw.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        return [tuple(r) for r in self._raw.execute(sql, args).fetchall()]
+
+    async def executescript(self, script: str) -> None:
+        for statement in split_statements(script):
+            self._raw.execute(statement)
+
+
+def _run_in_thread(raw: sqlite3.Connection, work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Runs on the database thread: ``work`` in one transaction, taking the write lock
+    first and retrying every half millisecond while the other connection commits."""
+    deadline = time.monotonic() + DOOR_LOCK_TIMEOUT_SECONDS
+    while True:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.0005)
+    try:
+        coro = work(_InThreadConn(raw))
+        try:
+            coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration as done:
+            result: T = done.value
+        else:  # pragma: no cover - the work awaited something else
+            coro.close()  # type: ignore[attr-defined]
+            raise RuntimeError("side work must only await its connection")
+        raw.execute("COMMIT")
+        return result
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+
+
+def _commit_group(raw: Any, statements: Sequence[Statement]) -> None:
+    """Runs on the database thread: the statements in one transaction."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, args, many in statements:
+            if many:
+                raw.executemany(sql, args)
+            else:
+                raw.execute(sql, args)
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+
+
 class SqliteDatabase(Database):
-    """The embedded default: one file, WAL mode, one connection guarded by a lock."""
+    """The embedded default: one file, WAL mode, one connection guarded by a lock.
+
+    Deferred writes (``defer``) are write-only groups of statements whose caller does not
+    wait for the commit: they accumulate while the connection is busy and the next hop to
+    the database thread commits all of them in one transaction (group commit). Every other
+    operation first flushes what was deferred before it, so reads and transactions always
+    see deferred writes issued earlier. When a group fails it is rolled back, every write
+    deferred after it fails too (it was computed on top of it), and the failure hooks run
+    at once so callers can drop what they cached.
+    """
 
     engine = "sqlite"
+    supports_defer = True
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
         self._inner = _SqliteConn(conn)
+        self._deferred: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure_hooks: list[Any] = []
+        # The side connection (None in memory: a second connection would be another
+        # database), with its own lock.
+        self._side: aiosqlite.Connection | None = None
+        self._side_lock = asyncio.Lock()
+        # Set: group commits may start. Cleared (by whoever answers remote servers) to hold
+        # them back, for at most DEFER_GATE_SECONDS each, while a reply waits for the lock.
+        self._gate: asyncio.Event | None = None
+
+    def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._deferred.append((statements, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_task())
+        return future
+
+    def on_deferred_failure(self, hook: Any) -> None:
+        self._failure_hooks.append(hook)
+
+    async def flush_deferred(self) -> None:
+        async with self._lock:
+            await self._run_deferred()
+
+    def set_defer_gate(self, gate: asyncio.Event) -> None:
+        self._gate = gate
+
+    async def _flush_task(self) -> None:
+        # One group per turn of the lock: whoever waits for the connection goes next.
+        while self._deferred:
+            if self._gate is not None and not self._gate.is_set():
+                try:
+                    async with asyncio.timeout(DEFER_GATE_SECONDS):
+                        await self._gate.wait()
+                except TimeoutError:
+                    pass
+            async with self._lock:
+                await self._run_deferred(once=True)
+
+    async def _run_deferred(self, once: bool = False) -> None:
+        """Commit what was deferred, one transaction per group (the caller holds the lock)."""
+        while self._deferred:
+            # Bounded groups: whoever waits for the connection waits for one group at most.
+            group, self._deferred = self._deferred[:DEFER_GROUP_MAX], self._deferred[DEFER_GROUP_MAX:]
+            statements = [st for sts, _ in group for st in sts]
+            try:
+                await self._conn._execute(  # type: ignore[no-untyped-call]
+                    _commit_group, self._conn._connection, statements
+                )
+            except Exception as e:
+                later, self._deferred = self._deferred, []
+                error = DeferredWriteError(f"deferred write failed: {e}")
+                for _, future in (*group, *later):
+                    if not future.done():
+                        future.set_exception(error)
+                for hook in self._failure_hooks:
+                    hook()
+                return
+            for _, future in group:
+                if not future.done():
+                    future.set_result(None)
+            if once:
+                return
 
     @classmethod
     async def open(cls, path: str) -> SqliteDatabase:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = await cls._connect(path)
+        db = cls(conn)
+        if path != ":memory:":
+            # A second connection for the /send door and the inbox bookkeeping: its reads
+            # and writes do not queue behind the worker's commits on the first one (WAL:
+            # readers never wait; the two writers take turns on SQLite's write lock). It
+            # leaves checkpoints to the first connection, so a checkpoint never stalls a reply.
+            try:
+                side = await cls._connect(path)
+                await side.execute("PRAGMA wal_autocheckpoint=0")
+                await side.execute("PRAGMA busy_timeout=0")  # it retries on its own
+            except BaseException:
+                await conn.close()
+                raise
+            db._side = side
+        return db
+
+    @staticmethod
+    async def _connect(path: str) -> aiosqlite.Connection:
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -204,10 +410,11 @@ class SqliteDatabase(Database):
             await conn.execute("PRAGMA busy_timeout=5000")
         except Exception as e:
             raise DatabaseError(f"cannot open SQLite database {path}: {e}") from None
-        return cls(conn)
+        return conn
 
     async def execute(self, sql: str, *args: Any) -> int:
         async with self._lock:
+            await self._run_deferred()
             return await self._inner.execute(sql, *args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -216,15 +423,29 @@ class SqliteDatabase(Database):
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
         async with self._lock:
+            await self._run_deferred()
             return await self._inner.fetchall(sql, *args)
 
     async def executescript(self, script: str) -> None:
         async with self.transaction() as conn:
             await conn.executescript(script)
 
+    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        conn, lock = (self._side, self._side_lock) if self._side is not None else (self._conn, self._lock)
+        async with lock:
+            result: T = await conn._execute(_run_in_thread, conn._connection, work)  # type: ignore[no-untyped-call]
+            return result
+
+    async def fetchall_side(self, sql: str, *args: Any) -> list[Row]:
+        if self._side is None:
+            return await self.fetchall(sql, *args)
+        async with self._side_lock:
+            return await _SqliteConn(self._side).fetchall(sql, *args)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._lock:
+            await self._run_deferred()
             txn = _SqliteTxn(self._conn)
             try:
                 yield txn
@@ -238,7 +459,12 @@ class SqliteDatabase(Database):
                 raise
 
     async def close(self) -> None:
-        await self._conn.close()
+        try:
+            await self.flush_deferred()
+        finally:
+            if self._side is not None:
+                await self._side.close()
+            await self._conn.close()
 
 
 # --------------------------------------------------------------------------- PostgreSQL

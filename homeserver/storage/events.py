@@ -103,11 +103,14 @@ class EventStore:
                 out[event_id] = StoredEvent(event, Outcome(outcome), int(ordering), reason)
         return out
 
-    async def get_outcomes(self, event_ids: Iterable[str]) -> dict[str, Outcome]:
+    async def get_outcomes(self, event_ids: Iterable[str], *, settled: bool = True) -> dict[str, Outcome]:
+        """The outcomes of the events we hold. ``settled=False``: without waiting for
+        deferred writes (events whose commit is pending are not seen)."""
         ids = list(dict.fromkeys(event_ids))
         out: dict[str, Outcome] = {}
+        fetch = self.db.fetchall if settled else self.db.fetchall_side
         for chunk in _chunks(ids):
-            rows = await self.db.fetchall(
+            rows = await fetch(
                 f"SELECT event_id, outcome FROM events WHERE event_id IN ({_placeholders(len(chunk))})",
                 *chunk,
             )
@@ -166,6 +169,10 @@ class EventStore:
             "SELECT state_group_after FROM events WHERE event_id = ?", event_id
         )
         return None if group is None else int(group)
+
+    def cached_state_group(self, group: int) -> Mapping[StateKey, str] | None:
+        """The state map of a group if it is in the cache (no look-up)."""
+        return self._state_cache.get(group)
 
     async def load_state_group(self, group: int, conn: Connection | None = None) -> Mapping[StateKey, str]:
         """The full state map of a group (read-only: callers copy before changing)."""

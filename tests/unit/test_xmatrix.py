@@ -71,3 +71,19 @@ def test_destination_optional() -> None:
 def test_malformed(header: str) -> None:
     with pytest.raises(XMatrixError):
         parse_authorization(header)
+
+
+def test_signed_bytes_spliced_from_pdu_parts_equal_the_whole_encoding() -> None:
+    from homeserver.crypto.xmatrix import pdu_texts, signed_bytes
+
+    content = {
+        "origin": "a.example", "origin_server_ts": 5, "edus": [{"edu_type": "m.typing", "content": {"k": "é"}}],
+        "pdus": [{"type": "m.room.message", "content": {"body": "ünïcode \u2028", "n": 1}, "z": [1, {"b": 2, "a": 1}]},
+                 {"type": "x", "content": {}}],
+    }
+    parts = pdu_texts(content)
+    assert parts is not None and len(parts) == 2
+    whole = signed_bytes("PUT", "/_matrix/federation/v1/send/1", "a.example", "b.example", content)
+    spliced = signed_bytes("PUT", "/_matrix/federation/v1/send/1", "a.example", "b.example", content, parts)
+    assert spliced == whole
+    assert pdu_texts({"pdus": "nope"}) is None and pdu_texts([]) is None

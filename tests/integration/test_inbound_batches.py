@@ -1,0 +1,143 @@
+"""Large inbound batches: the state-free checks (format, signatures, hashes) run in the
+check helper processes, and on SQLite the events' writes are group-committed after the
+worker moved on. Real servers on loopback, a fake remote with its own keys.
+
+- a batch checked in the helpers gives the same outcomes as inline checks: the good events
+  accepted in order, a tampered one stored redacted, a forged one dropped;
+- a group commit that fails (a fault injected in SQLite itself, once) loses nothing: the
+  entries are handed back to the inbox and processed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from homeserver.storage.events import Outcome
+from tests.conftest import DatabaseFactory
+from tests.integration.test_inbound_send import WAIT, inbox_count, metric, outcome
+from tests.remote import FakeRemote, RemoteRoom, fake_remote
+from tests.servers import RunningServer, make_config, running_server
+
+
+async def _send_held(server: RunningServer, remote: FakeRemote, txn: str, pdus: list[dict[str, Any]]) -> None:
+    """Send one transaction while the worker is held, so it claims the batch at once."""
+    worker = server.services.inbound_worker
+    worker.pause()
+    status, body = await remote.send_raw(server, txn, remote.transaction(pdus))
+    assert status == 200, body
+    worker.resume()
+    assert await worker.wait_idle(WAIT)
+
+
+async def _batch_outcomes(
+    db_factory: DatabaseFactory, tmp_path: Path, ca: tuple[Path, Path], processes: int
+) -> tuple[float, list[str]]:
+    config = make_config(tmp_path / f"hs{processes}", await db_factory.new_settings(), ca,
+                         extra={"inbound": {"check_processes": processes}})
+    async with running_server(config) as server, fake_remote(ca, tmp_path / f"r{processes}") as remote:
+        room: RemoteRoom = remote.room()
+        room.create_room()
+        await room.teach(server)
+        good = [room.message(f"batch {i}") for i in range(36)]
+        tampered = room.message("original", add=False)
+        forged = room.message("forged", add=False)
+        pdus = [e.pdu for e in good]
+        pdus.append(dict(tampered.pdu, content={"msgtype": "m.text", "body": "changed"}))
+        pdus.append(dict(forged.pdu, signatures={remote.server_name: {remote.key.key_id: "A" * 86}}))
+        await _send_held(server, remote, "batch", pdus)
+        store = server.services.event_store
+        for e in good:
+            assert await outcome(server, e.event_id) is Outcome.ACCEPTED
+        stored = await store.get_event(tampered.event_id)
+        assert stored is not None and stored.event.content == {}
+        assert await outcome(server, forged.event_id) is None
+        assert metric(server, "hs_events_processed_total", {"outcome": "dropped"}) == 1
+        assert await inbox_count(server) == 0
+        orderings = [
+            await server.services.db.fetchval("SELECT stream_ordering FROM events WHERE event_id = ?", e.event_id)
+            for e in good
+        ]
+        assert orderings == sorted(orderings)  # in the room's order
+        extremities = await store.get_forward_extremities(room.room_id)
+        return metric(server, "hs_inbound_helper_checks_total", {}), extremities
+
+
+async def test_large_batch_is_checked_in_helpers_with_inline_outcomes(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    pooled, pooled_ext = await _batch_outcomes(db_factory, tmp_path, test_ca, processes=1)
+    inline, inline_ext = await _batch_outcomes(db_factory, tmp_path, test_ca, processes=0)
+    assert pooled == 38  # every PDU of the batch went through the helpers
+    assert inline == 0
+    assert len(pooled_ext) == 1 and len(inline_ext) == 1
+
+
+async def test_failed_group_commit_hands_entries_back_and_loses_nothing(
+    tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    settings = {"engine": "sqlite", "path": str(tmp_path / "hs.sqlite")}
+    config = make_config(tmp_path / "hs", settings, test_ca)
+    async with running_server(config) as server, fake_remote(test_ca, tmp_path / "r") as remote:
+        room = remote.room()
+        room.create_room()
+        await room.teach(server)
+        msgs = [room.message(f"m{i}") for i in range(30)]
+        victim = msgs[12].event_id
+        failed: list[str] = []
+
+        def fail_once(event_id: str) -> int:
+            if event_id == victim and not failed:
+                failed.append(event_id)
+                return 1
+            return 0
+
+        db = server.services.db
+        # A fault in SQLite itself: the first insert of the victim aborts its group.
+        await db._conn.create_function("fail_once", 1, fail_once)  # type: ignore[attr-defined]
+        await db.execute(
+            "CREATE TEMP TRIGGER inject BEFORE INSERT ON events WHEN fail_once(NEW.event_id)"
+            " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        )
+        await _send_held(server, remote, "faulty", [m.pdu for m in msgs])
+        assert failed == [victim]
+        assert metric(server, "hs_inbound_commit_retries_total", {}) >= 1
+        for m in msgs:
+            assert await outcome(server, m.event_id) is Outcome.ACCEPTED, m.event_id
+        count = await db.fetchval(
+            f"SELECT COUNT(*) FROM events WHERE event_id IN ({','.join('?' * len(msgs))})",
+            *[m.event_id for m in msgs],
+        )
+        assert count == len(msgs)
+        assert await server.services.event_store.get_forward_extremities(room.room_id) == [msgs[-1].event_id]
+        assert await inbox_count(server) == 0
+
+
+async def test_deferred_writes_group_commit_and_fail_together(tmp_path: Path) -> None:
+    from homeserver.storage.database import DeferredWriteError, SqliteDatabase
+
+    db = await SqliteDatabase.open(str(tmp_path / "d.sqlite"))
+    try:
+        await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+        failures: list[int] = []
+        db.on_deferred_failure(lambda: failures.append(1))
+
+        def insert(k: str) -> asyncio.Future[None]:
+            return db.defer([("INSERT INTO t (k) VALUES (?)", (k,), False)])
+
+        first = [insert("a"), insert("b")]
+        # A read waits for what was deferred before it.
+        assert [r[0] for r in await db.fetchall("SELECT k FROM t ORDER BY k")] == ["a", "b"]
+        assert await asyncio.gather(*first) == [None, None]
+        # A failing write fails its group and everything deferred after it.
+        doomed = [insert("c"), insert("a"), insert("d")]
+        results = await asyncio.gather(*doomed, return_exceptions=True)
+        assert all(isinstance(r, DeferredWriteError) for r in results)
+        assert failures == [1]
+        assert [r[0] for r in await db.fetchall("SELECT k FROM t ORDER BY k")] == ["a", "b"]
+        # Deferring works again afterwards.
+        await insert("e")
+        assert await db.fetchval("SELECT COUNT(*) FROM t") == 3
+    finally:
+        await db.close()
