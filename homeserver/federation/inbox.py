@@ -277,7 +277,8 @@ class InboundWorker:
         self._pending = 0  # claimed and not yet processed
         self._uncommitted = 0  # processed, their deferred commit not yet landed
         self._done: list[int] = []
-        self._released: list[int] = []  # entries whose commit failed: to be claimed again
+        # Entries whose commit failed, with their origins: to be claimed again.
+        self._released: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -377,7 +378,7 @@ class InboundWorker:
 
     @property
     def idle(self) -> bool:
-        return self._pending == 0 and self._uncommitted == 0 and not self._origins
+        return self._pending == 0 and self._uncommitted == 0 and not self._origins and not self._released
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until the inbox is drained; False if ``timeout`` passed first."""
@@ -398,13 +399,15 @@ class InboundWorker:
     async def _run(self) -> None:
         while True:
             try:
+                # Cleared before the work, not after: a wake-up that arrives during the
+                # work (say, an entry handed back) is not lost.
+                self._wake.clear()
                 await self._flush_done()
                 await self._maybe_prune()
                 claimed = 0
                 if self._resumed.is_set():
                     claimed = await self._claim_round()
                 if claimed == 0:
-                    self._wake.clear()
                     if self._done and not self._pending:
                         continue
                     try:
@@ -526,14 +529,19 @@ class InboundWorker:
         log.warning("inbound entry not committed; it will be processed again",
                     extra={"origin": entry.origin, "event_id": entry.event_id})
         self._metrics.inbound_commit_retries.inc()
-        self._released.append(entry.id)
-        self._add_origin(entry.origin)
+        self._released.append((entry.id, entry.origin))
         self._wake.set()
 
     async def _flush_done(self) -> None:
         if self._released:
-            ids, self._released = self._released, []
-            await self._store.release(ids)
+            # The origins are (re-)registered for the next claim, which runs after this in
+            # the same task (an earlier one may have found the origin drained); until the
+            # release is written the entries still count as work (see ``idle``).
+            released = list(self._released)
+            for _, origin in released:
+                self._add_origin(origin)
+            await self._store.release([i for i, _ in released])
+            del self._released[: len(released)]
         if not self._done or (self._pending and len(self._done) < DELETE_BATCH):
             return
         ids, self._done = self._done, []
