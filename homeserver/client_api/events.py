@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,10 +26,12 @@ from homeserver.client_api.common import Authenticator, Requester, client_event,
 from homeserver.client_api.tokens import FIRST_POSITION, page_token, parse_page_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
+from homeserver.events.event import Event
 from homeserver.http import json_response, read_json_object
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.storage.database import Connection
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
@@ -98,6 +100,7 @@ class EventsAPI:
         r = "/_matrix/client/v3/rooms/{room_id}"
         return [
             web.put(f"{r}/send/{{event_type}}/{{txn_id}}", self.send),
+            web.put(f"{r}/redact/{{event_id}}/{{txn_id}}", self.redact),
             web.put(f"{r}/state/{{event_type}}", self.put_state),
             web.put(f"{r}/state/{{event_type}}/{{state_key:.*}}", self.put_state),
             web.get(f"{r}/messages", self.messages),
@@ -118,10 +121,52 @@ class EventsAPI:
             existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
             if existing is not None:
                 return json_response({"event_id": existing})
-            with room_errors():
-                event = await self.rooms.send_event(req.user_id, room_id, event_type, content)
-            await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id)
+            event = await self._send_once(req, txn_id, room_id, event_type, content)
         return json_response({"event_id": event.event_id})
+
+    async def redact(self, request: web.Request) -> web.Response:
+        """Redact an event: an ``m.room.redaction`` (idempotent per device and txnId like
+        /send); the target is named in its content (room v11 and later) or at the top."""
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        target = request.match_info["event_id"]
+        txn_id = request.match_info["txn_id"]
+        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid transaction ID")
+        if not target.startswith("$"):
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid event ID")
+        body = await read_json_object(request, self.config.max_body_bytes)
+        content: dict[str, Any] = {"redacts": target}
+        reason = body.get("reason")
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise MatrixError(400, "M_BAD_JSON", "reason must be a string")
+            content["reason"] = reason
+        async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
+            existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
+            if existing is not None:
+                return json_response({"event_id": existing})
+            if await self.rooms.store.get_room_version(room_id) is None:
+                raise not_found("Unknown room")
+            if not await self.rooms.may_redact(req.user_id, room_id, target):
+                raise MatrixError(403, "M_FORBIDDEN", "You may redact only your own events without the power to")
+            event = await self._send_once(req, txn_id, room_id, "m.room.redaction", content)
+        return json_response({"event_id": event.event_id})
+
+    async def _send_once(
+        self, req: Requester, txn_id: str, room_id: str, event_type: str, content: Mapping[str, Any]
+    ) -> Event:
+        """Send, recording the txnId in the transaction that stores the event: a crash
+        cannot leave an event whose retry would send it again."""
+
+        async def record(conn: Connection, event: Event) -> None:
+            await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id, conn)
+
+        with room_errors():
+            event = await self.rooms.send_event(req.user_id, room_id, event_type, content, also=record)
+        # Paths that do not persist through the builder (a remote invite) record it here.
+        await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id)
+        return event
 
     async def put_state(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)

@@ -119,6 +119,11 @@ def get_power_level(user_id: str, auth_state: AuthState) -> PowerLevel:
     return _int_or(content.get("users_default"), 0)
 
 
+def named_level(auth_state: AuthState, name: str) -> int:
+    """The level a named action needs (``invite``, ``kick``, ``ban``, ``redact``)."""
+    return _named_level(auth_state, name)
+
+
 def _named_level(auth_state: AuthState, name: str) -> int:
     """``invite``, ``kick``, ``ban``, ``redact``, ``*_default`` with their spec defaults."""
     content = _pl_content(auth_state) or {}

@@ -12,7 +12,7 @@ same database transaction: an event is either stored and queued, or neither.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from homeserver.crypto.keys import ServerSigningKey
@@ -39,6 +39,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+
+# Work done in the transaction that persists a local event (it gets the event).
+AlsoInTransaction = Callable[[Connection, Event], Awaitable[None]]
+
 class EventBuilder:
     def __init__(
         self,
@@ -60,19 +64,20 @@ class EventBuilder:
 
     async def send(
         self, room_id: str, event_type: str, sender: str, content: Mapping[str, Any],
-        state_key: str | None = None,
+        state_key: str | None = None, *, also: AlsoInTransaction | None = None,
     ) -> Event:
-        """Build, check, persist and queue one event (takes the room lock)."""
+        """Build, check, persist and queue one event (takes the room lock). ``also`` runs
+        in the same database transaction (say, recording the client's txnId)."""
         async with self.persister.room_lock(room_id):
-            return await self.send_locked(room_id, event_type, sender, content, state_key)
+            return await self.send_locked(room_id, event_type, sender, content, state_key, also=also)
 
     async def send_locked(
         self, room_id: str, event_type: str, sender: str, content: Mapping[str, Any],
-        state_key: str | None = None,
+        state_key: str | None = None, *, also: AlsoInTransaction | None = None,
     ) -> Event:
         """As ``send``, for a caller already holding the room lock."""
         event, state_before = await self.build_locked(room_id, event_type, sender, content, state_key)
-        await self.persist_local(event, state_before)
+        await self.persist_local(event, state_before, also=also)
         return event
 
     async def build_locked(
@@ -148,9 +153,11 @@ class EventBuilder:
 
     async def persist_local(
         self, event: Event, state_before: Mapping[StateKey, str], *, exclude_destinations: set[str] | None = None,
+        also: AlsoInTransaction | None = None,
     ) -> int:
         """Persist ``event`` as accepted with ``state_before``; queue it for its
-        destinations in the same transaction. The caller holds the room lock."""
+        destinations in the same transaction (and run ``also`` there). The caller holds
+        the room lock."""
         before = await self.member_contents(event.room_id, state_before)
         after = dict(before)
         if event.type == "m.room.member" and event.state_key is not None:
@@ -160,10 +167,13 @@ class EventBuilder:
         sender = self._sender
 
         async def hook(conn: Connection) -> None:
-            await sender.enqueue_event(conn, event, dests)
+            if dests:
+                await sender.enqueue_event(conn, event, dests)
+            if also is not None:
+                await also(conn, event)
 
         return await self.persister.persist_event(
-            event, Outcome.ACCEPTED, state_before, in_transaction=hook if dests else None
+            event, Outcome.ACCEPTED, state_before, in_transaction=hook if dests or also is not None else None
         )
 
     async def member_contents(

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 
 # scrypt cost: n=2**14, r=8, p=1 is ~16 MiB and a few tens of ms per hash.
 SCRYPT_N = 1 << 14
@@ -200,8 +200,12 @@ class UserStore:
         )
         return None if value is None else str(value)
 
-    async def store_txn_event(self, user_id: str, device_id: str, txn_id: str, event_id: str) -> None:
-        await self.db.execute(
+    async def store_txn_event(
+        self, user_id: str, device_id: str, txn_id: str, event_id: str, conn: Connection | None = None
+    ) -> None:
+        """Record the event a (user, device, txnId) sent; ``conn``: inside the caller's
+        transaction (the one that persists the event)."""
+        await (conn or self.db).execute(
             "INSERT INTO client_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
             user_id, device_id, txn_id, event_id, _now_ms(),

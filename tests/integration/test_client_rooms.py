@@ -12,6 +12,8 @@ from nio import (
     RoomCreateResponse,
     RoomGetStateResponse,
     RoomMessagesResponse,
+    RoomPreset,
+    RoomRedactResponse,
     RoomSendResponse,
     SyncResponse,
 )
@@ -252,3 +254,65 @@ async def test_profiles(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tu
         status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.member/{alice.user_id}",
                                  token=alice.access_token)
         assert status == 200 and body["displayname"] == "Alice A."
+
+
+async def test_send_and_its_txn_id_are_one_transaction(db_factory: DatabaseFactory, tmp_path: Path,
+                                                       test_ca: tuple[Path, Path]) -> None:
+    """A send whose txnId cannot be recorded stores no event (a fault injected in the
+    database itself), so the client's retry sends it exactly once."""
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, nio_user(server, "alice") as alice:
+        created = await alice.room_create(name="Atomic")
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        db = server.services.db
+        if db.engine == "sqlite":
+            await db.execute("CREATE TRIGGER fail_txn BEFORE INSERT ON client_txns"
+                             " BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        else:
+            await db.execute("CREATE FUNCTION fail_txn() RETURNS trigger AS $$"
+                             " BEGIN RAISE EXCEPTION 'injected fault'; END $$ LANGUAGE plpgsql")
+            await db.execute("CREATE TRIGGER fail_txn BEFORE INSERT ON client_txns"
+                             " FOR EACH ROW EXECUTE FUNCTION fail_txn()")
+        path = f"{V3}/rooms/{room}/send/{TEXT}/once"
+        status, body = await raw(server, "PUT", path, token=alice.access_token, json=msg("exactly once"))
+        assert status == 500 and body["errcode"] == "M_UNKNOWN", (status, body)
+        await db.execute("DROP TRIGGER fail_txn" + ("" if db.engine == "sqlite" else " ON client_txns"))
+
+        async def bodies() -> list[str]:
+            resp = await alice.room_messages(room, start="", limit=50)
+            assert isinstance(resp, RoomMessagesResponse), resp
+            return [getattr(e, "body", "") for e in resp.chunk]
+
+        assert "exactly once" not in await bodies()
+        status, first = await raw(server, "PUT", path, token=alice.access_token, json=msg("exactly once"))
+        assert status == 200, first
+        status, again = await raw(server, "PUT", path, token=alice.access_token, json=msg("exactly once"))
+        assert status == 200 and again["event_id"] == first["event_id"]
+        assert (await bodies()).count("exactly once") == 1
+
+
+async def test_redact(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        created = await alice.room_create(name="Redact", preset=RoomPreset.public_chat)
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        assert isinstance(await bob.join(room), JoinResponse)
+        sent = await alice.room_send(room, TEXT, msg("regret"))
+        assert isinstance(sent, RoomSendResponse), sent
+        # Bob has neither the power to redact nor sent the event.
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/redact/{sent.event_id}/b1",
+                                 token=bob.access_token, json={})
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+        redacted = await alice.room_redact(room, sent.event_id, reason="typo", tx_id="r1")
+        assert isinstance(redacted, RoomRedactResponse), redacted
+        status, again = await raw(server, "PUT", f"{V3}/rooms/{room}/redact/{sent.event_id}/r1",
+                                  token=alice.access_token, json={"reason": "typo"})
+        assert status == 200 and again["event_id"] == redacted.event_id
+        status, event = await raw(server, "GET", f"{V3}/rooms/{room}/event/{redacted.event_id}",
+                                  token=alice.access_token)
+        assert status == 200 and event["type"] == "m.room.redaction", event
+        assert event["content"]["redacts"] == sent.event_id and event["content"]["reason"] == "typo"
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/redact/{sent.event_id}/r2",
+                                 token=alice.access_token, json={"reason": 5})
+        assert status == 400 and body["errcode"] == "M_BAD_JSON"
