@@ -3,7 +3,9 @@ log in, create and join rooms, talk, moderate and /sync.
 
 ``create_client_app`` wires one handler class per area (auth.py accounts, rooms.py
 membership and state reads, events.py sending and pagination, sync.py, profile.py,
-ephemeral.py typing and receipts, directory.py aliases and the published room directory)
+ephemeral.py typing, receipts and read markers, account_data.py account data,
+capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
+the published room directory)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
@@ -12,13 +14,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from homeserver.client_api.account_data import AccountData, AccountDataAPI
 from homeserver.client_api.auth import AccountsAPI
+from homeserver.client_api.capabilities import CapabilitiesAPI
 from homeserver.client_api.common import Authenticator, cors_middleware
 from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.notifier import Notifier
 from homeserver.client_api.profile import ProfileAPI
+from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.config import Config
@@ -31,6 +36,7 @@ from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
@@ -69,10 +75,16 @@ def create_client_api_app(
     )
     app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users, backfiller=backfiller,
                              visibility=visibility, backfill_timeout=config.backfill.timeout).routes())
+    # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
+    account_data = AccountData(AccountDataStore(events.db), notifier)
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
-                           visibility=visibility).routes())
+                           visibility=visibility, account_data=account_data.store).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
-    app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier).routes())
+    app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
+                                account_data=account_data).routes())
+    app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
+    app.add_routes(CapabilitiesAPI(auth).routes())
+    app.add_routes(PushRulesAPI(auth).routes())
 
     def on_invite(user_id: str, room_id: str) -> None:
         notifier.wake_user(user_id)

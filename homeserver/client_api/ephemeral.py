@@ -1,9 +1,13 @@
-"""Typing notifications and read receipts from our users: stored in the tables the
-inbound worker also fills (migrations/0003), sent as EDUs to the other servers in the
-room, and delivered to local clients in /sync's ephemeral section.
+"""Typing notifications, read receipts and read markers from our users: typing and
+receipts are stored in the tables the inbound worker also fills (migrations/0003), sent as
+EDUs to the other servers in the room, and delivered to local clients in /sync's ephemeral
+section. ``POST /rooms/{roomId}/read_markers`` sets the ``m.fully_read`` marker (room
+account data, account_data.py) and the ``m.read`` / ``m.read.private`` receipts, each as
+the receipt endpoint would.
 
-Guarantees: only a joined member may type or send a receipt, only for themselves;
-``m.read.private`` never leaves the server; local /sync long-polls are woken at once.
+Guarantees: only a joined member may type or send a receipt or marker, only for
+themselves and only for an accepted event of the room; ``m.read.private`` never leaves the
+server; local /sync long-polls are woken at once.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.access import room_access
-from homeserver.client_api.common import Authenticator
+from homeserver.client_api.account_data import AccountData
+from homeserver.client_api.common import Authenticator, Requester
 from homeserver.client_api.notifier import Notifier
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
@@ -30,6 +35,7 @@ class EphemeralAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, auth: Authenticator, events: EventStore,
         timeline: TimelineStore, sender: OutboundSender, notifier: Notifier,
+        *, account_data: AccountData | None = None,
     ) -> None:
         self.server_name = server_name
         self.config = config
@@ -38,12 +44,14 @@ class EphemeralAPI:
         self.timeline = timeline
         self.sender = sender
         self.notifier = notifier
+        self.account_data = account_data
 
     def routes(self) -> list[web.RouteDef]:
         r = "/_matrix/client/v3/rooms/{room_id}"
         return [
             web.put(f"{r}/typing/{{user_id}}", self.typing),
             web.post(f"{r}/receipt/{{receipt_type}}/{{event_id}}", self.receipt),
+            web.post(f"{r}/read_markers", self.read_markers),
         ]
 
     async def _remote_servers(self, room_id: str) -> set[str]:
@@ -83,21 +91,53 @@ class EphemeralAPI:
         thread_id = body.get("thread_id")
         if thread_id is not None and not isinstance(thread_id, str):
             raise MatrixError(400, "M_BAD_JSON", "thread_id must be a string")
+        await self._check_member(req, room_id)
+        await self._set_receipt(req, room_id, receipt_type, event_id, thread_id or "")
+        return json_response({})
+
+    async def read_markers(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        body = await read_json_object(request, self.config.max_body_bytes)
+        markers: list[tuple[str, str]] = []
+        for receipt_type in ("m.fully_read", "m.read", "m.read.private"):
+            event_id = body.get(receipt_type)
+            if event_id is None:
+                continue
+            if not isinstance(event_id, str) or not event_id:
+                raise MatrixError(400, "M_BAD_JSON", f"{receipt_type} must be an event ID")
+            markers.append((receipt_type, event_id))
+        await self._check_member(req, room_id)
+        for _, event_id in markers:  # all checked before any is set
+            await self._check_event(room_id, event_id)
+        for receipt_type, event_id in markers:
+            await self._set_receipt(req, room_id, receipt_type, event_id, "")
+        return json_response({})
+
+    async def _check_member(self, req: Requester, room_id: str) -> None:
         access = await room_access(self.timeline, req.user_id, room_id)
         if access.membership != "join":
             raise forbidden("You are not in this room")
+
+    async def _check_event(self, room_id: str, event_id: str) -> None:
         stored = await self.events.get_event(event_id)
         if stored is None or stored.event.room_id != room_id or stored.outcome is not Outcome.ACCEPTED:
             raise not_found("Event not found")
+
+    async def _set_receipt(self, req: Requester, room_id: str, receipt_type: str, event_id: str,
+                           thread_id: str) -> None:
+        """Store a checked receipt (or the ``m.fully_read`` marker), wake /sync, send ``m.read`` out."""
+        await self._check_event(room_id, event_id)
         if receipt_type == "m.fully_read":
-            return json_response({})  # a read marker is account data, not kept (yet)
+            if self.account_data is not None:
+                await self.account_data.set(req.user_id, room_id, "m.fully_read", {"event_id": event_id})
+            return
         now = int(time.time() * 1000)
         data: dict[str, Any] = {"ts": now}
         if thread_id:
             data["thread_id"] = thread_id
-        await self.timeline.store_receipt(room_id, receipt_type, req.user_id, thread_id or "", event_id, data, now)
+        await self.timeline.store_receipt(room_id, receipt_type, req.user_id, thread_id, event_id, data, now)
         self.notifier.wake_room(room_id)
         if receipt_type == "m.read":
             content = {room_id: {"m.read": {req.user_id: {"event_ids": [event_id], "data": data}}}}
             await self.sender.enqueue_edu("m.receipt", content, await self._remote_servers(room_id))
-        return json_response({})

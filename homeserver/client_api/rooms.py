@@ -1,6 +1,7 @@
 """Rooms and membership for clients: createRoom (``room_alias_name`` and ``visibility``
-through the room directory), join (by ID or alias, with server_name / via), invite, leave,
-kick, ban, unban, forget, joined_rooms, and reading a room's state and members.
+through the room directory), join and knock (by ID or alias, with server_name / via),
+invite, leave, kick, ban, unban, forget, joined_rooms, and reading a room's state and
+members.
 
 Handlers are thin: parse and check the body, call the room service, map its errors
 (``room_errors``). Reads go through ``access.room_access``, so a non-member gets
@@ -71,6 +72,7 @@ class RoomsAPI:
             web.post(f"{p}/createRoom", self.create_room),
             web.post(f"{p}/join/{{room_id_or_alias}}", self.join_by_id_or_alias),
             web.post(f"{r}/join", self.join_room),
+            web.post(f"{p}/knock/{{room_id_or_alias}}", self.knock),
             web.post(f"{r}/invite", self.invite),
             web.post(f"{r}/leave", self.leave),
             web.post(f"{r}/kick", self.kick),
@@ -181,6 +183,18 @@ class RoomsAPI:
         content = {"reason": reason} if reason else None
         with room_errors(), directory_errors():
             room_id = await self.rooms.join(user_id, target, via=tuple(dict.fromkeys(via)), content=content)
+        return json_response({"room_id": room_id})
+
+    async def knock(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        target = request.match_info["room_id_or_alias"]
+        if not target.startswith(("!", "#")):
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a room ID or alias")
+        via = [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+        body = await self._body(request) if request.can_read_body else {}
+        reason = require_str(body, "reason", optional=True)
+        with room_errors(), directory_errors():
+            room_id = await self.rooms.knock(req.user_id, target, via=tuple(dict.fromkeys(via)), reason=reason)
         return json_response({"room_id": room_id})
 
     async def invite(self, request: web.Request) -> web.Response:

@@ -5,17 +5,24 @@ What a response holds, per the spec's /sync:
    initial sync), the newest ``timeline.limit`` accepted events (``limited`` when more
    were skipped, ``prev_batch`` to page back from), the state at the start of the
    timeline (all of it for an initial sync, a newly joined room or ``full_state``;
-   otherwise the state changed in the skipped gap), and typing and receipts. Timeline
+   otherwise the state changed in the skipped gap), typing and receipts, and the room's
+   account data changed since ``since``. Timeline
    events the user may not see under history visibility are left out; backfilled
    history (negative stream orderings) is never news.
 2. ``rooms.invite``: invites received since ``since``, with their stripped state.
+2b. ``rooms.knock``: rooms knocked on since ``since``, with their stripped state (the
+   resident's ``knock_room_state`` and the user's own knock); an invite or a leave moves
+   the room to ``invite`` or ``leave``.
 3. ``rooms.leave``: rooms left, kicked or banned from since ``since`` (on an initial
    sync only with ``include_leave``), with the timeline up to the leave.
-4. ``next_batch``: the position to pass as ``since`` next time (tokens.py).
+4. ``account_data``: the user's global account data changed since ``since`` (all of it,
+   and the default ``m.push_rules``, on an initial sync).
+5. ``next_batch``: the position to pass as ``since`` next time (tokens.py).
 
 Long-poll: with ``since`` and ``timeout``, an empty answer waits on the Notifier (woken by
-persisted events, local typing and receipts) and is recomputed when woken; no database
-polling. Each wait is bounded by ``client.max_sync_timeout_ms``.
+persisted events, local typing and receipts, and the user's account data changes) and is
+recomputed when woken; no database polling. Each wait is bounded by
+``client.max_sync_timeout_ms``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
 from homeserver.client_api.notifier import Notifier, Waiter
@@ -39,6 +47,7 @@ from homeserver.http import json_response, read_json_object
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import MembershipChange, Receipt, TimelineStore
 from homeserver.storage.users import UserStore
@@ -89,10 +98,11 @@ class SyncAPI:
     def __init__(
         self, config: ClientConfig, auth: Authenticator, users: UserStore, events: EventStore,
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
-        *, visibility: HistoryVisibility | None = None,
+        *, visibility: HistoryVisibility | None = None, account_data: AccountDataStore | None = None,
     ) -> None:
         self.config = config
         self.visibility = visibility or HistoryVisibility(events)
+        self.account_data = account_data or AccountDataStore(events.db)
         self.auth = auth
         self.users = users
         self.events = events
@@ -177,7 +187,8 @@ class SyncAPI:
         waiter.watch_rooms(joined)
         now_ms = _now_ms()
         token = SyncToken(
-            await self.events.max_stream_ordering(), await self.invites.max_stream_id(), now_ms
+            await self.events.max_stream_ordering(), await self.invites.max_stream_id(), now_ms,
+            await self.account_data.max_stream_id(),
         )
         since_pos = since.events if since is not None else 0
         since_ms = since.ephemeral_ms if since is not None else 0
@@ -202,13 +213,18 @@ class SyncAPI:
         for receipt in await self.timeline.receipts(joined, since_ms, now_ms):
             if receipt.receipt_type != "m.read.private" or receipt.user_id == user:
                 receipts[receipt.room_id].append(receipt)
+        # Account data (global and per room) changed since the token; all of it initially.
+        global_data, room_data = await account_data_for_sync(
+            self.account_data, user, since.account_data if since is not None else None, token.account_data
+        )
         join: dict[str, Any] = {}
         for room_id in joined:
             newly = False
             if since is not None and room_id in changes:
                 before = await self.timeline.latest_membership(user, room_id, since_pos)
                 newly = before is None or before.membership != "join"
-            if not (room_id in active or newly or full_state or room_id in typing_rooms or room_id in receipts):
+            if not (room_id in active or newly or full_state or room_id in typing_rooms or room_id in receipts
+                    or room_id in room_data):
                 continue
             section = await self._room_section(
                 req, room_id, since_pos, token.events, flt.timeline_limit,
@@ -221,9 +237,10 @@ class SyncAPI:
             if receipts.get(room_id):
                 ephemeral.append(_receipt_event(receipts[room_id]))
             section["ephemeral"] = {"events": ephemeral}
-            section["account_data"] = {"events": []}
+            section["account_data"] = {"events": room_data.get(room_id, [])}
             section["unread_notifications"] = {}
-            if section["timeline"]["events"] or section["state"]["events"] or ephemeral or since is None or newly:
+            if (section["timeline"]["events"] or section["state"]["events"] or ephemeral
+                    or section["account_data"]["events"] or since is None or newly):
                 join[room_id] = section
 
         # 2. Invites: to rooms we are in (member events), and received over federation.
@@ -234,6 +251,15 @@ class SyncAPI:
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
             invite[room_id] = {"invite_state": {"events": await self._invite_state(user, room_id)}}
+
+        # 2b. Knocks: on rooms we are in (member events), and over federation.
+        knock: dict[str, Any] = {}
+        for room_id, membership in memberships.items():
+            if membership != "knock":
+                continue
+            if since is not None and room_id not in changes and room_id not in remote_rows:
+                continue
+            knock[room_id] = {"knock_state": {"events": await self.rooms.get_invite_state(user, room_id, "knock")}}
 
         # 3. Rooms left (kick, ban, leave, rejected invite).
         leave: dict[str, Any] = {}
@@ -258,14 +284,14 @@ class SyncAPI:
 
         body: dict[str, Any] = {
             "next_batch": token.encode(),
-            "rooms": {"join": join, "invite": invite, "leave": leave},
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "presence": {"events": []},
-            "account_data": {"events": []},
+            "account_data": {"events": global_data},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
-        return body, bool(join or invite or leave)
+        return body, bool(join or invite or leave or knock or global_data)
 
     async def _room_section(
         self, req: Requester, room_id: str, since_pos: int, upto: int, limit: int, *, full: bool

@@ -1,17 +1,19 @@
 """The resident server's side of the membership handshakes, served to other servers.
 
-``make_join``/``make_leave`` answer a template built like any local event (prev_events
-from our forward extremities, auth events from our state) after checking that the
-membership would pass the auth rules (join rules: 403 M_FORBIDDEN) and that the joining
-server implements the room's version (400 M_INCOMPATIBLE_ROOM_VERSION).
-``send_join``/``send_leave`` (v2) check the signed event (signatures through the keyring,
-hash, shape), authorise it against its auth events, the state before it and the current
-state, and persist it. The joining server's event is not queued for the room's other
-servers: only our own events leave (the architecture's invariant 2); they fetch it with
-``get_missing_events`` when our next event cites it, and our own joins are sent by their
-joining server. ``PUT /v2/invite`` checks and countersigns an invite for one of our users
-and stores it with its stripped state. ``/query/profile`` answers from the profile lookup
-the client API provides.
+``make_join``/``make_leave``/``make_knock`` answer a template built like any local event
+(prev_events from our forward extremities, auth events from our state) after checking
+that the membership would pass the auth rules (join rules, bans: 403 M_FORBIDDEN) and
+that the joining or knocking server implements the room's version (400
+M_INCOMPATIBLE_ROOM_VERSION). ``send_join``/``send_leave`` (v2) and ``send_knock`` (v1)
+check the signed event (signatures through the keyring, hash, shape), authorise it
+against its auth events, the state before it and the current state, and persist it;
+``send_knock`` answers the room's stripped state (``knock_room_state``). The joining or
+knocking server's event is not queued for the room's other servers: only our own events
+leave (the architecture's invariant 2); they fetch it with ``get_missing_events`` when
+our next event cites it, and our own joins are sent by their joining server.
+``PUT /v2/invite`` checks and countersigns an invite for one of our users and stores it
+with its stripped state. ``/query/profile`` answers from the profile lookup the client
+API provides.
 
 Each handler answers while the other server waits, as the spec's handshakes require; the
 work is bounded by one event and the room's state.
@@ -101,6 +103,8 @@ class FederationRoomsAPI:
             web.put(V2 + "/send_join/{roomId}/{eventId}", self.on_send_join),
             web.get(V1 + "/make_leave/{roomId}/{userId}", self.on_make_leave),
             web.put(V2 + "/send_leave/{roomId}/{eventId}", self.on_send_leave),
+            web.get(V1 + "/make_knock/{roomId}/{userId}", self.on_make_knock),
+            web.put(V1 + "/send_knock/{roomId}/{eventId}", self.on_send_knock),
             web.put(V2 + "/invite/{roomId}/{eventId}", self.on_invite),
             web.get(V1 + "/query/profile", self.on_query_profile),
         ]
@@ -119,9 +123,12 @@ class FederationRoomsAPI:
         if not is_valid_user_id(user_id) or server_name_of(user_id) != origin:
             raise forbidden("The user is not a user of the requesting server")
         version = await self._room(room_id)
-        if membership == "join":
-            # 1. The joining server must implement the room's version (default: "1").
-            offered = request.query.getall("ver", ["1"])
+        if membership in ("join", "knock"):
+            # 1. The joining server must implement the room's version (default: "1"; a
+            # knocking server must name its versions).
+            offered = request.query.getall("ver", ["1"] if membership == "join" else [])
+            if not offered:
+                raise MatrixError(400, "M_MISSING_PARAM", "ver is required")
             if version.identifier not in offered:
                 raise incompatible(version.identifier)
         content: dict[str, Any] = {"membership": membership}
@@ -195,6 +202,9 @@ class FederationRoomsAPI:
 
     async def on_make_leave(self, request: web.Request) -> web.Response:
         return json_response(await self._make(request, "leave"))
+
+    async def on_make_knock(self, request: web.Request) -> web.Response:
+        return json_response(await self._make(request, "knock"))
 
     # ------------------------------------------------------------------ send_*
 
@@ -308,6 +318,14 @@ class FederationRoomsAPI:
         event, version = await self._received_member(request, "leave")
         await self._accept_member(event, version)
         return json_response({})
+
+    async def on_send_knock(self, request: web.Request) -> web.Response:
+        """Accept a knock into the room (not relayed: only our own events leave) and answer
+        the stripped state the knocking user's client shows."""
+        event, version = await self._received_member(request, "knock")
+        await self._accept_member(event, version)
+        state = await self._store.get_current_state_ids(event.room_id)
+        return json_response({"knock_room_state": await self._rooms.stripped_state(state)})
 
     # ------------------------------------------------------------------ invite
 

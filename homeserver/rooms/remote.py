@@ -7,6 +7,9 @@
   stored as outliers; the join is checked against the returned state and persisted with
   it as the state before it. From then on the room is ours like any other.
 * Leave of a room we are not in (rejecting a remote invite): ``make_leave``/``send_leave``.
+* Knock (spec: server-server "Knocking upon a room"): ``make_knock``/``send_knock`` like
+  a leave; the resident's ``knock_room_state`` (stripped state, bounded) comes back for
+  the client. The knock is not stored as a room event here: we hold no state of the room.
 * Invite of another server's user: ``PUT /v2/invite`` first; the event comes back with
   the invitee's server's signature, which is checked before the event is persisted.
 
@@ -44,6 +47,7 @@ V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
 MAX_JOIN_CANDIDATES = 5
 MAX_AUTH_PASSES = 50
+MAX_KNOCK_STATE = 50
 
 
 def _q(value: str) -> str:
@@ -292,6 +296,66 @@ class RemoteMembership:
             except RemoteJoinFailed as e:
                 failures.append(f"{server}: {e.reason}")
         raise RemoteJoinFailed("could not leave through any server: " + "; ".join(failures))
+
+    # ------------------------------------------------------------------ knock
+
+    async def knock(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> tuple[Event, list[dict[str, Any]]]:
+        """Knock on a room we are not in through the first of ``servers`` that completes
+        the handshake; return the knock and the stripped state the resident answered."""
+        candidates = self.candidates(servers)
+        if not candidates:
+            raise RoomNotFound(room_id, "no server to knock through")
+        failures: list[str] = []
+        unknown = 0
+        for server in candidates:
+            try:
+                return await self._knock_via(server, user_id, room_id, content)
+            except FederationRequestError as e:
+                self._raise_refusal(e, room_id)
+                unknown += e.status == 404
+                failures.append(f"{server}: {e}")
+            except RemoteJoinFailed as e:
+                failures.append(f"{server}: {e.reason}")
+            log.info("remote knock attempt failed", extra={"room_id": room_id, "server": server,
+                                                           "reason": failures[-1][:300]})
+        if unknown == len(candidates):
+            raise RoomNotFound(room_id, "no server we asked knows the room")
+        raise RemoteJoinFailed("could not knock through any server: " + "; ".join(failures))
+
+    async def _knock_via(
+        self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]
+    ) -> tuple[Event, list[dict[str, Any]]]:
+        reply = await self._client.get_json(
+            server, f"{V1}/make_knock/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)}
+        )
+        if not isinstance(reply, dict):
+            raise RemoteJoinFailed("make_knock reply is not an object")
+        try:
+            version = get_room_version(reply.get("room_version"))
+        except UnsupportedRoomVersion:
+            raise UnsupportedVersion(reply.get("room_version")) from None
+        if not version.knocking:
+            raise UnsupportedVersion(version.identifier, "the room's version has no knocking")
+        try:
+            template = check_template(reply.get("event"), room_id, user_id, "knock")
+        except ValueError as e:
+            raise RemoteJoinFailed(f"bad make_knock template: {e}") from None
+        knock = self._fill(template, content, version)
+        resp = await self._client.put_json(
+            server, f"{V1}/send_knock/{_q(room_id)}/{_q(knock.event_id)}", knock.pdu
+        )
+        state = resp.get("knock_room_state") if isinstance(resp, dict) else None
+        if not isinstance(state, list):
+            raise RemoteJoinFailed("send_knock reply has no knock_room_state")
+        stripped = [
+            {k: e[k] for k in ("type", "state_key", "content", "sender") if k in e}
+            for e in state[:MAX_KNOCK_STATE]
+            if isinstance(e, dict) and isinstance(e.get("type"), str)
+            and isinstance(e.get("state_key"), str) and isinstance(e.get("content"), dict)
+        ]
+        return knock, stripped
 
     # ------------------------------------------------------------------ invite
 

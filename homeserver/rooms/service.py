@@ -1,7 +1,8 @@
 """The room service: what local users do to rooms, and what the client API calls.
 
 Creating rooms (the spec's createRoom sequence, see ``creation.py``), sending events,
-joining (locally, or over federation when we are not in the room), inviting (remote
+joining and knocking (locally, or over federation when we are not in the room; a remote
+knock is kept with its stripped state beside remote invites), inviting (remote
 invitees' servers countersign first), leaving (rejecting a remote invite goes through a
 resident server), kicking, banning, unbanning and forgetting; and membership and state
 queries. Every event is built and persisted by the ``EventBuilder``, so every rule there
@@ -235,6 +236,55 @@ class RoomService:
             servers.extend(sorted(await self.store.joined_servers(state)))
         return [s for s in dict.fromkeys(servers) if s and s != self.server_name]
 
+    # ------------------------------------------------------------------ knock
+
+    async def knock(
+        self, user_id: str, room_id_or_alias: str, via: Sequence[str] = (), reason: str | None = None,
+    ) -> str:
+        """Knock on a room (ask to be invited); return its ID. Built here when one of our
+        users is in the room, else through ``make_knock``/``send_knock`` with a resident
+        server, the knock and the stripped state answered stored for /sync. Knocking again
+        while a knock stands sends nothing."""
+        self._require_local(user_id)
+        if room_id_or_alias.startswith("#"):
+            if self.alias_resolver is None:
+                raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
+            room_id_or_alias, alias_servers = await self.alias_resolver(room_id_or_alias)
+            via = [*alias_servers, *via]
+        room_id = room_id_or_alias
+        if not room_id.startswith("!"):
+            raise BadRoomRequest(f"{room_id!r} is not a room ID")
+        content: dict[str, Any] = {"membership": "knock"}
+        if reason:
+            content["reason"] = reason
+        async with self._member_lock(user_id, room_id):
+            if await self.participating(room_id):
+                membership, _ = await self._state_membership(user_id, room_id)
+                if membership == "knock":
+                    return room_id
+                await self.builder.send(room_id, "m.room.member", user_id, content, user_id)
+            else:
+                row = await self.memberships.get_invite(user_id, room_id)
+                if row is not None and row.membership == "knock":
+                    return room_id
+                if row is not None and row.membership == "invite":
+                    raise NotAllowed("already invited to the room")
+                event, stripped = await self.remote.knock(
+                    user_id, room_id, await self._servers_for(user_id, room_id, via), content
+                )
+                stripped.append(strip_event(event.pdu))
+                await self.memberships.store_invite(
+                    user_id, room_id, event.pdu, event.event_id, event.room_version.identifier, stripped,
+                    membership="knock",
+                )
+                self._notify_invite(user_id, room_id)
+            await self.memberships.unforget(user_id, room_id)
+        return room_id
+
+    async def stripped_state(self, state: Mapping[StateKey, str]) -> list[dict[str, Any]]:
+        """The stripped state of ``state`` that identifies a room to an invitee or knocker."""
+        return await self._invite_room_state(state, full=False)
+
     # ------------------------------------------------------------------ invite
 
     async def invite(self, sender: str, room_id: str, target: str, *, is_direct: bool = False,
@@ -295,10 +345,11 @@ class RoomService:
             except Exception:
                 log.exception("invite listener failed", extra={"room_id": room_id})
 
-    async def get_invite_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
-        """Stripped state for an invite: as received over federation, else from our state."""
+    async def get_invite_state(self, user_id: str, room_id: str, membership: str = "invite") -> list[dict[str, Any]]:
+        """Stripped state for an invite (or a knock): as received over federation, else
+        from our state."""
         invite = await self.memberships.get_invite(user_id, room_id)
-        if invite is not None:
+        if invite is not None and invite.membership == membership:
             return list(invite.invite_room_state)
         state = await self.store.get_current_state_ids(room_id)
         out = await self._invite_room_state(state, full=False)
@@ -326,8 +377,13 @@ class RoomService:
             invite = await self.memberships.get_invite(user_id, room_id)
             if invite is not None and invite.membership == "leave" and not await self.participating(room_id):
                 return  # already rejected
-            if invite is not None and invite.membership == "invite" and not await self.participating(room_id):
-                servers = [server_name_of(invite.sender), server_name_of(room_id)]
+            if invite is not None and invite.membership in ("invite", "knock") \
+                    and not await self.participating(room_id):
+                # Rejecting an invite, or retracting a knock: through the inviter's server,
+                # the room ID's, and those of the users who set the room's stripped state.
+                servers = [server_name_of(invite.sender), server_name_of(room_id),
+                           *(server_name_of(e["sender"]) for e in invite.invite_room_state
+                             if isinstance(e.get("sender"), str))]
                 event = await self.remote.leave(user_id, room_id, servers, content)
                 await self.memberships.mark_rejected(user_id, room_id, event.pdu, event.event_id)
                 self._notify_invite(user_id, room_id)

@@ -1,0 +1,37 @@
+"""GET /capabilities: the room versions this server creates and supports (events/versions.py)
+and which optional account features exist here (no password change, no 3PIDs, no login
+tokens; display name and avatar may be set)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.client_api.common import Authenticator
+from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from homeserver.http import json_response
+
+
+class CapabilitiesAPI:
+    """``GET /capabilities``: what this server offers of the optional client API."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/_matrix/client/v3/capabilities", self.capabilities)]
+
+    async def capabilities(self, request: web.Request) -> web.Response:
+        await self.auth.requester(request)
+        versions = {v.identifier: "stable" if v.stable else "unstable" for v in KNOWN_ROOM_VERSIONS.values()}
+        return json_response({"capabilities": {
+            "m.room_versions": {"default": DEFAULT_ROOM_VERSION.identifier, "available": versions},
+            # No /account/password, no 3PID endpoints, no /login/get_token.
+            "m.change_password": {"enabled": False},
+            "m.3pid_changes": {"enabled": False},
+            "m.get_login_token": {"enabled": False},
+            # PUT /profile/{userId}/displayname and /avatar_url exist; no other field does.
+            "m.set_displayname": {"enabled": True},
+            "m.set_avatar_url": {"enabled": True},
+            "m.profile_fields": {"enabled": True, "allowed": ["displayname", "avatar_url"]},
+            "m.forget_forced_upon_leave": {"enabled": False},
+        }})
