@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -57,6 +57,13 @@ async def serialize_events(
         for se in events
     ]
 
+
+
+def _txn_id(request: web.Request) -> str:
+    txn_id = request.match_info["txn_id"]
+    if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
+        raise MatrixError(400, "M_INVALID_PARAM", "Invalid transaction ID")
+    return txn_id
 
 class _KeyedLocks:
     """One asyncio.Lock per key while someone holds or waits for it (no unbounded growth)."""
@@ -111,18 +118,9 @@ class EventsAPI:
         req = await self.auth.requester(request)
         room_id = request.match_info["room_id"]
         event_type = request.match_info["event_type"]
-        txn_id = request.match_info["txn_id"]
-        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
-            raise MatrixError(400, "M_INVALID_PARAM", "Invalid transaction ID")
+        txn_id = _txn_id(request)
         content = await read_json_object(request, self.config.max_body_bytes)
-        # One effect per (user, device, txnId): the lock orders concurrent retries, the
-        # stored mapping answers later ones.
-        async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
-            existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
-            if existing is not None:
-                return json_response({"event_id": existing})
-            event = await self._send_once(req, txn_id, room_id, event_type, content)
-        return json_response({"event_id": event.event_id})
+        return await self._send_once(req, txn_id, room_id, event_type, content)
 
     async def redact(self, request: web.Request) -> web.Response:
         """Redact an event: an ``m.room.redaction`` (idempotent per device and txnId like
@@ -130,9 +128,7 @@ class EventsAPI:
         req = await self.auth.requester(request)
         room_id = request.match_info["room_id"]
         target = request.match_info["event_id"]
-        txn_id = request.match_info["txn_id"]
-        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
-            raise MatrixError(400, "M_INVALID_PARAM", "Invalid transaction ID")
+        txn_id = _txn_id(request)
         if not target.startswith("$"):
             raise MatrixError(400, "M_INVALID_PARAM", "Invalid event ID")
         body = await read_json_object(request, self.config.max_body_bytes)
@@ -142,31 +138,37 @@ class EventsAPI:
             if not isinstance(reason, str):
                 raise MatrixError(400, "M_BAD_JSON", "reason must be a string")
             content["reason"] = reason
-        async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
-            existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
-            if existing is not None:
-                return json_response({"event_id": existing})
+
+        async def check() -> None:
             if await self.rooms.store.get_room_version(room_id) is None:
                 raise not_found("Unknown room")
             if not await self.rooms.may_redact(req.user_id, room_id, target):
                 raise MatrixError(403, "M_FORBIDDEN", "You may redact only your own events without the power to")
-            event = await self._send_once(req, txn_id, room_id, "m.room.redaction", content)
-        return json_response({"event_id": event.event_id})
+
+        return await self._send_once(req, txn_id, room_id, "m.room.redaction", content, check)
 
     async def _send_once(
-        self, req: Requester, txn_id: str, room_id: str, event_type: str, content: Mapping[str, Any]
-    ) -> Event:
-        """Send, recording the txnId in the transaction that stores the event: a crash
-        cannot leave an event whose retry would send it again."""
+        self, req: Requester, txn_id: str, room_id: str, event_type: str, content: Mapping[str, Any],
+        check: Callable[[], Awaitable[None]] | None = None,
+    ) -> web.Response:
+        """One effect per (user, device, txnId): the lock orders concurrent retries, and
+        the txnId is recorded in the transaction that stores the event, so a crash cannot
+        leave an event whose retry would send it again. ``check`` runs before a first send."""
+        async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
+            existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
+            if existing is not None:
+                return json_response({"event_id": existing})
+            if check is not None:
+                await check()
 
-        async def record(conn: Connection, event: Event) -> None:
-            await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id, conn)
+            async def record(conn: Connection, event: Event) -> None:
+                await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id, conn)
 
-        with room_errors():
-            event = await self.rooms.send_event(req.user_id, room_id, event_type, content, also=record)
-        # Paths that do not persist through the builder (a remote invite) record it here.
-        await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id)
-        return event
+            with room_errors():
+                event = await self.rooms.send_event(req.user_id, room_id, event_type, content, also=record)
+            # Paths that do not persist through the builder (a remote invite) record it here.
+            await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id)
+        return json_response({"event_id": event.event_id})
 
     async def put_state(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)

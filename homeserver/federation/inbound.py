@@ -79,8 +79,8 @@ class Dropped(Exception):
     """The PDU fails the format or signature checks, or cannot be placed: not stored."""
 
 
-class _Budget:
-    """The time left for filling one gap."""
+class Budget:
+    """The time left for one bounded piece of network work (filling a gap, a backfill)."""
 
     def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
@@ -204,7 +204,7 @@ class InboundProcessor:
 
     async def handle_pdu(
         self, origin: str, pdu: dict[str, Any], version: RoomVersion, event_id: str | None = None,
-        *, budget: _Budget | None = None, commits: list[asyncio.Future[None]] | None = None,
+        *, budget: Budget | None = None, commits: list[asyncio.Future[None]] | None = None,
     ) -> str | None:
         """Run the checks and persist; return the outcome's name, or None for a duplicate.
         With ``commits``, the write may be deferred: its commit's future is appended."""
@@ -312,7 +312,7 @@ class InboundProcessor:
     # ------------------------------------------------------------------ steps 4-6
 
     async def _process(
-        self, origin: str, event: Event, budget: _Budget | None, stored: Outcome | None = None,
+        self, origin: str, event: Event, budget: Budget | None, stored: Outcome | None = None,
         commits: list[asyncio.Future[None]] | None = None,
     ) -> str:
         # Network work first, without the room lock: missing auth events, missing prevs.
@@ -446,7 +446,7 @@ class InboundProcessor:
         self._metrics.missing_events_fetches.labels(kind, "failed").inc()
         log.info("fetch from a peer failed", extra={"server": server, "kind": kind, "error": str(error)})
 
-    async def _fetch_json(self, server: str, kind: str, method: str, path: str, budget: _Budget,
+    async def _fetch_json(self, server: str, kind: str, method: str, path: str, budget: Budget,
                           **kw: Any) -> Any | None:
         if self._backing_off(server) or budget.left() <= 0:
             return None
@@ -469,7 +469,7 @@ class InboundProcessor:
         missing = [a for a in event.auth_events if a not in have]
         if not missing:
             return
-        budget = _Budget(self._config.missing_events_timeout)
+        budget = Budget(self._config.missing_events_timeout)
         room = quote(event.room_id, safe="")
         reply = await self._fetch_json(
             origin, "event_auth", "GET", f"{FED}/event_auth/{room}/{quote(event.event_id, safe='')}", budget
@@ -481,7 +481,7 @@ class InboundProcessor:
             pdus = await self._fetch_events(origin, missing[: self._config.missing_auth_events_limit], budget)
         await self._store_outliers(pdus, event.room_version, event.room_id)
 
-    async def _fetch_events(self, origin: str, event_ids: Sequence[str], budget: _Budget) -> list[Any]:
+    async def _fetch_events(self, origin: str, event_ids: Sequence[str], budget: Budget) -> list[Any]:
         sem = asyncio.Semaphore(STATE_FETCH_CONCURRENCY)
 
         async def one(event_id: str) -> Any:
@@ -537,7 +537,7 @@ class InboundProcessor:
         return {e.event_id for e in good} | have
 
     async def _prev_states(
-        self, origin: str, event: Event, budget: _Budget | None
+        self, origin: str, event: Event, budget: Budget | None
     ) -> list[Mapping[StateKey, str]] | None:
         """None when every prev event is stored with state; otherwise fill the gap and
         return the states after the prev events (fetched where still missing)."""
@@ -552,7 +552,7 @@ class InboundProcessor:
         started = time.perf_counter()
         try:
             gap_filling = budget is None
-            budget = budget or _Budget(self._config.missing_events_timeout)
+            budget = budget or Budget(self._config.missing_events_timeout)
             if gap_filling:
                 await self._get_missing_events(origin, event, budget)
                 outcomes = await self._store.get_outcomes(event.prev_events)
@@ -575,7 +575,7 @@ class InboundProcessor:
         finally:
             self._metrics.missing_events_seconds.observe(time.perf_counter() - started)
 
-    async def _get_missing_events(self, origin: str, event: Event, budget: _Budget) -> None:
+    async def _get_missing_events(self, origin: str, event: Event, budget: Budget) -> None:
         earliest = await self._store.get_forward_extremities(event.room_id)
         reply = await self._fetch_json(
             origin, "get_missing_events", "POST",
@@ -603,7 +603,7 @@ class InboundProcessor:
                 continue
 
     async def _state_after_remote(
-        self, origin: str, event: Event, prev: str, budget: _Budget
+        self, origin: str, event: Event, prev: str, budget: Budget
     ) -> dict[StateKey, str] | None:
         """The state after ``prev`` from ``/state_ids`` at it, fetching what we lack."""
         room = quote(event.room_id, safe="")

@@ -53,7 +53,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.versions import RoomVersion
 from homeserver.federation.client import FederationClient, FederationRequestError
-from homeserver.federation.inbound import Dropped
+from homeserver.federation.inbound import Budget, Dropped
 from homeserver.metrics import Metrics
 from homeserver.rooms.persist import EventPersister, Historical, PersistError
 from homeserver.rooms.remote import RemoteMembership
@@ -82,14 +82,6 @@ FRUITLESS_ROOMS = 10_000
 class BackfillResult:
     stored: int  # events newly stored (0: nothing more could be had now)
     server: str | None = None  # the server they came from
-
-
-class _Budget:
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
 
 
 class Backfiller:
@@ -164,7 +156,7 @@ class Backfiller:
             if version is None:
                 return BackfillResult(0)
             seconds = self._config.timeout if timeout is None else min(timeout, self._config.timeout)
-            budget = _Budget(seconds)
+            budget = Budget(seconds)
             for server in await self.servers(room_id):
                 if budget.left() <= 0:
                     break
@@ -204,7 +196,7 @@ class Backfiller:
     # ------------------------------------------------------------------ one server
 
     async def _from_server(
-        self, server: str, room_id: str, version: RoomVersion, extremities: list[str], budget: _Budget
+        self, server: str, room_id: str, version: RoomVersion, extremities: list[str], budget: Budget
     ) -> int:
         reply = await self._fetch(
             server, "backfill", f"{FED}/backfill/{_q(room_id)}", budget,
@@ -229,7 +221,7 @@ class Backfiller:
 
     async def _plan(
         self, server: str, room_id: str, version: RoomVersion, extremities: list[str],
-        pdus: list[dict[str, Any]], budget: _Budget,
+        pdus: list[dict[str, Any]], budget: Budget,
     ) -> list[Historical]:
         """The batch's events to store, oldest first, with their outcomes and states."""
         # Steps 1-3 of the checks on receipt: format, signatures, content hash.
@@ -381,7 +373,7 @@ class Backfiller:
         return until is not None and until > time.monotonic()
 
     async def _fetch(
-        self, server: str, kind: str, path: str, budget: _Budget, query: dict[str, str | list[str]] | None = None
+        self, server: str, kind: str, path: str, budget: Budget, query: dict[str, str | list[str]] | None = None
     ) -> Any | None:
         left = budget.left()
         if self._backing_off(server) or left <= 0:
@@ -403,7 +395,7 @@ class Backfiller:
         return reply
 
     async def _fetch_and_store(
-        self, server: str, room_id: str, version: RoomVersion, event_ids: Sequence[str], budget: _Budget
+        self, server: str, room_id: str, version: RoomVersion, event_ids: Sequence[str], budget: Budget
     ) -> None:
         """Fetch events with ``/event``, check them (steps 1-3 and their own auth events)
         and store those that pass as outliers."""
@@ -423,7 +415,7 @@ class Backfiller:
         good = await self._remote.verify_events(room_id, version, pdus)
         await self._persister.persist_outliers(list(good.values()))
 
-    async def _remote_state_before(self, server: str, event: Event, budget: _Budget) -> dict[StateKey, str] | None:
+    async def _remote_state_before(self, server: str, event: Event, budget: Budget) -> dict[StateKey, str] | None:
         """The state before ``event`` per ``server`` (``/state_ids``), fetching what we lack."""
         reply = await self._fetch(
             server, "state_ids", f"{FED}/state_ids/{_q(event.room_id)}", budget, query={"event_id": event.event_id}
