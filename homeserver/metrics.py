@@ -45,6 +45,11 @@ class Metrics:
             "hs_inbound_event_seconds", "Worker time per inbound PDU", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0),
         )
+        self.inbound_fetched_events = Counter(
+            "hs_inbound_fetched_events", "Events stored after fetching them from another server (missing "
+            "prev events, auth and state); their origin's own /send may still deliver them later, which "
+            "then counts as a duplicate", registry=r,
+        )
         self.inbound_helper_checks = Counter(
             "hs_inbound_helper_checks", "Inbound PDUs whose format, signature and hash checks ran in "
             "the check helper processes", registry=r,

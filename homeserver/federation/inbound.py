@@ -534,6 +534,7 @@ class InboundProcessor:
             good.append(event)
             lookup[event.event_id] = event
         await self._persister.persist_outliers(good)
+        self._metrics.inbound_fetched_events.inc(len([e for e in good if e.event_id not in have]))
         return {e.event_id for e in good} | have
 
     async def _prev_states(
@@ -596,7 +597,8 @@ class InboundProcessor:
                 continue
             try:
                 # No further get_missing_events: what these lack is fetched as state.
-                await self.handle_pdu(origin, pdu, event.room_version, budget=budget)
+                if await self.handle_pdu(origin, pdu, event.room_version, budget=budget) is not None:
+                    self._metrics.inbound_fetched_events.inc()
             except Dropped as e:
                 log.info("fetched missing event dropped", extra={"origin": origin, "reason": str(e)})
             except (EventError, TypeError, ValueError, AttributeError):

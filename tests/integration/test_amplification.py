@@ -91,7 +91,9 @@ async def test_five_servers_amplification_is_one(
         received = [_sum(s, "hs_inbound_pdus_total") - b for s, b in zip(servers, before, strict=True)]
         assert received == [expected] * SERVERS, (received, expected)
         for s in servers:
-            assert _sum(s, "hs_inbound_duplicate_pdus_total") == 0
+            # No echo (received == expected, above); a duplicate can only be a message its
+            # origin delivered after we had fetched it to fill a gap.
+            assert _sum(s, "hs_inbound_duplicate_pdus_total") <= _sum(s, "hs_inbound_fetched_events_total")
             assert _sum(s, "hs_outbound_refused_relays_total") == 0
         # Each server sent each of its own messages once to each of the others, and nothing else.
         sent_delta = [_sum(s, "hs_outbound_pdus_total") - b for s, b in zip(servers, sent_before, strict=True)]

@@ -146,7 +146,8 @@ async def test_join_leave_churn_keeps_three_servers_in_agreement(
         status, members = await raw(a, "GET", f"{V3}/rooms/{room}/joined_members", token=alice.access_token)
         assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id, carol.user_id}
 
-        # Exactly once: nobody received any PDU twice, and nobody relayed another's event.
+        # Exactly once: nobody relayed another's event, and a PDU received twice can only be
+        # one its origin delivered after we had fetched it to fill a gap.
         for server in servers.values():
-            assert _duplicates(server) == 0
+            assert _duplicates(server) <= server.services.metrics.inbound_fetched_events._value.get()
             assert server.services.metrics.refused_relays._value.get() == 0

@@ -70,6 +70,11 @@ async def test_gap_is_filled_through_get_missing_events(setup: Setup) -> None:
         (m, p) for m, p in s.remote.requests
     ]
     assert await s.server.services.event_store.get_forward_extremities(s.room.room_id) == [msgs[-1].event_id]
+    # The five before it were fetched; their origin delivering them now is a duplicate of that.
+    assert metric(s.server, "hs_inbound_fetched_events_total", {}) == 5
+    status, _ = await s.remote.send(s.server, msgs[:-1])
+    assert status == 200
+    assert metric(s.server, "hs_inbound_duplicate_pdus_total", {"origin": s.remote.server_name}) == 5
 
 
 async def test_dead_peer_costs_the_budget_and_other_rooms_flow(

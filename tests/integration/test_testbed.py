@@ -102,7 +102,11 @@ def test_amplification_factor_is_one(bed: Path) -> None:
     # Each join is received at most once by each other server: 2 joins x 2 servers.
     assert sum(after) - sum(before) <= 3 * expected + 4
     for s in state.servers:
-        assert metric(s.metrics_url, "hs_inbound_duplicate_pdus_total") == 0
+        # Nothing was echoed (each server received exactly the others' messages, above); a
+        # duplicate can only be a message its origin delivered after we had fetched it
+        # to fill a gap (another server's message cited it first).
+        assert metric(s.metrics_url, "hs_inbound_duplicate_pdus_total") <= metric(
+            s.metrics_url, "hs_inbound_fetched_events_total")
         assert metric(s.metrics_url, "process_open_fds") > 0
         assert metric(s.metrics_url, "process_resident_memory_bytes") > 0
         # Metrics are served on their own listener, not on the public federation port.
