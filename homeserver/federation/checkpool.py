@@ -90,11 +90,16 @@ def check_batch(items: Sequence[CheckItem]) -> list[Verdict]:
     return out
 
 
+# A batch not checked within this long (a stuck or starved helper) is checked inline.
+CHECK_TIMEOUT_SECONDS = 30.0
+
+
 class CheckPool:
     """A lazily started pool of helper processes running ``check_batch``."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
         self.processes = processes
+        self.timeout = timeout
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.batches = 0  # batches checked in the pool (observability, tests)
 
@@ -115,10 +120,13 @@ class CheckPool:
     async def check(self, items: Sequence[CheckItem]) -> list[Verdict]:
         pool = self._ensure()
         try:
-            result = await asyncio.wrap_future(pool.submit(check_batch, list(items)))
-        except concurrent.futures.process.BrokenProcessPool:
-            # A helper died (killed, out of memory): start afresh on the next batch.
-            self._pool = None
+            async with asyncio.timeout(self.timeout):
+                result = await asyncio.wrap_future(pool.submit(check_batch, list(items)))
+        except (concurrent.futures.process.BrokenProcessPool, TimeoutError):
+            # A helper died (killed, out of memory) or is stuck: the caller checks inline,
+            # and the next batch starts afresh.
+            if self._pool is pool:
+                self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         self.batches += 1

@@ -75,6 +75,30 @@ def _depth_of(pdu: Mapping[str, Any]) -> int:
     return depth if isinstance(depth, int) else 0
 
 
+def auth_events_rejection(
+    event: Event, found: Mapping[str, tuple[Event, Outcome]], create: Event | None
+) -> str | None:
+    """Step 4: why ``event`` fails against its own auth events (``found``: those we hold,
+    with their outcomes), or None when it passes. ``create``: the room's create event when
+    the event does not cite it (room v12)."""
+    missing = [a for a in event.auth_events if a not in found]
+    if missing:
+        return f"auth events not found: {missing[:3]}"
+    try:
+        auth_events = [found[a][0] for a in event.auth_events]
+        check_auth_events_shape(event, auth_events)
+        for a in event.auth_events:
+            if found[a][1] is Outcome.REJECTED:
+                raise AuthError("2.3", f"auth event {a} was rejected")
+        auth_state = {e.state_tuple: e for e in auth_events}
+        if CREATE not in auth_state and create is not None:
+            auth_state[CREATE] = create
+        check_auth_rules(event, auth_state)
+    except AuthError as e:
+        return str(e)
+    return None
+
+
 class Dropped(Exception):
     """The PDU fails the format or signature checks, or cannot be placed: not stored."""
 
@@ -362,20 +386,12 @@ class InboundProcessor:
             raise Dropped(f"no state before the event: {e}") from None
         # 4. Auth against the event's own auth events, else rejected.
         auth = await self._get_events(event.auth_events)
-        missing = [a for a in event.auth_events if a not in auth]
-        if missing:
-            return Outcome.REJECTED, f"auth events not found: {missing[:3]}", state_before
-        try:
-            auth_events = [auth[a][0] for a in event.auth_events]
-            check_auth_events_shape(event, auth_events)
-            for a in event.auth_events:
-                if auth[a][1] is Outcome.REJECTED:
-                    raise AuthError("2.3", f"auth event {a} was rejected")
-            auth_state = {e.state_tuple: e for e in auth_events}
-            await self._add_create(event, auth_state)
-            check_auth_rules(event, auth_state)
-        except AuthError as e:
-            return Outcome.REJECTED, str(e), state_before
+        create: dict[StateKey, Event] = {}
+        if event.room_version.room_id_is_create_hash:
+            await self._add_create(event, create)
+        reason = auth_events_rejection(event, auth, create.get(CREATE))
+        if reason is not None:
+            return Outcome.REJECTED, reason, state_before
         # 5. Auth against the state before the event, else rejected.
         try:
             check_auth_rules(event, await self._auth_state(event, state_before))

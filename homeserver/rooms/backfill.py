@@ -47,13 +47,13 @@ from typing import Any
 from urllib.parse import quote
 
 from homeserver.config import BackfillConfig
-from homeserver.events.auth import auth_types_for_event, check_auth_events_shape, check_auth_rules
+from homeserver.events.auth import auth_types_for_event, check_auth_rules
 from homeserver.events.errors import AuthError, EventError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.versions import RoomVersion
 from homeserver.federation.client import FederationClient, FederationRequestError
-from homeserver.federation.inbound import Budget, Dropped
+from homeserver.federation.inbound import Budget, Dropped, auth_events_rejection
 from homeserver.metrics import Metrics
 from homeserver.rooms.persist import EventPersister, Historical, PersistError
 from homeserver.rooms.remote import RemoteMembership
@@ -327,24 +327,13 @@ class Backfiller:
         lookup = await self._lookup(
             [*event.auth_events, *state_ids.values(), *([create_id] if create_id else [])], decided
         )
-        missing = [a for a in event.auth_events if a not in lookup]
-        if missing:
-            return Outcome.REJECTED, f"auth events not found: {missing[:3]}"
-        try:
-            auth_events = [lookup[a][0] for a in event.auth_events]
-            check_auth_events_shape(event, auth_events)
-            for a in event.auth_events:
-                if lookup[a][1] is Outcome.REJECTED:
-                    raise AuthError("2.3", f"auth event {a} was rejected")
-            auth_state = {e.state_tuple: e for e in auth_events}
-            if CREATE not in auth_state and create_id is not None and create_id in lookup:
-                auth_state[CREATE] = lookup[create_id][0]
-            check_auth_rules(event, auth_state)
-        except AuthError as e:
-            return Outcome.REJECTED, str(e)
+        create = lookup[create_id][0] if create_id is not None and create_id in lookup else None
+        reason = auth_events_rejection(event, lookup, create)
+        if reason is not None:
+            return Outcome.REJECTED, reason
         before = {k: lookup[i][0] for k, i in state_ids.items() if i in lookup}
-        if CREATE not in before and create_id is not None and create_id in lookup:
-            before[CREATE] = lookup[create_id][0]
+        if CREATE not in before and create is not None:
+            before[CREATE] = create
         try:
             check_auth_rules(event, before)
         except AuthError as e:

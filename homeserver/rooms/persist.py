@@ -370,19 +370,18 @@ class EventPersister:
             old_head = await self._load_head(event.room_id)
             new_head = await self._next_head(event, state_after, old_head)
         new_room = await self.store.get_room_version(event.room_id) is None
+        # The fast paths: an event that changes no state, in a room we know, with the state
+        # group it shares with its prev cached (a message in a busy room).
         if (
-            defer and self.db.supports_defer and not existing and not new_room and in_transaction is None
-            and generation == self.generation and parent is not None and self._next_ordering is not None
+            parent is not None and not existing and not new_room and in_transaction is None
             and state_after == state_before and (new_head is None or new_head.delta == ())
             and self.store.cached_state_group(parent) == state_before
         ):
-            return await self._persist_deferred(event, outcome, rejection_reason, parent, old_head, new_head)
-        if (
-            self.db.engine == "postgres" and not existing and not new_room and in_transaction is None
-            and parent is not None and state_after == state_before and (new_head is None or new_head.delta == ())
-            and self.store.cached_state_group(parent) == state_before
-        ):
-            return await self._persist_one_statement(event, outcome, rejection_reason, parent, old_head, new_head)
+            if (defer and self.db.supports_defer and generation == self.generation
+                    and self._next_ordering is not None):
+                return await self._persist_deferred(event, outcome, rejection_reason, parent, old_head, new_head)
+            if self.db.engine == "postgres":
+                return await self._persist_one_statement(event, outcome, rejection_reason, parent, old_head, new_head)
         new_groups: list[int] = []
         try:
             async with self._commit_lock, self.db.transaction() as conn:
@@ -413,10 +412,7 @@ class EventPersister:
             raise
         self._remember_group(event.event_id, after_group)
         if new_head is not None:
-            self._heads[event.room_id] = new_head
-            self._heads.move_to_end(event.room_id)
-            while len(self._heads) > HEAD_CACHE_ROOMS:
-                self._heads.popitem(last=False)
+            self._remember_head(event.room_id, new_head)
         self._notify(event, outcome, ordering)
         return ordering, None
 
@@ -434,10 +430,7 @@ class EventPersister:
         commit = self.db.defer(collect.statements)
         self._remember_group(event.event_id, group)
         if new_head is not None:
-            self._heads[event.room_id] = new_head
-            self._heads.move_to_end(event.room_id)
-            while len(self._heads) > HEAD_CACHE_ROOMS:
-                self._heads.popitem(last=False)
+            self._remember_head(event.room_id, new_head)
 
         def committed(future: asyncio.Future[None]) -> None:
             if not future.cancelled() and future.exception() is None:
@@ -484,10 +477,7 @@ class EventPersister:
             raise
         self._remember_group(event.event_id, group)
         if new_head is not None:
-            self._heads[event.room_id] = new_head
-            self._heads.move_to_end(event.room_id)
-            while len(self._heads) > HEAD_CACHE_ROOMS:
-                self._heads.popitem(last=False)
+            self._remember_head(event.room_id, new_head)
         self._notify(event, outcome, ordering)
         return ordering, None
 
@@ -497,6 +487,12 @@ class EventPersister:
                 listener(event, outcome, ordering)
             except Exception:
                 log.exception("persist listener failed", extra={"event_id": event.event_id})
+
+    def _remember_head(self, room_id: str, head: _Head) -> None:
+        self._heads[room_id] = head
+        self._heads.move_to_end(room_id)
+        while len(self._heads) > HEAD_CACHE_ROOMS:
+            self._heads.popitem(last=False)
 
     def _remember_group(self, event_id: str, group: int) -> None:
         self._group_after[event_id] = group

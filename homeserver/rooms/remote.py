@@ -126,22 +126,30 @@ class RemoteMembership:
             version = e.body.get("room_version") if isinstance(e.body, dict) else None
             raise UnsupportedVersion(version, "the room's version is not one we implement")
 
-    async def _join_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> Event:
-        # 1. make_join, offering every version we implement.
+    async def _make_membership(
+        self, server: str, user_id: str, room_id: str, membership: str
+    ) -> tuple[RoomVersion, dict[str, Any]]:
+        """``make_join``/``make_knock`` offering every version we implement: the room's
+        version and the checked template of the membership we asked for."""
         reply = await self._client.get_json(
-            server, f"{V1}/make_join/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)}
+            server, f"{V1}/make_{membership}/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)}
         )
         if not isinstance(reply, dict):
-            raise RemoteJoinFailed("make_join reply is not an object")
+            raise RemoteJoinFailed(f"make_{membership} reply is not an object")
         try:
             version = get_room_version(reply.get("room_version"))
         except UnsupportedRoomVersion:
             raise UnsupportedVersion(reply.get("room_version")) from None
-        # 2. The template must be the join we asked for.
         try:
-            template = check_template(reply.get("event"), room_id, user_id, "join")
+            template = check_template(reply.get("event"), room_id, user_id, membership)
         except ValueError as e:
-            raise RemoteJoinFailed(f"bad make_join template: {e}") from None
+            raise RemoteJoinFailed(f"bad make_{membership} template: {e}") from None
+        return version, template
+
+    async def _join_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> Event:
+        # 1-2. make_join, offering every version we implement; the template must be the
+        # join we asked for.
+        version, template = await self._make_membership(server, user_id, room_id, "join")
         # 3. Fill in, sign.
         join = self._fill(template, content, version)
         # 4. send_join (v2), full state.
@@ -327,21 +335,9 @@ class RemoteMembership:
     async def _knock_via(
         self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]
     ) -> tuple[Event, list[dict[str, Any]]]:
-        reply = await self._client.get_json(
-            server, f"{V1}/make_knock/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)}
-        )
-        if not isinstance(reply, dict):
-            raise RemoteJoinFailed("make_knock reply is not an object")
-        try:
-            version = get_room_version(reply.get("room_version"))
-        except UnsupportedRoomVersion:
-            raise UnsupportedVersion(reply.get("room_version")) from None
+        version, template = await self._make_membership(server, user_id, room_id, "knock")
         if not version.knocking:
             raise UnsupportedVersion(version.identifier, "the room's version has no knocking")
-        try:
-            template = check_template(reply.get("event"), room_id, user_id, "knock")
-        except ValueError as e:
-            raise RemoteJoinFailed(f"bad make_knock template: {e}") from None
         knock = self._fill(template, content, version)
         resp = await self._client.put_json(
             server, f"{V1}/send_knock/{_q(room_id)}/{_q(knock.event_id)}", knock.pdu

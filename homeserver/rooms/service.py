@@ -200,14 +200,7 @@ class RoomService:
         """Join a room; return its ID. Over federation when none of our users is in it. An
         alias is resolved first (by its server) and the servers it names are tried first."""
         self._require_local(user_id)
-        if room_id_or_alias.startswith("#"):
-            if self.alias_resolver is None:
-                raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
-            room_id_or_alias, alias_servers = await self.alias_resolver(room_id_or_alias)
-            via = [*alias_servers, *via]
-        room_id = room_id_or_alias
-        if not room_id.startswith("!"):
-            raise BadRoomRequest(f"{room_id!r} is not a room ID")
+        room_id, via = await self._target(room_id_or_alias, via)
         body = {**dict(content or {}), "membership": "join"}
         async with self._member_lock(user_id, room_id):
             membership, _ = await self._state_membership(user_id, room_id)
@@ -220,6 +213,18 @@ class RoomService:
             await self.memberships.delete_invite(user_id, room_id)
             await self.memberships.unforget(user_id, room_id)
         return room_id
+
+    async def _target(self, room_id_or_alias: str, via: Sequence[str]) -> tuple[str, Sequence[str]]:
+        """The room ID, and the servers to try: an alias is resolved first (by its server)
+        and the servers it names come before ``via``."""
+        if room_id_or_alias.startswith("#"):
+            if self.alias_resolver is None:
+                raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
+            room_id_or_alias, alias_servers = await self.alias_resolver(room_id_or_alias)
+            via = [*alias_servers, *via]
+        if not room_id_or_alias.startswith("!"):
+            raise BadRoomRequest(f"{room_id_or_alias!r} is not a room ID")
+        return room_id_or_alias, via
 
     async def _servers_for(self, user_id: str, room_id: str, via: Sequence[str]) -> list[str]:
         """Resident candidates: ``via``, the inviter's server, the room ID's server
@@ -246,14 +251,7 @@ class RoomService:
         server, the knock and the stripped state answered stored for /sync. Knocking again
         while a knock stands sends nothing."""
         self._require_local(user_id)
-        if room_id_or_alias.startswith("#"):
-            if self.alias_resolver is None:
-                raise RoomNotFound(room_id_or_alias, "room aliases are not supported")
-            room_id_or_alias, alias_servers = await self.alias_resolver(room_id_or_alias)
-            via = [*alias_servers, *via]
-        room_id = room_id_or_alias
-        if not room_id.startswith("!"):
-            raise BadRoomRequest(f"{room_id!r} is not a room ID")
+        room_id, via = await self._target(room_id_or_alias, via)
         content: dict[str, Any] = {"membership": "knock"}
         if reason:
             content["reason"] = reason

@@ -91,7 +91,7 @@ class Database(Connection):
     def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
         raise NotImplementedError
 
-    def on_deferred_failure(self, hook: Any) -> None:
+    def on_deferred_failure(self, hook: Callable[[], None]) -> None:
         """``hook()`` runs, synchronously, when deferred writes failed (see SqliteDatabase)."""
 
     async def flush_deferred(self) -> None:
@@ -315,7 +315,7 @@ class SqliteDatabase(Database):
         self._inner = _SqliteConn(conn)
         self._deferred: list[tuple[list[Statement], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._failure_hooks: list[Any] = []
+        self._failure_hooks: list[Callable[[], None]] = []
         # The side connection (None in memory: a second connection would be another
         # database), with its own lock.
         self._side: aiosqlite.Connection | None = None
@@ -332,7 +332,7 @@ class SqliteDatabase(Database):
             self._flusher = loop.create_task(self._flush_task())
         return future
 
-    def on_deferred_failure(self, hook: Any) -> None:
+    def on_deferred_failure(self, hook: Callable[[], None]) -> None:
         self._failure_hooks.append(hook)
 
     async def flush_deferred(self) -> None:

@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from homeserver.federation.checkpool import check_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,3 +83,18 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_batch_not_checked_in_time_is_given_up_and_the_pool_started_afresh() -> None:
+    from homeserver.federation.checkpool import CheckPool
+
+    pool = CheckPool(1, timeout=0.001)  # starting a helper alone takes longer than this
+    try:
+        with pytest.raises(TimeoutError):
+            await pool.check([("{}", "11", {})])
+        assert pool._pool is None  # the stuck pool was let go
+        pool.timeout = 60.0
+        assert [v for v, _ in await pool.check([("{}", "11", {})])] == ["format"]
+        assert pool.batches == 1
+    finally:
+        pool.close()
