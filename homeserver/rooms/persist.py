@@ -377,8 +377,11 @@ class EventPersister:
             and state_after == state_before and (new_head is None or new_head.delta == ())
             and self.store.cached_state_group(parent) == state_before
         ):
+            # PostgreSQL: a transaction holding the commit lock has its ordering already;
+            # a write deferred now could commit before it (SQLite's one connection orders them).
             if (defer and self.db.supports_defer and generation == self.generation
-                    and self._next_ordering is not None):
+                    and self._next_ordering is not None
+                    and not (self.db.engine == "postgres" and self._commit_lock.locked())):
                 return await self._persist_deferred(event, outcome, rejection_reason, parent, old_head, new_head)
             if self.db.engine == "postgres":
                 return await self._persist_one_statement(event, outcome, rejection_reason, parent, old_head, new_head)
@@ -421,12 +424,18 @@ class EventPersister:
         old_head: _Head | None, new_head: _Head | None,
     ) -> tuple[int, asyncio.Future[None]]:
         """The fast path: an event that changes no state, with everything cached. Nothing
-        here suspends (the collector's writes return at once), so no other task can change
-        the caches between the checks of the caller and the deferral."""
+        here suspends (the collector's writes return at once and the ordering is known), so
+        no other task can change the caches between the checks of the caller and the deferral."""
         collect = _Collect()
-        ordering = await self._insert(collect, event, outcome, rejection_reason, group, group, False)
-        if old_head is not None and new_head is not None:
-            await self._write_head(collect, event, old_head, new_head)
+        if self.db.engine == "postgres":
+            ordering = await self._allocate_ordering(collect)
+            collect.statements.append(
+                self._one_statement(event, outcome, rejection_reason, group, old_head, new_head, ordering)
+            )
+        else:
+            ordering = await self._insert(collect, event, outcome, rejection_reason, group, group, False)
+            if old_head is not None and new_head is not None:
+                await self._write_head(collect, event, old_head, new_head)
         commit = self.db.defer(collect.statements)
         self._remember_group(event.event_id, group)
         if new_head is not None:
@@ -439,13 +448,13 @@ class EventPersister:
         commit.add_done_callback(committed)
         return ordering, commit
 
-    async def _persist_one_statement(
+    def _one_statement(
         self, event: Event, outcome: Outcome, rejection_reason: str | None, group: int,
-        old_head: _Head | None, new_head: _Head | None,
-    ) -> tuple[int, None]:
-        """PostgreSQL's fast path for the same events: the event, its edges and the moved
-        forward extremities in ONE statement (data-modifying CTEs; a single statement is
-        its own transaction), one round trip instead of about seven."""
+        old_head: _Head | None, new_head: _Head | None, ordering: int,
+    ) -> Statement:
+        """PostgreSQL: the event, its edges and the moved forward extremities in ONE
+        statement (data-modifying CTEs), one round trip instead of about seven. Every event
+        gives the same text, so a group of them is one pipelined ``executemany``."""
         columns, values = self._event_row(event, outcome, rejection_reason, group, group)
         removed: list[str] = []
         added: list[str] = []
@@ -453,27 +462,44 @@ class EventPersister:
             removed = sorted(old_head.extremities - new_head.extremities)
             added = sorted(new_head.extremities - old_head.extremities)
         sql = (
-            f"WITH ev AS (INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))})"
-            " RETURNING stream_ordering),"
+            f"WITH ev AS (INSERT INTO events (stream_ordering, {columns})"
+            f" VALUES (?, {', '.join('?' * len(values))})),"
             " ed AS (INSERT INTO event_edges (event_id, prev_event_id) SELECT ?::text, unnest(?::text[])"
             " ON CONFLICT DO NOTHING),"
             " au AS (INSERT INTO event_auth (event_id, auth_event_id) SELECT ?::text, unnest(?::text[])"
             " ON CONFLICT DO NOTHING),"
-            " fd AS (DELETE FROM forward_extremities WHERE room_id = ?::text AND event_id = ANY(?::text[])),"
+            # Not "event_id = ANY(?)": its generic plan scans every index entry of the room,
+            # dead ones included (each event deletes one), so each delete grew slower.
+            " fd AS (DELETE FROM forward_extremities WHERE (room_id, event_id) IN"
+            " (SELECT ?::text, unnest(?::text[]))),"
             " fi AS (INSERT INTO forward_extremities (room_id, event_id) SELECT ?::text, unnest(?::text[])"
             " ON CONFLICT DO NOTHING)"
-            " SELECT stream_ordering FROM ev"
+            " SELECT 1"
         )
+        args = (
+            ordering, *values,
+            event.event_id, list(dict.fromkeys(event.prev_events)),
+            event.event_id, list(dict.fromkeys(event.auth_events)),
+            event.room_id, removed, event.room_id, added,
+        )
+        return sql, args, False
+
+    async def _persist_one_statement(
+        self, event: Event, outcome: Outcome, rejection_reason: str | None, group: int,
+        old_head: _Head | None, new_head: _Head | None,
+    ) -> tuple[int, None]:
+        """PostgreSQL's fast path when the write cannot be deferred: the same one statement
+        (a single statement is its own transaction), committed before returning."""
         try:
             async with self._commit_lock:
-                ordering = int(await self.db.fetchval(
-                    sql, *values,
-                    event.event_id, list(dict.fromkeys(event.prev_events)),
-                    event.event_id, list(dict.fromkeys(event.auth_events)),
-                    event.room_id, removed, event.room_id, added,
-                ))
+                ordering = await self._allocate_ordering(self.db)
+                sql, args, _ = self._one_statement(
+                    event, outcome, rejection_reason, group, old_head, new_head, ordering
+                )
+                await self.db.execute(sql, *args)
         except BaseException:
             self._heads.pop(event.room_id, None)
+            self._next_ordering = None
             raise
         self._remember_group(event.event_id, group)
         if new_head is not None:
@@ -556,28 +582,17 @@ class EventPersister:
                 ordering,
                 *values,
             )
-        elif self.db.engine == "sqlite":
-            # One writer (the transaction holds the connection's lock): the ordering is
-            # allocated here, so the insert need not be a round trip of its own.
-            if self._next_ordering is None:
-                self._next_ordering = int(await conn.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events"))
-            self._next_ordering += 1
-            ordering = self._next_ordering
+        else:
+            # One writer (every insert holds the commit lock or runs without suspending):
+            # the ordering is allocated here, so the insert need not be a round trip of its
+            # own, and a deferred write knows its ordering before it is committed.
+            ordering = await self._allocate_ordering(conn)
             await conn.write(
                 f"INSERT INTO events (stream_ordering, {columns}) VALUES (?, {', '.join('?' * len(values))})"
                 + conflict,
                 ordering,
                 *values,
             )
-        else:
-            ordering = await conn.fetchval(
-                f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))})"
-                + conflict
-                + " RETURNING stream_ordering",
-                *values,
-            )
-            if ordering is None:  # already there (if_absent)
-                return 0
         if event.prev_events:
             await conn.write_many(
                 "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)"
@@ -590,6 +605,12 @@ class EventPersister:
                 [(event.event_id, a) for a in dict.fromkeys(event.auth_events)],
             )
         return int(ordering)
+
+    async def _allocate_ordering(self, conn: Connection) -> int:
+        if self._next_ordering is None:
+            self._next_ordering = int(await conn.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events"))
+        self._next_ordering += 1
+        return self._next_ordering
 
     @staticmethod
     def _event_row(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import re
 import sqlite3
 import time
@@ -498,13 +499,60 @@ class _PgConn(Connection):
             await self._conn.execute(statement)
 
 
+# PostgreSQL commits a larger group at once: its commit is a round trip and a WAL flush.
+PG_DEFER_GROUP_MAX = 16
+
+
+async def _run_statements(conn: Any, statements: Sequence[Statement]) -> None:
+    """Run ``statements`` in order on an asyncpg connection; a run of one statement text
+    with different arguments goes as one pipelined ``executemany`` (one round trip)."""
+    i = 0
+    while i < len(statements):
+        sql, args, many = statements[i]
+        if many:
+            if args:
+                await conn.executemany(to_postgres(sql), args)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(statements) and statements[j][0] == sql and not statements[j][2]:
+            j += 1
+        if j - i == 1:
+            await conn.execute(to_postgres(sql), *args)
+        else:
+            await conn.executemany(to_postgres(sql), [st[1] for st in statements[i:j]])
+        i = j
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset when a connection is given back: nothing. asyncpg's default runs a
+    reset query (a round trip on every release); we never change session state (no SET,
+    LISTEN, advisory locks or cursors), and an open transaction is still rolled back."""
+
+
 class PostgresDatabase(Database):
-    """PostgreSQL through an asyncpg pool."""
+    """PostgreSQL through an asyncpg pool.
+
+    Deferred writes (``defer``) are committed in groups, in the order they were deferred,
+    on a connection of their own (so they never wait for the pool, and a caller that holds
+    a pool connection can wait for them). Every operation except the side ones first waits
+    until what was deferred before it is committed, so reads and transactions see deferred
+    writes issued earlier, as on SQLite.
+    """
 
     engine = "postgres"
+    supports_defer = True
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, dsn: str | None = None, timeout: float = 10.0) -> None:
         self._pool = pool
+        self._dsn = dsn
+        self._timeout = timeout
+        self._deferred: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._last: asyncio.Future[None] | None = None  # the last deferred write's future
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure_hooks: list[Callable[[], None]] = []
+        self._writer: Any = None  # the group commits' own connection
+        self._gate: asyncio.Event | None = None  # see SqliteDatabase
 
     @classmethod
     async def open(
@@ -512,14 +560,78 @@ class PostgresDatabase(Database):
     ) -> PostgresDatabase:
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=60
+                dsn, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=60,
+                reset=_keep_session,
             )
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DatabaseError(f"cannot connect to PostgreSQL: {reason}") from None
-        return cls(pool)
+        return cls(pool, dsn, timeout)
+
+    # ------------------------------------------------------------------ deferred writes
+
+    def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._deferred.append((statements, future))
+        self._last = future
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_task())
+        return future
+
+    def on_deferred_failure(self, hook: Callable[[], None]) -> None:
+        self._failure_hooks.append(hook)
+
+    def set_defer_gate(self, gate: asyncio.Event) -> None:
+        self._gate = gate
+
+    async def flush_deferred(self) -> None:
+        last = self._last
+        if last is not None and not last.done():
+            # Groups commit in order: once the last one issued so far is done, all are.
+            await asyncio.wait([last])
+
+    async def _flush_task(self) -> None:
+        while self._deferred:
+            if self._gate is not None and not self._gate.is_set():
+                try:
+                    async with asyncio.timeout(DEFER_GATE_SECONDS):
+                        await self._gate.wait()
+                except TimeoutError:
+                    pass
+            group = self._deferred[:PG_DEFER_GROUP_MAX]
+            del self._deferred[: len(group)]
+            statements = [st for sts, _ in group for st in sts]
+            try:
+                conn = await self._writer_connection()
+                async with conn.transaction():
+                    await _run_statements(conn, statements)
+            except Exception as e:
+                if self._writer is not None and self._writer.is_closed():
+                    self._writer = None
+                later, self._deferred = self._deferred, []
+                error = DeferredWriteError(f"deferred write failed: {e}")
+                for _, future in (*group, *later):
+                    if not future.done():
+                        future.set_exception(error)
+                for hook in self._failure_hooks:
+                    hook()
+                continue
+            for _, future in group:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _writer_connection(self) -> Any:
+        if self._writer is None or self._writer.is_closed():
+            if self._dsn is None:
+                raise DatabaseError("deferred writes need the DSN")
+            self._writer = await asyncpg.connect(self._dsn, timeout=self._timeout, command_timeout=60)
+        return self._writer
+
+    # ------------------------------------------------------------------ statements
 
     async def execute(self, sql: str, *args: Any) -> int:
+        await self.flush_deferred()
         async with self._pool.acquire() as conn:
             return await _PgConn(conn).execute(sql, *args)
 
@@ -528,6 +640,7 @@ class PostgresDatabase(Database):
             await conn.executemany(sql, rows)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        await self.flush_deferred()
         async with self._pool.acquire() as conn:
             return await _PgConn(conn).fetchall(sql, *args)
 
@@ -535,13 +648,32 @@ class PostgresDatabase(Database):
         async with self.transaction() as conn:
             await conn.executescript(script)
 
+    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await work(_PgConn(conn))
+
+    async def fetchall_side(self, sql: str, *args: Any) -> list[Row]:
+        async with self._pool.acquire() as conn:
+            return await _PgConn(conn).fetchall(sql, *args)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
+        # Wait before taking a pool connection: the group commits never need one.
+        await self.flush_deferred()
         async with self._pool.acquire() as conn, conn.transaction():
             yield _PgConn(conn)
 
     async def close(self) -> None:
-        await self._pool.close()
+        try:
+            await self.flush_deferred()
+        finally:
+            if self._flusher is not None and not self._flusher.done():
+                self._flusher.cancel()
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    await self._writer.close(timeout=5)
+                self._writer = None
+            await self._pool.close()
 
 
 async def open_database(

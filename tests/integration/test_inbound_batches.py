@@ -1,16 +1,17 @@
 """Large inbound batches: the state-free checks (format, signatures, hashes) run in the
-check helper processes, and on SQLite the events' writes are group-committed after the
-worker moved on. Real servers on loopback, a fake remote with its own keys.
+check helper processes, and the events' writes are group-committed after the worker
+moved on (both engines). Real servers on loopback, a fake remote with its own keys.
 
 - a batch checked in the helpers gives the same outcomes as inline checks: the good events
   accepted in order, a tampered one stored redacted, a forged one dropped;
-- a group commit that fails (a fault injected in SQLite itself, once) loses nothing: the
-  entries are handed back to the inbox and processed again.
+- a group commit that fails (a fault injected in the database itself, once) loses nothing:
+  the entries are handed back to the inbox and processed again, on both engines.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +75,11 @@ async def test_large_batch_is_checked_in_helpers_with_inline_outcomes(
     assert len(pooled_ext) == 1 and len(inline_ext) == 1
 
 
-async def test_failed_group_commit_hands_entries_back_and_loses_nothing(
-    tmp_path: Path, test_ca: tuple[Path, Path]
-) -> None:
-    settings = {"engine": "sqlite", "path": str(tmp_path / "hs.sqlite")}
-    config = make_config(tmp_path / "hs", settings, test_ca)
-    async with running_server(config) as server, fake_remote(test_ca, tmp_path / "r") as remote:
-        room = remote.room()
-        room.create_room()
-        await room.teach(server)
-        msgs = [room.message(f"m{i}") for i in range(30)]
-        victim = msgs[12].event_id
+async def _inject_fault_once(server: RunningServer, victim: str) -> Callable[[], Awaitable[int]]:
+    """Make the first insert of ``victim`` into events abort its transaction, inside the
+    database itself; returns how to read how many times it fired."""
+    db = server.services.db
+    if db.engine == "sqlite":
         failed: list[str] = []
 
         def fail_once(event_id: str) -> int:
@@ -93,18 +88,48 @@ async def test_failed_group_commit_hands_entries_back_and_loses_nothing(
                 return 1
             return 0
 
-        db = server.services.db
-        # A fault in SQLite itself: the first insert of the victim aborts its group.
         await db._conn.create_function("fail_once", 1, fail_once)  # type: ignore[attr-defined]
         await db.execute(
             "CREATE TEMP TRIGGER inject BEFORE INSERT ON events WHEN fail_once(NEW.event_id)"
             " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
         )
+
+        async def fired_sqlite() -> int:
+            return len(failed)
+
+        return fired_sqlite
+    # PostgreSQL: a sequence is not rolled back with the transaction it aborts.
+    await db.execute("CREATE SEQUENCE inject_fired")
+    await db.execute(
+        "CREATE FUNCTION inject() RETURNS trigger AS $$ BEGIN"
+        f" IF NEW.event_id = '{victim}' AND nextval('inject_fired') = 1 THEN"
+        " RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+    )
+    await db.execute("CREATE TRIGGER inject BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION inject()")
+
+    async def fired_postgres() -> int:
+        value = await db.fetchval("SELECT last_value FROM inject_fired WHERE is_called")
+        return int(value or 0)
+
+    return fired_postgres
+
+
+async def test_failed_group_commit_hands_entries_back_and_loses_nothing(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    config = make_config(tmp_path / "hs", await db_factory.new_settings(), test_ca)
+    async with running_server(config) as server, fake_remote(test_ca, tmp_path / "r") as remote:
+        room = remote.room()
+        room.create_room()
+        await room.teach(server)
+        msgs = [room.message(f"m{i}") for i in range(30)]
+        fired = await _inject_fault_once(server, msgs[12].event_id)
         await _send_held(server, remote, "faulty", [m.pdu for m in msgs])
-        assert failed == [victim]
+        assert await fired() >= 1
         assert metric(server, "hs_inbound_commit_retries_total", {}) >= 1
         for m in msgs:
             assert await outcome(server, m.event_id) is Outcome.ACCEPTED, m.event_id
+        db = server.services.db
         count = await db.fetchval(
             f"SELECT COUNT(*) FROM events WHERE event_id IN ({','.join('?' * len(msgs))})",
             *[m.event_id for m in msgs],
@@ -112,12 +137,17 @@ async def test_failed_group_commit_hands_entries_back_and_loses_nothing(
         assert count == len(msgs)
         assert await server.services.event_store.get_forward_extremities(room.room_id) == [msgs[-1].event_id]
         assert await inbox_count(server) == 0
+        # Stream orderings still follow the room's order (allocated again after the failure).
+        orderings = [
+            await db.fetchval("SELECT stream_ordering FROM events WHERE event_id = ?", m.event_id) for m in msgs
+        ]
+        assert orderings == sorted(orderings)
 
 
-async def test_deferred_writes_group_commit_and_fail_together(tmp_path: Path) -> None:
-    from homeserver.storage.database import DeferredWriteError, SqliteDatabase
+async def test_deferred_writes_group_commit_and_fail_together(db_factory: DatabaseFactory) -> None:
+    from homeserver.storage.database import DeferredWriteError
 
-    db = await SqliteDatabase.open(str(tmp_path / "d.sqlite"))
+    db = await db_factory.open()
     try:
         await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
         failures: list[int] = []
@@ -130,14 +160,19 @@ async def test_deferred_writes_group_commit_and_fail_together(tmp_path: Path) ->
         # A read waits for what was deferred before it.
         assert [r[0] for r in await db.fetchall("SELECT k FROM t ORDER BY k")] == ["a", "b"]
         assert await asyncio.gather(*first) == [None, None]
+        # So does a transaction.
+        pending = insert("c")
+        async with db.transaction() as conn:
+            assert await conn.fetchval("SELECT COUNT(*) FROM t WHERE k = 'c'") == 1
+        assert pending.done()
         # A failing write fails its group and everything deferred after it.
-        doomed = [insert("c"), insert("a"), insert("d")]
+        doomed = [insert("x"), insert("a"), insert("y")]
         results = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(isinstance(r, DeferredWriteError) for r in results)
         assert failures == [1]
-        assert [r[0] for r in await db.fetchall("SELECT k FROM t ORDER BY k")] == ["a", "b"]
-        # Deferring works again afterwards.
-        await insert("e")
-        assert await db.fetchval("SELECT COUNT(*) FROM t") == 3
+        assert [r[0] for r in await db.fetchall("SELECT k FROM t ORDER BY k")] == ["a", "b", "c"]
+        # Deferring works again afterwards; many writes of one statement commit together.
+        await asyncio.gather(*[insert(f"n{i:03d}") for i in range(100)])
+        assert await db.fetchval("SELECT COUNT(*) FROM t") == 103
     finally:
         await db.close()
