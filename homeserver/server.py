@@ -12,6 +12,7 @@ from aiohttp import web
 
 from homeserver.app import Services, create_client_app, create_federation_app
 from homeserver.config import Config
+from homeserver.gcpolicy import QUIET_SECONDS, CollectorPolicy
 from homeserver.ops import LoopLagProbe, create_metrics_app
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,11 @@ async def start_server(config: Config) -> RunningServer:
 
 async def run_forever(config: Config) -> None:
     running = await start_server(config)
+    # The process is ours alone (tests that run several servers in one process do not
+    # come here): full garbage collections wait for quiet moments (see gcpolicy).
+    worker = running.services.inbound_worker
+    collector = CollectorPolicy(lambda: worker.quiet(QUIET_SECONDS))
+    collector.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,5 +112,6 @@ async def run_forever(config: Config) -> None:
         await stop.wait()
     finally:
         log.info("homeserver stopping")
+        await collector.stop()
         await running.stop()
         log.info("homeserver stopped")

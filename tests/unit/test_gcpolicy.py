@@ -1,0 +1,84 @@
+"""The garbage collection policy: full collections wait for a quiet moment, and for no
+longer than the maximum interval; young collections stay automatic."""
+
+from __future__ import annotations
+
+import gc
+
+from homeserver.gcpolicy import DUE_AFTER_YOUNG, CollectorPolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _policy(quiet: list[bool], clock: Clock, collected: list[int]) -> CollectorPolicy:
+    def collect(generation: int) -> int:
+        collected.append(generation)
+        return 0
+
+    return CollectorPolicy(lambda: quiet[0], collect=collect, clock=clock, max_interval=60.0)
+
+
+def _young_collections(policy: CollectorPolicy, n: int) -> None:
+    for _ in range(n):
+        policy._on_gc("stop", {"generation": 1, "collected": 0, "uncollectable": 0})
+
+
+def test_full_collection_waits_for_quiet_then_runs() -> None:
+    quiet, clock, collected = [False], Clock(), []
+    policy = _policy(quiet, clock, collected)
+    assert not policy.tick()  # nothing due yet
+    _young_collections(policy, DUE_AFTER_YOUNG)
+    assert policy.due()
+    clock.now += 30
+    assert not policy.tick()  # due, but the server is busy
+    assert collected == []
+    quiet[0] = True
+    assert policy.tick()
+    assert collected == [2]
+    assert not policy.due()
+    assert not policy.tick()  # nothing due again until young collections accumulate
+
+
+def test_overdue_full_collection_runs_even_when_busy() -> None:
+    quiet, clock, collected = [False], Clock(), []
+    policy = _policy(quiet, clock, collected)
+    _young_collections(policy, DUE_AFTER_YOUNG)
+    clock.now += 59
+    assert not policy.tick()
+    clock.now += 1
+    assert policy.tick()
+    assert collected == [2]
+    assert policy.full_collections == 1
+
+
+def test_young_collections_of_generation_0_do_not_count() -> None:
+    quiet, clock, collected = [True], Clock(), []
+    policy = _policy(quiet, clock, collected)
+    for _ in range(100):
+        policy._on_gc("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    assert not policy.due()
+    assert not policy.tick()
+
+
+async def test_start_and_stop_restore_the_collector() -> None:
+    before = gc.get_threshold()
+    policy = CollectorPolicy(lambda: True)
+    policy.start()
+    try:
+        assert gc.get_threshold()[:2] == before[:2]
+        assert gc.get_threshold()[2] > 1_000_000  # automatic full collections are off
+        assert gc.get_freeze_count() > 0  # start-up objects are out of the collector's sight
+        assert policy._on_gc in gc.callbacks
+        gc.collect(1)  # a young collection is counted
+        assert policy._young_since_full >= 1
+    finally:
+        await policy.stop()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    assert policy._on_gc not in gc.callbacks
