@@ -117,6 +117,7 @@ class FakeRemote:
         self.events: dict[str, Event] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) received
         self.hang = False  # never answer federation requests (a dead peer)
+        self.serve_missing_events = True  # False: get_missing_events finds nothing
         self._hung = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -177,6 +178,8 @@ class FakeRemote:
     async def _get_missing_events(self, request: web.Request) -> web.Response:
         await self._federation(request)
         body = await request.json()
+        if not self.serve_missing_events:
+            return web.json_response({"events": []})
         limit, min_depth = body.get("limit", 10), body.get("min_depth", 0)
         earliest = set(body.get("earliest_events", []))
         found: list[Event] = []

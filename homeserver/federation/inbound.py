@@ -402,6 +402,17 @@ class InboundProcessor:
         extremities = await self._persister.forward_extremities(event.room_id)
         if extremities != set(event.prev_events):
             current = await self._store.get_current_state_ids(event.room_id)
+            if current != state_before:
+                # The spec's current state is "the resolved state across all forward
+                # extremities"; once this event is accepted its branch is one of them (as
+                # in Synapse). A sender whose join reached us only as this event's prev
+                # (say, through the state fetched for a gap) is joined there; a banned
+                # sender citing old events stays banned (state resolution orders the ban
+                # after the join it follows).
+                try:
+                    current = await self._persister.resolve(version, [current, state_before])
+                except PersistError:
+                    pass
             try:
                 check_auth_rules(event, await self._auth_state(event, current))
             except AuthError as e:

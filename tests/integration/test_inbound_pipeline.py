@@ -2,7 +2,7 @@
 real servers on loopback (a fake remote with its own keys), on SQLite and PostgreSQL:
 third-server events (and the strict switch), gaps filled through get_missing_events, a dead
 peer given up on within the budget while other rooms flow, rejection, redaction on a hash
-mismatch, bad signatures, and who may read what."""
+mismatch, bad signatures, soft failure against the current state, and who may read what."""
 
 from __future__ import annotations
 
@@ -192,3 +192,50 @@ async def test_event_held_as_outlier_is_taken_into_the_room(setup: Setup) -> Non
     assert metric(s.server, "hs_inbound_duplicate_pdus_total", {"origin": s.remote.server_name}) == 0
     extremities = await s.server.services.event_store.get_forward_extremities(s.room.room_id)
     assert extremities == [early.event_id]
+
+
+async def test_banned_sender_citing_old_events_is_soft_failed(setup: Setup) -> None:
+    """Step 6: an event that passes auth at its own place in the DAG but not against the
+    current state (a banned user citing the events before the ban) is soft-failed: stored,
+    never in the current state, not accepted."""
+    s = setup
+    mallory = f"@mallory:{s.remote.server_name}"
+    join = s.room.build("m.room.member", mallory, {"membership": "join"}, mallory)
+    before_ban = s.room.message("before the ban")
+    state_then = dict(s.room.state)
+    ban = s.room.build("m.room.member", s.room.creator, {"membership": "ban"}, mallory)
+    await s.room.teach(s.server, [join, before_ban, ban])
+    evading = s.room.build("m.room.message", mallory, {"msgtype": "m.text", "body": "still here"},
+                           prev=[before_ban.event_id], auth_from=state_then, add=False)
+    await s.remote.send(s.server, [evading])
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    assert await outcome(s.server, evading.event_id) is Outcome.SOFT_FAILED
+    current = await s.server.services.event_store.get_current_state_ids(s.room.room_id)
+    assert current[("m.room.member", mallory)] == ban.event_id
+    assert await s.server.services.event_store.get_forward_extremities(s.room.room_id) == [ban.event_id]
+
+
+async def test_sender_joined_on_the_events_own_branch_is_not_soft_failed(setup: Setup) -> None:
+    """The current state of step 6 is the resolution across the forward extremities, the
+    event's own branch included once it is accepted: carol re-joined on a branch we learn
+    only through the state fetched for a gap (get_missing_events finds nothing), so her
+    join is an outlier and not yet in our current state; her message there is accepted."""
+    s = setup
+    carol = f"@carol:{s.remote.server_name}"
+    first_join = s.room.build("m.room.member", carol, {"membership": "join"}, carol)
+    left = s.room.build("m.room.member", carol, {"membership": "leave"}, carol)
+    await s.room.teach(s.server, [first_join, left])
+    # Our branch goes on without carol; hers re-joins from the same point.
+    ours = s.room.message("meanwhile")
+    await s.room.teach(s.server, [ours])
+    rejoin = s.room.build("m.room.member", carol, {"membership": "join"}, carol, prev=[left.event_id])
+    hello = s.room.message("back again", sender=carol)
+    assert list(hello.prev_events) == [rejoin.event_id]
+    s.remote.serve_missing_events = False
+    await s.remote.send(s.server, [hello])
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    assert await outcome(s.server, hello.event_id) is Outcome.ACCEPTED
+    current = await s.server.services.event_store.get_current_state_ids(s.room.room_id)
+    assert current[("m.room.member", carol)] == rejoin.event_id
+    extremities = await s.server.services.event_store.get_forward_extremities(s.room.room_id)
+    assert sorted(extremities) == sorted([ours.event_id, hello.event_id])
