@@ -480,6 +480,9 @@ class InboundWorker:
                 self._wake.clear()
                 await self._flush_done()
                 await self._maybe_prune()
+                # The inbox's statements may run on this thread (SQLite's side connection):
+                # a turn of the loop between them, so a /send never waits for all of them.
+                await asyncio.sleep(0)
                 claimed = 0
                 if self._resumed.is_set():
                     claimed = await self._claim_round()
@@ -514,6 +517,7 @@ class InboundWorker:
         claimed: list[InboxEntry] = []
         for origin in origins:
             entries = await self._store.claim(origin, share, full)
+            await asyncio.sleep(0)
             claimed.extend(entries)
             # Rotate: the next round starts with the next origin.
             self._origin_order.remove(origin)

@@ -88,11 +88,17 @@ async def _inject_fault_once(server: RunningServer, victim: str) -> Callable[[],
                 return 1
             return 0
 
-        await db._conn.create_function("fail_once", 1, fail_once)  # type: ignore[attr-defined]
-        await db.execute(
+        trigger = (
             "CREATE TEMP TRIGGER inject BEFORE INSERT ON events WHEN fail_once(NEW.event_id)"
             " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
         )
+        # On both connections (a temporary trigger is the connection's own): group commits
+        # run on the side connection.
+        await db._conn.create_function("fail_once", 1, fail_once)  # type: ignore[attr-defined]
+        await db.execute(trigger)
+        side = db._side  # type: ignore[attr-defined]
+        side.create_function("fail_once", 1, fail_once)
+        side.execute(trigger)
 
         async def fired_sqlite() -> int:
             return len(failed)
