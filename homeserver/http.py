@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.errors import MatrixError
-from homeserver.events.canonical import loads
+from homeserver.events.canonical import loads_noting_floats
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,13 @@ async def read_body(request: web.Request, max_bytes: int = DEFAULT_MAX_BODY) -> 
 
 def parse_json(data: bytes) -> Any:
     """Parse a JSON body; M_NOT_JSON when it is not JSON at all."""
+    return parse_json_noting_floats(data)[0]
+
+
+def parse_json_noting_floats(data: bytes) -> tuple[Any, bool]:
+    """``parse_json``, and whether the body held a float (see ``loads_noting_floats``)."""
     try:
-        return loads(data.decode("utf-8"))
+        return loads_noting_floats(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
 

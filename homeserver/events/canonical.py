@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+import orjson
 from canonicaljson import encode_canonical_json
 
 from homeserver.events.errors import EventFormatError
@@ -24,6 +25,22 @@ def canonical_json(value: Any) -> bytes:
     return encode_canonical_json(value)
 
 
+def canonical_json_float_free(value: Any) -> bytes:
+    """``canonical_json`` for a value known to hold no float, several times faster.
+
+    orjson writes sorted keys, no spaces, UTF-8 and the same escapes as the reference
+    encoder for every code point (tested exhaustively), but formats some floats differently
+    (``1e-05`` against ``0.00001``): hence the precondition, which ``loads_noting_floats``
+    lets a caller establish. Anything orjson refuses (an integer beyond 64 bits, a non-string
+    key, a lone surrogate, a type it does not know) goes to the reference encoder, which
+    gives its own answer or error.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return encode_canonical_json(value)
+
+
 def _parse_number(text: str) -> int | float:
     value = float(text)
     return int(value) if value.is_integer() else value
@@ -36,6 +53,19 @@ def _reject_constant(name: str) -> Any:
 def loads(data: str | bytes) -> Any:
     """Parse JSON as Matrix needs it: integral numbers become ints, NaN/Infinity refused."""
     return json.loads(data, parse_float=_parse_number, parse_constant=_reject_constant)
+
+
+def loads_noting_floats(data: str | bytes) -> tuple[Any, bool]:
+    """``loads``, and whether the text held any number with a fraction or an exponent (if
+    not, nothing parsed is a float, and ``canonical_json_float_free`` may encode it)."""
+    seen = False
+
+    def parse_float(text: str) -> int | float:
+        nonlocal seen
+        seen = True
+        return _parse_number(text)
+
+    return json.loads(data, parse_float=parse_float, parse_constant=_reject_constant), seen
 
 
 def check_canonical_values(value: Any, path: str = "") -> None:

@@ -18,12 +18,14 @@ from homeserver.crypto.keyring import KeyNotFoundError, KeyRing
 from homeserver.crypto.xmatrix import XMatrixError, parse_authorization, pdu_texts, verify_request
 from homeserver.errors import MatrixError, unauthorized
 from homeserver.events.identifiers import is_valid_server_name
-from homeserver.http import Handler, parse_json, read_body
+from homeserver.http import Handler, parse_json_noting_floats, read_body
 
 ORIGIN = web.RequestKey("origin", str)
 BODY: web.RequestKey[Any] = web.RequestKey("body", object)
 # /send: the canonical JSON of each PDU of the body (computed for the signature check).
 PDU_TEXTS: web.RequestKey[Any] = web.RequestKey("pdu_texts", object)
+# Whether the body held no float (canonical JSON of its parts may use the fast encoder).
+FLOAT_FREE: web.RequestKey[bool] = web.RequestKey("float_free", bool)
 # Largest body any federation endpoint accepts; endpoints may bound it further.
 MAX_FEDERATION_BODY = 8 * 1024 * 1024
 
@@ -43,8 +45,8 @@ def make_auth_middleware(
         if not headers:
             raise unauthorized("Missing X-Matrix Authorization header")
         raw = await read_body(request, MAX_FEDERATION_BODY)
-        content = parse_json(raw) if raw else None
-        parts = pdu_texts(content)
+        content, has_floats = parse_json_noting_floats(raw) if raw else (None, False)
+        parts = pdu_texts(content, float_free=not has_floats)
         last_error = "no X-Matrix Authorization header"
         for header in headers:
             try:
@@ -69,6 +71,7 @@ def make_auth_middleware(
             request[ORIGIN] = auth.origin
             request[BODY] = content
             request[PDU_TEXTS] = parts
+            request[FLOAT_FREE] = not has_floats
             if on_authenticated is not None:
                 await on_authenticated(auth.origin)
             return await handler(request)

@@ -32,7 +32,7 @@ from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import DEFAULT_ROOM_VERSION
-from homeserver.federation.auth import BODY, ORIGIN, PDU_TEXTS
+from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
 from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
@@ -138,9 +138,10 @@ class FederationTransport:
         pending: dict[str, PendingPdu] = {}
         drops: list[str] = []
         texts = request.get(PDU_TEXTS)
+        float_free = bool(request.get(FLOAT_FREE, False))
         for i, pdu in enumerate(pdus):
             text = texts[i].decode("utf-8") if texts is not None else None
-            accepted = await self._admit_pdu(origin, pdu, results, drops, text)
+            accepted = await self._admit_pdu(origin, pdu, results, drops, text, float_free)
             if accepted is not None:
                 pending.setdefault(accepted.event_id, accepted)
         kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
@@ -193,7 +194,7 @@ class FederationTransport:
 
     async def _admit_pdu(
         self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str],
-        text: str | None = None,
+        text: str | None = None, float_free: bool = False,
     ) -> PendingPdu | None:
         room_id = pdu.get("room_id")
         version = await self._store.get_room_version(room_id) if isinstance(room_id, str) else None
@@ -204,7 +205,7 @@ class FederationTransport:
             self._drop(pdu, results, "Unknown room", DEFAULT_ROOM_VERSION)
             return None
         try:
-            event_id = compute_event_id(pdu, version)
+            event_id = compute_event_id(pdu, version, float_free=float_free)
         except (EventError, TypeError, ValueError, AttributeError):
             drops.append("malformed")
             return None  # no ID to key an entry by

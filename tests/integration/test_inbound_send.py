@@ -240,3 +240,22 @@ async def test_edus_from_the_origins_own_users(setup: Setup) -> None:
     assert rows == [(me, json.dumps([s.room.events[-1].event_id]))]
     assert metric(s.server, "hs_inbound_edus_dropped_total",
                   {"origin": s.remote.server_name, "reason": "foreign_user"}) == 2
+
+
+async def test_a_body_with_floats_is_verified_and_keyed_as_its_sender_encoded_it(setup: Setup) -> None:
+    """The door encodes float-free bodies with a faster canonical JSON encoder, which
+    writes some floats differently (``1e-05``); a body holding floats takes the reference
+    encoder, so the request signature still verifies and each PDU is keyed by the event ID
+    its sender computed. (A float makes the PDU itself invalid: the worker drops it.)"""
+    s = setup
+    good = s.room.message("fine")
+    floaty = s.room.build("m.room.message", s.room.creator, {"msgtype": "m.text", "body": "x", "weight": 1e-05},
+                          add=False)
+    edus = [{"edu_type": "org.example.metrics", "content": {"ratio": 2.5e-07}}]
+    status, body = await s.remote.send(s.server, [good, floaty], edus)
+    assert status == 200, body
+    assert body == {"pdus": {good.event_id: {}, floaty.event_id: {}}}
+    assert await s.server.services.inbound_worker.wait_idle(WAIT)
+    assert await outcome(s.server, good.event_id) is Outcome.ACCEPTED
+    assert await outcome(s.server, floaty.event_id) is None  # not canonical JSON: dropped
+    assert metric(s.server, "hs_events_processed_total", {"outcome": "dropped"}) == 1
