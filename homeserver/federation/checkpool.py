@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -51,8 +52,16 @@ def _verify_key(raw: bytes) -> VerifyKey:
     return key
 
 
+# Helpers run at a lower CPU priority than the server: their work is the backlog's, and
+# the server's event loop answers remote servers.
+HELPER_NICENESS = 10
+
+
 def _watch_parent(parent: int) -> None:
-    """Runs in each helper: exit as soon as the server is gone (even if it was killed)."""
+    """Runs in each helper: yield the CPU to the server first, and exit as soon as the
+    server is gone (even if it was killed)."""
+    with contextlib.suppress(OSError):
+        os.nice(HELPER_NICENESS)
 
     def watch() -> None:
         while os.getppid() == parent:
