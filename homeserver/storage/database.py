@@ -88,6 +88,38 @@ class DeferredWriteError(DatabaseError):
     """A deferred write was not committed (its group failed, or one before it did)."""
 
 
+# A deferred write: its statements and the future its caller holds.
+Deferred = tuple[list[Statement], "asyncio.Future[None]"]
+
+
+def _settle(group: Sequence[Deferred]) -> None:
+    """The group is committed: its callers learn so."""
+    for _, future in group:
+        if not future.done():
+            future.set_result(None)
+
+
+def _fail(failed: Sequence[Deferred], error: Exception, hooks: Sequence[Callable[[], None]]) -> None:
+    """A group failed: it and everything deferred after it (computed on top of it) fail,
+    and the failure hooks run at once, before any other task, so caches can be dropped."""
+    exc = DeferredWriteError(f"deferred write failed: {error}")
+    for _, future in failed:
+        if not future.done():
+            future.set_exception(exc)
+    for hook in hooks:
+        hook()
+
+
+async def _wait_for_gate(gate: asyncio.Event | None) -> None:
+    """Hold a group commit back while ``gate`` is clear, for DEFER_GATE_SECONDS at most."""
+    if gate is not None and not gate.is_set():
+        try:
+            async with asyncio.timeout(DEFER_GATE_SECONDS):
+                await gate.wait()
+        except TimeoutError:
+            pass
+
+
 class Database(Connection):
     engine: str
     # Whether ``defer`` is available (see SqliteDatabase.defer).
@@ -334,7 +366,7 @@ class SqliteDatabase(Database):
         self._conn = conn
         self._lock = asyncio.Lock()
         self._inner = _SqliteConn(conn)
-        self._deferred: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._deferred: list[Deferred] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure_hooks: list[Callable[[], None]] = []
         # The side connection (None in memory: a second connection would be another
@@ -374,12 +406,7 @@ class SqliteDatabase(Database):
             # And one per turn of the loop: a group commit on the side connection runs on
             # this thread, and nothing below need suspend.
             await asyncio.sleep(0)
-            if self._gate is not None and not self._gate.is_set():
-                try:
-                    async with asyncio.timeout(DEFER_GATE_SECONDS):
-                        await self._gate.wait()
-                except TimeoutError:
-                    pass
+            await _wait_for_gate(self._gate)
             async with self._lock:
                 await self._run_deferred(once=True)
                 if self._side is not None and self._side_commits >= CHECKPOINT_EVERY_GROUPS:
@@ -412,16 +439,9 @@ class SqliteDatabase(Database):
                     self._side_commits += 1
             except Exception as e:
                 later, self._deferred = self._deferred, []
-                error = DeferredWriteError(f"deferred write failed: {e}")
-                for _, future in (*group, *later):
-                    if not future.done():
-                        future.set_exception(error)
-                for hook in self._failure_hooks:
-                    hook()
+                _fail([*group, *later], e, self._failure_hooks)
                 return
-            for _, future in group:
-                if not future.done():
-                    future.set_result(None)
+            _settle(group)
             if once:
                 return
 
@@ -616,7 +636,7 @@ class PostgresDatabase(Database):
         self._pool = pool
         self._dsn = dsn
         self._timeout = timeout
-        self._deferred: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._deferred: list[Deferred] = []
         self._last: asyncio.Future[None] | None = None  # the last deferred write's future
         self._flusher: asyncio.Task[None] | None = None
         self._failure_hooks: list[Callable[[], None]] = []
@@ -668,12 +688,7 @@ class PostgresDatabase(Database):
 
     async def _flush_task(self) -> None:
         while self._deferred:
-            if self._gate is not None and not self._gate.is_set():
-                try:
-                    async with asyncio.timeout(DEFER_GATE_SECONDS):
-                        await self._gate.wait()
-                except TimeoutError:
-                    pass
+            await _wait_for_gate(self._gate)
             group = self._deferred[:DEFER_GROUP_MAX]
             del self._deferred[: len(group)]
             statements = [st for sts, _ in group for st in sts]
@@ -685,16 +700,9 @@ class PostgresDatabase(Database):
                 if self._writer is not None and self._writer.is_closed():
                     self._writer = None
                 later, self._deferred = self._deferred, []
-                error = DeferredWriteError(f"deferred write failed: {e}")
-                for _, future in (*group, *later):
-                    if not future.done():
-                        future.set_exception(error)
-                for hook in self._failure_hooks:
-                    hook()
+                _fail([*group, *later], e, self._failure_hooks)
                 continue
-            for _, future in group:
-                if not future.done():
-                    future.set_result(None)
+            _settle(group)
 
     async def _writer_connection(self) -> Any:
         if self._writer is None or self._writer.is_closed():
