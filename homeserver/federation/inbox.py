@@ -278,10 +278,17 @@ class InboxStore:
             args += rooms
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        if self.db.engine == "postgres":
+        postgres = self.db.engine == "postgres"
+        if postgres:
             sql += " FOR UPDATE SKIP LOCKED"
 
         async def work(conn: Connection) -> list[Row]:
+            if postgres:
+                # The index (origin, claimed, id) gives the oldest entries in order. Before
+                # the inbox table is first analyzed (a new server's first backlog) the planner
+                # believes a couple of rows match, and sorted every unclaimed entry, bodies
+                # and all, for each claim: 35 ms at 10,000 entries instead of 1.
+                await conn.execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
             rows = await conn.fetchall(sql, *args)
             if rows:
                 marks = ",".join("?" * len(rows))
