@@ -121,6 +121,7 @@ async def test_three_servers_each_message_once_no_relay(
         await eventually_db(srv, "SELECT COUNT(*) FROM outbound_pdu_queue", 0)
     metrics = ("hs_inbound_pdus_total", "hs_inbound_duplicate_pdus_total")
     before_in = {(srv.name, m, o): counter(srv, m, origin=o) for srv in (a, b) for m in metrics for o in servers}
+    before_fetched = {srv.name: counter(srv, "hs_inbound_fetched_events_total") for srv in (a, b)}
     before_out = {(srv.name, d): counter(srv, "hs_outbound_pdus_total", destination=d) for srv in (a, b)
                   for d in servers}
     ids = {
@@ -150,11 +151,13 @@ async def test_three_servers_each_message_once_no_relay(
     sent = {(srv.name, d): delta_out(srv, d) for srv in (a, b) for d in servers if d != srv.name}
     assert set(sent.values()) == {1}, sent
     for srv, other in ((a, b), (b, a)):
-        # Received once from each origin, never a duplicate, nothing from the wrong server.
+        # Received once from each origin, nothing from the wrong server, and no echo: a
+        # duplicate only where we fetched a message (the next one cited it before its own
+        # server's /send arrived, a legitimate race; see the amplification test).
         assert delta_in(srv, "hs_inbound_pdus_total", synapse.server_name) == 1
         assert delta_in(srv, "hs_inbound_pdus_total", other.name) == 1
-        for o in servers:
-            assert delta_in(srv, "hs_inbound_duplicate_pdus_total", o) == 0
+        duplicates = sum(delta_in(srv, "hs_inbound_duplicate_pdus_total", o) for o in servers)
+        assert duplicates <= counter(srv, "hs_inbound_fetched_events_total") - before_fetched[srv.name]
         assert counter(srv, "hs_outbound_refused_relays_total") == 0
     # Synapse shows each message once.
     assert sorted(bodies(s_user.timelines[room_id])) == sorted(expected)
