@@ -165,12 +165,17 @@ class RoomsAPI:
 
     # ------------------------------------------------------------------ membership
 
-    async def join_by_id_or_alias(self, request: web.Request) -> web.Response:
-        req = await self.auth.requester(request)
+    @staticmethod
+    def _target_and_via(request: web.Request) -> tuple[str, list[str]]:
+        """``{roomIdOrAlias}`` (checked) and the servers to try (``via``, ``server_name``)."""
         target = request.match_info["room_id_or_alias"]
         if not target.startswith(("!", "#")):
             raise MatrixError(400, "M_INVALID_PARAM", "Not a room ID or alias")
-        via = [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+        return target, [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+
+    async def join_by_id_or_alias(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        target, via = self._target_and_via(request)
         return await self._join(request, req.user_id, target, via)
 
     async def join_room(self, request: web.Request) -> web.Response:
@@ -187,10 +192,7 @@ class RoomsAPI:
 
     async def knock(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
-        target = request.match_info["room_id_or_alias"]
-        if not target.startswith(("!", "#")):
-            raise MatrixError(400, "M_INVALID_PARAM", "Not a room ID or alias")
-        via = [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+        target, via = self._target_and_via(request)
         body = await self._body(request) if request.can_read_body else {}
         reason = require_str(body, "reason", optional=True)
         with room_errors(), directory_errors():

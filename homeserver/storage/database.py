@@ -157,6 +157,39 @@ class Database(Connection):
     async def close(self) -> None: ...
 
 
+class _DeferredWrites:
+    """What both engines keep for deferred writes (``Database.defer``): the queue of
+    groups not yet committed, the failure hooks, the gate, and the task committing them
+    (``_flush_task``, the engine's own)."""
+
+    def _init_deferred(self) -> None:
+        self._deferred: list[Deferred] = []
+        self._last: asyncio.Future[None] | None = None  # the last deferred write's future
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure_hooks: list[Callable[[], None]] = []
+        # Set: group commits may start. Cleared (by whoever answers remote servers) to hold
+        # them back, for at most DEFER_GATE_SECONDS each.
+        self._gate: asyncio.Event | None = None
+
+    def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._deferred.append((statements, future))
+        self._last = future
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_task())
+        return future
+
+    def on_deferred_failure(self, hook: Callable[[], None]) -> None:
+        self._failure_hooks.append(hook)
+
+    def set_defer_gate(self, gate: asyncio.Event) -> None:
+        self._gate = gate
+
+    async def _flush_task(self) -> None:
+        raise NotImplementedError
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """Whether ``exc`` is either engine's unique-constraint violation."""
     if isinstance(exc, sqlite3.IntegrityError):
@@ -346,7 +379,7 @@ def _commit_group(raw: Any, statements: Sequence[Statement]) -> None:
     _apply(raw, statements)
 
 
-class SqliteDatabase(Database):
+class SqliteDatabase(_DeferredWrites, Database):
     """The embedded default: one file, WAL mode, one connection guarded by a lock (on
     aiosqlite's thread) and a side connection used on the event loop's thread.
 
@@ -366,9 +399,7 @@ class SqliteDatabase(Database):
         self._conn = conn
         self._lock = asyncio.Lock()
         self._inner = _SqliteConn(conn)
-        self._deferred: list[Deferred] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._failure_hooks: list[Callable[[], None]] = []
+        self._init_deferred()
         # The side connection (None in memory: a second connection would be another
         # database), with its own lock. A plain sqlite3 connection used on the event loop's
         # thread itself: its transactions are short (the /send door's is about half a
@@ -378,27 +409,10 @@ class SqliteDatabase(Database):
         self._side: sqlite3.Connection | None = None
         self._side_lock = asyncio.Lock()
         self._side_commits = 0  # group commits on the side connection since the last checkpoint
-        # Set: group commits may start. Cleared (by whoever answers remote servers) to hold
-        # them back, for at most DEFER_GATE_SECONDS each, while a reply waits for the lock.
-        self._gate: asyncio.Event | None = None
-
-    def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._deferred.append((statements, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_task())
-        return future
-
-    def on_deferred_failure(self, hook: Callable[[], None]) -> None:
-        self._failure_hooks.append(hook)
 
     async def flush_deferred(self) -> None:
         async with self._lock:
             await self._run_deferred()
-
-    def set_defer_gate(self, gate: asyncio.Event) -> None:
-        self._gate = gate
 
     async def _flush_task(self) -> None:
         # One group per turn of the lock: whoever waits for the connection goes next.
@@ -619,7 +633,7 @@ async def _keep_session(conn: Any) -> None:
     LISTEN, advisory locks or cursors), and an open transaction is still rolled back."""
 
 
-class PostgresDatabase(Database):
+class PostgresDatabase(_DeferredWrites, Database):
     """PostgreSQL through an asyncpg pool.
 
     Deferred writes (``defer``) are committed in groups, in the order they were deferred,
@@ -636,12 +650,8 @@ class PostgresDatabase(Database):
         self._pool = pool
         self._dsn = dsn
         self._timeout = timeout
-        self._deferred: list[Deferred] = []
-        self._last: asyncio.Future[None] | None = None  # the last deferred write's future
-        self._flusher: asyncio.Task[None] | None = None
-        self._failure_hooks: list[Callable[[], None]] = []
+        self._init_deferred()
         self._writer: Any = None  # the group commits' own connection
-        self._gate: asyncio.Event | None = None  # see SqliteDatabase
 
     @classmethod
     async def open(
@@ -664,21 +674,6 @@ class PostgresDatabase(Database):
         return cls(pool, dsn, timeout)
 
     # ------------------------------------------------------------------ deferred writes
-
-    def defer(self, statements: list[Statement]) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._deferred.append((statements, future))
-        self._last = future
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_task())
-        return future
-
-    def on_deferred_failure(self, hook: Callable[[], None]) -> None:
-        self._failure_hooks.append(hook)
-
-    def set_defer_gate(self, gate: asyncio.Event) -> None:
-        self._gate = gate
 
     async def flush_deferred(self) -> None:
         last = self._last
