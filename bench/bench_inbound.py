@@ -13,6 +13,9 @@ server's /metrics.
 
 Run: ``.venv/bin/python bench/bench_inbound.py [--engine sqlite|postgres] [--events 10000]``
 (postgres: HOMESERVER_TEST_POSTGRES_DSN or a throwaway cluster, as in the tests).
+``BENCH_CHECK_PROCESSES=0`` runs the server without its check helper; the load generator
+freezes what it built out of its own garbage collections, which would otherwise count as
+the server's latency.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from nio import AsyncClient, AsyncClientConfig, RegisterResponse, SyncResponse
+from nio import AsyncClient, AsyncClientConfig, RegisterResponse, RoomSendResponse, SyncResponse
 
 from homeserver.server import RunningServer
 from tests.conftest import DatabaseFactory
@@ -20,6 +20,15 @@ from tests.servers import make_config, running_server
 
 def base_url(server: RunningServer) -> str:
     return f"http://127.0.0.1:{server.client_port}"
+
+
+def server_name(server: RunningServer) -> str:
+    return server.services.config.server_name
+
+
+def msg(body: str) -> dict[str, str]:
+    """An m.text message's content."""
+    return {"msgtype": "m.text", "body": body}
 
 
 @asynccontextmanager
@@ -83,3 +92,14 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, attempts: int = 20
             return
         await asyncio.sleep(interval)
     raise AssertionError("condition not reached")
+
+
+async def talk(room_id: str, first: AsyncClient, second: AsyncClient) -> None:
+    """Each sends a message to the room ("hi from a" by ``first``, "hi from b" by
+    ``second``), and each sees the other's through /sync."""
+    for client, body in ((second, "hi from b"), (first, "hi from a")):
+        assert isinstance(await client.room_send(room_id, "m.room.message", msg(body)), RoomSendResponse)
+    for client, expected in ((first, "hi from b"), (second, "hi from a")):
+        got: list[str] = []
+        await sync_until(client, lambda r, got=got, expected=expected: bool(
+            got.extend(timeline_bodies(r, room_id))) or expected in got)

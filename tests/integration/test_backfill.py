@@ -17,7 +17,8 @@ from nio import AsyncClient, JoinResponse, RoomCreateResponse, RoomMessagesRespo
 
 from homeserver.config import Config
 from homeserver.server import RunningServer, start_server
-from tests.clients import client_server, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import client_server, msg, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import server_name as name
 from tests.conftest import DatabaseFactory
 from tests.servers import make_config
 
@@ -26,16 +27,8 @@ TEXT = "m.room.message"
 FAST = {"outbound": {"backoff_initial_seconds": 0.2, "backoff_ceiling_seconds": 1.0}}
 
 
-def msg(body: str) -> dict[str, str]:
-    return {"msgtype": "m.text", "body": body}
-
-
 def hv_state(visibility: str) -> list[dict[str, Any]]:
     return [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": visibility}}]
-
-
-def name(server: RunningServer) -> str:
-    return server.services.config.server_name
 
 
 async def create_and_join(

@@ -7,11 +7,9 @@ directory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 from nio import (
     JoinResponse,
     RoomCreateResponse,
@@ -27,23 +25,16 @@ from nio import (
 from nio.responses import PublicRoomsResponse
 
 from homeserver.server import RunningServer
-from tests.clients import client_server, eventually, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import client_server, eventually, msg, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import server_name as name_of
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
 TEXT = "m.room.message"
 
 
-def msg(body: str) -> dict[str, str]:
-    return {"msgtype": "m.text", "body": body}
-
-
 def alias_path(alias: str) -> str:
     return f"{V3}/directory/room/{quote(alias, safe='')}"
-
-
-def name_of(server: RunningServer) -> str:
-    return server.services.config.server_name
 
 
 async def event_types(server: RunningServer, room_id: str) -> list[str]:
@@ -193,15 +184,6 @@ async def test_aliases_and_directory_on_one_server(
         assert body["total_room_count_estimate"] == 3
         status, body = await raw(server, "GET", f"{V3}/publicRooms?since=bogus")
         assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
-
-
-@pytest.fixture
-async def pair(
-    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
-) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    async with client_server(db_factory, tmp_path / "a", test_ca) as a, \
-            client_server(db_factory, tmp_path / "b", test_ca) as b:
-        yield a, b
 
 
 async def test_join_by_alias_and_directories_over_federation(pair: tuple[RunningServer, RunningServer]) -> None:

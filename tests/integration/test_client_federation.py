@@ -5,31 +5,14 @@ through /sync; kick and ban reach the other server; profiles are fetched remotel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from nio import JoinResponse, RoomCreateResponse, RoomSendResponse, SyncResponse
 
 from homeserver.server import RunningServer
-from tests.clients import client_server, eventually, nio_user, raw, sync_until, timeline_bodies
-from tests.conftest import DatabaseFactory
+from tests.clients import eventually, msg, nio_user, raw, sync_until, timeline_bodies
 
 V3 = "/_matrix/client/v3"
 TEXT = "m.room.message"
-
-
-def msg(body: str) -> dict[str, str]:
-    return {"msgtype": "m.text", "body": body}
-
-
-@pytest.fixture
-async def pair(
-    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
-) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    async with client_server(db_factory, tmp_path / "a", test_ca) as a, \
-            client_server(db_factory, tmp_path / "b", test_ca) as b:
-        yield a, b
 
 
 async def test_invite_join_talk_kick_ban_over_federation(pair: tuple[RunningServer, RunningServer]) -> None:

@@ -18,15 +18,11 @@ from nio import (
     SyncResponse,
 )
 
-from tests.clients import client_server, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import client_server, msg, nio_user, raw, sync_until, timeline_bodies
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
 TEXT = "m.room.message"
-
-
-def msg(body: str) -> dict[str, str]:
-    return {"msgtype": "m.text", "body": body}
 
 
 async def test_create_send_sync_and_paginate(db_factory: DatabaseFactory, tmp_path: Path,

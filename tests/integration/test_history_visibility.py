@@ -14,7 +14,7 @@ from nio import JoinResponse, RoomCreateResponse, SyncResponse
 
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.versions import get_room_version
-from tests.clients import client_server, nio_user, raw, sync_until
+from tests.clients import client_server, msg, nio_user, raw, sync_until
 from tests.conftest import DatabaseFactory
 from tests.local_room import LocalRoom
 from tests.remote import fake_remote
@@ -32,10 +32,6 @@ EXPECTED = {
     "invited": ["invited", "joined"],
     "joined": ["joined"],
 }
-
-
-def msg(body: str) -> dict[str, str]:
-    return {"msgtype": "m.text", "body": body}
 
 
 def bodies(events: list[dict[str, Any]]) -> list[str]:

@@ -11,9 +11,12 @@ moved on (both engines). Real servers on loopback, a fake remote with its own ke
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from homeserver.storage.events import Outcome
 from tests.conftest import DatabaseFactory
@@ -180,5 +183,26 @@ async def test_deferred_writes_group_commit_and_fail_together(db_factory: Databa
         # Deferring works again afterwards; many writes of one statement commit together.
         await asyncio.gather(*[insert(f"n{i:03d}") for i in range(100)])
         assert await db.fetchval("SELECT COUNT(*) FROM t") == 103
+    finally:
+        await db.close()
+
+
+async def test_sqlite_group_commits_are_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commits run on the side connection, which never checkpoints (a checkpoint on
+    the event loop's thread would block it); the main connection checkpoints every few
+    groups, so the WAL does not grow without bound."""
+    import homeserver.storage.database as database
+
+    monkeypatch.setattr(database, "CHECKPOINT_EVERY_GROUPS", 2)
+    path = tmp_path / "wal.sqlite"
+    db = await database.SqliteDatabase.open(str(path))
+    try:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        blob = "x" * 20_000
+        for i in range(200):  # about 4 MB in all, one group each
+            await db.defer([("INSERT INTO t (k, v) VALUES (?, ?)", (i, blob), False)])
+        assert await db.fetchval("SELECT COUNT(*) FROM t") == 200
+        # A checkpoint lets the next writer start the WAL from its beginning again.
+        assert await asyncio.to_thread(os.path.getsize, f"{path}-wal") < 1_000_000
     finally:
         await db.close()

@@ -5,6 +5,7 @@ and malformed transactions leave the inbox as it was."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -87,6 +88,45 @@ async def test_repeated_txn_id_enqueues_nothing(setup: Setup) -> None:
     assert await worker.wait_idle(WAIT)
     assert await outcome(s.server, msg.event_id) is Outcome.ACCEPTED
     assert await outcome(s.server, other.event_id) is None
+
+
+async def test_one_txn_id_sent_twice_at_once_is_admitted_once(setup: Setup) -> None:
+    """Two copies of one transaction racing through the door (a retry crossing the first
+    attempt): one is admitted, the other answered as a repeat with the same reply."""
+    s = setup
+    worker = s.server.services.inbound_worker
+    worker.pause()
+    rounds = 8
+    msgs = [s.room.message(f"raced {i}") for i in range(rounds)]
+    for i, m in enumerate(msgs):
+        first, second = await asyncio.gather(
+            s.remote.send(s.server, [m], txn_id=f"race{i}"), s.remote.send(s.server, [m], txn_id=f"race{i}"),
+        )
+        assert first == second == (200, {"pdus": {m.event_id: {}}})
+    assert await inbox_count(s.server) == rounds
+    origin = {"origin": s.remote.server_name}
+    assert metric(s.server, "hs_inbound_repeated_transactions_total", origin) == rounds
+    assert metric(s.server, "hs_inbound_pdus_total", origin) == rounds  # counted once each
+    worker.resume()
+    assert await worker.wait_idle(WAIT)
+    for m in msgs:
+        assert await outcome(s.server, m.event_id) is Outcome.ACCEPTED
+
+
+async def test_worker_is_quiet_only_when_idle_and_no_send_was_answered_lately(setup: Setup) -> None:
+    """What the garbage collection policy waits for (homeserver/gcpolicy.py)."""
+    s = setup
+    worker = s.server.services.inbound_worker
+    assert await worker.wait_idle(WAIT)
+    worker.pause()
+    await s.remote.send(s.server, [s.room.message("wake up")])
+    assert not worker.quiet(0.0)  # an entry waits
+    worker.resume()
+    assert await worker.wait_idle(WAIT)
+    assert worker.quiet(0.0)
+    assert not worker.quiet(3600.0)  # a /send was answered less than an hour ago
+    with worker.answering():
+        assert not worker.quiet(0.0)
 
 
 async def test_echoed_pdu_is_not_processed_again_and_is_counted(setup: Setup) -> None:

@@ -10,7 +10,6 @@ local knock, rejected with a kick, knocked again, accepted with an invite, joine
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,28 +20,12 @@ from nio import AsyncClient, JoinResponse, RoomKnockResponse, RoomSendResponse
 from homeserver.events.versions import get_room_version
 from homeserver.federation.client import FederationRequestError
 from homeserver.server import RunningServer
-from tests.clients import client_server, eventually, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import client_server, eventually, msg, nio_user, raw, talk
+from tests.clients import server_name as name
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
 TEXT = "m.room.message"
-
-
-def msg(body: str) -> dict[str, str]:
-    return {"msgtype": "m.text", "body": body}
-
-
-def name(server: RunningServer) -> str:
-    return server.services.config.server_name
-
-
-@pytest.fixture
-async def pair(
-    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
-) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    async with client_server(db_factory, tmp_path / "a", test_ca) as a, \
-            client_server(db_factory, tmp_path / "b", test_ca) as b:
-        yield a, b
 
 
 async def create_room(server: RunningServer, client: AsyncClient, version: str, join_rule: str | None,
@@ -153,12 +136,7 @@ async def test_knock_over_federation_then_invite_and_join(
             assert status == 200
         else:
             assert isinstance(await bob.join(room), JoinResponse)
-        assert isinstance(await bob.room_send(room, TEXT, msg("hi from b")), RoomSendResponse)
-        assert isinstance(await alice.room_send(room, TEXT, msg("hi from a")), RoomSendResponse)
-        got_a: list[str] = []
-        await sync_until(alice, lambda r: bool(got_a.extend(timeline_bodies(r, room))) or "hi from b" in got_a)
-        got_b: list[str] = []
-        await sync_until(bob, lambda r: bool(got_b.extend(timeline_bodies(r, room))) or "hi from a" in got_b)
+        await talk(room, alice, bob)
         assert await member_state(a, alice, room, bob.user_id) == "join"
 
 

@@ -15,6 +15,7 @@ from homeserver.federation.client import FederationRequestError
 from homeserver.rooms.errors import NotAllowed
 from homeserver.server import RunningServer
 from homeserver.storage.events import Outcome
+from tests.clients import server_name as name
 from tests.conftest import DatabaseFactory
 from tests.outbound_receiver import eventually
 from tests.servers import make_config, running_server
@@ -30,10 +31,6 @@ async def pair(
     b_cfg = make_config(tmp_path / "b", await db_factory.new_settings(), test_ca, extra=FAST)
     async with running_server(a_cfg) as a, running_server(b_cfg) as b:
         yield a, b
-
-
-def name(server: RunningServer) -> str:
-    return server.services.config.server_name
 
 
 def user(server: RunningServer, local: str) -> str:

@@ -3,6 +3,7 @@ server, even a server killed with SIGKILL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -45,6 +46,20 @@ def test_verdicts_of_a_batch() -> None:
         ("not json", "11", keys),
     ])
     assert [v for v, _ in verdicts] == ["ok", "redact", "signature", "format", "format"]
+
+
+async def test_helpers_yield_the_cpu_to_the_server() -> None:
+    from homeserver.federation.checkpool import HELPER_NICENESS, CheckPool
+
+    pool = CheckPool(1)
+    try:
+        await pool.check([("{}", "11", {})])  # starts the helper
+        helper = pool._pool
+        assert helper is not None
+        niceness = await asyncio.wrap_future(helper.submit(os.nice, 0))
+        assert niceness == os.nice(0) + HELPER_NICENESS
+    finally:
+        pool.close()
 
 
 def test_helpers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
