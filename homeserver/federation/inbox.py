@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,10 @@ class Admitted:
     queued: set[str]  # PDUs already waiting in the inbox
 
 
+# A claim on SQLite runs on the event loop's thread; on PostgreSQL it is a round trip.
+CLAIM_PIECE_SQLITE = 25
+CLAIM_PIECE_POSTGRES = 100
+
 _COLUMNS = "id, origin, kind, room_id, event_id, room_version, body"
 
 
@@ -115,6 +119,8 @@ def _entry(row: Sequence[Any]) -> InboxEntry:
 class InboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Most entries one claim statement takes (see InboundWorker._claim_round).
+        self.claim_piece = CLAIM_PIECE_POSTGRES if db.engine == "postgres" else CLAIM_PIECE_SQLITE
 
     async def admit(
         self,
@@ -347,6 +353,13 @@ class InboundWorker:
         self._metrics = metrics
         self._origins: set[str] = set()
         self._origin_order: deque[str] = deque()
+        # Origins whose last claim found nothing outside the rooms then full, with those
+        # rooms: not claimed from again until one of them has room or the origin sends
+        # more (such a claim scans every entry of the full rooms and finds nothing).
+        self._blocked: dict[str, frozenset[str]] = {}
+        # Per origin, how often it was (re)added: a claim round that finds an origin drained
+        # forgets it only if nothing was enqueued for it while the round was claiming.
+        self._added: dict[str, int] = {}
         self._queues: dict[str, deque[InboxEntry]] = {}
         self._waiting: deque[str] = deque()  # rooms with entries and no running task
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -446,8 +459,14 @@ class InboundWorker:
             except TimeoutError:
                 pass
 
-    def notify(self, origin: str) -> None:
-        """/send enqueued entries from ``origin``."""
+    def notify(self, origin: str, keys: Iterable[str] | None = None) -> None:
+        """/send enqueued entries from ``origin`` (``keys``: their queues, if known: rooms,
+        or ``edu <origin>``)."""
+        blocked = self._blocked.get(origin)
+        if blocked is not None and keys is not None and blocked.issuperset(keys):
+            # Only more for rooms already full: nothing to claim before they have room.
+            self._wake.set()
+            return
         self._add_origin(origin)
         self._wake.set()
 
@@ -475,6 +494,8 @@ class InboundWorker:
     # ------------------------------------------------------------------ the loop
 
     def _add_origin(self, origin: str) -> None:
+        self._blocked.pop(origin, None)
+        self._added[origin] = self._added.get(origin, 0) + 1
         if origin not in self._origins:
             self._origins.add(origin)
             self._origin_order.append(origin)
@@ -523,15 +544,34 @@ class InboundWorker:
         share = max(1, free // len(origins))
         claimed: list[InboxEntry] = []
         for origin in origins:
-            entries = await self._store.claim(origin, share, full)
-            await asyncio.sleep(0)
+            blocked = self._blocked.get(origin)
+            if blocked is not None and blocked.issubset(full):
+                self._origin_order.remove(origin)
+                self._origin_order.append(origin)
+                continue
+            added = self._added.get(origin, 0)
+            entries: list[InboxEntry] = []
+            while len(entries) < share:
+                # In pieces: on SQLite a claim runs on this thread (reading the bodies and
+                # marking them claimed holds the loop about 35 us an entry), and a /send
+                # arriving meanwhile waits for the piece, not for the whole claim.
+                want = min(self._store.claim_piece, share - len(entries))
+                got = await self._store.claim(origin, want, full)
+                entries.extend(got)
+                await self._give_way()
+                if len(got) < want:
+                    break
             claimed.extend(entries)
             # Rotate: the next round starts with the next origin.
             self._origin_order.remove(origin)
-            if len(entries) < share and not full:
+            drained = len(entries) < share and self._added.get(origin, 0) == added
+            if drained and not full:
                 self._origins.discard(origin)  # drained (for now)
+                self._added.pop(origin, None)
             else:
                 self._origin_order.append(origin)
+                if drained:
+                    self._blocked[origin] = frozenset(full)
         claimed.sort(key=lambda e: e.id)
         prefetch = getattr(self._process, "prefetch", None)
         if prefetch is not None and claimed:

@@ -161,7 +161,10 @@ class FederationTransport:
         if admitted.enqueued:
             self._metrics.inbox_depth.inc(admitted.enqueued)
             if self._worker is not None:
-                self._worker.notify(origin)
+                keys = {p.room_id for p in pending.values()}
+                if kept_edus:
+                    keys.add(f"edu {origin}")
+                self._worker.notify(origin, keys)
         self._metrics.send_latency.observe(time.perf_counter() - started)
         return json_response(admitted.response)
 

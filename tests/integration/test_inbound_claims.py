@@ -1,0 +1,97 @@
+"""How the inbound worker claims from the inbox (both engines, a real database, the real
+InboxStore and InboundWorker; the processor is the test's, held by a gate).
+
+- A room whose in-memory queue is full is left out of claims, so another room of the same
+  origin is claimed and processed meanwhile.
+- A claim that found nothing outside the full rooms is not repeated while they stay full
+  and the origin sends only more of the same rooms (each such claim walks every entry of
+  those rooms); a /send for another room, or a full room making room, claims again.
+- Claims are taken in pieces, in inbox order: nothing is skipped or taken twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from homeserver.config import InboundConfig
+from homeserver.federation.inbox import InboundWorker, InboxEntry, InboxStore, PendingPdu
+from homeserver.metrics import Metrics
+from homeserver.storage.migrations import migrate
+from tests.conftest import DatabaseFactory
+
+ORIGIN = "remote.test"
+MAX_QUEUED = 4
+
+
+class CountingStore(InboxStore):
+    """The real store, counting claims (and those that found nothing)."""
+
+    claims = 0
+    empty_claims_with_exclusions = 0
+
+    async def claim(self, origin: str, limit: int, exclude_keys: Sequence[str]) -> list[InboxEntry]:
+        got = await super().claim(origin, limit, exclude_keys)
+        self.claims += 1
+        if exclude_keys and not got:
+            self.empty_claims_with_exclusions += 1
+        return got
+
+
+async def _admit(store: InboxStore, txn: str, room: str, ids: Sequence[str]) -> None:
+    pdus = [PendingPdu(room, event_id, "11", {"event_id": event_id}) for event_id in ids]
+    admitted = await store.admit(ORIGIN, txn, {"pdus": {}}, pdus, [])
+    assert admitted.enqueued == len(ids)
+
+
+async def _until(condition: object, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_full_room_is_skipped_and_not_claimed_from_again(db_factory: DatabaseFactory) -> None:
+    db = await db_factory.open()
+    await migrate(db)
+    store = CountingStore(db)
+    store.claim_piece = 3  # several pieces per claim
+    processed: list[str] = []
+    gate = {"!a:remote.test": asyncio.Event(), "!b:remote.test": asyncio.Event()}
+    gate["!b:remote.test"].set()
+
+    async def process(entry: InboxEntry) -> None:
+        # Room A's first five go through; then it is held (its queue stays full).
+        if entry.room_id != "!a:remote.test" or len([e for e in processed if e.startswith("$a")]) >= 5:
+            await gate[entry.room_id or ""].wait()
+        processed.append(entry.event_id or "")
+
+    config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
+    worker = InboundWorker(store, process, config, Metrics())
+    try:
+        room_a = [f"$a{i}" for i in range(30)]
+        await _admit(store, "t1", "!a:remote.test", room_a)
+        await worker.start()
+        worker.notify(ORIGIN, {"!a:remote.test"})
+        # Room A is held with its queue full: the next claim leaves it out, finds nothing.
+        await _until(lambda: store.empty_claims_with_exclusions >= 1)
+        await asyncio.sleep(0.2)
+        claims = store.claims
+        # More for room A only: nothing is claimed while it stays full.
+        await _admit(store, "t2", "!a:remote.test", ["$a30"])
+        worker.notify(ORIGIN, {"!a:remote.test"})
+        await asyncio.sleep(0.3)
+        assert store.claims == claims
+        assert store.empty_claims_with_exclusions == 1
+        # Room B of the same origin is claimed and processed while A is held.
+        await _admit(store, "t3", "!b:remote.test", ["$b0", "$b1"])
+        worker.notify(ORIGIN, {"!b:remote.test"})
+        await _until(lambda: processed[5:] == ["$b0", "$b1"])
+        # Room A released: everything it had, once each and in order.
+        gate["!a:remote.test"].set()
+        await _until(lambda: len(processed) == 33)
+        assert [e for e in processed if e.startswith("$a")] == [*room_a, "$a30"]
+        assert await worker.wait_idle(10.0)
+    finally:
+        await worker.stop()
+        await db.close()
