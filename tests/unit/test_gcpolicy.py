@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 
-from homeserver.gcpolicy import DUE_AFTER_YOUNG, CollectorPolicy
+from homeserver.gcpolicy import DUE_AFTER_YOUNG, YOUNG_THRESHOLD, CollectorPolicy
 
 
 class Clock:
@@ -71,7 +71,8 @@ async def test_start_and_stop_restore_the_collector() -> None:
     policy = CollectorPolicy(lambda: True)
     policy.start()
     try:
-        assert gc.get_threshold()[:2] == before[:2]
+        # Generation 0 as CPython has it; generation 1 collected more often (shorter pauses).
+        assert gc.get_threshold()[:2] == (before[0], YOUNG_THRESHOLD)
         assert gc.get_threshold()[2] > 1_000_000  # automatic full collections are off
         assert gc.get_freeze_count() > 0  # start-up objects are out of the collector's sight
         assert policy._on_gc in gc.callbacks
