@@ -53,8 +53,12 @@ def _verify_key(raw: bytes) -> VerifyKey:
 
 
 # Helpers run at a lower CPU priority than the server: their work is the backlog's, and
-# the server's event loop answers remote servers.
+# the server's event loop answers remote servers. The idle scheduling class, where the
+# system has it: a nice-10 task still gets whole time slices of its own (Linux's EEVDF
+# scheduler makes nice a matter of how often, not how long), and a /send being answered on
+# that core waited for them; an idle-class task gives way at once to any other.
 HELPER_NICENESS = 10
+HELPER_POLICY: int | None = getattr(os, "SCHED_IDLE", None)
 
 
 def _watch_parent(parent: int) -> None:
@@ -62,6 +66,9 @@ def _watch_parent(parent: int) -> None:
     server is gone (even if it was killed)."""
     with contextlib.suppress(OSError):
         os.nice(HELPER_NICENESS)
+    if HELPER_POLICY is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, HELPER_POLICY, os.sched_param(0))
 
     def watch() -> None:
         while os.getppid() == parent:

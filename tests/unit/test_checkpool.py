@@ -49,7 +49,7 @@ def test_verdicts_of_a_batch() -> None:
 
 
 async def test_helpers_yield_the_cpu_to_the_server() -> None:
-    from homeserver.federation.checkpool import HELPER_NICENESS, CheckPool
+    from homeserver.federation.checkpool import HELPER_NICENESS, HELPER_POLICY, CheckPool
 
     pool = CheckPool(1)
     try:
@@ -58,6 +58,10 @@ async def test_helpers_yield_the_cpu_to_the_server() -> None:
         assert helper is not None
         niceness = await asyncio.wrap_future(helper.submit(os.nice, 0))
         assert niceness == os.nice(0) + HELPER_NICENESS
+        if HELPER_POLICY is not None:  # Linux: the idle scheduling class
+            policy = await asyncio.wrap_future(helper.submit(os.sched_getscheduler, 0))
+            assert policy == HELPER_POLICY
+            assert os.sched_getscheduler(0) != HELPER_POLICY  # the server itself is not
     finally:
         pool.close()
 
