@@ -377,11 +377,11 @@ class EventPersister:
             and state_after == state_before and (new_head is None or new_head.delta == ())
             and self.store.cached_state_group(parent) == state_before
         ):
-            # PostgreSQL: a transaction holding the commit lock has its ordering already;
-            # a write deferred now could commit before it (SQLite's one connection orders them).
+            # Not while a transaction holds the commit lock: it may take its ordering after
+            # this event's and commit before it (on SQLite too: the deferred write waits for
+            # that transaction), and a reader that saw its ordering would miss this event.
             if (defer and self.db.supports_defer and generation == self.generation
-                    and self._next_ordering is not None
-                    and not (self.db.engine == "postgres" and self._commit_lock.locked())):
+                    and self._next_ordering is not None and not self._commit_lock.locked()):
                 return await self._persist_deferred(event, outcome, rejection_reason, parent, old_head, new_head)
             if self.db.engine == "postgres":
                 return await self._persist_one_statement(event, outcome, rejection_reason, parent, old_head, new_head)

@@ -3,6 +3,8 @@ state, forks resolved, state groups shared, idempotence."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -126,3 +128,29 @@ async def test_state_groups_survive_cache_loss(persister: EventPersister, db: Da
     for e in room.events[1:]:
         assert await fresh.get_state_ids_after(e.event_id) == await persister.store.get_state_ids_after(e.event_id)
     assert len(await fresh.get_current_state_ids(room.room_id)) == 4 + 10
+
+
+async def test_nothing_is_deferred_while_a_transaction_holds_the_commit_lock(persister: EventPersister) -> None:
+    """A message that could be deferred is written at once while another persist holds the
+    commit lock: that one may take its stream ordering after the message's and commit first,
+    and a reader that saw its ordering would then never see the message (both engines)."""
+    room = standard_room(KNOWN_ROOM_VERSIONS["11"])
+    room.set_member(BOB, "join")
+    first = room.send("m.room.message", BOB, {"body": "one", "msgtype": "m.text"})
+    await persist_linear(persister, room.events)
+    second = room.send("m.room.message", BOB, {"body": "two", "msgtype": "m.text"})
+    third = room.send("m.room.message", BOB, {"body": "three", "msgtype": "m.text"})
+    before = await persister.compute_state_before(second.room_version, [first.event_id])
+    assert persister.db.supports_defer  # both engines
+    # The fast path defers, as a rule ...
+    _, commit = await persister.persist_event_deferred(second, Outcome.ACCEPTED, before)
+    assert commit is not None
+    await commit
+    # ... but not while the commit lock is held.
+    async with persister._commit_lock:
+        task = asyncio.ensure_future(persister.persist_event_deferred(third, Outcome.ACCEPTED, before))
+        await asyncio.sleep(0.05)
+        assert not task.done()  # waits for the lock, writes nothing meanwhile
+    _, commit = await task
+    assert commit is None
+    assert (await persister.store.get_forward_extremities(room.room_id)) == [third.event_id]
