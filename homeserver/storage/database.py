@@ -431,8 +431,11 @@ class SqliteDatabase(_DeferredWrites, Database):
                     await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def _run_deferred(self, once: bool = False) -> None:
-        """Commit what was deferred, one transaction per group (the caller holds the lock)."""
-        while self._deferred:
+        """Commit what was deferred, one transaction per group (the caller holds the lock):
+        what was deferred so far, not what is deferred meanwhile."""
+        groups = -(-len(self._deferred) // DEFER_GROUP_MAX)
+        while self._deferred and groups > 0:
+            groups -= 1
             # Bounded groups: whoever waits for the connection waits for one group at most.
             group, self._deferred = self._deferred[:DEFER_GROUP_MAX], self._deferred[DEFER_GROUP_MAX:]
             statements = [st for sts, _ in group for st in sts]
@@ -458,6 +461,11 @@ class SqliteDatabase(_DeferredWrites, Database):
             _settle(group)
             if once:
                 return
+            if self._side is not None and self._deferred and groups > 0:
+                # Group commits on the side connection run on this thread: a turn of the
+                # loop between them, so that a read waiting for all of them (a /metrics
+                # scrape, a client's request) does not hold up a /send for all of them.
+                await asyncio.sleep(0)
 
     @classmethod
     async def open(cls, path: str) -> SqliteDatabase:

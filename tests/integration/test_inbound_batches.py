@@ -206,3 +206,41 @@ async def test_sqlite_group_commits_are_checkpointed(tmp_path: Path, monkeypatch
         assert await asyncio.to_thread(os.path.getsize, f"{path}-wal") < 1_000_000
     finally:
         await db.close()
+
+
+async def test_sqlite_read_behind_many_groups_lets_the_loop_turn(tmp_path: Path) -> None:
+    """A read on the main connection first commits what was deferred before it, group by
+    group on the event loop's thread: the loop turns between groups (a /send is not held
+    up for all of them), and what is deferred meanwhile is left to the group-commit task."""
+    import homeserver.storage.database as database
+
+    db = await database.SqliteDatabase.open(str(tmp_path / "turns.sqlite"))
+    try:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        groups = 6
+        writes = [db.defer([("INSERT INTO t (k) VALUES (?)", (i,), False)])
+                  for i in range(groups * database.DEFER_GROUP_MAX)]
+        turns: list[int] = []
+        first_settled: list[int] = []
+        last_settled: list[int] = []
+        writes[0].add_done_callback(lambda _: first_settled.append(len(turns)))
+        writes[-1].add_done_callback(lambda _: last_settled.append(len(turns)))
+        late: list[asyncio.Future[None]] = []
+
+        def tick() -> None:
+            turns.append(len(turns))
+            if len(late) < 3:  # written while the read waits: not the read's to wait for
+                late.append(db.defer([("INSERT INTO t (k) VALUES (?)", (-len(late) - 1,), False)]))
+            if len(turns) < 100:
+                asyncio.get_running_loop().call_soon(tick)
+
+        asyncio.get_running_loop().call_soon(tick)
+        count = await db.fetchval("SELECT COUNT(*) FROM t WHERE k >= 0")
+        assert count == groups * database.DEFER_GROUP_MAX
+        # The loop turned between the groups (the first group's writes settled turns
+        # before the last group's).
+        assert last_settled[0] - first_settled[0] >= groups - 2
+        await asyncio.gather(*late)
+        assert await db.fetchval("SELECT COUNT(*) FROM t") == count + 3
+    finally:
+        await db.close()
