@@ -463,7 +463,7 @@ class InboundWorker:
         """/send enqueued entries from ``origin`` (``keys``: their queues, if known: rooms,
         or ``edu <origin>``)."""
         blocked = self._blocked.get(origin)
-        if blocked is not None and keys is not None and blocked.issuperset(keys):
+        if blocked is not None and keys is not None and origin in self._origins and blocked.issuperset(keys):
             # Only more for rooms already full: nothing to claim before they have room.
             self._wake.set()
             return
@@ -568,6 +568,7 @@ class InboundWorker:
             if drained and not full:
                 self._origins.discard(origin)  # drained (for now)
                 self._added.pop(origin, None)
+                self._blocked.pop(origin, None)
             else:
                 self._origin_order.append(origin)
                 if drained:

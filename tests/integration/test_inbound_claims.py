@@ -95,3 +95,36 @@ async def test_full_room_is_skipped_and_not_claimed_from_again(db_factory: Datab
     finally:
         await worker.stop()
         await db.close()
+
+
+async def test_origin_drained_after_a_full_room_is_claimed_from_when_it_sends_again(
+    db_factory: DatabaseFactory,
+) -> None:
+    """An origin that was left alone while its room was full, then drained, is claimed from
+    at once when it sends to that room again (not after the worker's idle poll)."""
+    db = await db_factory.open()
+    await migrate(db)
+    store = CountingStore(db)
+    processed: list[str] = []
+    hold = asyncio.Event()
+
+    async def process(entry: InboxEntry) -> None:
+        if len(processed) >= 5:
+            await hold.wait()
+        processed.append(entry.event_id or "")
+
+    config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
+    worker = InboundWorker(store, process, config, Metrics())
+    try:
+        await _admit(store, "t1", "!a:remote.test", [f"$a{i}" for i in range(12)])
+        await worker.start()
+        worker.notify(ORIGIN, {"!a:remote.test"})
+        await _until(lambda: store.empty_claims_with_exclusions >= 1)  # left alone: A is full
+        hold.set()
+        assert await worker.wait_idle(10.0)  # drained
+        await _admit(store, "t2", "!a:remote.test", ["$a12"])
+        worker.notify(ORIGIN, {"!a:remote.test"})
+        await _until(lambda: processed[-1:] == ["$a12"], timeout=2.0)  # the idle poll is 5 s
+    finally:
+        await worker.stop()
+        await db.close()
