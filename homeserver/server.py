@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 class RunningServer:
     services: Services
     runners: list[web.AppRunner] = field(default_factory=list)
+    listeners: list[asyncio.Server] = field(default_factory=list)  # opened without an aiohttp site
     client_port: int = 0
     federation_port: int = 0
     metrics_port: int | None = None  # None when the metrics listener is disabled
@@ -29,6 +31,8 @@ class RunningServer:
 
     async def stop(self) -> None:
         """Stop accepting requests, then let the services finish and close (graceful)."""
+        for listener in self.listeners:
+            listener.close()
         for runner in reversed(self.runners):
             await runner.cleanup()
         if self.lag_probe is not None:
@@ -46,17 +50,71 @@ def federation_ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+# The start of a /send request as the federation listener reads it.
+_SEND_REQUEST = b"PUT /_matrix/federation/v1/send/"
+
+
+class _DoorBell(asyncio.Protocol):
+    """A federation connection: aiohttp's protocol, told nothing new, except that the first
+    bytes of a ``PUT /send`` ring the inbound worker's door bell at once (the worker holds
+    back from then on). aiohttp reaches the request's handler, where the worker is told
+    anyway, a turn or two of the event loop later, and each turn runs the worker's queued
+    callbacks first: under a backlog that wait was most of a slow acknowledgement."""
+
+    __slots__ = ("_inner", "_ring")
+
+    def __init__(self, inner: asyncio.Protocol, ring: Callable[[], None]) -> None:
+        self._inner = inner
+        self._ring = ring
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        if data.startswith(_SEND_REQUEST):
+            self._ring()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+
 async def _site(
-    app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext | None
-) -> tuple[web.AppRunner, int]:
+    app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext | None,
+    running: RunningServer, ring: Callable[[], None] | None = None,
+) -> int:
+    """Serve ``app`` on ``host:port`` (0: a free port); returns the port. With ``ring``, each
+    connection goes through ``_DoorBell`` (aiohttp's server is a protocol factory)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
-    await site.start()
-    server = site._server
+    running.runners.append(runner)
+    if ring is None:
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
+        await site.start()
+        server = site._server
+    else:
+        factory = runner.server
+        assert factory is not None
+
+        def protocol() -> asyncio.Protocol:
+            return _DoorBell(factory(), ring)
+
+        server = await asyncio.get_running_loop().create_server(
+            protocol, host, port, ssl=ssl_ctx, reuse_address=True
+        )
+        running.listeners.append(server)
     sockets = getattr(server, "sockets", None) or []
     actual = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(actual)
+    return int(actual)
 
 
 async def start_server(config: Config) -> RunningServer:
@@ -66,19 +124,17 @@ async def start_server(config: Config) -> RunningServer:
     try:
         ssl_ctx = federation_ssl_context(config)
         fed = config.listeners.federation
-        runner, running.federation_port = await _site(
-            create_federation_app(services), fed.bind, fed.port, ssl_ctx
+        running.federation_port = await _site(
+            create_federation_app(services), fed.bind, fed.port, ssl_ctx, running,
+            ring=services.inbound_worker.knock,
         )
-        running.runners.append(runner)
         cl = config.listeners.client
-        runner, running.client_port = await _site(create_client_app(services), cl.bind, cl.port, None)
-        running.runners.append(runner)
+        running.client_port = await _site(create_client_app(services), cl.bind, cl.port, None, running)
         mc = config.listeners.metrics
         if mc.enabled:
-            runner, running.metrics_port = await _site(
-                create_metrics_app(services.db, services.metrics), mc.bind, mc.port, None
+            running.metrics_port = await _site(
+                create_metrics_app(services.db, services.metrics), mc.bind, mc.port, None, running
             )
-            running.runners.append(runner)
             running.lag_probe = LoopLagProbe(services.metrics)
             running.lag_probe.start()
     except BaseException:

@@ -339,6 +339,8 @@ Processor = Callable[[InboxEntry], Awaitable["asyncio.Future[None] | None"]]
 DELETE_BATCH = 50
 # Longest the worker holds back for /send requests being answered, each time.
 DOOR_YIELD_SECONDS = 0.05
+# How long a knock (a /send's first bytes read) holds the worker back if no handler follows.
+KNOCK_SECONDS = 0.02
 
 
 class InboundWorker:
@@ -382,6 +384,8 @@ class InboundWorker:
         self._last_answered = 0.0  # time.monotonic() when the last /send was answered
         self._door_clear = asyncio.Event()
         self._door_clear.set()
+        self._knock: asyncio.TimerHandle | None = None  # a /send on its way to its handler
+        self.knocks = 0  # since start (observability, tests)
         # Group commits of deferred writes hold back too while a reply is being written.
         store.db.set_defer_gate(self._door_clear)
 
@@ -399,6 +403,7 @@ class InboundWorker:
         """Graceful: claim nothing more, let the rooms finish the entries already claimed
         (for at most SHUTDOWN_GRACE_SECONDS), then cancel the rest; entries not finished
         stay in the inbox and are processed on the next start (no work is lost)."""
+        self._end_knock()
         main, self._main = self._main, None
         if main is not None:
             main.cancel()
@@ -435,17 +440,41 @@ class InboundWorker:
         """Mark a /send being answered: the worker yields the event loop to it."""
         self._door += 1
         self._door_clear.clear()
+        self._end_knock()
         try:
             yield
         finally:
             self._door -= 1
             self._last_answered = time.monotonic()
-            if not self._door:
+            if not self._door and self._knock is None:
                 self._door_clear.set()
+
+    def knock(self) -> None:
+        """The first bytes of a /send were read: hold back from now on, not only once its
+        handler runs (``answering``), for at most KNOCK_SECONDS if no handler comes."""
+        self.knocks += 1
+        self._door_clear.clear()
+        self._end_knock()
+        self._knock = asyncio.get_running_loop().call_later(KNOCK_SECONDS, self._knock_expired)
+
+    @property
+    def holding_back(self) -> bool:
+        """Whether the worker holds back now (for a /send being read or answered)."""
+        return not self._door_clear.is_set()
+
+    def _end_knock(self) -> None:
+        if self._knock is not None:
+            self._knock.cancel()
+            self._knock = None
+
+    def _knock_expired(self) -> None:
+        self._knock = None
+        if not self._door:
+            self._door_clear.set()
 
     def quiet(self, seconds: float) -> bool:
         """Nothing to do and no /send answered for ``seconds`` (see gcpolicy)."""
-        return (self.idle and not self._door
+        return (self.idle and not self._door and self._knock is None
                 and time.monotonic() - self._last_answered >= seconds)
 
     async def _give_way(self) -> None:
