@@ -24,6 +24,7 @@ from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
+from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
 from homeserver.ops import health_route
@@ -162,12 +163,13 @@ def create_federation_app(services: Services) -> web.Application:
 
 def answer_first_middleware(worker: InboundWorker) -> Middleware:
     """While a /send is being answered (its signature checked, its body staged), the
-    inbound worker holds back, so the remote server gets its 200 as soon as possible."""
+    inbound worker holds back and the garbage collector waits, so the remote server gets
+    its 200 as soon as possible."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "PUT" and request.path.startswith("/_matrix/federation/v1/send/"):
-            with worker.answering():
+            with worker.answering(), collections_paused():
                 return await handler(request)
         return await handler(request)
 

@@ -3,6 +3,7 @@ longer than the maximum interval; young collections stay automatic."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 from homeserver.gcpolicy import DUE_AFTER_YOUNG, YOUNG_THRESHOLD, CollectorPolicy
@@ -83,3 +84,27 @@ async def test_start_and_stop_restore_the_collector() -> None:
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
     assert policy._on_gc not in gc.callbacks
+
+
+async def test_collections_wait_while_a_send_is_answered() -> None:
+    """No collection runs inside a /send's answer; the collector is back on the loop's next
+    turn (after the reply was handed over), and is left alone if it was off already."""
+    from homeserver.gcpolicy import collections_paused
+
+    assert gc.isenabled()
+    with collections_paused():
+        assert not gc.isenabled()
+        with collections_paused():  # two answers at once
+            pass
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # not yet: the reply is written first
+    await asyncio.sleep(0)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collections_paused():
+            pass
+        await asyncio.sleep(0)
+        assert not gc.isenabled()  # it was off before: still off
+    finally:
+        gc.enable()
