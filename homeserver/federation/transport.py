@@ -31,7 +31,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
-from homeserver.events.versions import DEFAULT_ROOM_VERSION
+from homeserver.events.versions import DEFAULT_ROOM_VERSION, RoomVersion
 from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
 from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
@@ -139,9 +139,10 @@ class FederationTransport:
         drops: list[str] = []
         texts = request.get(PDU_TEXTS)
         float_free = bool(request.get(FLOAT_FREE, False))
+        versions: dict[str, RoomVersion | None] = {}  # per room, looked up once per transaction
         for i, pdu in enumerate(pdus):
             text = texts[i].decode("utf-8") if texts is not None else None
-            accepted = await self._admit_pdu(origin, pdu, results, drops, text, float_free)
+            accepted = await self._admit_pdu(origin, pdu, results, drops, text, float_free, versions)
             if accepted is not None:
                 pending.setdefault(accepted.event_id, accepted)
         kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
@@ -198,14 +199,22 @@ class FederationTransport:
     async def _admit_pdu(
         self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str],
         text: str | None = None, float_free: bool = False,
+        versions: dict[str, RoomVersion | None] | None = None,
     ) -> PendingPdu | None:
         room_id = pdu.get("room_id")
-        version = await self._store.get_room_version(room_id) if isinstance(room_id, str) else None
+        version: RoomVersion | None = None
+        if isinstance(room_id, str):
+            if versions is not None and room_id in versions:
+                version = versions[room_id]  # an unknown room is a database look-up: once
+            else:
+                version = await self._store.get_room_version(room_id)
+                if versions is not None:
+                    versions[room_id] = version
         if version is None:
             # Events of rooms we are not in do not come over /send (joins use send_join);
             # the entry is keyed by the ID the latest room version would give it.
             drops.append("unknown_room")
-            self._drop(pdu, results, "Unknown room", DEFAULT_ROOM_VERSION)
+            self._drop(pdu, results, "Unknown room", DEFAULT_ROOM_VERSION, float_free)
             return None
         try:
             event_id = compute_event_id(pdu, version, float_free=float_free)
@@ -221,9 +230,10 @@ class FederationTransport:
 
     def _drop(
         self, pdu: dict[str, Any], results: dict[str, dict[str, Any]], message: str, version: Any,
+        float_free: bool = False,
     ) -> None:
         try:
-            event_id = compute_event_id(pdu, version)
+            event_id = compute_event_id(pdu, version, float_free=float_free)
         except (EventError, TypeError, ValueError, AttributeError):
             return
         results[event_id] = {"error": message}

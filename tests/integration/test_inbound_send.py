@@ -285,6 +285,24 @@ async def test_unknown_room_gets_an_error_entry(setup: Setup) -> None:
     assert status == 200
     assert list(body["pdus"].values()) == [{"error": "Unknown room"}]
     assert await inbox_count(s.server) == 0
+    # Many PDUs of the unknown room: each gets its entry, the room is looked up once.
+    store = s.server.services.event_store
+    lookups: list[str] = []
+    real = store.get_room_version
+
+    async def counted(room_id: str) -> Any:
+        lookups.append(room_id)
+        return await real(room_id)
+
+    store.get_room_version = counted  # type: ignore[method-assign]
+    try:
+        many = [other.message(f"lost {i}") for i in range(20)]
+        status, body = await s.remote.send(s.server, many)
+    finally:
+        del store.get_room_version
+    assert status == 200
+    assert body["pdus"] == {e.event_id: {"error": "Unknown room"} for e in many}
+    assert lookups == [other.room_id]
 
 
 async def test_edus_from_the_origins_own_users(setup: Setup) -> None:
@@ -327,3 +345,4 @@ async def test_a_body_with_floats_is_verified_and_keyed_as_its_sender_encoded_it
     assert await outcome(s.server, good.event_id) is Outcome.ACCEPTED
     assert await outcome(s.server, floaty.event_id) is None  # not canonical JSON: dropped
     assert metric(s.server, "hs_events_processed_total", {"outcome": "dropped"}) == 1
+
