@@ -346,3 +346,30 @@ async def test_a_body_with_floats_is_verified_and_keyed_as_its_sender_encoded_it
     assert await outcome(s.server, floaty.event_id) is None  # not canonical JSON: dropped
     assert metric(s.server, "hs_events_processed_total", {"outcome": "dropped"}) == 1
 
+
+async def test_inbox_age_gauge_is_the_oldest_entrys(setup: Setup) -> None:
+    """hs_inbox_oldest_age_seconds, read on each scrape: the age of the entry waiting longest
+    (0 when the inbox is empty)."""
+    import time
+
+    from homeserver.ops import refresh_database_gauges
+
+    s = setup
+    services = s.server.services
+    worker = services.inbound_worker
+    assert await worker.wait_idle(WAIT)
+    await refresh_database_gauges(services.db, services.metrics)
+    assert metric(s.server, "hs_inbox_oldest_age_seconds", {}) == 0
+    worker.pause()
+    try:
+        await s.remote.send(s.server, [s.room.message("first")])
+        await s.remote.send(s.server, [s.room.message("second")])
+        now_ms = int(time.time() * 1000)
+        first_id = await services.db.fetchval("SELECT MIN(id) FROM inbox")
+        await services.db.execute("UPDATE inbox SET received_ts = ? WHERE id = ?", now_ms - 100_000, first_id)
+        await services.db.execute("UPDATE inbox SET received_ts = ? WHERE id <> ?", now_ms - 5_000, first_id)
+        await refresh_database_gauges(services.db, services.metrics)
+        assert 99 <= metric(s.server, "hs_inbox_oldest_age_seconds", {}) <= 110
+    finally:
+        worker.resume()
+    assert await worker.wait_idle(WAIT)
