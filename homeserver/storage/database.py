@@ -13,8 +13,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
+import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -79,6 +82,8 @@ DEFER_GROUP_MAX = 16
 
 # SQLite: a passive WAL checkpoint after this many group commits (about 1,000 events).
 CHECKPOINT_EVERY_GROUPS = 64
+
+log = logging.getLogger(__name__)
 
 # One statement of a deferred write: (sql, args, is_executemany).
 Statement = tuple[str, Sequence[Any], bool]
@@ -409,6 +414,7 @@ class SqliteDatabase(_DeferredWrites, Database):
         self._side: sqlite3.Connection | None = None
         self._side_lock = asyncio.Lock()
         self._side_commits = 0  # group commits on the side connection since the last checkpoint
+        self._checkpointer: _Checkpointer | None = None  # with the side connection
 
     async def flush_deferred(self) -> None:
         async with self._lock:
@@ -423,12 +429,13 @@ class SqliteDatabase(_DeferredWrites, Database):
             await _wait_for_gate(self._gate)
             async with self._lock:
                 await self._run_deferred(once=True)
-                if self._side is not None and self._side_commits >= CHECKPOINT_EVERY_GROUPS:
+                if self._checkpointer is not None and self._side_commits >= CHECKPOINT_EVERY_GROUPS:
                     # The side connection never checkpoints (it would block the loop for the
-                    # copy and its fsync): the first connection does, on its thread, without
-                    # holding anyone up (passive: readers and writers go on meanwhile).
+                    # copy and its fsync); a thread of its own does (see _Checkpointer). The
+                    # group commits wait for it, so that it can copy everything and the next
+                    # commit starts the WAL over (the WAL would otherwise only grow).
                     self._side_commits = 0
-                    await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    await self._checkpointer.checkpoint()
 
     async def _run_deferred(self, once: bool = False) -> None:
         """Commit what was deferred, one transaction per group (the caller holds the lock):
@@ -477,7 +484,7 @@ class SqliteDatabase(_DeferredWrites, Database):
             # A second connection for the /send door and the inbox bookkeeping: its reads
             # and writes do not queue behind the worker's commits on the first one (WAL:
             # readers never wait; the two writers take turns on SQLite's write lock). It
-            # leaves checkpoints to the first connection, so a checkpoint never stalls a reply.
+            # never checkpoints (_Checkpointer does), so a checkpoint never stalls a reply.
             try:
                 side = sqlite3.connect(path, isolation_level=None)
                 try:
@@ -492,6 +499,7 @@ class SqliteDatabase(_DeferredWrites, Database):
                 await conn.close()
                 raise DatabaseError(f"cannot open SQLite database {path}: {e}") from None
             db._side = side
+            db._checkpointer = _Checkpointer(path)
         return db
 
     @staticmethod
@@ -578,9 +586,74 @@ class SqliteDatabase(_DeferredWrites, Database):
         try:
             await self.flush_deferred()
         finally:
+            if self._checkpointer is not None:
+                await asyncio.to_thread(self._checkpointer.close)
             if self._side is not None:
                 self._side.close()
             await self._conn.close()
+
+
+class _Checkpointer:
+    """Passive WAL checkpoints on a thread and connection of their own, in the idle
+    scheduling class where the system has it. A checkpoint copies what the group commits
+    wrote into the database file and syncs it: milliseconds of CPU and I/O every thousand
+    events or so. On the first connection's thread it took a core from the event loop:
+    acknowledgements came 2-4 ms later at p99 with checkpoints than without (measured). An
+    idle-class thread gives way at once to the loop; the GIL is released while it copies."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wanted = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._stopping = False
+        self.checkpoints = 0  # run so far (observability, tests)
+        self.native_id: int | None = None  # the thread's, once it runs (tests)
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    async def checkpoint(self) -> None:
+        """Run a passive checkpoint on the thread; return when it is done."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.append((loop, future))
+        self._wanted.set()
+        await future
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        self.native_id = threading.get_native_id()
+        policy = getattr(os, "SCHED_IDLE", None)
+        if policy is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, policy, os.sched_param(0))  # this thread only
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                waiters, self._waiters = self._waiters, []
+                if not self._stopping:
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        self.checkpoints += 1
+                    except sqlite3.Error as e:
+                        log.warning("WAL checkpoint failed", extra={"error": str(e)})
+                for loop, future in waiters:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(_resolve, future)
+                if self._stopping:
+                    return
+        finally:
+            conn.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
