@@ -82,6 +82,9 @@ DEFER_GROUP_MAX = 16
 
 # SQLite: a passive WAL checkpoint after this many group commits (about 1,000 events).
 CHECKPOINT_EVERY_GROUPS = 64
+# Group commits wait this long at most for a checkpoint (its thread is idle-class: on a
+# saturated machine it may not run for a while; the WAL then grows until it does).
+CHECKPOINT_WAIT_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -612,12 +615,17 @@ class _Checkpointer:
         self._thread.start()
 
     async def checkpoint(self) -> None:
-        """Run a passive checkpoint on the thread; return when it is done."""
+        """Run a passive checkpoint on the thread; return when it is done, or after
+        CHECKPOINT_WAIT_SECONDS (it still runs when the thread gets a core)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._waiters.append((loop, future))
         self._wanted.set()
-        await future
+        try:
+            async with asyncio.timeout(CHECKPOINT_WAIT_SECONDS):
+                await asyncio.shield(future)
+        except TimeoutError:
+            log.warning("WAL checkpoint is late; group commits go on without it")
 
     def close(self) -> None:
         self._stopping = True

@@ -251,3 +251,30 @@ async def test_sqlite_read_behind_many_groups_lets_the_loop_turn(tmp_path: Path)
         assert await db.fetchval("SELECT COUNT(*) FROM t") == count + 3
     finally:
         await db.close()
+
+
+async def test_group_commits_wait_a_bounded_time_for_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint thread is idle-class and may not get a core on a saturated machine:
+    group commits wait for it CHECKPOINT_WAIT_SECONDS at most, then go on."""
+    import time
+
+    import homeserver.storage.database as database
+
+    monkeypatch.setattr(database, "CHECKPOINT_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(database, "CHECKPOINT_EVERY_GROUPS", 1)
+    db = await database.SqliteDatabase.open(str(tmp_path / "late.sqlite"))
+    try:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        checkpointer = db._checkpointer
+        assert checkpointer is not None
+        await asyncio.to_thread(checkpointer.close)  # a thread that never runs again
+        started = time.monotonic()
+        async with asyncio.timeout(10):  # the test's own bound: without the wait's, it hung
+            for i in range(3):
+                await db.defer([("INSERT INTO t (k) VALUES (?)", (i,), False)])
+            assert await db.fetchval("SELECT COUNT(*) FROM t") == 3
+        assert time.monotonic() - started < 2.0  # three late checkpoints, 0.2 s each at most
+    finally:
+        await db.close()
