@@ -488,11 +488,11 @@ class InboundWorker:
             except TimeoutError:
                 pass
 
-    def notify(self, origin: str, keys: Iterable[str] | None = None) -> None:
-        """/send enqueued entries from ``origin`` (``keys``: their queues, if known: rooms,
-        or ``edu <origin>``)."""
+    def notify(self, origin: str, keys: Iterable[str]) -> None:
+        """/send enqueued entries from ``origin`` for the queues ``keys`` (rooms, or
+        ``edu <origin>``)."""
         blocked = self._blocked.get(origin)
-        if blocked is not None and keys is not None and origin in self._origins and blocked.issuperset(keys):
+        if blocked is not None and origin in self._origins and blocked.issuperset(keys):
             # Only more for rooms already full: nothing to claim before they have room.
             self._wake.set()
             return

@@ -139,7 +139,7 @@ class FederationTransport:
         drops: list[str] = []
         texts = request.get(PDU_TEXTS)
         float_free = bool(request.get(FLOAT_FREE, False))
-        versions: dict[str, RoomVersion | None] = {}  # per room, looked up once per transaction
+        versions: dict[str, RoomVersion | None] = {}
         for i, pdu in enumerate(pdus):
             text = texts[i].decode("utf-8") if texts is not None else None
             accepted = await self._admit_pdu(origin, pdu, results, drops, text, float_free, versions)
@@ -198,18 +198,16 @@ class FederationTransport:
 
     async def _admit_pdu(
         self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str],
-        text: str | None = None, float_free: bool = False,
-        versions: dict[str, RoomVersion | None] | None = None,
+        text: str | None, float_free: bool, versions: dict[str, RoomVersion | None],
     ) -> PendingPdu | None:
+        """``versions``: the rooms' versions looked up so far for this transaction (an
+        unknown room is a database look-up each time: once per transaction)."""
         room_id = pdu.get("room_id")
         version: RoomVersion | None = None
         if isinstance(room_id, str):
-            if versions is not None and room_id in versions:
-                version = versions[room_id]  # an unknown room is a database look-up: once
-            else:
-                version = await self._store.get_room_version(room_id)
-                if versions is not None:
-                    versions[room_id] = version
+            if room_id not in versions:
+                versions[room_id] = await self._store.get_room_version(room_id)
+            version = versions[room_id]
         if version is None:
             # Events of rooms we are not in do not come over /send (joins use send_join);
             # the entry is keyed by the ID the latest room version would give it.
@@ -230,7 +228,7 @@ class FederationTransport:
 
     def _drop(
         self, pdu: dict[str, Any], results: dict[str, dict[str, Any]], message: str, version: Any,
-        float_free: bool = False,
+        float_free: bool,
     ) -> None:
         try:
             event_id = compute_event_id(pdu, version, float_free=float_free)
