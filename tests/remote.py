@@ -52,11 +52,13 @@ class RemoteRoom:
     def build(
         self, type: str, sender: str, content: dict[str, Any], state_key: str | None = None,
         *, prev: list[str] | None = None, signer: FakeRemote | None = None, add: bool = True,
-        auth_from: dict[StateKey, Event] | None = None,
+        auth_from: dict[StateKey, Event] | None = None, extra: dict[str, Any] | None = None,
     ) -> Event:
-        """Build and sign an event on top of the room (or on ``prev``)."""
+        """Build and sign an event on top of the room (or on ``prev``); ``extra``: more
+        top-level keys (a room v10 redaction's ``redacts``)."""
         prev_events = prev if prev is not None else ([self.events[-1].event_id] if self.events else [])
         draft: dict[str, Any] = {"type": type, "sender": sender, "content": content, "room_id": self.room_id}
+        draft.update(extra or {})
         if state_key is not None:
             draft["state_key"] = state_key
         state = auth_from if auth_from is not None else self.state

@@ -27,6 +27,7 @@ from homeserver.rooms.errors import (
     RoomNotFound,
     UnsupportedVersion,
 )
+from homeserver.rooms.redactions import redacted
 from homeserver.storage.users import UserStore
 
 CORS_HEADERS = {
@@ -154,9 +155,13 @@ def client_event(
     prev_content: dict[str, Any] | None = None,
     now_ms: int | None = None,
     include_room_id: bool = True,
+    redacted_because: Event | None = None,
 ) -> dict[str, Any]:
-    """The spec's ClientEvent for ``event`` (the federation-only fields left out)."""
+    """The spec's ClientEvent for ``event`` (the federation-only fields left out); with
+    ``redacted_because``, the event redacted and that redaction in ``unsigned``."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
+    if redacted_because is not None:
+        event = redacted(event)
     out: dict[str, Any] = {
         "content": dict(event.content),
         "event_id": event.event_id,
@@ -175,6 +180,10 @@ def client_event(
         unsigned["transaction_id"] = transaction_id
     if prev_content is not None:
         unsigned["prev_content"] = prev_content
+    if redacted_because is not None:
+        unsigned["redacted_because"] = client_event(
+            redacted_because, now_ms=now, include_room_id=include_room_id
+        )
     out["unsigned"] = unsigned
     return out
 

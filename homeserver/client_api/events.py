@@ -29,6 +29,7 @@ from homeserver.errors import MatrixError, not_found
 from homeserver.events.event import Event
 from homeserver.http import json_response, read_json_object
 from homeserver.rooms.backfill import Backfiller
+from homeserver.rooms.redactions import applied_redactions
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.database import Connection
@@ -45,15 +46,18 @@ BACKFILL_ROUNDS = 3
 
 
 async def serialize_events(
-    users: UserStore, requester: Requester, events: Sequence[StoredEvent], *, include_room_id: bool = True
+    users: UserStore, store: EventStore, requester: Requester, events: Sequence[StoredEvent], *,
+    include_room_id: bool = True,
 ) -> list[dict[str, Any]]:
-    """Client events, with ``unsigned.transaction_id`` on those this device sent."""
+    """Client events, with ``unsigned.transaction_id`` on those this device sent, and
+    redacted where an allowed redaction of them is accepted (``rooms/redactions.py``)."""
     own = [se.event.event_id for se in events if se.event.sender == requester.user_id]
     txns = await users.txn_ids_for_events(requester.user_id, requester.device_id, own) if own else {}
+    redactions = await applied_redactions(store, (se.event for se in events))
     now = int(time.time() * 1000)
     return [
         client_event(se.event, transaction_id=txns.get(se.event.event_id), now_ms=now,
-                     include_room_id=include_room_id)
+                     include_room_id=include_room_id, redacted_because=redactions.get(se.event.event_id))
         for se in events
     ]
 
@@ -221,7 +225,7 @@ class EventsAPI:
         visible = await self.visibility.filter_for_user(req.user_id, room_id, chunk)
         body: dict[str, Any] = {
             "start": raw_from or page_token(start),
-            "chunk": await serialize_events(self.users, req, visible),
+            "chunk": await serialize_events(self.users, self.events, req, visible),
         }
         if end is not None:
             body["end"] = end
@@ -269,4 +273,4 @@ class EventsAPI:
             or not await self.visibility.user_may_see_event(req.user_id, stored)
         ):
             raise not_found("Event not found")
-        return json_response((await serialize_events(self.users, req, [stored]))[0])
+        return json_response((await serialize_events(self.users, self.events, req, [stored]))[0])

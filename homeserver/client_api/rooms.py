@@ -29,6 +29,7 @@ from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.events.event import Event
 from homeserver.http import json_response, read_json_object
 from homeserver.rooms.directory import RoomDirectory
+from homeserver.rooms.redactions import applied_redactions, redacted, served
 from homeserver.rooms.service import RoomService
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.timeline import TimelineStore
@@ -254,36 +255,39 @@ class RoomsAPI:
 
     # ------------------------------------------------------------------ reading state
 
-    async def _visible_state(self, user_id: str, room_id: str) -> list[Event]:
+    async def _visible_state(self, user_id: str, room_id: str) -> tuple[list[Event], dict[str, Event]]:
+        """The room's state the user may see, and the redactions applied to it."""
         access = await room_access(self.timeline, user_id, room_id)
         ids = await visible_state_ids(self.events, room_id, access)
         found = await self.events.get_events(ids.values())
-        return [found[i].event for i in ids.values() if i in found and found[i].outcome is not Outcome.REJECTED]
+        state = [found[i].event for i in ids.values() if i in found and found[i].outcome is not Outcome.REJECTED]
+        return state, await applied_redactions(self.events, state)
 
     async def get_state(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
-        state = await self._visible_state(req.user_id, _room_id(request))
-        return json_response([client_event(e) for e in state])
+        state, redactions = await self._visible_state(req.user_id, _room_id(request))
+        return json_response([client_event(e, redacted_because=redactions.get(e.event_id)) for e in state])
 
     async def get_state_event(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         event_type = request.match_info["event_type"]
         state_key = request.match_info.get("state_key", "")
-        state = await self._visible_state(req.user_id, _room_id(request))
+        state, redactions = await self._visible_state(req.user_id, _room_id(request))
         for event in state:
             if event.type == event_type and event.state_key == state_key:
+                because = redactions.get(event.event_id)
                 if request.query.get("format") == "event":
-                    return json_response(client_event(event))
-                return json_response(dict(event.content))
+                    return json_response(client_event(event, redacted_because=because))
+                return json_response(dict((redacted(event) if because is not None else event).content))
         raise not_found("Event not found")
 
     async def members(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
-        state = await self._visible_state(req.user_id, _room_id(request))
+        state, redactions = await self._visible_state(req.user_id, _room_id(request))
         wanted = request.query.get("membership")
         unwanted = request.query.get("not_membership")
         chunk = [
-            client_event(e)
+            client_event(e, redacted_because=redactions.get(e.event_id))
             for e in state
             if e.type == "m.room.member"
             and (wanted is None or e.membership == wanted)
@@ -297,9 +301,9 @@ class RoomsAPI:
         access = await room_access(self.timeline, req.user_id, room_id)
         if access.membership != "join":
             raise forbidden("You are not in this room")
-        state = await self._visible_state(req.user_id, room_id)
+        state, redactions = await self._visible_state(req.user_id, room_id)
         joined: dict[str, Any] = {}
-        for e in state:
+        for e in served(state, redactions):
             if e.type == "m.room.member" and e.membership == "join" and e.state_key is not None:
                 name, avatar = e.content.get("displayname"), e.content.get("avatar_url")
                 joined[e.state_key] = {

@@ -327,11 +327,11 @@ class SyncAPI:
                     state.append(se)
         return {
             "timeline": {
-                "events": await serialize_events(self.users, req, events, include_room_id=False),
+                "events": await serialize_events(self.users, self.events, req, events, include_room_id=False),
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
-            "state": {"events": await serialize_events(self.users, req, state, include_room_id=False)},
+            "state": {"events": await serialize_events(self.users, self.events, req, state, include_room_id=False)},
         }
 
     async def _invite_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
 from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
+from homeserver.rooms.redactions import applied_redactions
 from homeserver.rooms.visibility import HistoryVisibility, ServerView
 from homeserver.storage.events import EventStore, Outcome
 
@@ -304,7 +305,11 @@ class FederationTransport:
         """The PDUs of ``events`` as ``origin`` (a server in the room) may see them: whole,
         or redacted."""
         views = await self._visibility.server_views(origin, events, in_room=True)
-        return [e.pdu if views.get(e.event_id) is ServerView.FULL else _redacted(e) for e in events]
+        redactions = await applied_redactions(self._store, events)
+        return [
+            e.pdu if views.get(e.event_id) is ServerView.FULL and e.event_id not in redactions else _redacted(e)
+            for e in events
+        ]
 
     def _envelope(self, pdus: Iterable[Event]) -> dict[str, Any]:
         return {
@@ -316,7 +321,7 @@ class FederationTransport:
     async def on_event(self, request: web.Request) -> web.Response:
         event, view = await self._event_for(request[ORIGIN], request.match_info["eventId"])
         envelope = self._envelope([event])
-        if view is not ServerView.FULL:
+        if view is not ServerView.FULL or await applied_redactions(self._store, [event]):
             envelope["pdus"] = [_redacted(event)]
         return json_response(envelope)
 
