@@ -100,8 +100,9 @@ class Services:
             await db.close()
             raise
         inbox = InboxStore(db)
+        memberships = RoomMembershipStore(db)
         processor = InboundProcessor(
-            config.inbound, db, event_store, persister, keyring, client, metrics
+            config.inbound, db, event_store, persister, keyring, client, metrics, memberships
         )
         worker = InboundWorker(inbox, processor, config.inbound, metrics)
         try:
@@ -113,7 +114,6 @@ class Services:
             await db.close()
             raise
         builder = EventBuilder(config.server_name, key, event_store, persister, sender)
-        memberships = RoomMembershipStore(db)
         remote = RemoteMembership(config.server_name, client, keyring, processor, builder, memberships)
         rooms = RoomService(config.server_name, builder, remote, memberships)
         directory = RoomDirectory(config.server_name, DirectoryStore(db), rooms, client)
@@ -150,6 +150,7 @@ def create_federation_app(services: Services) -> web.Application:
         services.inbox,
         services.inbound_worker,
         services.metrics,
+        services.rooms.memberships,
     )
     app.add_routes(transport.routes())
     rooms_api = FederationRoomsAPI(

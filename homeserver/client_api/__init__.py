@@ -93,6 +93,7 @@ def create_client_api_app(
         persister.listeners.append(notifier.on_event)
         rooms.invite_listeners.append(on_invite)
         rooms.remote.processor.edu_listeners.append(notifier.wake_room)
+        rooms.remote.processor.membership_listeners.append(on_invite)
 
     async def unlisten(app: web.Application) -> None:
         if notifier.on_event in persister.listeners:
@@ -101,6 +102,8 @@ def create_client_api_app(
             rooms.invite_listeners.remove(on_invite)
         if notifier.wake_room in rooms.remote.processor.edu_listeners:
             rooms.remote.processor.edu_listeners.remove(notifier.wake_room)
+        if on_invite in rooms.remote.processor.membership_listeners:
+            rooms.remote.processor.membership_listeners.remove(on_invite)
 
     app.on_startup.append(listen)
     app.on_cleanup.append(unlisten)

@@ -279,7 +279,7 @@ class SyncAPI:
                 req, room_id, since_pos, left.stream_ordering, flt.timeline_limit, full=since is None
             )
         for room_id, row in remote_rows.items():
-            if row.membership == "leave" and room_id not in leave and memberships.get(room_id) != "join":
+            if row.membership in ("leave", "ban") and room_id not in leave and memberships.get(room_id) != "join":
                 leave[room_id] = _rejected_invite_section(row)
 
         body: dict[str, Any] = {

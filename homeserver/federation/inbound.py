@@ -51,6 +51,7 @@ from homeserver.federation.client import FederationClient, FederationRequestErro
 from homeserver.federation.inbox import InboxEntry
 from homeserver.metrics import Metrics
 from homeserver.rooms.persist import EventPersister, PersistError
+from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, Outcome
 
@@ -125,10 +126,12 @@ class InboundProcessor:
         keyring: KeyRing,
         client: FederationClient,
         metrics: Metrics,
+        memberships: RoomMembershipStore,
     ) -> None:
         self._config = config
         self._db = db
         self._store = store
+        self._memberships = memberships
         self._persister = persister
         self._keyring = keyring
         self._client = client
@@ -142,6 +145,9 @@ class InboundProcessor:
         # Called with a room ID after typing or receipts of that room were stored (wakes
         # /sync long-polls). Listeners must be quick and must not raise.
         self.edu_listeners: list[Callable[[str], None]] = []
+        # Called with (user ID, room ID) after a kick or ban ended a user's invite or knock
+        # of a room we hold no state of (wakes the user's /sync long-polls). Same terms.
+        self.membership_listeners: list[Callable[[str, str], None]] = []
         # event ID -> its steps 1-3 running ahead (see check_ahead).
         self._checked_ahead: dict[str, asyncio.Task[Event]] = {}
         # event ID -> outcome looked up for a whole claimed batch at once (None: not stored).
@@ -207,7 +213,10 @@ class InboundProcessor:
         version = get_room_version(entry.room_version)
         commits: list[asyncio.Future[None]] = []
         try:
-            outcome = await self.handle_pdu(entry.origin, entry.body, version, entry.event_id, commits=commits)
+            if entry.room_id is not None and await self._store.get_room_version(entry.room_id) is None:
+                outcome: str | None = await self._out_of_band(entry, version)
+            else:
+                outcome = await self.handle_pdu(entry.origin, entry.body, version, entry.event_id, commits=commits)
         except Dropped as e:
             self._metrics.events_processed.labels("dropped").inc()
             reason = str(e).split(":", 1)[0]
@@ -219,6 +228,28 @@ class InboundProcessor:
             return None
         self._metrics.events_processed.labels(outcome or "duplicate").inc()
         return commits[0] if commits else None
+
+    async def _out_of_band(self, entry: InboxEntry, version: RoomVersion) -> str | None:
+        """An event of a room we hold no state of (the door admits only kicks and bans of
+        our users who hold an invite to it or a knock on it): steps 1-3 (format, signatures,
+        hashes), then the invite or knock is ended with it. There is no state to authorize
+        it against (the room's servers did): a server in the room can end an invite or a
+        knock, as it could by never letting the user in. The event is not stored as a
+        room event. None: nothing stood to be ended (a repeat, or the user acted first)."""
+        assert entry.event_id is not None and entry.room_id is not None
+        event = await self._checked(entry.body, version, entry.event_id)
+        target = ended_member(event.pdu)
+        if target is None or event.membership is None:
+            raise Dropped("unplaceable: an event of a room we are not in")
+        if not await self._memberships.end_pending(target, entry.room_id, event.pdu, event.event_id,
+                                                   event.membership):
+            return None
+        log.info("remote invite or knock ended", extra={
+            "origin": entry.origin, "event_id": event.event_id, "room_id": entry.room_id,
+            "membership": event.membership})
+        for listener in self.membership_listeners:
+            listener(target, entry.room_id)
+        return "out_of_band"
 
     def _forget_all(self) -> None:
         """Deferred writes failed: what the caches say was stored may not be."""
@@ -242,15 +273,18 @@ class InboundProcessor:
             stored = (await self._store.get_outcomes([event_id])).get(event_id)
         if stored is not None and stored is not Outcome.OUTLIER:
             return None
+        event = await self._checked(pdu, version, event_id)
+        return await self._process(origin, event, budget, stored, commits)
+
+    async def _checked(self, pdu: dict[str, Any], version: RoomVersion, event_id: str) -> Event:
+        """Steps 1-3: their verdict from the helpers or from a check run ahead, else run now."""
         pooled = self._pooled.pop(event_id, None)
         ahead = self._checked_ahead.pop(event_id, None)
         if pooled is not None:
             if ahead is not None:
                 ahead.cancel()
-            event = await self._pooled_event(pooled, pdu, version, event_id)
-        else:
-            event = await (ahead if ahead is not None else self.check_event(pdu, version, event_id))
-        return await self._process(origin, event, budget, stored, commits)
+            return await self._pooled_event(pooled, pdu, version, event_id)
+        return await (ahead if ahead is not None else self.check_event(pdu, version, event_id))
 
     async def _pooled_event(
         self, pooled: tuple[asyncio.Task[list[Verdict]], int], pdu: dict[str, Any], version: RoomVersion,

@@ -31,12 +31,13 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
-from homeserver.events.versions import DEFAULT_ROOM_VERSION, RoomVersion
+from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
 from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
 from homeserver.rooms.redactions import applied_redactions
+from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.rooms.visibility import HistoryVisibility, ServerView
 from homeserver.storage.events import EventStore, Outcome
 
@@ -95,10 +96,12 @@ class FederationTransport:
         inbox: InboxStore,
         worker: InboundWorker | None,
         metrics: Metrics,
+        memberships: RoomMembershipStore,
     ) -> None:
         self.server_name = server_name
         self._config = config
         self._store = store
+        self._memberships = memberships
         self._inbox = inbox
         self._worker = worker
         self._metrics = metrics
@@ -209,6 +212,8 @@ class FederationTransport:
             if room_id not in versions:
                 versions[room_id] = await self._store.get_room_version(room_id)
             version = versions[room_id]
+            if version is None:
+                version = await self._out_of_band_version(pdu, room_id)
         if version is None:
             # Events of rooms we are not in do not come over /send (joins use send_join);
             # the entry is keyed by the ID the latest room version would give it.
@@ -226,6 +231,18 @@ class FederationTransport:
             results[event_id] = {"error": "Event was not sent by a user of the origin server"}
             return None
         return PendingPdu(room_id, event_id, version.identifier, pdu, text)  # type: ignore[arg-type]
+
+    async def _out_of_band_version(self, pdu: dict[str, Any], room_id: str) -> RoomVersion | None:
+        """A room we hold no state of: a kick or ban of one of our users who holds an invite
+        to it or a knock on it is taken in (the worker ends that invite or knock), in the
+        room version the invite or knock gave. One look-up, only for such member events."""
+        target = ended_member(pdu)
+        if target is None or server_name_of(target) != self.server_name:
+            return None
+        row = await self._memberships.pending(target, room_id)
+        if row is None or row.room_version not in KNOWN_ROOM_VERSIONS:
+            return None
+        return KNOWN_ROOM_VERSIONS[row.room_version]
 
     def _drop(
         self, pdu: dict[str, Any], results: dict[str, dict[str, Any]], message: str, version: Any,

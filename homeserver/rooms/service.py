@@ -373,8 +373,9 @@ class RoomService:
             content["reason"] = reason
         async with self._member_lock(user_id, room_id):
             invite = await self.memberships.get_invite(user_id, room_id)
-            if invite is not None and invite.membership == "leave" and not await self.participating(room_id):
-                return  # already rejected
+            if invite is not None and invite.membership in ("leave", "ban") \
+                    and not await self.participating(room_id):
+                return  # already rejected, retracted or ended by the room
             if invite is not None and invite.membership in ("invite", "knock") \
                     and not await self.participating(room_id):
                 # Rejecting an invite, or retracting a knock: through the inviter's server,

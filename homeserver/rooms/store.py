@@ -22,7 +22,8 @@ class ReceivedInvite:
     stream_id: int
     user_id: str
     room_id: str
-    membership: str  # "invite", or "leave" once rejected
+    # "invite" or "knock"; "leave" once rejected or retracted; "leave" or "ban" once the room ended it.
+    membership: str
     event_id: str
     sender: str
     room_version: str
@@ -42,6 +43,28 @@ def _row(row: Sequence[Any]) -> ReceivedInvite:
         int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6],
         json.loads(row[7]), json.loads(row[8]), int(row[9]),
     )
+
+
+# Memberships that end an invite or a knock of a room we hold no state of.
+ENDING_MEMBERSHIPS = ("leave", "ban")
+
+
+def ended_member(pdu: Mapping[str, Any]) -> str | None:
+    """The user whose membership ``pdu`` ends if it is a kick or a ban (an invite revoked,
+    a knock refused), else None. Such an event reaches a server that holds no state of the
+    room when the user is its own; it is taken in when that user holds an invite or a knock
+    of the room (``RoomMembershipStore.pending``)."""
+    target = pdu.get("state_key")
+    content = pdu.get("content")
+    if (
+        pdu.get("type") != "m.room.member"
+        or not isinstance(target, str)
+        or not isinstance(content, Mapping)
+        or content.get("membership") not in ENDING_MEMBERSHIPS
+        or target == pdu.get("sender")
+    ):
+        return None
+    return target
 
 
 class RoomMembershipStore:
@@ -83,6 +106,22 @@ class RoomMembershipStore:
             f"SELECT {_COLUMNS} FROM room_invites WHERE user_id = ? AND room_id = ?", user_id, room_id
         )
         return None if row is None else _row(row)
+
+    async def pending(self, user_id: str, room_id: str) -> ReceivedInvite | None:
+        """The user's invite to, or knock on, a room received over federation, while it stands."""
+        row = await self.get_invite(user_id, room_id)
+        return row if row is not None and row.membership in ("invite", "knock") else None
+
+    async def end_pending(self, user_id: str, room_id: str, event: Mapping[str, Any], event_id: str,
+                          membership: str) -> bool:
+        """A resident ended the user's invite or knock (``membership``: leave or ban);
+        False if none stands (nothing changes)."""
+        row = await self.pending(user_id, room_id)
+        if row is None:
+            return False
+        await self.store_invite(user_id, room_id, event, event_id, row.room_version, row.invite_room_state,
+                                membership=membership)
+        return True
 
     async def invites_for_user(self, user_id: str, since_stream_id: int = 0) -> list[ReceivedInvite]:
         """Rows for ``user_id`` changed after ``since_stream_id``, oldest first."""

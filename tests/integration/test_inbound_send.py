@@ -303,6 +303,13 @@ async def test_unknown_room_gets_an_error_entry(setup: Setup) -> None:
     assert status == 200
     assert body["pdus"] == {e.event_id: {"error": "Unknown room"} for e in many}
     assert lookups == [other.room_id]
+    # A kick of one of our users from an unknown room is taken in only while that user
+    # holds an invite to it or a knock on it (test_knocking.py); here none stands.
+    ours = f"@victim:{s.server.services.config.server_name}"
+    kick = other.build("m.room.member", other.creator, {"membership": "leave"}, ours)
+    status, body = await s.remote.send(s.server, [kick])
+    assert status == 200 and body["pdus"] == {kick.event_id: {"error": "Unknown room"}}
+    assert await inbox_count(s.server) == 0
 
 
 async def test_edus_from_the_origins_own_users(setup: Setup) -> None:

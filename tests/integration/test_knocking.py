@@ -200,6 +200,73 @@ async def test_knock_refusals_over_federation(pair: tuple[RunningServer, Running
         assert await member_state(a, alice, door, bob.user_id) == "ban"
 
 
+async def test_knock_refused_and_invite_revoked_reach_the_users_server(
+    pair: tuple[RunningServer, RunningServer]
+) -> None:
+    """B holds no state of A's room, so the kick that refuses Bob's knock, or revokes his
+    invite, or the ban, reaches B only as a member event of a room it is not in: B takes it
+    in (it ends the knock or invite) and Bob's /sync moves the room to ``leave``."""
+    a, b = pair
+    async with nio_user(a, "alice") as alice, nio_user(b, "bob") as bob:
+        door = await create_room(a, alice, "11", "knock")
+        _, since = await raw_sync_until(b, bob, None, lambda body: True)
+
+        def left_with(room: str, membership: str) -> Any:
+            def check(body: dict[str, Any]) -> bool:
+                entry = body["rooms"]["leave"].get(room)
+                return entry is not None and any(
+                    e["type"] == "m.room.member" and e.get("state_key") == bob.user_id
+                    and e["content"].get("membership") == membership and e["sender"] == alice.user_id
+                    for e in entry["timeline"]["events"])
+            return check
+
+        # 1. A knock refused (a kick): Bob's room moves from knock to leave.
+        status, _ = await knock(b, bob, door, via=name(a))
+        assert status == 200
+        _, since = await raw_sync_until(b, bob, since, lambda body: knock_state(body, door) is not None)
+        status, _ = await raw(a, "POST", f"{V3}/rooms/{door}/kick", token=alice.access_token,
+                              json={"user_id": bob.user_id, "reason": "not today"})
+        assert status == 200
+        body, since = await raw_sync_until(b, bob, since, left_with(door, "leave"))
+        assert door not in body["rooms"]["knock"]
+        assert (await b.services.rooms.rooms_for_user(bob.user_id))[door] == "leave"
+        assert await b.services.event_store.get_room_version(door) is None  # no room event stored
+        # He may knock again; the room is back under knock.
+        status, _ = await knock(b, bob, door, via=name(a))
+        assert status == 200
+        _, since = await raw_sync_until(b, bob, since, lambda body: knock_state(body, door) is not None)
+
+        # 2. The second knock ended with a ban: under leave, with the ban; knocking is refused.
+        status, _ = await raw(a, "POST", f"{V3}/rooms/{door}/ban", token=alice.access_token,
+                              json={"user_id": bob.user_id})
+        assert status == 200
+        _, since = await raw_sync_until(b, bob, since, left_with(door, "ban"))
+        assert (await b.services.rooms.rooms_for_user(bob.user_id))[door] == "ban"
+        status, body = await knock(b, bob, door, via=name(a))
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+
+        # 3. An invite revoked (a kick of the invited user): from invite to leave.
+        private = await create_room(a, alice, "12", None)
+        status, _ = await raw(a, "POST", f"{V3}/rooms/{private}/invite", token=alice.access_token,
+                              json={"user_id": bob.user_id})
+        assert status == 200
+        _, since = await raw_sync_until(b, bob, since, lambda body: private in body["rooms"]["invite"])
+        status, _ = await raw(a, "POST", f"{V3}/rooms/{private}/kick", token=alice.access_token,
+                              json={"user_id": bob.user_id})
+        assert status == 200
+        body, since = await raw_sync_until(b, bob, since, left_with(private, "leave"))
+        assert private not in body["rooms"]["invite"]
+        initial = await raw_sync(b, bob)
+        assert private not in initial["rooms"]["invite"] and door not in initial["rooms"]["knock"]
+        status, body = await raw(b, "POST", f"{V3}/join/{quote(private, safe='')}?via={name(a)}",
+                                 token=bob.access_token, json={})
+        assert status == 403, body
+        # Leaving a room whose invite was revoked asks nobody and changes nothing.
+        status, _ = await raw(b, "POST", f"{V3}/rooms/{private}/leave", token=bob.access_token, json={})
+        assert status == 200
+        assert (await b.services.rooms.rooms_for_user(bob.user_id))[private] == "leave"
+
+
 async def test_local_knock_rejected_then_accepted(db_factory: DatabaseFactory, tmp_path: Path,
                                                   test_ca: tuple[Path, Path]) -> None:
     async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
