@@ -112,6 +112,35 @@ CLAIM_PIECE_POSTGRES = 100
 _COLUMNS = "id, origin, kind, room_id, event_id, room_version, body"
 
 
+# The PostgreSQL door's one statement (InboxStore._admit_one_statement): placeholders $n
+# (several are used twice); the SQL has no "?".
+_ADMIT_SQL = (
+    "WITH prior AS (SELECT response FROM federation_transactions WHERE origin = $1 AND txn_id = $2),"
+    " t AS (INSERT INTO federation_transactions (origin, txn_id, response, received_ts)"
+    "  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1),"
+    " p AS (SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[])"
+    "  WITH ORDINALITY AS u(room_id, event_id, room_version, body, n)),"
+    # Look-ups by the unique event_id index (a join with p may scan the table).
+    " held AS (SELECT event_id FROM events WHERE event_id = ANY($6::text[]) AND outcome <> $10),"
+    " queued AS (SELECT event_id FROM inbox WHERE event_id = ANY($6::text[])"
+    "  AND event_id NOT IN (SELECT event_id FROM held)),"
+    # Ordered by position: the inbox id orders a room's events for the worker.
+    " ins AS (INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body, received_ts)"
+    "  SELECT $1, 'pdu', p.room_id, p.event_id, p.room_version, p.body, $4 FROM p"
+    "  WHERE EXISTS (SELECT 1 FROM t) AND p.event_id NOT IN (SELECT event_id FROM held)"
+    "  AND p.event_id NOT IN (SELECT event_id FROM queued) ORDER BY p.n"
+    "  ON CONFLICT (event_id) DO NOTHING RETURNING 1),"
+    " edu AS (INSERT INTO inbox (origin, kind, body, received_ts)"
+    "  SELECT $1, 'edu', x.body, $4 FROM unnest($9::text[]) WITH ORDINALITY AS x(body, n)"
+    "  WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.n RETURNING 1)"
+    " SELECT 't', response FROM prior"
+    " UNION ALL SELECT 'e', event_id FROM held"
+    " UNION ALL SELECT 'q', event_id FROM queued"
+    " UNION ALL SELECT 'n', ((SELECT count(*) FROM ins) + (SELECT count(*) FROM edu))::text"
+    " UNION ALL SELECT 'i', count(*)::text FROM t"
+)
+
+
 def _entry(row: Sequence[Any]) -> InboxEntry:
     return InboxEntry(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6])
 
@@ -213,31 +242,8 @@ class InboxStore:
         for pdu, text in zip(pdus, texts, strict=True):
             first.setdefault(pdu.event_id, (pdu, text))
         unique = list(first.values())
-        # PostgreSQL placeholders ($n: several are used twice); the SQL has no "?".
-        rows = await self.db.fetchall_side(
-            "WITH prior AS (SELECT response FROM federation_transactions WHERE origin = $1 AND txn_id = $2),"
-            " t AS (INSERT INTO federation_transactions (origin, txn_id, response, received_ts)"
-            "  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1),"
-            " p AS (SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[])"
-            "  WITH ORDINALITY AS u(room_id, event_id, room_version, body, n)),"
-            # Look-ups by the unique event_id index (a join with p may scan the table).
-            " held AS (SELECT event_id FROM events WHERE event_id = ANY($6::text[]) AND outcome <> $10),"
-            " queued AS (SELECT event_id FROM inbox WHERE event_id = ANY($6::text[])"
-            "  AND event_id NOT IN (SELECT event_id FROM held)),"
-            # Ordered by position: the inbox id orders a room's events for the worker.
-            " ins AS (INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body, received_ts)"
-            "  SELECT $1, 'pdu', p.room_id, p.event_id, p.room_version, p.body, $4 FROM p"
-            "  WHERE EXISTS (SELECT 1 FROM t) AND p.event_id NOT IN (SELECT event_id FROM held)"
-            "  AND p.event_id NOT IN (SELECT event_id FROM queued) ORDER BY p.n"
-            "  ON CONFLICT (event_id) DO NOTHING RETURNING 1),"
-            " edu AS (INSERT INTO inbox (origin, kind, body, received_ts)"
-            "  SELECT $1, 'edu', x.body, $4 FROM unnest($9::text[]) WITH ORDINALITY AS x(body, n)"
-            "  WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.n RETURNING 1)"
-            " SELECT 't', response FROM prior"
-            " UNION ALL SELECT 'e', event_id FROM held"
-            " UNION ALL SELECT 'q', event_id FROM queued"
-            " UNION ALL SELECT 'n', ((SELECT count(*) FROM ins) + (SELECT count(*) FROM edu))::text"
-            " UNION ALL SELECT 'i', count(*)::text FROM t",
+        rows = await self.db.fetchall_door(
+            _ADMIT_SQL,
             origin, txn_id, _dumps(response), now,
             [p.room_id for p, _ in unique], [p.event_id for p, _ in unique],
             [p.room_version for p, _ in unique], [text for _, text in unique],
@@ -257,7 +263,7 @@ class InboxStore:
             return Admitted(dict(loads(found["t"])), True, 0, set(), set())
         if found["i"] == "0":
             # The same (origin, txnId) was admitted concurrently: a repeat.
-            again = await self.db.fetchall_side(
+            again = await self.db.fetchall_door(
                 "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?", origin, txn_id
             )
             return Admitted(dict(loads(again[0][0])), True, 0, set(), set())
