@@ -116,6 +116,7 @@ class EventsAPI:
             web.put(f"{r}/state/{{event_type}}/{{state_key:.*}}", self.put_state),
             web.get(f"{r}/messages", self.messages),
             web.get(f"{r}/event/{{event_id}}", self.get_event),
+            web.get(f"{r}/context/{{event_id}}", self.context),
         ]
 
     async def send(self, request: web.Request) -> web.Response:
@@ -260,11 +261,10 @@ class EventsAPI:
                 break
         return chunk, more
 
-    async def get_event(self, request: web.Request) -> web.Response:
-        req = await self.auth.requester(request)
-        room_id = request.match_info["room_id"]
+    async def _visible_event(self, req: Requester, room_id: str, event_id: str) -> tuple[StoredEvent, int]:
+        """The event, if the user may see it; and the last position they may see."""
         access = await room_access(self.timeline, req.user_id, room_id)
-        stored = await self.events.get_event(request.match_info["event_id"])
+        stored = await self.events.get_event(event_id)
         if (
             stored is None
             or stored.event.room_id != room_id
@@ -273,4 +273,53 @@ class EventsAPI:
             or not await self.visibility.user_may_see_event(req.user_id, stored)
         ):
             raise not_found("Event not found")
+        upto = access.upto if access.upto is not None else await self.events.max_stream_ordering()
+        return stored, upto
+
+    async def get_event(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        stored, _ = await self._visible_event(req, request.match_info["room_id"], request.match_info["event_id"])
         return json_response((await serialize_events(self.users, self.events, req, [stored]))[0])
+
+    async def context(self, request: web.Request) -> web.Response:
+        """An event with up to ``limit`` events around it (half before, half after, as far
+        as the user may see), pagination tokens either way, and the room's state after
+        the last event returned."""
+        req = await self.auth.requester(request)
+        room_id = request.match_info["room_id"]
+        try:
+            limit = int(request.query.get("limit") or 10)
+        except ValueError:
+            raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
+        if limit < 0:
+            raise MatrixError(400, "M_INVALID_PARAM", "limit must not be negative")
+        limit = min(MAX_PAGE, limit)
+        stored, upto = await self._visible_event(req, room_id, request.match_info["event_id"])
+        position = stored.stream_ordering
+        before: list[StoredEvent] = []
+        after: list[StoredEvent] = []
+        if limit // 2:
+            before = await self.timeline.room_events(
+                room_id, after=FIRST_POSITION, upto=position - 1, limit=limit // 2, newest_first=True)
+        if limit - limit // 2:
+            after = await self.timeline.room_events(
+                room_id, after=position, upto=upto, limit=limit - limit // 2, newest_first=False)
+        # Tokens from the events found, before visibility hides any: paging on from them
+        # neither repeats nor skips one.
+        start = page_token((before[-1].stream_ordering if before else position) - 1)
+        end = page_token(after[-1].stream_ordering if after else position)
+        before = await self.visibility.filter_for_user(req.user_id, room_id, before)
+        after = await self.visibility.filter_for_user(req.user_id, room_id, after)
+        last = after[-1] if after else stored
+        state_ids = await self.events.get_state_ids_after(last.event.event_id) or {}
+        found = await self.events.get_events(state_ids.values())
+        state = [found[i] for i in state_ids.values() if i in found and found[i].outcome is not Outcome.REJECTED]
+        served = await serialize_events(self.users, self.events, req, [*before, stored, *after, *state])
+        return json_response({
+            "start": start,
+            "end": end,
+            "events_before": served[: len(before)],
+            "event": served[len(before)],
+            "events_after": served[len(before) + 1 : len(before) + 1 + len(after)],
+            "state": served[len(before) + 1 + len(after) :],
+        })

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nio import (
     JoinResponse,
+    RoomContextResponse,
     RoomCreateResponse,
     RoomGetStateResponse,
     RoomMessagesResponse,
@@ -312,3 +313,50 @@ async def test_redact(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tupl
         status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/redact/{sent.event_id}/r2",
                                  token=alice.access_token, json={"reason": 5})
         assert status == 400 and body["errcode"] == "M_BAD_JSON"
+
+
+async def test_event_context(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        created = await alice.room_create(name="Context", preset=RoomPreset.public_chat)
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        ids = []
+        for i in range(10):
+            sent = await alice.room_send(room, TEXT, msg(f"m{i}"))
+            assert isinstance(sent, RoomSendResponse), sent
+            ids.append(sent.event_id)
+
+        # Through a real client: two before (newest first), the event, two after.
+        context = await alice.room_context(room, ids[5], limit=4)
+        assert isinstance(context, RoomContextResponse), context
+        assert context.event.body == "m5"
+        assert [e.body for e in context.events_before] == ["m4", "m3"]
+        assert [e.body for e in context.events_after] == ["m6", "m7"]
+        assert {e.source["type"] for e in context.state} >= {"m.room.create", "m.room.member", "m.room.name"}
+
+        # The tokens page on from there, neither repeating nor skipping an event.
+        status, page = await raw(server, "GET", f"{V3}/rooms/{room}/messages?dir=b&limit=2&from={context.start}",
+                                 token=alice.access_token)
+        assert status == 200 and [e["content"]["body"] for e in page["chunk"]] == ["m2", "m1"]
+        status, page = await raw(server, "GET", f"{V3}/rooms/{room}/messages?dir=f&limit=2&from={context.end}",
+                                 token=alice.access_token)
+        assert status == 200 and [e["content"]["body"] for e in page["chunk"]] == ["m8", "m9"]
+
+        # At the newest event nothing comes after; limit 0 gives the event alone.
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/context/{ids[9]}?limit=0",
+                                 token=alice.access_token)
+        assert status == 200, body
+        assert body["event"]["content"]["body"] == "m9"
+        assert body["events_before"] == [] and body["events_after"] == []
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/context/{ids[9]}", token=alice.access_token)
+        assert status == 200 and len(body["events_before"]) == 5 and body["events_after"] == []
+
+        # Bad input, unknown events, and a user who may not see the room.
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/context/{ids[5]}?limit=x",
+                                 token=alice.access_token)
+        assert status == 400 and body["errcode"] == "M_INVALID_PARAM"
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/context/$nope", token=alice.access_token)
+        assert status == 404 and body["errcode"] == "M_NOT_FOUND"
+        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/context/{ids[5]}", token=bob.access_token)
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
