@@ -18,6 +18,7 @@ from homeserver.client_api.account_data import AccountData, AccountDataAPI
 from homeserver.client_api.auth import AccountsAPI
 from homeserver.client_api.capabilities import CapabilitiesAPI
 from homeserver.client_api.common import Authenticator, cors_middleware
+from homeserver.client_api.devices import DevicesAPI
 from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
@@ -64,6 +65,7 @@ def create_client_api_app(
     notifier = Notifier()
     app[NOTIFIER] = notifier
     app.add_routes(AccountsAPI(config.server_name, cc, users, auth).routes())
+    app.add_routes(DevicesAPI(cc, auth, users).routes())
     app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory).routes())
     if directory is not None:
         app.add_routes(DirectoryAPI(config.server_name, cc, auth, directory).routes())

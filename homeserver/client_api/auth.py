@@ -40,7 +40,7 @@ TOKEN = "m.login.registration_token"
 PASSWORD = "m.login.password"
 
 
-class _Sessions:
+class UiaSessions:
     """User-interactive auth sessions: id -> (created, stages completed). Bounded, expiring."""
 
     def __init__(self) -> None:
@@ -86,7 +86,7 @@ class AccountsAPI:
         self.auth = auth
         self.login_limiter = RateLimiter(config.login_rate_limit)
         self.register_limiter = RateLimiter(config.register_rate_limit)
-        self._sessions = _Sessions()
+        self._sessions = UiaSessions()
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -207,7 +207,7 @@ class AccountsAPI:
         extra: dict[str, Any] = {"flows": self._flows(), "params": {}, "session": sid, "completed": sorted(done)}
         if err is None:
             # The first response of user-interactive auth carries no errcode.
-            return _UiaChallenge(extra)
+            return UiaChallenge(extra)
         return MatrixError(401, err.errcode, err.message, **extra)
 
     async def register_available(self, request: web.Request) -> web.Response:
@@ -277,7 +277,7 @@ class AccountsAPI:
         return json_response({"user_id": req.user_id, "device_id": req.device_id, "is_guest": False})
 
 
-class _UiaChallenge(MatrixError):
+class UiaChallenge(MatrixError):
     """The 401 that opens user-interactive auth: flows, params and session, no errcode."""
 
     def __init__(self, body: dict[str, Any]) -> None:

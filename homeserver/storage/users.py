@@ -17,7 +17,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,13 @@ class UserExistsError(Exception):
 class TokenOwner:
     user_id: str
     device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    display_name: str | None
+    created_ts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,36 @@ class UserStore:
             token_hash(token),
         )
         return None if row is None else TokenOwner(row[0], row[1])
+
+    async def devices(self, user_id: str) -> list[Device]:
+        rows = await self.db.fetchall(
+            "SELECT device_id, display_name, created_ts FROM devices WHERE user_id = ? ORDER BY device_id", user_id
+        )
+        return [Device(r[0], r[1], int(r[2])) for r in rows]
+
+    async def get_device(self, user_id: str, device_id: str) -> Device | None:
+        row = await self.db.fetchone(
+            "SELECT device_id, display_name, created_ts FROM devices WHERE user_id = ? AND device_id = ?",
+            user_id, device_id,
+        )
+        return None if row is None else Device(row[0], row[1], int(row[2]))
+
+    async def set_device_display_name(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        """False if the user has no such device."""
+        changed = await self.db.execute(
+            "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
+            display_name, user_id, device_id,
+        )
+        return changed > 0
+
+    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
+        """Delete the devices and their access tokens (unknown IDs are ignored)."""
+        async with self.db.transaction() as conn:
+            for device_id in dict.fromkeys(device_ids):
+                await conn.execute(
+                    "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", user_id, device_id
+                )
+                await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", user_id, device_id)
 
     async def delete_device(self, user_id: str, device_id: str) -> None:
         async with self.db.transaction() as conn:

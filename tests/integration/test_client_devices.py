@@ -1,0 +1,93 @@
+"""Devices through the client API (both engines, a real server, matrix-nio and raw HTTP):
+list, read and rename; delete behind user-interactive auth with the account's password,
+after which the device's access token no longer works; another user's devices are out of
+reach; bad input gets its Matrix error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nio import DeleteDevicesResponse, DevicesResponse, UpdateDeviceResponse
+
+from tests.clients import client_server, nio_user, raw
+from tests.conftest import DatabaseFactory
+
+V3 = "/_matrix/client/v3"
+PASSWORD = "correct horse battery"  # nio_user's
+
+
+async def test_devices(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        # A second session of Alice's: her phone.
+        status, phone = await raw(server, "POST", f"{V3}/login", json={
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": PASSWORD, "initial_device_display_name": "phone"})
+        assert status == 200, phone
+
+        listed = await alice.devices()
+        assert isinstance(listed, DevicesResponse), listed
+        assert {d.id: d.display_name for d in listed.devices} == {alice.device_id: None, phone["device_id"]: "phone"}
+        status, one = await raw(server, "GET", f"{V3}/devices/{phone['device_id']}", token=alice.access_token)
+        assert status == 200 and one == {"device_id": phone["device_id"], "display_name": "phone",
+                                         "last_seen_ip": None, "last_seen_ts": None}
+        # Bob's device is not Alice's to see.
+        status, body = await raw(server, "GET", f"{V3}/devices/{bob.device_id}", token=alice.access_token)
+        assert status == 404 and body["errcode"] == "M_NOT_FOUND"
+
+        # Rename.
+        renamed = await alice.update_device(phone["device_id"], {"display_name": "old phone"})
+        assert isinstance(renamed, UpdateDeviceResponse), renamed
+        status, one = await raw(server, "GET", f"{V3}/devices/{phone['device_id']}", token=alice.access_token)
+        assert one["display_name"] == "old phone"
+        for device_id, payload, expected in (
+            ("NOSUCH", {"display_name": "x"}, (404, "M_NOT_FOUND")),
+            (bob.device_id, {"display_name": "mine now"}, (404, "M_NOT_FOUND")),
+            (phone["device_id"], {"display_name": 5}, (400, "M_BAD_JSON")),
+            (phone["device_id"], {"display_name": "x" * 101}, (400, "M_INVALID_PARAM")),
+        ):
+            status, body = await raw(server, "PUT", f"{V3}/devices/{device_id}", token=alice.access_token,
+                                     json=payload)
+            assert (status, body["errcode"]) == expected, body
+        status, body = await raw(server, "PUT", f"{V3}/devices/{phone['device_id']}", token=alice.access_token,
+                                 data=b"not json")
+        assert status == 400 and body["errcode"] == "M_NOT_JSON"
+
+        # Delete the phone: first the auth flow, then a wrong password, then the right one.
+        path = f"{V3}/devices/{phone['device_id']}"
+        status, flow = await raw(server, "DELETE", path, token=alice.access_token)
+        assert status == 401 and flow["flows"] == [{"stages": ["m.login.password"]}] and "errcode" not in flow
+        session = flow["session"]
+        auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id},
+                "session": session}
+        status, body = await raw(server, "DELETE", path, token=alice.access_token,
+                                 json={"auth": {**auth, "password": "wrong"}})
+        assert status == 401 and body["errcode"] == "M_FORBIDDEN" and body["session"] == session
+        status, whoami = await raw(server, "GET", f"{V3}/account/whoami", token=phone["access_token"])
+        assert status == 200 and whoami["device_id"] == phone["device_id"]
+        status, body = await raw(server, "DELETE", path, token=alice.access_token,
+                                 json={"auth": {**auth, "password": PASSWORD}})
+        assert status == 200, body
+        status, body = await raw(server, "GET", f"{V3}/account/whoami", token=phone["access_token"])
+        assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+        listed = await alice.devices()
+        assert isinstance(listed, DevicesResponse) and [d.id for d in listed.devices] == [alice.device_id]
+
+        # Another user's password does not authorize Alice's request, nor reach Bob's devices.
+        status, body = await raw(server, "POST", f"{V3}/delete_devices", token=alice.access_token, json={
+            "devices": [bob.device_id],
+            "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": bob.user_id},
+                     "password": PASSWORD}})
+        assert status == 401 and body["errcode"] == "M_FORBIDDEN"
+        status, body = await raw(server, "POST", f"{V3}/delete_devices", token=alice.access_token,
+                                 json={"devices": "all"})
+        assert status == 400 and body["errcode"] == "M_BAD_JSON"
+
+        # delete_devices through nio (its own auth dict): Alice deletes her last device.
+        deleted = await alice.delete_devices([alice.device_id, bob.device_id], auth={
+            "type": "m.login.password", "user": alice.user_id, "password": PASSWORD})
+        assert isinstance(deleted, DeleteDevicesResponse), deleted
+        status, _ = await raw(server, "GET", f"{V3}/account/whoami", token=alice.access_token)
+        assert status == 401
+        status, whoami = await raw(server, "GET", f"{V3}/account/whoami", token=bob.access_token)
+        assert status == 200 and whoami["user_id"] == bob.user_id
