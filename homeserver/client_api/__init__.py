@@ -27,6 +27,7 @@ from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
+from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
 from homeserver.federation.client import FederationClient
 from homeserver.federation.sender import OutboundSender
@@ -86,6 +87,7 @@ def create_client_api_app(
                                 account_data=account_data).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
     app.add_routes(CapabilitiesAPI(auth).routes())
+    app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(auth).routes())
 
     def on_invite(user_id: str, room_id: str) -> None:

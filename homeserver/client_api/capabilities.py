@@ -1,8 +1,13 @@
 """GET /capabilities: the room versions this server creates and supports (events/versions.py)
 and which optional account features exist here (no password change, no 3PIDs, no login
-tokens; display name and avatar may be set)."""
+tokens; display name and avatar may be set). And the listings of optional features this
+server does not have, answered as the spec's shapes say a server without them answers:
+no pushers, no third-party identifiers, no third-party protocols (bridges), no TURN server."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -18,7 +23,24 @@ class CapabilitiesAPI:
         self.auth = auth
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/_matrix/client/v3/capabilities", self.capabilities)]
+        p = "/_matrix/client/v3"
+        return [
+            web.get(f"{p}/capabilities", self.capabilities),
+            web.get(f"{p}/pushers", self.listing({"pushers": []})),
+            web.get(f"{p}/account/3pid", self.listing({"threepids": []})),
+            web.get(f"{p}/thirdparty/protocols", self.listing({})),
+            # No TURN server configured: an empty object, as Synapse answers then.
+            web.get(f"{p}/voip/turnServer", self.listing({})),
+        ]
+
+    def listing(self, body: dict[str, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A handler answering ``body`` to an authenticated user."""
+
+        async def handler(request: web.Request) -> web.Response:
+            await self.auth.requester(request)
+            return json_response(body)
+
+        return handler
 
     async def capabilities(self, request: web.Request) -> web.Response:
         await self.auth.requester(request)
