@@ -1,6 +1,6 @@
 """Accounts: /versions, /.well-known/matrix/client, registration (user-interactive auth
-with the m.login.dummy or m.login.registration_token stage), password login, logout and
-whoami.
+with the m.login.dummy or m.login.registration_token stage), password login, logout,
+whoami, and password change (user-interactive auth with the current password).
 
 Guarantees: registration and login are rate-limited per client IP; a user ID is
 registered at most once (M_USER_IN_USE); a wrong password and an unknown user give the
@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.client_api.common import Authenticator, require_str
+from homeserver.client_api.common import Authenticator, Requester, require_str
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
@@ -87,6 +87,7 @@ class AccountsAPI:
         self.login_limiter = RateLimiter(config.login_rate_limit)
         self.register_limiter = RateLimiter(config.register_rate_limit)
         self._sessions = UiaSessions()
+        self.password = PasswordStage(users, RateLimiter(config.login_rate_limit))
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -101,6 +102,7 @@ class AccountsAPI:
             web.post(f"{p}/logout", self.logout),
             web.post(f"{p}/logout/all", self.logout_all),
             web.get(f"{p}/account/whoami", self.whoami),
+            web.post(f"{p}/account/password", self.change_password),
         ]
 
     # ------------------------------------------------------------------ discovery
@@ -272,6 +274,24 @@ class AccountsAPI:
         await self.users.delete_all_devices(req.user_id)
         return json_response({})
 
+    async def change_password(self, request: web.Request) -> web.Response:
+        """``POST /account/password``: behind the current password (user-interactive auth);
+        ``logout_devices`` (default true) logs out every other device of the user."""
+        req = await self.auth.requester(request)
+        body = await read_json_object(request, self.config.max_body_bytes)
+        new_password = body.get("new_password")
+        if not isinstance(new_password, str) or not new_password:
+            raise MatrixError(400, "M_BAD_JSON", "new_password must be a non-empty string")
+        if len(new_password) > MAX_PASSWORD_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
+        logout = body.get("logout_devices", True)
+        if not isinstance(logout, bool):
+            raise MatrixError(400, "M_BAD_JSON", "logout_devices must be a boolean")
+        await self.password.check(req, body.get("auth"))
+        await self.users.set_password(req.user_id, new_password, keep_device=req.device_id, logout_others=logout)
+        log.info("password changed", extra={"user_id": req.user_id})
+        return json_response({})
+
     async def whoami(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         return json_response({"user_id": req.user_id, "device_id": req.device_id, "is_guest": False})
@@ -285,3 +305,49 @@ class UiaChallenge(MatrixError):
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.extra)
+
+
+class PasswordStage:
+    """User-interactive auth with one stage, the account's password, for requests an
+    access token alone may not make (deleting devices, changing the password)."""
+
+    def __init__(self, users: UserStore, limiter: RateLimiter) -> None:
+        self.users = users
+        self._sessions = UiaSessions()
+        # Password attempts per user (a stolen access token must not become a password oracle).
+        self._limiter = limiter
+
+    async def check(self, req: Requester, auth: Any) -> None:
+        """Return once ``auth`` completes the stage; else raise the 401 that asks for it (or
+        says what was wrong)."""
+        if auth is None:
+            raise self._challenge(self._sessions.new())
+        if not isinstance(auth, dict):
+            raise MatrixError(400, "M_BAD_JSON", "auth must be an object")
+        sid = auth.get("session") if isinstance(auth.get("session"), str) else None
+        if sid is None:
+            sid = self._sessions.new()
+        if self._sessions.completed(sid) is None:
+            raise MatrixError(400, "M_UNKNOWN", "Unknown or expired session")
+        if auth.get("type") != PASSWORD:
+            raise self._challenge(sid, MatrixError(401, "M_UNRECOGNIZED", "The stage is m.login.password"))
+        identifier = auth.get("identifier")
+        user = identifier.get("user") if isinstance(identifier, dict) else auth.get("user")
+        if isinstance(user, str) and user not in (req.user_id, req.user_id[1:].split(":", 1)[0]):
+            raise self._challenge(sid, MatrixError(401, "M_FORBIDDEN", "Authenticate as yourself"))
+        password = auth.get("password")
+        self._limiter.enforce(req.user_id)
+        if (
+            not isinstance(password, str)
+            or len(password) > MAX_PASSWORD_LENGTH
+            or not await self.users.check_password(req.user_id, password)
+        ):
+            raise self._challenge(sid, MatrixError(401, "M_FORBIDDEN", "Invalid password"))
+        self._sessions.drop(sid)
+
+    @staticmethod
+    def _challenge(sid: str, err: MatrixError | None = None) -> MatrixError:
+        extra: dict[str, Any] = {"flows": [{"stages": [PASSWORD]}], "params": {}, "session": sid, "completed": []}
+        if err is None:
+            return UiaChallenge(extra)
+        return MatrixError(401, err.errcode, err.message, **extra)

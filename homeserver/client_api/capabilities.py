@@ -1,5 +1,5 @@
 """GET /capabilities: the room versions this server creates and supports (events/versions.py)
-and which optional account features exist here (no password change, no 3PIDs, no login
+and which optional account features exist here (password change; no 3PIDs, no login
 tokens; display name and avatar may be set). And the listings of optional features this
 server does not have, answered as the spec's shapes say a server without them answers:
 no pushers, no third-party identifiers, no third-party protocols (bridges), no TURN server."""
@@ -47,8 +47,8 @@ class CapabilitiesAPI:
         versions = {v.identifier: "stable" if v.stable else "unstable" for v in KNOWN_ROOM_VERSIONS.values()}
         return json_response({"capabilities": {
             "m.room_versions": {"default": DEFAULT_ROOM_VERSION.identifier, "available": versions},
-            # No /account/password, no 3PID endpoints, no /login/get_token.
-            "m.change_password": {"enabled": False},
+            # POST /account/password exists; no 3PID endpoints, no /login/get_token.
+            "m.change_password": {"enabled": True},
             "m.3pid_changes": {"enabled": False},
             "m.get_login_token": {"enabled": False},
             # PUT /profile/{userId}/displayname and /avatar_url exist; no other field does.

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.client_api.auth import MAX_PASSWORD_LENGTH, PASSWORD, UiaChallenge, UiaSessions
-from homeserver.client_api.common import Authenticator, Requester
+from homeserver.client_api.auth import PasswordStage
+from homeserver.client_api.common import Authenticator
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
@@ -35,9 +35,7 @@ class DevicesAPI:
         self.config = config
         self.auth = auth
         self.users = users
-        self._sessions = UiaSessions()
-        # Password attempts per user (a stolen access token must not become a password oracle).
-        self._limiter = RateLimiter(config.login_rate_limit)
+        self.password = PasswordStage(users, RateLimiter(config.login_rate_limit))
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -80,7 +78,7 @@ class DevicesAPI:
     async def delete_device(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         body = await self._optional_body(request)
-        await self._check_password_stage(req, body.get("auth"))
+        await self.password.check(req, body.get("auth"))
         await self.users.delete_devices(req.user_id, [request.match_info["device_id"]])
         return json_response({})
 
@@ -92,7 +90,7 @@ class DevicesAPI:
             raise MatrixError(400, "M_BAD_JSON", "devices must be a list of device IDs")
         if len(devices) > MAX_DEVICES_PER_REQUEST:
             raise MatrixError(400, "M_INVALID_PARAM", f"At most {MAX_DEVICES_PER_REQUEST} devices at once")
-        await self._check_password_stage(req, body.get("auth"))
+        await self.password.check(req, body.get("auth"))
         await self.users.delete_devices(req.user_id, devices)
         return json_response({})
 
@@ -101,38 +99,3 @@ class DevicesAPI:
         if not request.can_read_body:
             return {}
         return await read_json_object(request, self.config.max_body_bytes)
-
-    async def _check_password_stage(self, req: Requester, auth: Any) -> None:
-        """Return once ``auth`` completes the one stage (the account's password); else raise
-        the 401 that asks for it (or says what was wrong)."""
-        if auth is None:
-            raise self._challenge(self._sessions.new())
-        if not isinstance(auth, dict):
-            raise MatrixError(400, "M_BAD_JSON", "auth must be an object")
-        sid = auth.get("session") if isinstance(auth.get("session"), str) else None
-        if sid is None:
-            sid = self._sessions.new()
-        if self._sessions.completed(sid) is None:
-            raise MatrixError(400, "M_UNKNOWN", "Unknown or expired session")
-        if auth.get("type") != PASSWORD:
-            raise self._challenge(sid, MatrixError(401, "M_UNRECOGNIZED", "The stage is m.login.password"))
-        identifier = auth.get("identifier")
-        user = identifier.get("user") if isinstance(identifier, dict) else auth.get("user")
-        if isinstance(user, str) and user not in (req.user_id, req.user_id[1:].split(":", 1)[0]):
-            raise self._challenge(sid, MatrixError(401, "M_FORBIDDEN", "Authenticate as yourself"))
-        password = auth.get("password")
-        self._limiter.enforce(req.user_id)
-        if (
-            not isinstance(password, str)
-            or len(password) > MAX_PASSWORD_LENGTH
-            or not await self.users.check_password(req.user_id, password)
-        ):
-            raise self._challenge(sid, MatrixError(401, "M_FORBIDDEN", "Invalid password"))
-        self._sessions.drop(sid)
-
-    @staticmethod
-    def _challenge(sid: str, err: MatrixError | None = None) -> MatrixError:
-        extra: dict[str, Any] = {"flows": [{"stages": [PASSWORD]}], "params": {}, "session": sid, "completed": []}
-        if err is None:
-            return UiaChallenge(extra)
-        return MatrixError(401, err.errcode, err.message, **extra)

@@ -123,6 +123,20 @@ class UserStore:
                 user_id, displayname,
             )
 
+    async def set_password(self, user_id: str, password: str, *, keep_device: str | None = None,
+                           logout_others: bool = False) -> None:
+        """Replace the user's password; with ``logout_others``, every device but
+        ``keep_device`` is logged out (deleted with its access tokens) in the same transaction."""
+        hashed = await asyncio.to_thread(hash_password_sync, password)
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", hashed, user_id)
+            if logout_others:
+                keep = keep_device or ""
+                await conn.execute(
+                    "DELETE FROM access_tokens WHERE user_id = ? AND device_id <> ?", user_id, keep
+                )
+                await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id <> ?", user_id, keep)
+
     async def check_password(self, user_id: str, password: str) -> bool:
         stored = await self.db.fetchval(
             "SELECT password_hash FROM users WHERE user_id = ? AND deactivated = 0", user_id

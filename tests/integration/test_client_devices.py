@@ -6,6 +6,7 @@ reach; bad input gets its Matrix error."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nio import DeleteDevicesResponse, DevicesResponse, UpdateDeviceResponse
 
@@ -91,3 +92,50 @@ async def test_devices(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tup
         assert status == 401
         status, whoami = await raw(server, "GET", f"{V3}/account/whoami", token=bob.access_token)
         assert status == 200 and whoami["user_id"] == bob.user_id
+
+
+async def test_password_change(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, nio_user(server, "alice") as alice:
+        async def login(password: str, device: str | None = None) -> tuple[int, Any]:
+            body: dict[str, Any] = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                                    "password": password}
+            if device is not None:
+                body["device_id"] = device
+            return await raw(server, "POST", f"{V3}/login", json=body)
+
+        status, laptop = await login(PASSWORD, "LAPTOP")
+        assert status == 200, laptop
+        path = f"{V3}/account/password"
+        # Bad input first: nothing changes.
+        for payload, expected in (({}, (400, "M_BAD_JSON")), ({"new_password": 5}, (400, "M_BAD_JSON")),
+                                  ({"new_password": "x", "logout_devices": "yes"}, (400, "M_BAD_JSON"))):
+            status, body = await raw(server, "POST", path, token=alice.access_token, json=payload)
+            assert (status, body["errcode"]) == expected, body
+        # The auth flow, a wrong current password, then the right one.
+        status, flow = await raw(server, "POST", path, token=alice.access_token, json={"new_password": "n3w"})
+        assert status == 401 and flow["flows"] == [{"stages": ["m.login.password"]}]
+        auth = {"type": "m.login.password", "user": "alice", "session": flow["session"]}
+        status, body = await raw(server, "POST", path, token=alice.access_token,
+                                 json={"new_password": "n3w", "auth": {**auth, "password": "wrong"}})
+        assert status == 401 and body["errcode"] == "M_FORBIDDEN"
+        assert (await login(PASSWORD))[0] == 200
+        status, body = await raw(server, "POST", path, token=alice.access_token,
+                                 json={"new_password": "n3w", "auth": {**auth, "password": PASSWORD}})
+        assert status == 200, body
+        # The old password no longer logs in, the new one does; other devices were logged out.
+        status, body = await login(PASSWORD)
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+        status, _ = await raw(server, "GET", f"{V3}/account/whoami", token=laptop["access_token"])
+        assert status == 401
+        status, whoami = await raw(server, "GET", f"{V3}/account/whoami", token=alice.access_token)
+        assert status == 200 and whoami["device_id"] == alice.device_id
+        status, phone = await login("n3w", "PHONE")
+        assert status == 200
+        # logout_devices false keeps them.
+        status, body = await raw(server, "POST", path, token=alice.access_token, json={
+            "new_password": "n3w2", "logout_devices": False,
+            "auth": {"type": "m.login.password", "user": alice.user_id, "password": "n3w"}})
+        assert status == 200, body
+        status, _ = await raw(server, "GET", f"{V3}/account/whoami", token=phone["access_token"])
+        assert status == 200
+        assert (await login("n3w2"))[0] == 200
