@@ -65,7 +65,7 @@ def create_client_api_app(
     timeline = TimelineStore(events.db, events)
     notifier = Notifier()
     app[NOTIFIER] = notifier
-    app.add_routes(AccountsAPI(config.server_name, cc, users, auth).routes())
+    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms).routes())
     app.add_routes(DevicesAPI(cc, auth, users).routes())
     app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory).routes())
     if directory is not None:

@@ -1,6 +1,7 @@
 """Accounts: /versions, /.well-known/matrix/client, registration (user-interactive auth
 with the m.login.dummy or m.login.registration_token stage), password login, logout,
-whoami, and password change (user-interactive auth with the current password).
+whoami, password change and account deactivation (user-interactive auth with the
+current password).
 
 Guarantees: registration and login are rate-limited per client IP; a user ID is
 registered at most once (M_USER_IN_USE); a wrong password and an unknown user give the
@@ -23,7 +24,10 @@ from homeserver.client_api.common import Authenticator, Requester, require_str
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
+from homeserver.federation.client import FederationRequestError
 from homeserver.http import json_response, read_json_object
+from homeserver.rooms.errors import RoomError
+from homeserver.rooms.service import RoomService
 from homeserver.storage.users import UserExistsError, UserStore
 
 log = logging.getLogger(__name__)
@@ -78,12 +82,14 @@ def client_ip(request: web.Request) -> str:
 
 class AccountsAPI:
     def __init__(
-        self, server_name: str, config: ClientConfig, users: UserStore, auth: Authenticator
+        self, server_name: str, config: ClientConfig, users: UserStore, auth: Authenticator,
+        rooms: RoomService,
     ) -> None:
         self.server_name = server_name
         self.config = config
         self.users = users
         self.auth = auth
+        self.rooms = rooms
         self.login_limiter = RateLimiter(config.login_rate_limit)
         self.register_limiter = RateLimiter(config.register_rate_limit)
         self._sessions = UiaSessions()
@@ -103,6 +109,7 @@ class AccountsAPI:
             web.post(f"{p}/logout/all", self.logout_all),
             web.get(f"{p}/account/whoami", self.whoami),
             web.post(f"{p}/account/password", self.change_password),
+            web.post(f"{p}/account/deactivate", self.deactivate),
         ]
 
     # ------------------------------------------------------------------ discovery
@@ -291,6 +298,30 @@ class AccountsAPI:
         await self.users.set_password(req.user_id, new_password, keep_device=req.device_id, logout_others=logout)
         log.info("password changed", extra={"user_id": req.user_id})
         return json_response({})
+
+    async def deactivate(self, request: web.Request) -> web.Response:
+        """``POST /account/deactivate``: behind the password (user-interactive auth). The
+        account is closed first (no login, no token, empty profile), then the user leaves
+        every room they are in, invited to or knocking on (best effort: a room whose leave
+        fails is logged and skipped). No identity server: nothing to unbind."""
+        req = await self.auth.requester(request)
+        body = await read_json_object(request, self.config.max_body_bytes)
+        if "erase" in body and not isinstance(body["erase"], bool):
+            raise MatrixError(400, "M_BAD_JSON", "erase must be a boolean")
+        await self.password.check(req, body.get("auth"))
+        await self.users.deactivate(req.user_id)
+        log.info("account deactivated", extra={"user_id": req.user_id})
+        for room_id, membership in sorted((await self.rooms.rooms_for_user(req.user_id)).items()):
+            if membership not in ("join", "invite", "knock"):
+                continue
+            try:
+                await self.rooms.leave(req.user_id, room_id)
+            except (RoomError, FederationRequestError) as e:
+                log.info("deactivated user's leave failed", extra={"room_id": room_id, "error": str(e)})
+            except Exception:
+                # The account is closed already: the answer must still say so.
+                log.exception("deactivated user's leave failed", extra={"room_id": room_id})
+        return json_response({"id_server_unbind_result": "no-support"})
 
     async def whoami(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)

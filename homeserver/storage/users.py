@@ -137,6 +137,17 @@ class UserStore:
                 )
                 await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id <> ?", user_id, keep)
 
+    async def deactivate(self, user_id: str) -> None:
+        """Close the account for good: no login, every device and token gone, the profile
+        emptied. The user ID stays taken."""
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)
+            await conn.execute("DELETE FROM access_tokens WHERE user_id = ?", user_id)
+            await conn.execute("DELETE FROM devices WHERE user_id = ?", user_id)
+            await conn.execute(
+                "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?", user_id
+            )
+
     async def check_password(self, user_id: str, password: str) -> bool:
         stored = await self.db.fetchval(
             "SELECT password_hash FROM users WHERE user_id = ? AND deactivated = 0", user_id

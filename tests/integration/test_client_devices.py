@@ -1,14 +1,21 @@
-"""Devices through the client API (both engines, a real server, matrix-nio and raw HTTP):
-list, read and rename; delete behind user-interactive auth with the account's password,
-after which the device's access token no longer works; another user's devices are out of
-reach; bad input gets its Matrix error."""
+"""Devices and the account through the client API (both engines, a real server, matrix-nio
+and raw HTTP): list, read and rename devices; delete them behind user-interactive auth with
+the account's password, after which the device's access token no longer works; another
+user's devices are out of reach; the password changed; the account deactivated; bad input
+gets its Matrix error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from nio import DeleteDevicesResponse, DevicesResponse, UpdateDeviceResponse
+from nio import (
+    DeleteDevicesResponse,
+    DevicesResponse,
+    JoinResponse,
+    RoomCreateResponse,
+    UpdateDeviceResponse,
+)
 
 from tests.clients import client_server, nio_user, raw
 from tests.conftest import DatabaseFactory
@@ -139,3 +146,41 @@ async def test_password_change(db_factory: DatabaseFactory, tmp_path: Path, test
         status, _ = await raw(server, "GET", f"{V3}/account/whoami", token=phone["access_token"])
         assert status == 200
         assert (await login("n3w2"))[0] == 200
+
+
+async def test_account_deactivation(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        shared = await bob.room_create(name="Shared", invite=[alice.user_id])
+        assert isinstance(shared, RoomCreateResponse), shared
+        assert isinstance(await alice.join(shared.room_id), JoinResponse)
+        pending = await bob.room_create(name="Pending", invite=[alice.user_id])
+        assert isinstance(pending, RoomCreateResponse), pending
+        status, _ = await raw(server, "PUT", f"{V3}/profile/{alice.user_id}/displayname",
+                              token=alice.access_token, json={"displayname": "Alice"})
+        assert status == 200
+
+        path = f"{V3}/account/deactivate"
+        status, flow = await raw(server, "POST", path, token=alice.access_token, json={})
+        assert status == 401 and flow["flows"] == [{"stages": ["m.login.password"]}]
+        status, body = await raw(server, "POST", path, token=alice.access_token, json={"erase": "yes"})
+        assert status == 400 and body["errcode"] == "M_BAD_JSON"
+        status, body = await raw(server, "POST", path, token=alice.access_token, json={
+            "auth": {"type": "m.login.password", "user": "alice", "password": PASSWORD, "session": flow["session"]}})
+        assert (status, body) == (200, {"id_server_unbind_result": "no-support"})
+
+        # Her token is gone, she cannot log in, her name is taken for good, her profile is empty.
+        status, body = await raw(server, "GET", f"{V3}/account/whoami", token=alice.access_token)
+        assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+        status, body = await raw(server, "POST", f"{V3}/login", json={
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": PASSWORD})
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+        status, body = await raw(server, "GET", f"{V3}/register/available?username=alice")
+        assert status == 400 and body["errcode"] == "M_USER_IN_USE"
+        status, profile = await raw(server, "GET", f"{V3}/profile/{alice.user_id}", token=bob.access_token)
+        assert "displayname" not in profile or profile["displayname"] is None, profile
+        # She left the room she was in and rejected the invite she held.
+        for room in (shared.room_id, pending.room_id):
+            status, member = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.member/{alice.user_id}",
+                                       token=bob.access_token)
+            assert status == 200 and member["membership"] == "leave", (room, member)
