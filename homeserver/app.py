@@ -17,7 +17,8 @@ from homeserver.client_api import create_client_api_app
 from homeserver.config import Config
 from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
-from homeserver.federation.auth import make_auth_middleware
+from homeserver.errors import forbidden
+from homeserver.federation.auth import ORIGIN, make_auth_middleware
 from homeserver.federation.client import FederationClient
 from homeserver.federation.inbound import InboundProcessor
 from homeserver.federation.inbox import InboundWorker, InboxStore
@@ -28,6 +29,7 @@ from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
 from homeserver.ops import health_route
+from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.directory_federation import FederationDirectoryAPI
@@ -61,6 +63,7 @@ class Services:
     inbound_worker: InboundWorker
     rooms: RoomService
     directory: RoomDirectory
+    acl: AclChecker
 
     @classmethod
     async def open(cls, config: Config, signing_key: ServerSigningKey | None = None) -> Services:
@@ -101,8 +104,9 @@ class Services:
             raise
         inbox = InboxStore(db)
         memberships = RoomMembershipStore(db)
+        acl = AclChecker(event_store, persister)
         processor = InboundProcessor(
-            config.inbound, db, event_store, persister, keyring, client, metrics, memberships
+            config.inbound, db, event_store, persister, keyring, client, metrics, memberships, acl
         )
         worker = InboundWorker(inbox, processor, config.inbound, metrics)
         try:
@@ -120,7 +124,7 @@ class Services:
         rooms.alias_resolver = directory.resolve  # joins by alias
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
-            directory,
+            directory, acl,
         )
 
     async def close(self) -> None:
@@ -138,6 +142,7 @@ def create_federation_app(services: Services) -> web.Application:
             make_auth_middleware(
                 services.config.server_name, services.keyring, services.sender.notify_destination_up
             ),
+            acl_middleware(services.acl),
         ],
         client_max_size=8 * 1024 * 1024,
     )
@@ -151,6 +156,7 @@ def create_federation_app(services: Services) -> web.Application:
         services.inbound_worker,
         services.metrics,
         services.rooms.memberships,
+        services.acl,
     )
     app.add_routes(transport.routes())
     rooms_api = FederationRoomsAPI(
@@ -160,6 +166,32 @@ def create_federation_app(services: Services) -> web.Application:
     app.add_routes(rooms_api.routes())
     app.add_routes(FederationDirectoryAPI(services.directory).routes())
     return app
+
+
+# The endpoints the spec protects with the room's server ACL (``/send`` is checked per PDU
+# and EDU in the transport and the worker); each has the room ID in its path.
+_ACL_PROTECTED = frozenset({
+    "make_join", "make_leave", "send_join", "send_leave", "invite", "make_knock", "send_knock",
+    "state", "state_ids", "backfill", "event_auth", "get_missing_events",
+})
+
+
+def acl_middleware(acl: AclChecker) -> Middleware:
+    """403 M_FORBIDDEN to an authenticated server that the room's server ACL denies, on the
+    endpoints the spec protects (``rooms/acl.py``)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        parts = request.path.split("/", 5)  # "", "_matrix", "federation", "v1", name, rest
+        room_id = request.match_info.get("roomId")
+        if (
+            room_id is not None and len(parts) > 4 and parts[4] in _ACL_PROTECTED
+            and ORIGIN in request and not await acl.allows(request[ORIGIN], room_id)
+        ):
+            raise forbidden("The room's server ACL denies your server")
+        return await handler(request)
+
+    return middleware
 
 
 def answer_first_middleware(worker: InboundWorker) -> Middleware:

@@ -110,11 +110,13 @@ class RemoteRoom:
 
 
 class FakeRemote:
-    def __init__(self, ca: tuple[Path, Path], directory: Path) -> None:
+    def __init__(self, ca: tuple[Path, Path], directory: Path, host: str = "localhost") -> None:
         self.ca = ca
         self.dir = directory
         self.port = free_port()
-        self.server_name = f"localhost:{self.port}"
+        # host: "localhost" or "127.0.0.1" (both in its certificate), so that two fake
+        # servers can differ in more than their port (server ACLs ignore ports).
+        self.server_name = f"{host}:{self.port}"
         self.key: ServerSigningKey = parse_key_file(generate_key_line())
         self.events: dict[str, Event] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) received
@@ -299,8 +301,8 @@ class FakeRemote:
 
 
 @asynccontextmanager
-async def fake_remote(ca: tuple[Path, Path], directory: Path) -> AsyncIterator[FakeRemote]:
-    remote = FakeRemote(ca, directory)
+async def fake_remote(ca: tuple[Path, Path], directory: Path, host: str = "localhost") -> AsyncIterator[FakeRemote]:
+    remote = FakeRemote(ca, directory, host)
     await remote.start()
     try:
         yield remote

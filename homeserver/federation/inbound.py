@@ -50,6 +50,7 @@ from homeserver.federation.checkpool import CheckItem, CheckPool, Verdict
 from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.federation.inbox import InboxEntry
 from homeserver.metrics import Metrics
+from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.persist import EventPersister, PersistError
 from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.storage.database import Database
@@ -127,11 +128,13 @@ class InboundProcessor:
         client: FederationClient,
         metrics: Metrics,
         memberships: RoomMembershipStore,
+        acl: AclChecker,
     ) -> None:
         self._config = config
         self._db = db
         self._store = store
         self._memberships = memberships
+        self._acl = acl
         self._persister = persister
         self._keyring = keyring
         self._client = client
@@ -703,7 +706,8 @@ class InboundProcessor:
 
     async def handle_edu(self, origin: str, edu: Mapping[str, Any]) -> None:
         """m.typing and m.receipt go to their tables (the door kept only the origin's own
-        users); anything else is ignored."""
+        users), except those of rooms whose server ACL denies the origin; anything else is
+        ignored."""
         content = edu.get("content")
         if not isinstance(content, dict):
             return
@@ -711,6 +715,9 @@ class InboundProcessor:
         if edu.get("edu_type") == "m.typing":
             room_id, user_id = content.get("room_id"), content.get("user_id")
             if not isinstance(room_id, str) or not isinstance(user_id, str):
+                return
+            if not await self._acl.allows(origin, room_id):
+                self._metrics.inbound_edus_dropped.labels(origin, "acl").inc()
                 return
             if content.get("typing") is True:
                 await self._db.execute(
@@ -728,6 +735,9 @@ class InboundProcessor:
         elif edu.get("edu_type") == "m.receipt":
             rows: list[tuple[Any, ...]] = []
             for room_id, by_type in content.items():
+                if not await self._acl.allows(origin, room_id):
+                    self._metrics.inbound_edus_dropped.labels(origin, "acl").inc()
+                    continue
                 for receipt_type, by_user in by_type.items():
                     for user_id, receipt in by_user.items():
                         event_ids = receipt.get("event_ids")

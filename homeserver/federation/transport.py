@@ -36,6 +36,7 @@ from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
 from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
+from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.redactions import applied_redactions
 from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.rooms.visibility import HistoryVisibility, ServerView
@@ -97,11 +98,13 @@ class FederationTransport:
         worker: InboundWorker | None,
         metrics: Metrics,
         memberships: RoomMembershipStore,
+        acl: AclChecker,
     ) -> None:
         self.server_name = server_name
         self._config = config
         self._store = store
         self._memberships = memberships
+        self._acl = acl
         self._inbox = inbox
         self._worker = worker
         self._metrics = metrics
@@ -144,9 +147,10 @@ class FederationTransport:
         texts = request.get(PDU_TEXTS)
         float_free = bool(request.get(FLOAT_FREE, False))
         versions: dict[str, RoomVersion | None] = {}
+        acl_allows: dict[str, bool] = {}
         for i, pdu in enumerate(pdus):
             text = texts[i].decode("utf-8") if texts is not None else None
-            accepted = await self._admit_pdu(origin, pdu, results, drops, text, float_free, versions)
+            accepted = await self._admit_pdu(origin, pdu, results, drops, text, float_free, versions, acl_allows)
             if accepted is not None:
                 pending.setdefault(accepted.event_id, accepted)
         kept_edus = [e for e in (self._admit_edu(origin, edu) for edu in edus) if e is not None]
@@ -203,9 +207,11 @@ class FederationTransport:
     async def _admit_pdu(
         self, origin: str, pdu: dict[str, Any], results: dict[str, dict[str, Any]], drops: list[str],
         text: str | None, float_free: bool, versions: dict[str, RoomVersion | None],
+        acl_allows: dict[str, bool],
     ) -> PendingPdu | None:
         """``versions``: the rooms' versions looked up so far for this transaction (an
-        unknown room is a database look-up each time: once per transaction)."""
+        unknown room is a database look-up each time: once per transaction);
+        ``acl_allows``: likewise, whether each room's server ACL allows the origin."""
         room_id = pdu.get("room_id")
         version: RoomVersion | None = None
         if isinstance(room_id, str):
@@ -225,12 +231,20 @@ class FederationTransport:
         except (EventError, TypeError, ValueError, AttributeError):
             drops.append("malformed")
             return None  # no ID to key an entry by
+        assert isinstance(room_id, str)
+        allowed = acl_allows.get(room_id)
+        if allowed is None:
+            allowed = acl_allows[room_id] = await self._acl.allows(origin, room_id)
+        if not allowed:
+            drops.append("acl")
+            results[event_id] = {"error": "The room's server ACL denies your server"}
+            return None
         sender_server = _server_of(pdu.get("sender"))
         if self._config.strict_origin and sender_server != origin and not _strict_exempt(pdu):
             drops.append("foreign_sender")
             results[event_id] = {"error": "Event was not sent by a user of the origin server"}
             return None
-        return PendingPdu(room_id, event_id, version.identifier, pdu, text)  # type: ignore[arg-type]
+        return PendingPdu(room_id, event_id, version.identifier, pdu, text)
 
     async def _out_of_band_version(self, pdu: dict[str, Any], room_id: str) -> RoomVersion | None:
         """A room we hold no state of: a kick or ban of one of our users who holds an invite

@@ -651,6 +651,18 @@ class EventPersister:
         """The room's forward extremities (from the cache when warm)."""
         return (await self._load_head(room_id)).extremities
 
+    async def current_state_id(self, room_id: str, key: StateKey) -> str | None:
+        """The event ID at ``key`` in the room's current state: from the cache when warm,
+        else one look-up (the room's whole state is not loaded for it)."""
+        cached = self._heads.get(room_id)
+        if cached is not None:
+            return cached.state.get(key)
+        value = await self.db.fetchval(
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            room_id, key[0], key[1],
+        )
+        return value if isinstance(value, str) else None
+
     async def _load_head(self, room_id: str) -> _Head:
         cached = self._heads.get(room_id)
         if cached is not None:
