@@ -17,6 +17,6 @@ SELECT event_id, value #>> '{}' FROM (
                 WHEN r.room_version = '10' THEN e.json::jsonb -> 'redacts'
                 ELSE e.json::jsonb -> 'content' -> 'redacts' END AS value
     FROM events e JOIN rooms r ON r.room_id = e.room_id
-    WHERE e.type = 'm.room.redaction'
+    WHERE e.type = 'm.room.redaction' AND e.state_key IS NULL
 ) AS found
 WHERE jsonb_typeof(value) = 'string';

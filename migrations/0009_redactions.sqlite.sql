@@ -14,6 +14,6 @@ SELECT e.event_id,
        CASE WHEN r.room_version = '10' THEN json_extract(e.json, '$.redacts')
             ELSE json_extract(e.json, '$.content.redacts') END AS target
 FROM events e JOIN rooms r ON r.room_id = e.room_id
-WHERE e.type = 'm.room.redaction'
+WHERE e.type = 'm.room.redaction' AND e.state_key IS NULL
   AND (CASE WHEN r.room_version = '10' THEN json_type(e.json, '$.redacts')
             ELSE json_type(e.json, '$.content.redacts') END) = 'text';

@@ -29,7 +29,7 @@ from homeserver.errors import MatrixError, not_found
 from homeserver.events.event import Event
 from homeserver.http import json_response, read_json_object
 from homeserver.rooms.backfill import Backfiller
-from homeserver.rooms.redactions import applied_redactions
+from homeserver.rooms.redactions import applied_redactions, hide_unapplied
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.database import Connection
@@ -125,7 +125,25 @@ class EventsAPI:
         event_type = request.match_info["event_type"]
         txn_id = _txn_id(request)
         content = await read_json_object(request, self.config.max_body_bytes)
+        if event_type == "m.room.redaction":
+            # A redaction sent as a plain event gets the checks of /redact: it is applied
+            # (rooms/redactions.py) whenever its sender is on the target's server.
+            target = content.get("redacts")
+            if not isinstance(target, str) or not target.startswith("$"):
+                raise MatrixError(400, "M_BAD_JSON", "An m.room.redaction needs the event ID it redacts in redacts")
+            return await self._send_once(
+                req, txn_id, room_id, event_type, content, self._redact_check(req, room_id, target)
+            )
         return await self._send_once(req, txn_id, room_id, event_type, content)
+
+    def _redact_check(self, req: Requester, room_id: str, target: str) -> Callable[[], Awaitable[None]]:
+        async def check() -> None:
+            if await self.rooms.store.get_room_version(room_id) is None:
+                raise not_found("Unknown room")
+            if not await self.rooms.may_redact(req.user_id, room_id, target):
+                raise MatrixError(403, "M_FORBIDDEN", "You may redact only your own events without the power to")
+
+        return check
 
     async def redact(self, request: web.Request) -> web.Response:
         """Redact an event: an ``m.room.redaction`` (idempotent per device and txnId like
@@ -143,14 +161,9 @@ class EventsAPI:
             if not isinstance(reason, str):
                 raise MatrixError(400, "M_BAD_JSON", "reason must be a string")
             content["reason"] = reason
-
-        async def check() -> None:
-            if await self.rooms.store.get_room_version(room_id) is None:
-                raise not_found("Unknown room")
-            if not await self.rooms.may_redact(req.user_id, room_id, target):
-                raise MatrixError(403, "M_FORBIDDEN", "You may redact only your own events without the power to")
-
-        return await self._send_once(req, txn_id, room_id, "m.room.redaction", content, check)
+        return await self._send_once(
+            req, txn_id, room_id, "m.room.redaction", content, self._redact_check(req, room_id, target)
+        )
 
     async def _send_once(
         self, req: Requester, txn_id: str, room_id: str, event_type: str, content: Mapping[str, Any],
@@ -223,7 +236,7 @@ class EventsAPI:
             upto = now if to_pos is None else min(to_pos, now)
             chunk = await self.timeline.room_events(room_id, after=start, upto=upto, limit=limit, newest_first=False)
             end = page_token(chunk[-1].stream_ordering) if len(chunk) == limit else None
-        visible = await self.visibility.filter_for_user(req.user_id, room_id, chunk)
+        visible = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, chunk))
         body: dict[str, Any] = {
             "start": raw_from or page_token(start),
             "chunk": await serialize_events(self.users, self.events, req, visible),
@@ -308,8 +321,8 @@ class EventsAPI:
         # neither repeats nor skips one.
         start = page_token((before[-1].stream_ordering if before else position) - 1)
         end = page_token(after[-1].stream_ordering if after else position)
-        before = await self.visibility.filter_for_user(req.user_id, room_id, before)
-        after = await self.visibility.filter_for_user(req.user_id, room_id, after)
+        before = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, before))
+        after = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, after))
         last = after[-1] if after else stored
         state_ids = await self.events.get_state_ids_after(last.event.event_id) or {}
         found = await self.events.get_events(state_ids.values())

@@ -44,6 +44,7 @@ from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
+from homeserver.rooms.redactions import hide_unapplied
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
 from homeserver.rooms.visibility import HistoryVisibility
@@ -307,6 +308,7 @@ class SyncAPI:
             # History visibility: events the user may not see are left out of the timeline;
             # the state given is then the state at the first event shown (or after the last).
             visible = await self.visibility.filter_for_user(req.user_id, room_id, events)
+            visible = await hide_unapplied(self.events, visible)
             if visible:
                 state_ids = await self.events.get_state_ids_before(visible[0].event.event_id) or {}
             else:

@@ -235,15 +235,26 @@ class InboundProcessor:
     async def _out_of_band(self, entry: InboxEntry, version: RoomVersion) -> str | None:
         """An event of a room we hold no state of (the door admits only kicks and bans of
         our users who hold an invite to it or a knock on it): steps 1-3 (format, signatures,
-        hashes), then the invite or knock is ended with it. There is no state to authorize
-        it against (the room's servers did): a server in the room can end an invite or a
-        knock, as it could by never letting the user in. The event is not stored as a
-        room event. None: nothing stood to be ended (a repeat, or the user acted first)."""
+        hashes), then the invite or knock is ended with it if the event cites it among its
+        auth events and, for an invite, comes from the inviter (as Synapse asks of an
+        invite's rescission). There is no state to authorize it against. The event is not
+        stored as a room event. None: nothing stood to be ended (a repeat, or the user
+        acted first)."""
         assert entry.event_id is not None and entry.room_id is not None
         event = await self._checked(entry.body, version, entry.event_id)
         target = ended_member(event.pdu)
         if target is None or event.membership is None:
             raise Dropped("unplaceable: an event of a room we are not in")
+        pending = await self._memberships.pending(target, entry.room_id)
+        if pending is None:
+            return None
+        # Without the room's state this cannot be authorized; what it must show instead:
+        # it cites the invite or knock it ends among its auth events (the room's servers
+        # know its ID; a stranger does not), and an invite is ended by its inviter only.
+        if pending.event_id not in event.auth_events or (
+            pending.membership == "invite" and event.sender != pending.sender
+        ):
+            raise Dropped("unplaceable: it does not end the invite or knock we hold")
         if not await self._memberships.end_pending(target, entry.room_id, event.pdu, event.event_id,
                                                    event.membership):
             return None

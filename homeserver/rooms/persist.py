@@ -605,7 +605,7 @@ class EventPersister:
                 "INSERT INTO event_auth (event_id, auth_event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(event.event_id, a) for a in dict.fromkeys(event.auth_events)],
             )
-        if event.type == "m.room.redaction" and event.redacts is not None:
+        if event.type == "m.room.redaction" and event.state_key is None and event.redacts is not None:
             # Found by its target when that is served (rooms/redactions.py).
             await conn.write(
                 "INSERT INTO redactions (event_id, redacts) VALUES (?, ?) ON CONFLICT DO NOTHING",

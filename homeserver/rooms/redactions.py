@@ -5,8 +5,11 @@ accept any redaction and leave the decision to whoever applies it: we apply one 
 its target redacted, to clients and to other servers) when the redaction is accepted, is
 in the target's room, and its sender is on the target sender's server or had the power
 levels' ``redact`` level in the state before the redaction. A redaction that arrives
-before its target is applied once the target is here; one that is not allowed stays in
-the timeline (clients see it) and changes nothing.
+before its target is applied once the target is here. Clients see a redaction event in
+their timelines only once it applies (they redact on receipt: one we do not apply, or
+cannot check yet, would hide an event we keep serving). Each verdict is computed once
+(``EventStore.redaction_verdicts``), and at most ``MAX_PER_TARGET`` redactions of one
+event are ever considered, so a flood of refused redactions costs a bounded amount.
 
 Applied only when serving: the stored event keeps its content, and the room's state and
 authorization go on using it whole (a redacted state event is served redacted).
@@ -14,15 +17,17 @@ authorization go on using it whole (a redacted state event is served redacted).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from homeserver.events.auth import get_power_level, named_level
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
-from homeserver.storage.events import EventStore, Outcome
+from homeserver.storage.events import EventStore, Outcome, StoredEvent
 
 _CHUNK = 500
+MAX_PER_TARGET = 20
+VERDICT_CACHE_SIZE = 10_000
 _AUTH_KEYS: tuple[StateKey, ...] = (("m.room.create", ""), ("m.room.power_levels", ""))
 
 
@@ -46,19 +51,51 @@ async def applied_redactions(store: EventStore, events: Iterable[Event]) -> dict
     if not rows:
         return {}
     rows.sort()
-    redactions = await store.get_events(r[2] for r in rows)
-    out: dict[str, Event] = {}
+    considered: dict[str, int] = {}
+    kept: list[tuple[str, str]] = []
     for _, target_id, redaction_id in rows:
+        if considered.get(target_id, 0) < MAX_PER_TARGET:
+            considered[target_id] = considered.get(target_id, 0) + 1
+            kept.append((target_id, redaction_id))
+    redactions = await store.get_events(r[1] for r in kept)
+    out: dict[str, Event] = {}
+    for target_id, redaction_id in kept:
         stored = redactions.get(redaction_id)
         if target_id in out or stored is None:
             continue
-        if await _allowed(store, stored.event, targets[target_id]):
+        if await _verdict(store, stored.event, targets[target_id]):
             out[target_id] = stored.event
     return out
 
 
+async def hide_unapplied(store: EventStore, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """``events`` without the redaction events that do not apply (not allowed, or their
+    target not held yet): what a client's timeline may show."""
+    pending = [se.event for se in events if se.event.type == "m.room.redaction" and se.event.state_key is None]
+    if not pending:
+        return list(events)
+    targets = await store.get_events(e.redacts for e in pending if e.redacts is not None)
+    hidden: set[str] = set()
+    for redaction in pending:
+        target = targets.get(redaction.redacts) if redaction.redacts is not None else None
+        if target is None or not await _verdict(store, redaction, target.event):
+            hidden.add(redaction.event_id)
+    return [se for se in events if se.event.event_id not in hidden]
+
+
+async def _verdict(store: EventStore, redaction: Event, target: Event) -> bool:
+    cache = store.redaction_verdicts
+    verdict = cache.get(redaction.event_id)
+    if verdict is None:
+        verdict = await _allowed(store, redaction, target)
+        cache[redaction.event_id] = verdict
+        while len(cache) > VERDICT_CACHE_SIZE:
+            cache.popitem(last=False)
+    return verdict
+
+
 async def _allowed(store: EventStore, redaction: Event, target: Event) -> bool:
-    if redaction.room_id != target.room_id:
+    if redaction.room_id != target.room_id or redaction.redacts != target.event_id:
         return False
     if server_name_of(redaction.sender) == server_name_of(target.sender):
         return True

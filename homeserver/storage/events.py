@@ -54,6 +54,9 @@ class EventStore:
         self.db = db
         self._room_versions: OrderedDict[str, RoomVersion] = OrderedDict()
         self._state_cache: OrderedDict[int, dict[StateKey, str]] = OrderedDict()
+        # Redaction event ID -> whether it applies to its target (rooms/redactions.py): the
+        # verdict depends only on the two events and the state before the redaction.
+        self.redaction_verdicts: OrderedDict[str, bool] = OrderedDict()
 
     # ------------------------------------------------------------------ rooms
 

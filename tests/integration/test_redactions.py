@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from nio import JoinResponse, RoomCreateResponse, RoomPreset, RoomSendResponse
 
+from homeserver.rooms.redactions import hide_unapplied
 from homeserver.storage.database import Database
 from homeserver.storage.migrations import MIGRATIONS_DIR, migrate
 from tests.clients import client_server, msg, nio_user, raw
@@ -53,6 +54,20 @@ async def test_redacted_events_are_served_redacted_to_clients(
             ids["bob regrets"]: await _redact(server, bob.access_token, room, ids["bob regrets"], "r2"),
             ids["bob's rude"]: await _redact(server, alice.access_token, room, ids["bob's rude"], "r3", "rude"),
         }
+
+        # A redaction sent as a plain event gets the same checks as /redact: Bob has no power
+        # over Alice's message, and a redaction must name its target.
+        keep = ids["keep me"]
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/send/m.room.redaction/s1",
+                                 token=bob.access_token, json={"redacts": keep})
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/send/m.room.redaction/s2",
+                                 token=bob.access_token, json={"reason": "no target"})
+        assert (status, body["errcode"]) == (400, "M_BAD_JSON"), body
+        # Nor as a state event: it is stored, but redacts nothing.
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/state/m.room.redaction",
+                                 token=alice.access_token, json={"redacts": keep})
+        assert status == 200, body
 
         for event_id, redaction_id in because.items():
             status, event = await raw(server, "GET", f"{V3}/rooms/{room}/event/{event_id}", token=bob.access_token)
@@ -123,7 +138,8 @@ async def test_redactions_from_other_servers_need_their_server_or_power(
         not_hers = _redaction(room, carol, creators.event_id, signer=third)  # no power, another server
         her_own = _redaction(room, carol, carols_own.event_id, signer=third)  # the sender's own server
         moderated = _redaction(room, room.creator, carols.event_id)  # the creator's power
-        events = [join, creators, carols, carols_own, not_hers, her_own, moderated]
+        dangling = _redaction(room, room.creator, "$" + "A" * 43)  # its target is not held
+        events = [join, creators, carols, carols_own, not_hers, her_own, moderated, dangling]
         status, _ = await remote.send(server, events)
         assert status == 200
         assert await server.services.inbound_worker.wait_idle(WAIT)
@@ -145,6 +161,13 @@ async def test_redactions_from_other_servers_need_their_server_or_power(
         assert status == 200, body
         bodies = {p["content"].get("body") for p in body["pdus"] if p["type"] == TEXT}
         assert bodies == {"the creator's", None}
+
+        # Clients are shown only the redactions that apply (they redact on receipt).
+        store = server.services.event_store
+        ids = [not_hers.event_id, her_own.event_id, moderated.event_id, dangling.event_id]
+        stored = await store.get_events(ids)
+        shown = await hide_unapplied(store, [stored[i] for i in ids])
+        assert [se.event.event_id for se in shown] == [her_own.event_id, moderated.event_id]
 
 
 async def _old_schema_with_redactions(db: Database, tmp_path: Path) -> None:

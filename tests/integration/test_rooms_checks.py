@@ -112,3 +112,44 @@ async def test_profile_query_without_profiles(setup: tuple[RunningServer, FakeRe
     assert (status, reply["errcode"]) == (400, "M_INVALID_PARAM")
     status, reply = await remote.get(ours, "/_matrix/federation/v1/query/profile")
     assert (status, reply["errcode"]) == (400, "M_MISSING_PARAM")
+
+
+async def test_out_of_band_kick_must_come_from_the_room(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    """A kick that would end a pending invite of a room we hold no state of is taken only
+    from the inviter, citing the invite among its auth events: not from another server, not
+    from another member, not without the citation."""
+    cfg = make_config(tmp_path / "ours", await db_factory.new_settings(), test_ca)
+    async with running_server(cfg) as ours, fake_remote(test_ca, tmp_path / "remote") as remote, \
+            fake_remote(test_ca, tmp_path / "third", host="127.0.0.1") as third:
+        bob = f"@bob:{ours.services.config.server_name}"
+        room = remote.room("11")
+        room.create_room()
+        invite = room.build("m.room.member", room.creator, {"membership": "invite"}, bob)
+        status, _ = await remote.get(ours, invite_path(room.room_id, invite.event_id), "PUT", {
+            "room_version": "11", "event": invite.pdu, "invite_room_state": [room.events[0].pdu]})
+        assert status == 200
+        assert await ours.services.rooms.rooms_for_user(bob) == {room.room_id: "invite"}
+
+        other = f"@other:{remote.server_name}"
+        uncited = {k: v for k, v in room.state.items() if k != ("m.room.member", bob)}
+        attempts = [
+            (third, room.build("m.room.member", f"@mallory:{third.server_name}", {"membership": "leave"}, bob,
+                               add=False, signer=third)),
+            (remote, room.build("m.room.member", other, {"membership": "leave"}, bob, add=False)),
+            (remote, room.build("m.room.member", room.creator, {"membership": "ban"}, bob, add=False,
+                                auth_from=uncited)),
+        ]
+        for sender, kick in attempts:
+            assert invite.event_id in kick.auth_events or kick.sender == room.creator
+            status, body = await sender.send(ours, [kick])
+            assert status == 200 and body["pdus"] == {kick.event_id: {}}
+            assert await ours.services.inbound_worker.wait_idle(10)
+            assert await ours.services.rooms.rooms_for_user(bob) == {room.room_id: "invite"}, kick.sender
+
+        rescinded = room.build("m.room.member", room.creator, {"membership": "leave"}, bob)
+        assert invite.event_id in rescinded.auth_events
+        assert (await remote.send(ours, [rescinded]))[0] == 200
+        assert await ours.services.inbound_worker.wait_idle(10)
+        assert await ours.services.rooms.rooms_for_user(bob) == {room.room_id: "leave"}
