@@ -37,7 +37,7 @@ from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
 from homeserver.rooms.acl import AclChecker
-from homeserver.rooms.redactions import applied_redactions
+from homeserver.rooms.redactions import applied_redactions, served_pdus
 from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.rooms.visibility import HistoryVisibility, ServerView
 from homeserver.storage.events import EventStore, Outcome
@@ -378,8 +378,8 @@ class FederationTransport:
         state, chain = await self._state_at(request)
         events = await self._store.get_events([*state.values(), *chain])
         return json_response({
-            "pdus": [events[e].event.pdu for e in sorted(state.values()) if e in events],
-            "auth_chain": [events[e].event.pdu for e in sorted(chain) if e in events],
+            "pdus": await served_pdus(self._store, [events[e].event for e in sorted(state.values()) if e in events]),
+            "auth_chain": await served_pdus(self._store, [events[e].event for e in sorted(chain) if e in events]),
         })
 
     async def on_event_auth(self, request: web.Request) -> web.Response:
@@ -388,7 +388,9 @@ class FederationTransport:
         )
         chain = await self._store.get_auth_chain_ids([event.event_id])
         events = await self._store.get_events(chain)
-        return json_response({"auth_chain": [events[e].event.pdu for e in sorted(chain) if e in events]})
+        return json_response({
+            "auth_chain": await served_pdus(self._store, [events[e].event for e in sorted(chain) if e in events])
+        })
 
     async def on_get_missing_events(self, request: web.Request) -> web.Response:
         origin = request[ORIGIN]

@@ -46,6 +46,7 @@ from homeserver.http import json_response
 from homeserver.rooms.builder import CREATE, EventBuilder
 from homeserver.rooms.errors import NotAllowed
 from homeserver.rooms.persist import PersistError
+from homeserver.rooms.redactions import served_pdus
 from homeserver.rooms.service import RoomService
 from homeserver.storage.events import Outcome
 from homeserver.storage.users import UserStore
@@ -306,9 +307,10 @@ class FederationRoomsAPI:
             event = stored.event
         chain = await self._store.get_auth_chain_ids([*state_before.values(), event.event_id])
         events = await self._store.get_events([*state_before.values(), *chain])
+        state = [events[e].event for e in sorted(state_before.values()) if e in events]
         return json_response({
-            "state": [events[e].event.pdu for e in sorted(state_before.values()) if e in events],
-            "auth_chain": [events[e].event.pdu for e in sorted(chain) if e in events],
+            "state": await served_pdus(self._store, state),
+            "auth_chain": await served_pdus(self._store, [events[e].event for e in sorted(chain) if e in events]),
             "event": event.pdu,
             "members_omitted": False,
             "servers_in_room": sorted(await self._store.joined_servers(state_before) | {self.server_name}),

@@ -18,6 +18,7 @@ authorization go on using it whole (a redacted state event is served redacted).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from homeserver.events.auth import get_power_level, named_level
 from homeserver.events.event import Event, StateKey
@@ -106,6 +107,13 @@ async def _allowed(store: EventStore, redaction: Event, target: Event) -> bool:
     found = await store.get_events(wanted.values())
     auth_state = {k: found[eid].event for k, eid in wanted.items() if eid in found}
     return get_power_level(redaction.sender, auth_state) >= named_level(auth_state, "redact")
+
+
+async def served_pdus(store: EventStore, events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The PDUs of ``events`` as other servers get them: pruned where a redaction applies
+    (their signatures still verify; the receiver sees the content hash differ)."""
+    redactions = await applied_redactions(store, events)
+    return [redact(e.pdu, e.room_version) if e.event_id in redactions else e.pdu for e in events]
 
 
 def redacted(event: Event) -> Event:

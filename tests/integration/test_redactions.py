@@ -139,7 +139,11 @@ async def test_redactions_from_other_servers_need_their_server_or_power(
         her_own = _redaction(room, carol, carols_own.event_id, signer=third)  # the sender's own server
         moderated = _redaction(room, room.creator, carols.event_id)  # the creator's power
         dangling = _redaction(room, room.creator, "$" + "A" * 43)  # its target is not held
-        events = [join, creators, carols, carols_own, not_hers, her_own, moderated, dangling]
+        topic = room.build("m.room.topic", room.creator, {"topic": "secret plans"}, "")
+        topic_redacted = _redaction(room, room.creator, topic.event_id)
+        last = room.message("last")
+        events = [join, creators, carols, carols_own, not_hers, her_own, moderated, dangling, topic,
+                  topic_redacted, last]
         status, _ = await remote.send(server, events)
         assert status == 200
         assert await server.services.inbound_worker.wait_idle(WAIT)
@@ -161,6 +165,14 @@ async def test_redactions_from_other_servers_need_their_server_or_power(
         assert status == 200, body
         bodies = {p["content"].get("body") for p in body["pdus"] if p["type"] == TEXT}
         assert bodies == {"the creator's", None}
+
+        # The state at an event, too: the redacted topic comes without its topic.
+        status, body = await remote.get(
+            server, f"/_matrix/federation/v1/state/{room.room_id}?event_id={last.event_id}")
+        assert status == 200, body
+        by_type = {p["type"]: p for p in body["pdus"]}
+        assert by_type["m.room.topic"]["content"] == {}
+        assert by_type["m.room.join_rules"]["content"] == {"join_rule": "public"}
 
         # Clients are shown only the redactions that apply (they redact on receipt).
         store = server.services.event_store
