@@ -37,6 +37,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import MAX_ID_BYTES, is_valid_room_id, is_valid_server_name, server_name_of
 from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.rooms.errors import NotAllowed, RemoteJoinFailed, RoomError, RoomNotFound
+from homeserver.rooms.redactions import applied_redactions, served
 from homeserver.rooms.service import RoomService
 from homeserver.storage.directory import DirectoryStore, PublishedRoom
 
@@ -356,8 +357,10 @@ class RoomDirectory:
         offset = parse_since(since)
         page = MAX_PUBLIC_ROOMS_PAGE if not limit or limit <= 0 else min(limit, MAX_PUBLIC_ROOMS_PAGE)
         published = [r for r in await self.store.published_rooms(self.server_name) if r.local_joined_members]
-        events = await self._events.get_events(eid for r in published for eid in r.state.values())
-        entries = [self._entry(r, {t: events[e].event for t, e in r.state.items() if e in events})
+        stored = await self._events.get_events(eid for r in published for eid in r.state.values())
+        found = [se.event for se in stored.values()]
+        events = {e.event_id: e for e in served(found, await applied_redactions(self._events, found))}
+        entries = [self._entry(r, {t: events[e] for t, e in r.state.items() if e in events})
                    for r in published]
         if search:
             term = search[:MAX_SEARCH_TERM].casefold()

@@ -36,6 +36,7 @@ from homeserver.rooms.errors import (
     RoomNotFound,
     UnsupportedVersion,
 )
+from homeserver.rooms.redactions import applied_redactions, served
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
 
@@ -319,11 +320,10 @@ class RoomService:
     async def _invite_room_state(self, state: Mapping[StateKey, str], *, full: bool) -> list[dict[str, Any]]:
         keys = [(t, "") for t in INVITE_STATE_TYPES if (t, "") in state]
         events = await self.store.get_events(state[k] for k in keys)
+        found = [events[state[k]].event for k in keys if state[k] in events]
         out = []
-        for k in keys:
-            stored = events.get(state[k])
-            if stored is not None:
-                out.append(dict(stored.event.pdu) if full else strip_event(stored.event.pdu))
+        for event in served(found, await applied_redactions(self.store, found)):
+            out.append(dict(event.pdu) if full else strip_event(event.pdu))
         return out
 
     async def receive_invite(

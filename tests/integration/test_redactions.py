@@ -109,6 +109,22 @@ async def test_redacted_events_are_served_redacted_to_clients(
         assert topic["unsigned"]["redacted_because"]["event_id"] == redaction_id
         status, state = await raw(server, "GET", f"{V3}/rooms/{room}/state", token=bob.access_token)
         assert next(e for e in state if e["type"] == "m.room.topic")["content"] == {}
+        # The room directory and the stripped state given with an invite show it redacted too.
+        status, _ = await raw(server, "PUT", f"{V3}/directory/list/room/{room}", token=alice.access_token,
+                              json={"visibility": "public"})
+        assert status == 200
+        status, listed = await raw(server, "GET", f"{V3}/publicRooms")
+        entry = next(r for r in listed["chunk"] if r["room_id"] == room)
+        assert entry["name"] == "Redact" and "topic" not in entry, entry
+        async with nio_user(server, "carol") as carol:
+            status, _ = await raw(server, "POST", f"{V3}/rooms/{room}/invite", token=alice.access_token,
+                                  json={"user_id": carol.user_id})
+            assert status == 200
+            status, synced = await raw(server, "GET", f"{V3}/sync?timeout=0", token=carol.access_token)
+            stripped = {e["type"]: e for e in synced["rooms"]["invite"][room]["invite_state"]["events"]}
+            assert stripped["m.room.name"]["content"] == {"name": "Redact"}
+            assert stripped["m.room.topic"]["content"] == {}, stripped
+
         # Redaction keeps what the room needs: the power levels stay whole where it matters.
         status, name = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.name", token=bob.access_token)
         assert status == 200 and name == {"name": "Redact"}
