@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -125,25 +125,7 @@ class EventsAPI:
         event_type = request.match_info["event_type"]
         txn_id = _txn_id(request)
         content = await read_json_object(request, self.config.max_body_bytes)
-        if event_type == "m.room.redaction":
-            # A redaction sent as a plain event gets the checks of /redact: it is applied
-            # (rooms/redactions.py) whenever its sender is on the target's server.
-            target = content.get("redacts")
-            if not isinstance(target, str) or not target.startswith("$"):
-                raise MatrixError(400, "M_BAD_JSON", "An m.room.redaction needs the event ID it redacts in redacts")
-            return await self._send_once(
-                req, txn_id, room_id, event_type, content, self._redact_check(req, room_id, target)
-            )
         return await self._send_once(req, txn_id, room_id, event_type, content)
-
-    def _redact_check(self, req: Requester, room_id: str, target: str) -> Callable[[], Awaitable[None]]:
-        async def check() -> None:
-            if await self.rooms.store.get_room_version(room_id) is None:
-                raise not_found("Unknown room")
-            if not await self.rooms.may_redact(req.user_id, room_id, target):
-                raise MatrixError(403, "M_FORBIDDEN", "You may redact only your own events without the power to")
-
-        return check
 
     async def redact(self, request: web.Request) -> web.Response:
         """Redact an event: an ``m.room.redaction`` (idempotent per device and txnId like
@@ -161,23 +143,19 @@ class EventsAPI:
             if not isinstance(reason, str):
                 raise MatrixError(400, "M_BAD_JSON", "reason must be a string")
             content["reason"] = reason
-        return await self._send_once(
-            req, txn_id, room_id, "m.room.redaction", content, self._redact_check(req, room_id, target)
-        )
+        # RoomService.send_event checks that the user may redact the target.
+        return await self._send_once(req, txn_id, room_id, "m.room.redaction", content)
 
     async def _send_once(
         self, req: Requester, txn_id: str, room_id: str, event_type: str, content: Mapping[str, Any],
-        check: Callable[[], Awaitable[None]] | None = None,
     ) -> web.Response:
         """One effect per (user, device, txnId): the lock orders concurrent retries, and
         the txnId is recorded in the transaction that stores the event, so a crash cannot
-        leave an event whose retry would send it again. ``check`` runs before a first send."""
+        leave an event whose retry would send it again."""
         async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
             existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
             if existing is not None:
                 return json_response({"event_id": existing})
-            if check is not None:
-                await check()
 
             async def record(conn: Connection, event: Event) -> None:
                 await self.users.store_txn_event(req.user_id, req.device_id, txn_id, event.event_id, conn)

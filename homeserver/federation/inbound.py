@@ -255,9 +255,7 @@ class InboundProcessor:
             pending.membership == "invite" and event.sender != pending.sender
         ):
             raise Dropped("unplaceable: it does not end the invite or knock we hold")
-        if not await self._memberships.end_pending(target, entry.room_id, event.pdu, event.event_id,
-                                                   event.membership):
-            return None
+        await self._memberships.end(pending, event.pdu, event.event_id, event.membership)
         log.info("remote invite or knock ended", extra={
             "origin": entry.origin, "event_id": event.event_id, "room_id": entry.room_id,
             "membership": event.membership})

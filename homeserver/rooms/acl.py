@@ -13,7 +13,6 @@ room head (one look-up when the room is cold); each ACL event is parsed once.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.events.event import StateKey
+from homeserver.federation.client import is_ip_literal, split_server_name
 from homeserver.rooms.persist import EventPersister
 from homeserver.storage.events import EventStore
 
@@ -35,18 +35,10 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 def _host(server_name: str) -> str:
     """The server name without its port (``[v6]:port`` keeps its brackets)."""
-    if server_name.startswith("["):
-        end = server_name.find("]")
-        return server_name[: end + 1] if end != -1 else server_name
-    return server_name.rsplit(":", 1)[0] if ":" in server_name else server_name
-
-
-def _is_ip_literal(host: str) -> bool:
     try:
-        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
-    except ValueError:
-        return False
-    return True
+        return split_server_name(server_name)[0]
+    except ValueError:  # not a valid server name: matched as it is
+        return server_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +60,7 @@ class ServerAcl:
 
     def allows(self, server_name: str) -> bool:
         host = _host(server_name)
-        if not self.allow_ip_literals and _is_ip_literal(host):
+        if not self.allow_ip_literals and is_ip_literal(host):
             return False
         if any(p.fullmatch(host) for p in self.deny):
             return False

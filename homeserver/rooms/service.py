@@ -176,7 +176,8 @@ class RoomService:
         state_key: str | None = None, *, also: AlsoInTransaction | None = None,
     ) -> Event:
         """Send a message or state event as ``sender``. Member events that need a
-        handshake (a remote invite) go through ``invite``."""
+        handshake (a remote invite) go through ``invite``; a redaction needs the power to
+        redact its target unless the target is the sender's own."""
         self._require_local(sender)
         if not isinstance(content, Mapping):
             raise BadRoomRequest("content must be an object")
@@ -190,6 +191,14 @@ class RoomService:
             return stored.event
         if await self.store.get_room_version(room_id) is None:
             raise RoomNotFound(room_id)
+        if event_type == "m.room.redaction" and state_key is None:
+            # Applied when serving whenever its sender is on the target's server
+            # (rooms/redactions.py): a local user may send only one they may apply.
+            target = content.get("redacts")
+            if not isinstance(target, str) or not target.startswith("$"):
+                raise BadRoomRequest("An m.room.redaction needs the event ID it redacts in redacts")
+            if not await self.may_redact(sender, room_id, target):
+                raise NotAllowed("You may redact only your own events without the power to")
         return await self.builder.send(room_id, event_type, sender, content, state_key, also=also)
 
     # ------------------------------------------------------------------ join

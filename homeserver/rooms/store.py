@@ -95,8 +95,7 @@ class RoomMembershipStore:
         invite = await self.get_invite(user_id, room_id)
         if invite is None:
             return
-        await self.store_invite(user_id, room_id, event, event_id, invite.room_version,
-                                invite.invite_room_state, membership="leave")
+        await self.end(invite, event, event_id, "leave")
 
     async def delete_invite(self, user_id: str, room_id: str) -> None:
         await self.db.execute("DELETE FROM room_invites WHERE user_id = ? AND room_id = ?", user_id, room_id)
@@ -112,16 +111,10 @@ class RoomMembershipStore:
         row = await self.get_invite(user_id, room_id)
         return row if row is not None and row.membership in ("invite", "knock") else None
 
-    async def end_pending(self, user_id: str, room_id: str, event: Mapping[str, Any], event_id: str,
-                          membership: str) -> bool:
-        """A resident ended the user's invite or knock (``membership``: leave or ban);
-        False if none stands (nothing changes)."""
-        row = await self.pending(user_id, room_id)
-        if row is None:
-            return False
-        await self.store_invite(user_id, room_id, event, event_id, row.room_version, row.invite_room_state,
+    async def end(self, row: ReceivedInvite, event: Mapping[str, Any], event_id: str, membership: str) -> None:
+        """The invite or knock ``row`` is over (``membership``: leave, or ban), ended by ``event``."""
+        await self.store_invite(row.user_id, row.room_id, event, event_id, row.room_version, row.invite_room_state,
                                 membership=membership)
-        return True
 
     async def invites_for_user(self, user_id: str, since_stream_id: int = 0) -> list[ReceivedInvite]:
         """Rows for ``user_id`` changed after ``since_stream_id``, oldest first."""
