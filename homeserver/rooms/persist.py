@@ -653,15 +653,16 @@ class EventPersister:
 
     async def current_state_id(self, room_id: str, key: StateKey) -> str | None:
         """The event ID at ``key`` in the room's current state: from the cache when warm,
-        else one look-up (the room's whole state is not loaded for it)."""
+        else one look-up (the room's whole state is not loaded for it). The look-up does not
+        wait for deferred writes (the /send door asks): they never change current state."""
         cached = self._heads.get(room_id)
         if cached is not None:
             return cached.state.get(key)
-        value = await self.db.fetchval(
+        rows = await self.db.fetchall_side(
             "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
             room_id, key[0], key[1],
         )
-        return value if isinstance(value, str) else None
+        return rows[0][0] if rows and isinstance(rows[0][0], str) else None
 
     async def _load_head(self, room_id: str) -> _Head:
         cached = self._heads.get(room_id)
