@@ -7,6 +7,8 @@ InboxStore and InboundWorker; the processor is the test's, held by a gate).
   and the origin sends only more of the same rooms (each such claim walks every entry of
   those rooms); a /send for another room, or a full room making room, claims again.
 - Claims are taken in pieces, in inbox order: nothing is skipped or taken twice.
+- Claims are held in memory: a claimed entry is not claimed again until it is deleted or
+  released; a worker starting afresh (after a crash) claims everything there is.
 """
 
 from __future__ import annotations
@@ -127,4 +129,36 @@ async def test_origin_drained_after_a_full_room_is_claimed_from_when_it_sends_ag
         await _until(lambda: processed[-1:] == ["$a12"], timeout=2.0)  # the idle poll is 5 s
     finally:
         await worker.stop()
+        await db.close()
+
+
+async def test_claims_are_held_in_memory_until_deleted_or_released(db_factory: DatabaseFactory) -> None:
+    db = await db_factory.open()
+    await migrate(db)
+    try:
+        store = InboxStore(db)
+        await _admit(store, "t1", "!a:remote.test", [f"$e{i}" for i in range(6)])
+        first = await store.claim(ORIGIN, 4, [])
+        assert [e.event_id for e in first] == ["$e0", "$e1", "$e2", "$e3"]
+        # Held: the next claim takes the rest, in order, and then nothing.
+        second = await store.claim(ORIGIN, 4, [])
+        assert [e.event_id for e in second] == ["$e4", "$e5"]
+        assert await store.claim(ORIGIN, 4, []) == []
+        # Entries admitted later come after what is held.
+        await _admit(store, "t2", "!a:remote.test", ["$e6"])
+        assert [e.event_id for e in await store.claim(ORIGIN, 4, [])] == ["$e6"]
+        # A released entry is claimed again; a deleted one is gone for good.
+        store.release([(first[1].id, ORIGIN)])
+        await store.delete([(first[0].id, ORIGIN)])
+        assert [e.event_id for e in await store.claim(ORIGIN, 4, [])] == ["$e1"]
+        assert await store.count() == 6
+        # A worker starting afresh (the process crashed holding claims) holds nothing: every
+        # entry left is claimed again, in order.
+        store.reset_claims()
+        again = await store.claim(ORIGIN, 10, [])
+        assert [e.event_id for e in again] == [f"$e{i}" for i in range(1, 7)]
+        # Claiming writes nothing to the database: another store sees every entry unclaimed.
+        other = await InboxStore(db).claim(ORIGIN, 10, [])
+        assert [e.id for e in other] == [e.id for e in again]
+    finally:
         await db.close()
