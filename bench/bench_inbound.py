@@ -11,7 +11,7 @@ is timed (bodies and X-Matrix headers are prepared before timing). Every check r
 worker (format, signatures, hashes, auth x3, persistence); throughput is read from the
 server's /metrics.
 
-Run: ``.venv/bin/python bench/bench_inbound.py [--engine sqlite|postgres] [--events 10000]``
+Run: ``.venv/bin/python bench/bench_inbound.py [--engine sqlite|postgres] [--events 10000] [--sqlite-sync full]``
 (postgres: HOMESERVER_TEST_POSTGRES_DSN or a throwaway cluster, as in the tests).
 ``BENCH_CHECK_PROCESSES=0`` runs the server without its check helper; the load generator
 freezes what it built out of its own garbage collections, which would otherwise count as
@@ -49,9 +49,9 @@ from tests.servers import free_port, make_config, running_server
 BATCH = 50
 
 
-async def db_settings(engine: str, tmp: Path) -> tuple[dict[str, str], str | None]:
+async def db_settings(engine: str, tmp: Path, sqlite_sync: str) -> tuple[dict[str, str], str | None]:
     if engine == "sqlite":
-        return {"engine": "sqlite", "path": str(tmp / "bench.sqlite")}, None
+        return {"engine": "sqlite", "path": str(tmp / "bench.sqlite"), "sqlite_sync": sqlite_sync}, None
     from tests.conftest import create_pg_database
     from tests.pgcluster import get_admin_dsn
 
@@ -90,12 +90,12 @@ async def processed(session: aiohttp.ClientSession, metrics_port: int) -> int:
     return int(total)
 
 
-async def run(engine: str, backlog: int, acks: int) -> None:
+async def run(engine: str, backlog: int, acks: int, sqlite_sync: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ca = (tmp / "ca.crt", tmp / "ca.key")
         generate_ca(*ca)
-        settings, admin = await db_settings(engine, tmp)
+        settings, admin = await db_settings(engine, tmp, sqlite_sync)
         metrics_port = free_port()
         config = make_config(tmp / "hs", settings, ca, extra={
             "logging": {"level": "ERROR"},
@@ -207,10 +207,12 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--events", type=int, default=10_000, help="backlog size")
     parser.add_argument("--acks", type=int, default=100, help="timed transactions")
+    parser.add_argument("--sqlite-sync", choices=["normal", "full"], default="normal",
+                        help="database.sqlite_sync of the server (full: each commit synced before it is acknowledged)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    asyncio.run(run(args.engine, args.events, args.acks))
+    asyncio.run(run(args.engine, args.events, args.acks, args.sqlite_sync))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class Services:
             config.database.engine,
             path=config.database.path,
             dsn=config.database.dsn,
+            sqlite_sync=config.database.sqlite_sync,
             min_size=config.database.pool_min_size,
             max_size=config.database.pool_max_size,
             timeout=config.database.connect_timeout,

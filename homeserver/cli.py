@@ -97,6 +97,7 @@ async def _migrate(config: Config) -> list[int]:
         config.database.engine,
         path=config.database.path,
         dsn=config.database.dsn,
+        sqlite_sync=config.database.sqlite_sync,
         min_size=1,
         max_size=2,
         timeout=config.database.connect_timeout,

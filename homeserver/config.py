@@ -62,6 +62,10 @@ class DatabaseConfig:
     pool_min_size: int = 1
     pool_max_size: int = 10
     connect_timeout: float = 10.0
+    # SQLite only: "normal" (the WAL is synced at checkpoints: a process crash loses
+    # nothing, a power loss or OS crash may lose the last seconds of commits) or "full"
+    # (every commit is synced before whatever depends on it is acknowledged).
+    sqlite_sync: str = "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +298,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("database.dsn: required when database.engine is postgres")
     if config.database.pool_min_size < 1 or config.database.pool_max_size < config.database.pool_min_size:
         raise ConfigError("database.pool_max_size: must be >= pool_min_size >= 1")
+    if config.database.sqlite_sync not in ("normal", "full"):
+        raise ConfigError("database.sqlite_sync: must be one of normal, full")
     fed = config.listeners.federation
     if fed.tls and not (fed.tls_certificate_path and fed.tls_private_key_path):
         raise ConfigError(

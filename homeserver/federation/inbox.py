@@ -222,7 +222,7 @@ class InboxStore:
             return Admitted(response, False, len(rows) + len(edu_rows), held, queued)
 
         try:
-            return await self.db.side_transaction(work)
+            return await self.db.side_transaction(work, durable=True)
         except Exception as e:
             if not is_unique_violation(e):
                 raise

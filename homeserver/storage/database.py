@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -148,11 +149,13 @@ class Database(Connection):
     def set_defer_gate(self, gate: asyncio.Event) -> None:
         """Group commits start only while ``gate`` is set (or after a short wait)."""
 
-    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]], *, durable: bool = False) -> T:
         """Run ``work`` in one transaction that need not see deferred writes (the /send
         door, the inbox bookkeeping). ``work`` may only await the connection it is given:
         SQLite runs it whole in one hop on a second connection, so it never queues behind
-        the first one's commits; PostgreSQL runs it as an ordinary transaction."""
+        the first one's commits; PostgreSQL runs it as an ordinary transaction.
+        ``durable``: the commit is about to be acknowledged to another server (the door);
+        with SQLite's ``sqlite_sync: full`` it is on disk before this returns."""
         async with self.transaction() as conn:
             return await work(conn)
 
@@ -355,6 +358,15 @@ def _drive(raw: sqlite3.Connection, work: Callable[[Connection], Awaitable[T]]) 
         raise
 
 
+def _sync_file(path: str) -> None:
+    """fsync ``path`` (the SQLite write-ahead log: it exists while connections are open)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _is_locked(error: sqlite3.OperationalError) -> bool:
     return "locked" in str(error) or "busy" in str(error)
 
@@ -418,6 +430,10 @@ class SqliteDatabase(_DeferredWrites, Database):
         self._side_lock = asyncio.Lock()
         self._side_commits = 0  # group commits on the side connection since the last checkpoint
         self._checkpointer: _Checkpointer | None = None  # with the side connection
+        # sqlite_sync "full": syncs the write-ahead log (see side_transaction); else None.
+        self._wal_sync: Callable[[], None] | None = None
+        self.acknowledged_syncs = 0  # durable side transactions synced so far
+        self.group_syncs = 0  # group commits on the side connection synced so far
 
     async def flush_deferred(self) -> None:
         async with self._lock:
@@ -464,6 +480,10 @@ class SqliteDatabase(_DeferredWrites, Database):
                         await self._begin_side()
                         _apply(self._side, statements)
                     self._side_commits += 1
+                    if self._wal_sync is not None:
+                        # sqlite_sync "full": on disk before anyone is told it is stored.
+                        await asyncio.to_thread(self._wal_sync)
+                        self.group_syncs += 1
             except Exception as e:
                 later, self._deferred = self._deferred, []
                 _fail([*group, *later], e, self._failure_hooks)
@@ -478,10 +498,15 @@ class SqliteDatabase(_DeferredWrites, Database):
                 await asyncio.sleep(0)
 
     @classmethod
-    async def open(cls, path: str) -> SqliteDatabase:
+    async def open(cls, path: str, sync: str = "normal") -> SqliteDatabase:
+        """``sync``: "normal" (the write-ahead log is synced at checkpoints) or "full"
+        (each commit on the first connection is synced, and so are the durable side
+        transactions: see ``side_transaction``)."""
+        if sync not in ("normal", "full"):
+            raise DatabaseError(f"unknown SQLite sync mode {sync!r}")
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await cls._connect(path)
+        conn = await cls._connect(path, "FULL" if sync == "full" else "NORMAL")
         db = cls(conn)
         if path != ":memory:":
             # A second connection for the /send door and the inbox bookkeeping: its reads
@@ -503,14 +528,16 @@ class SqliteDatabase(_DeferredWrites, Database):
                 raise DatabaseError(f"cannot open SQLite database {path}: {e}") from None
             db._side = side
             db._checkpointer = _Checkpointer(path)
+            if sync == "full":
+                db._wal_sync = functools.partial(_sync_file, path + "-wal")
         return db
 
     @staticmethod
-    async def _connect(path: str) -> aiosqlite.Connection:
+    async def _connect(path: str, synchronous: str = "NORMAL") -> aiosqlite.Connection:
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute(f"PRAGMA synchronous={synchronous}")
             await conn.execute("PRAGMA foreign_keys=ON")
             await conn.execute("PRAGMA busy_timeout=5000")
         except Exception as e:
@@ -535,7 +562,7 @@ class SqliteDatabase(_DeferredWrites, Database):
         async with self.transaction() as conn:
             await conn.executescript(script)
 
-    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]], *, durable: bool = False) -> T:
         side = self._side
         if side is None:
             async with self._lock:
@@ -545,7 +572,15 @@ class SqliteDatabase(_DeferredWrites, Database):
                 return result
         async with self._side_lock:
             await self._begin_side()
-            return _drive(side, work)
+            result = _drive(side, work)
+        if durable and self._wal_sync is not None:
+            # The side connection runs NORMAL (its other work, inbox bookkeeping and group
+            # commits, can be redone from the inbox): this commit is synced by syncing the
+            # write-ahead log file, on a thread, so the loop goes on meanwhile. The log is
+            # written in order, so the sync also covers every commit before this one.
+            await asyncio.to_thread(self._wal_sync)
+            self.acknowledged_syncs += 1
+        return result
 
     async def _begin_side(self) -> None:
         """BEGIN IMMEDIATE on the side connection (the caller holds its lock), without
@@ -829,7 +864,8 @@ class PostgresDatabase(_DeferredWrites, Database):
         async with self.transaction() as conn:
             await conn.executescript(script)
 
-    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def side_transaction(self, work: Callable[[Connection], Awaitable[T]], *, durable: bool = False) -> T:
+        # Durable as PostgreSQL's synchronous_commit makes every commit (on by default).
         async with self._pool.acquire() as conn, conn.transaction():
             return await work(_PgConn(conn))
 
@@ -871,9 +907,10 @@ async def open_database(
     min_size: int = 1,
     max_size: int = 10,
     timeout: float = 10.0,
+    sqlite_sync: str = "normal",
 ) -> Database:
     if engine == "sqlite":
-        return await SqliteDatabase.open(path or ":memory:")
+        return await SqliteDatabase.open(path or ":memory:", sqlite_sync)
     if engine == "postgres":
         if not dsn:
             raise DatabaseError("PostgreSQL needs a DSN")

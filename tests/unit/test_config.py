@@ -75,6 +75,7 @@ def test_render_roundtrip(tmp_path: Path) -> None:
         (lambda d: d["listeners"]["client"].update(port="eighty"), "listeners.client.port: must be an integer"),
         (lambda d: d["listeners"]["client"].update(port=70000), "listeners.client.port"),
         (lambda d: d["database"].update(engine="mysql"), "database.engine: must be one of"),
+        (lambda d: d["database"].update(sqlite_sync="off"), "database.sqlite_sync: must be one of"),
         (lambda d: d["database"].update(engine="postgres", dsn=None), "database.dsn"),
         (lambda d: d.update(surprise=1), "surprise: unknown key"),
         (lambda d: d["federation"].update(hosts=["x"]), "federation.hosts: must be a mapping"),
