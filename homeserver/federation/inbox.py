@@ -304,9 +304,14 @@ class InboxStore:
         so a claim is a plain read. Not a floor under the ids: on PostgreSQL concurrent
         /sends commit their entries out of id order."""
         held = self._held.setdefault(origin, set())
+        postgres = self.db.engine == "postgres"
         sql = f"SELECT {_COLUMNS} FROM inbox WHERE origin = ?"
         args: list[Any] = [origin]
-        if held:
+        if held and postgres:
+            # One array parameter: the same text whatever the count (asyncpg prepares each text).
+            sql += " AND id <> ALL(?::bigint[])"
+            args.append(sorted(held))
+        elif held:
             sql += f" AND id NOT IN ({','.join('?' * len(held))})"
             args += sorted(held)
         rooms = [k for k in exclude_keys if not k.startswith("edu ")]
@@ -315,7 +320,7 @@ class InboxStore:
             args += rooms
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        if self.db.engine == "postgres":
+        if postgres:
 
             async def work(conn: Connection) -> list[Row]:
                 # The index (origin, id) gives the oldest entries in order. Before the inbox
