@@ -32,7 +32,7 @@ from typing import Any
 from homeserver.config import InboundConfig
 from homeserver.events.canonical import loads
 from homeserver.metrics import Metrics
-from homeserver.storage.database import Connection, Database, Row, is_unique_violation
+from homeserver.storage.database import Connection, Database, Row, is_deadlock, is_unique_violation
 from homeserver.storage.events import Outcome
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,10 @@ class InboxStore:
                 rows = await self.db.fetchall_door(_ADMIT_SQL, *args)
                 break
             except Exception as e:
-                if attempt >= ADMIT_ATTEMPTS or not is_unique_violation(e):
+                # Two /sends enqueueing the same PDUs at once: one fails on the inbox's
+                # unique key (or, with the PDUs in another order, in a deadlock), having
+                # written nothing; run again, it finds them queued.
+                if attempt >= ADMIT_ATTEMPTS or not (is_unique_violation(e) or is_deadlock(e)):
                     raise
                 attempt += 1
         found: dict[str, str | None] = {"t": None, "n": "0", "i": "0"}
@@ -308,12 +311,13 @@ class InboxStore:
         sql = f"SELECT {_COLUMNS} FROM inbox WHERE origin = ?"
         args: list[Any] = [origin]
         if held and postgres:
-            # One array parameter: the same text whatever the count (asyncpg prepares each text).
+            # One parameter (here an array, on SQLite a JSON list): the same statement text
+            # whatever the count, and no limit on the number of parameters.
             sql += " AND id <> ALL(?::bigint[])"
             args.append(sorted(held))
         elif held:
-            sql += f" AND id NOT IN ({','.join('?' * len(held))})"
-            args += sorted(held)
+            sql += " AND id NOT IN (SELECT value FROM json_each(?))"
+            args.append(_dumps(sorted(held)))
         rooms = [k for k in exclude_keys if not k.startswith("edu ")]
         if rooms:
             sql += f" AND (room_id IS NULL OR room_id NOT IN ({','.join('?' * len(rooms))}))"
@@ -607,36 +611,12 @@ class InboundWorker:
         origins = list(self._origin_order)[: max(1, free)]
         share = max(1, free // len(origins))
         claimed: list[InboxEntry] = []
-        for origin in origins:
-            blocked = self._blocked.get(origin)
-            if blocked is not None and blocked.issubset(full):
-                self._origin_order.remove(origin)
-                self._origin_order.append(origin)
-                continue
-            added = self._added.get(origin, 0)
-            entries: list[InboxEntry] = []
-            while len(entries) < share:
-                # In pieces: on SQLite a claim runs on this thread (reading the bodies and
-                # marking them claimed holds the loop about 35 us an entry), and a /send
-                # arriving meanwhile waits for the piece, not for the whole claim.
-                want = min(self._store.claim_piece, share - len(entries))
-                got = await self._store.claim(origin, want, full)
-                entries.extend(got)
-                await self._give_way()
-                if len(got) < want:
-                    break
-            claimed.extend(entries)
-            # Rotate: the next round starts with the next origin.
-            self._origin_order.remove(origin)
-            drained = len(entries) < share and self._added.get(origin, 0) == added
-            if drained and not full:
-                self._origins.discard(origin)  # drained (for now)
-                self._added.pop(origin, None)
-                self._blocked.pop(origin, None)
-            else:
-                self._origin_order.append(origin)
-                if drained:
-                    self._blocked[origin] = frozenset(full)
+        try:
+            await self._claim_origins(origins, share, full, claimed)
+        except BaseException:
+            # Nothing of this round reaches a queue: hand back what it took.
+            self._store.release([(e.id, e.origin) for e in claimed])
+            raise
         claimed.sort(key=lambda e: e.id)
         prefetch = getattr(self._process, "prefetch", None)
         if prefetch is not None and claimed:
@@ -650,6 +630,42 @@ class InboundWorker:
         for entry in claimed:
             self._enqueue(entry)
         return len(claimed)
+
+    async def _claim_origins(
+        self, origins: list[str], share: int, full: list[str], claimed: list[InboxEntry]
+    ) -> None:
+        """Claim ``share`` entries of each origin into ``claimed`` (as they come, so that a
+        failure part-way leaves there everything already taken)."""
+        for origin in origins:
+            blocked = self._blocked.get(origin)
+            if blocked is not None and blocked.issubset(full):
+                self._origin_order.remove(origin)
+                self._origin_order.append(origin)
+                continue
+            added = self._added.get(origin, 0)
+            entries: list[InboxEntry] = []
+            while len(entries) < share:
+                # In pieces: on SQLite a claim runs on this thread (reading the bodies holds
+                # the loop), and a /send arriving meanwhile waits for the piece, not for the
+                # whole claim.
+                want = min(self._store.claim_piece, share - len(entries))
+                got = await self._store.claim(origin, want, full)
+                entries.extend(got)
+                claimed.extend(got)
+                await self._give_way()
+                if len(got) < want:
+                    break
+            # Rotate: the next round starts with the next origin.
+            self._origin_order.remove(origin)
+            drained = len(entries) < share and self._added.get(origin, 0) == added
+            if drained and not full:
+                self._origins.discard(origin)  # drained (for now)
+                self._added.pop(origin, None)
+                self._blocked.pop(origin, None)
+            else:
+                self._origin_order.append(origin)
+                if drained:
+                    self._blocked[origin] = frozenset(full)
 
     def _enqueue(self, entry: InboxEntry) -> None:
         key = entry.queue_key
@@ -735,7 +751,11 @@ class InboundWorker:
         if not self._done or (self._pending and len(self._done) < DELETE_BATCH):
             return
         ids, self._done = self._done, []
-        await self._store.delete(ids)
+        try:
+            await self._store.delete(ids)
+        except BaseException:
+            self._done[:0] = ids  # still held: deleted next time
+            raise
         self._metrics.inbox_depth.dec(len(ids))
 
     async def _maybe_prune(self) -> None:

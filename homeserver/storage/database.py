@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -216,6 +216,11 @@ def is_unique_violation(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.UniqueViolationError)
 
 
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL's deadlock detected (the transaction was rolled back)."""
+    return isinstance(exc, asyncpg.DeadlockDetectedError)
+
+
 def split_statements(script: str) -> list[str]:
     """Split a migration script on ``;`` at line ends, dropping ``--`` comment lines."""
     lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
@@ -358,8 +363,22 @@ def _drive(raw: sqlite3.Connection, work: Callable[[Connection], Awaitable[T]]) 
         raise
 
 
-def _sync_file(path: str) -> None:
-    """fsync ``path`` (the SQLite write-ahead log: it exists while connections are open)."""
+class _WalSync:
+    """fsync the SQLite write-ahead log file (it exists while connections are open), and
+    the first time its directory too (the file may have been created at start-up)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._directory_synced = False
+
+    def __call__(self) -> None:
+        _fsync(self._path)
+        if not self._directory_synced:
+            _fsync(os.path.dirname(os.path.abspath(self._path)))
+            self._directory_synced = True
+
+
+def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -432,6 +451,7 @@ class SqliteDatabase(_DeferredWrites, Database):
         self._checkpointer: _Checkpointer | None = None  # with the side connection
         # sqlite_sync "full": syncs the write-ahead log (see side_transaction); else None.
         self._wal_sync: Callable[[], None] | None = None
+        self._sync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.acknowledged_syncs = 0  # durable side transactions synced so far
         self.group_syncs = 0  # group commits on the side connection synced so far
 
@@ -458,7 +478,16 @@ class SqliteDatabase(_DeferredWrites, Database):
 
     async def _run_deferred(self, once: bool = False) -> None:
         """Commit what was deferred, one transaction per group (the caller holds the lock):
-        what was deferred so far, not what is deferred meanwhile."""
+        what was deferred so far, not what is deferred meanwhile. With sqlite_sync "full"
+        the groups committed are synced together, once, before their callers learn so."""
+        unsynced: list[list[Deferred]] = []
+        try:
+            await self._commit_deferred(once, unsynced)
+        finally:
+            if unsynced:
+                await self._sync_groups(unsynced)
+
+    async def _commit_deferred(self, once: bool, unsynced: list[list[Deferred]]) -> None:
         groups = -(-len(self._deferred) // DEFER_GROUP_MAX)
         while self._deferred and groups > 0:
             groups -= 1
@@ -480,15 +509,14 @@ class SqliteDatabase(_DeferredWrites, Database):
                         await self._begin_side()
                         _apply(self._side, statements)
                     self._side_commits += 1
-                    if self._wal_sync is not None:
-                        # sqlite_sync "full": on disk before anyone is told it is stored.
-                        await asyncio.to_thread(self._wal_sync)
-                        self.group_syncs += 1
             except Exception as e:
                 later, self._deferred = self._deferred, []
                 _fail([*group, *later], e, self._failure_hooks)
                 return
-            _settle(group)
+            if self._wal_sync is None:
+                _settle(group)
+            else:
+                unsynced.append(group)  # settled once synced (_run_deferred)
             if once:
                 return
             if self._side is not None and self._deferred and groups > 0:
@@ -496,6 +524,23 @@ class SqliteDatabase(_DeferredWrites, Database):
                 # loop between them, so that a read waiting for all of them (a /metrics
                 # scrape, a client's request) does not hold up a /send for all of them.
                 await asyncio.sleep(0)
+
+    async def _sync_wal(self) -> None:
+        """sqlite_sync "full": sync the write-ahead log file, on the sync thread (the loop
+        goes on meanwhile). The log is written in order: this covers every commit so far."""
+        assert self._wal_sync is not None and self._sync_thread is not None
+        await asyncio.get_running_loop().run_in_executor(self._sync_thread, self._wal_sync)
+
+    async def _sync_groups(self, groups: list[list[Deferred]]) -> None:
+        try:
+            await self._sync_wal()
+            self.group_syncs += 1
+        except OSError:
+            # The groups are committed: they stand (a rollback is no longer possible), but
+            # whether they reached the disk is unknown.
+            log.error("could not sync the SQLite write-ahead log", exc_info=True)
+        for group in groups:
+            _settle(group)
 
     @classmethod
     async def open(cls, path: str, sync: str = "normal") -> SqliteDatabase:
@@ -529,7 +574,8 @@ class SqliteDatabase(_DeferredWrites, Database):
             db._side = side
             db._checkpointer = _Checkpointer(path)
             if sync == "full":
-                db._wal_sync = functools.partial(_sync_file, path + "-wal")
+                db._wal_sync = _WalSync(path + "-wal")
+                db._sync_thread = concurrent.futures.ThreadPoolExecutor(1, "sqlite-sync")
         return db
 
     @staticmethod
@@ -574,11 +620,11 @@ class SqliteDatabase(_DeferredWrites, Database):
             await self._begin_side()
             result = _drive(side, work)
         if durable and self._wal_sync is not None:
-            # The side connection runs NORMAL (its other work, inbox bookkeeping and group
-            # commits, can be redone from the inbox): this commit is synced by syncing the
-            # write-ahead log file, on a thread, so the loop goes on meanwhile. The log is
-            # written in order, so the sync also covers every commit before this one.
-            await asyncio.to_thread(self._wal_sync)
+            # The side connection runs NORMAL (its inbox bookkeeping can be redone; its
+            # group commits are synced in _run_deferred): this commit is synced by syncing
+            # the write-ahead log file. If that fails the caller fails (a /send gets a 500,
+            # and its retry is answered from the committed transaction, synced again).
+            await self._sync_wal()
             self.acknowledged_syncs += 1
         return result
 
@@ -628,6 +674,8 @@ class SqliteDatabase(_DeferredWrites, Database):
                 await asyncio.to_thread(self._checkpointer.close)
             if self._side is not None:
                 self._side.close()
+            if self._sync_thread is not None:
+                self._sync_thread.shutdown(wait=False)
             await self._conn.close()
 
 

@@ -1,10 +1,15 @@
 """PostgreSQL: the /send door's statement runs on connections of its own that plan it once
 (a generic plan), and that plan takes the unique indexes even when it is made on empty
-tables, as a new server's are: it must never scan the events table or the inbox."""
+tables, as a new server's are: it must never scan the events table or the inbox. And the
+statement, which inserts without ON CONFLICT, runs again when a concurrent /send enqueued
+one of its PDUs first."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import asyncpg
 
 from homeserver.federation.inbox import _ADMIT_SQL, InboxStore, PendingPdu
 from homeserver.storage.database import PostgresDatabase, open_database
@@ -50,4 +55,42 @@ async def test_door_plan_uses_the_indexes_on_empty_tables(postgres_admin_dsn: st
         assert again.repeated and again.enqueued == 0
     finally:
         await db.close()
+        await drop_pg_database(postgres_admin_dsn, dsn)
+
+
+async def test_door_runs_again_when_a_concurrent_send_enqueues_the_same_pdu(postgres_admin_dsn: str) -> None:
+    """The door's insert has no ON CONFLICT: a PDU another /send enqueues after our look-up
+    fails our statement on the inbox's unique key; it runs again and finds the PDU queued.
+    Made certain here with a real transaction holding the key, uncommitted, while the door
+    runs (its insert waits for it, then fails once it commits)."""
+    dsn = await create_pg_database(postgres_admin_dsn)
+    try:
+        db = await open_database("postgres", dsn=dsn)
+        try:
+            await migrate(db)
+            store = InboxStore(db)
+            other = await asyncpg.connect(dsn)
+            try:
+                tx = other.transaction()
+                await tx.start()
+                await other.execute(
+                    "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body, received_ts)"
+                    " VALUES ('other.test', 'pdu', '!r:o', '$shared', '11', '{}', 0)"
+                )
+                pdus = [PendingPdu("!r:o", "$shared", "11", {}), PendingPdu("!r:o", "$own", "11", {})]
+                door = asyncio.create_task(store.admit("origin.test", "t1", {"pdus": {}}, pdus, []))
+                await asyncio.sleep(0.3)
+                assert not door.done()  # waiting on the other transaction's key
+                await tx.commit()
+                admitted = await asyncio.wait_for(door, 10)
+            finally:
+                await other.close()
+            assert not admitted.repeated
+            assert admitted.queued == {"$shared"}
+            assert admitted.enqueued == 1
+            rows = await db.fetchall("SELECT origin, event_id FROM inbox ORDER BY id")
+            assert rows == [("other.test", "$shared"), ("origin.test", "$own")]
+        finally:
+            await db.close()
+    finally:
         await drop_pg_database(postgres_admin_dsn, dsn)

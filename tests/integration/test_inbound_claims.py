@@ -162,3 +162,43 @@ async def test_claims_are_held_in_memory_until_deleted_or_released(db_factory: D
         assert [e.id for e in other] == [e.id for e in again]
     finally:
         await db.close()
+
+
+class FailingOnceStore(InboxStore):
+    """The real store, whose second claim statement fails once (a database error mid-round)."""
+
+    calls = 0
+
+    async def claim(self, origin: str, limit: int, exclude_keys: Sequence[str]) -> list[InboxEntry]:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("claim failed")
+        return await super().claim(origin, limit, exclude_keys)
+
+
+async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: DatabaseFactory) -> None:
+    """The entries a round claimed before a claim statement failed are handed back (they are
+    held in memory): the worker's next round takes them, and each is processed once, in order."""
+    db = await db_factory.open()
+    await migrate(db)
+    store = FailingOnceStore(db)
+    store.claim_piece = 3
+    processed: list[str] = []
+
+    async def process(entry: InboxEntry) -> None:
+        processed.append(entry.event_id or "")
+
+    config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
+    worker = InboundWorker(store, process, config, Metrics())
+    try:
+        ids = [f"$e{i}" for i in range(8)]
+        await _admit(store, "t1", "!a:remote.test", ids)
+        await worker.start()
+        worker.notify(ORIGIN, {"!a:remote.test"})
+        await _until(lambda: len(processed) == 8)  # after the worker's one-second retry
+        assert processed == ids
+        assert await worker.wait_idle(10.0)
+        assert await store.count() == 0
+    finally:
+        await worker.stop()
+        await db.close()
