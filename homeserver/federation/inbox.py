@@ -614,8 +614,11 @@ class InboundWorker:
         try:
             await self._claim_origins(origins, share, full, claimed)
         except BaseException:
-            # Nothing of this round reaches a queue: hand back what it took.
+            # Nothing of this round reaches a queue: hand back what it took, and claim from
+            # those origins again (the round may have found one drained meanwhile).
             self._store.release([(e.id, e.origin) for e in claimed])
+            for origin in {e.origin for e in claimed}:
+                self._add_origin(origin)
             raise
         claimed.sort(key=lambda e: e.id)
         prefetch = getattr(self._process, "prefetch", None)

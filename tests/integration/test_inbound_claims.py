@@ -202,3 +202,35 @@ async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: Data
     finally:
         await worker.stop()
         await db.close()
+
+
+async def test_entries_handed_back_by_a_failed_round_are_claimed_though_their_origin_drained(
+    db_factory: DatabaseFactory,
+) -> None:
+    """Two origins: the round drains the first (fewer entries than its share), then the
+    claim for the second fails. The first origin's entries are handed back and its origin
+    registered again, so they are processed without waiting for another /send from it."""
+    db = await db_factory.open()
+    await migrate(db)
+    store = FailingOnceStore(db)
+    store.claim_piece = 3
+    processed: list[str] = []
+
+    async def process(entry: InboxEntry) -> None:
+        processed.append(entry.event_id or "")
+
+    config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
+    worker = InboundWorker(store, process, config, Metrics())
+    try:
+        for origin in ("a.test", "b.test"):
+            pdus = [PendingPdu(f"!{origin[0]}:remote.test", f"${origin[0]}{i}", "11", {}) for i in range(2)]
+            assert (await store.admit(origin, "t1", {"pdus": {}}, pdus, [])).enqueued == 2
+        await worker.start()  # both origins have entries: one round claims from both
+        # After the worker's one-second retry; not only at its idle poll (IDLE_POLL_SECONDS),
+        # which would find the origin again in the database.
+        await _until(lambda: len(processed) == 4, timeout=3.0)
+        assert sorted(processed) == ["$a0", "$a1", "$b0", "$b1"]
+        assert await worker.wait_idle(10.0)
+    finally:
+        await worker.stop()
+        await db.close()
