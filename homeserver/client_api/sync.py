@@ -244,10 +244,12 @@ class SyncAPI:
                     or section["account_data"]["events"] or since is None or newly):
                 join[room_id] = section
 
-        # 2. Invites: to rooms we are in (member events), and received over federation.
+        # 2. Invites: to rooms we are in (member events), and received over federation. The
+        # received rows were read after the memberships: an invite or knock they show ended
+        # meanwhile (a kick that arrived during this sync) goes under leave only.
         invite: dict[str, Any] = {}
         for room_id, membership in memberships.items():
-            if membership != "invite":
+            if membership != "invite" or _ended(remote_rows.get(room_id), membership):
                 continue
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
@@ -256,7 +258,7 @@ class SyncAPI:
         # 2b. Knocks: on rooms we are in (member events), and over federation.
         knock: dict[str, Any] = {}
         for room_id, membership in memberships.items():
-            if membership != "knock":
+            if membership != "knock" or _ended(remote_rows.get(room_id), membership):
                 continue
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
@@ -346,6 +348,11 @@ def _receipt_event(receipts: list[Receipt]) -> dict[str, Any]:
         for event_id in r.event_ids:
             content.setdefault(event_id, {}).setdefault(r.receipt_type, {})[r.user_id] = dict(r.data)
     return {"type": "m.receipt", "content": content}
+
+
+def _ended(row: ReceivedInvite | None, membership: str) -> bool:
+    """Whether a received invite or knock row, read after ``membership``, shows it ended."""
+    return row is not None and row.membership in ("leave", "ban") and membership in ("invite", "knock")
 
 
 def _rejected_invite_section(row: ReceivedInvite) -> dict[str, Any]:
