@@ -249,7 +249,7 @@ class SyncAPI:
         # meanwhile (a kick that arrived during this sync) goes under leave only.
         invite: dict[str, Any] = {}
         for room_id, membership in memberships.items():
-            if membership != "invite" or _ended(remote_rows.get(room_id), membership):
+            if membership != "invite" or _ended(remote_rows.get(room_id)):
                 continue
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
@@ -258,7 +258,7 @@ class SyncAPI:
         # 2b. Knocks: on rooms we are in (member events), and over federation.
         knock: dict[str, Any] = {}
         for room_id, membership in memberships.items():
-            if membership != "knock" or _ended(remote_rows.get(room_id), membership):
+            if membership != "knock" or _ended(remote_rows.get(room_id)):
                 continue
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
@@ -350,9 +350,9 @@ def _receipt_event(receipts: list[Receipt]) -> dict[str, Any]:
     return {"type": "m.receipt", "content": content}
 
 
-def _ended(row: ReceivedInvite | None, membership: str) -> bool:
-    """Whether a received invite or knock row, read after ``membership``, shows it ended."""
-    return row is not None and row.membership in ("leave", "ban") and membership in ("invite", "knock")
+def _ended(row: ReceivedInvite | None) -> bool:
+    """Whether a received invite or knock row (read after the memberships) shows it ended."""
+    return row is not None and row.membership in ("leave", "ban")
 
 
 def _rejected_invite_section(row: ReceivedInvite) -> dict[str, Any]:

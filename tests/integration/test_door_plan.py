@@ -2,7 +2,7 @@
 (a generic plan), and that plan takes the unique indexes even when it is made on empty
 tables, as a new server's are: it must never scan the events table or the inbox. And the
 statement, which inserts without ON CONFLICT, runs again when a concurrent /send enqueued
-one of its PDUs first."""
+one of its PDUs first, or deadlocked with it."""
 
 from __future__ import annotations
 
@@ -90,6 +90,48 @@ async def test_door_runs_again_when_a_concurrent_send_enqueues_the_same_pdu(post
             assert admitted.enqueued == 1
             rows = await db.fetchall("SELECT origin, event_id FROM inbox ORDER BY id")
             assert rows == [("other.test", "$shared"), ("origin.test", "$own")]
+        finally:
+            await db.close()
+    finally:
+        await drop_pg_database(postgres_admin_dsn, dsn)
+
+
+async def test_door_runs_again_after_a_deadlock_with_a_send_of_the_same_pdus(postgres_admin_dsn: str) -> None:
+    """Two /sends carrying the same PDUs in different orders can deadlock on the inbox's
+    unique key; PostgreSQL aborts one, and the door's statement runs again. Made certain
+    here: another transaction holds $a, the door inserts $b then waits for $a, the other
+    inserts $b; the door's backend detects the deadlock first (the other waits 10 s before
+    looking), its statement runs again, waits for the other, and then finds both queued."""
+    dsn = await create_pg_database(postgres_admin_dsn)
+    try:
+        db = await open_database("postgres", dsn=dsn)
+        try:
+            await migrate(db)
+            store = InboxStore(db)
+            other = await asyncpg.connect(dsn)
+            insert = (
+                "INSERT INTO inbox (origin, kind, room_id, event_id, room_version, body, received_ts)"
+                " VALUES ('other.test', 'pdu', '!r:o', $1, '11', '{}', 0)"
+            )
+            try:
+                await other.execute("SET deadlock_timeout = '10s'")
+                tx = other.transaction()
+                await tx.start()
+                await other.execute(insert, "$a")
+                pdus = [PendingPdu("!r:o", "$b", "11", {}), PendingPdu("!r:o", "$a", "11", {})]
+                door = asyncio.create_task(store.admit("origin.test", "t1", {"pdus": {}}, pdus, []))
+                await asyncio.sleep(0.3)
+                assert not door.done()  # $b inserted, waiting for $a
+                await other.execute(insert, "$b")  # waits for the door until its deadlock aborts it
+                await tx.commit()
+                admitted = await asyncio.wait_for(door, 10)
+            finally:
+                await other.close()
+            assert not admitted.repeated
+            assert admitted.queued == {"$a", "$b"}
+            assert admitted.enqueued == 0
+            rows = await db.fetchall("SELECT origin, event_id FROM inbox ORDER BY id")
+            assert rows == [("other.test", "$a"), ("other.test", "$b")]
         finally:
             await db.close()
     finally:

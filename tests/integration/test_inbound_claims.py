@@ -14,7 +14,8 @@ InboxStore and InboundWorker; the processor is the test's, held by a gate).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 from homeserver.config import InboundConfig
 from homeserver.federation.inbox import InboundWorker, InboxEntry, InboxStore, PendingPdu
@@ -176,9 +177,11 @@ class FailingOnceStore(InboxStore):
         return await super().claim(origin, limit, exclude_keys)
 
 
-async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: DatabaseFactory) -> None:
-    """The entries a round claimed before a claim statement failed are handed back (they are
-    held in memory): the worker's next round takes them, and each is processed once, in order."""
+@contextlib.asynccontextmanager
+async def _failing_worker(
+    db_factory: DatabaseFactory,
+) -> AsyncIterator[tuple[FailingOnceStore, InboundWorker, list[str]]]:
+    """A real database and worker whose store's second claim fails; the events processed."""
     db = await db_factory.open()
     await migrate(db)
     store = FailingOnceStore(db)
@@ -191,6 +194,16 @@ async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: Data
     config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
     worker = InboundWorker(store, process, config, Metrics())
     try:
+        yield store, worker, processed
+    finally:
+        await worker.stop()
+        await db.close()
+
+
+async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: DatabaseFactory) -> None:
+    """The entries a round claimed before a claim statement failed are handed back (they are
+    held in memory): the worker's next round takes them, and each is processed once, in order."""
+    async with _failing_worker(db_factory) as (store, worker, processed):
         ids = [f"$e{i}" for i in range(8)]
         await _admit(store, "t1", "!a:remote.test", ids)
         await worker.start()
@@ -199,9 +212,6 @@ async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: Data
         assert processed == ids
         assert await worker.wait_idle(10.0)
         assert await store.count() == 0
-    finally:
-        await worker.stop()
-        await db.close()
 
 
 async def test_entries_handed_back_by_a_failed_round_are_claimed_though_their_origin_drained(
@@ -210,18 +220,7 @@ async def test_entries_handed_back_by_a_failed_round_are_claimed_though_their_or
     """Two origins: the round drains the first (fewer entries than its share), then the
     claim for the second fails. The first origin's entries are handed back and its origin
     registered again, so they are processed without waiting for another /send from it."""
-    db = await db_factory.open()
-    await migrate(db)
-    store = FailingOnceStore(db)
-    store.claim_piece = 3
-    processed: list[str] = []
-
-    async def process(entry: InboxEntry) -> None:
-        processed.append(entry.event_id or "")
-
-    config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
-    worker = InboundWorker(store, process, config, Metrics())
-    try:
+    async with _failing_worker(db_factory) as (store, worker, processed):
         for origin in ("a.test", "b.test"):
             pdus = [PendingPdu(f"!{origin[0]}:remote.test", f"${origin[0]}{i}", "11", {}) for i in range(2)]
             assert (await store.admit(origin, "t1", {"pdus": {}}, pdus, [])).enqueued == 2
@@ -231,6 +230,3 @@ async def test_entries_handed_back_by_a_failed_round_are_claimed_though_their_or
         await _until(lambda: len(processed) == 4, timeout=3.0)
         assert sorted(processed) == ["$a0", "$a1", "$b0", "$b1"]
         assert await worker.wait_idle(10.0)
-    finally:
-        await worker.stop()
-        await db.close()
