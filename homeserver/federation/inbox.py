@@ -222,7 +222,7 @@ class InboxStore:
             return Admitted(response, False, len(rows) + len(edu_rows), held, queued)
 
         try:
-            return await self.db.side_transaction(work, durable=True)
+            return await self.db.independent_transaction(work, durable=True)
         except Exception as e:
             if not is_unique_violation(e):
                 raise
@@ -258,7 +258,7 @@ class InboxStore:
         attempt = 1
         while True:
             try:
-                rows = await self.db.fetchall_door(_ADMIT_SQL, *args)
+                rows = await self.db.fetchall_prepared(_ADMIT_SQL, *args)
                 break
             except Exception as e:
                 # Two /sends enqueueing the same PDUs at once: one fails on the inbox's
@@ -281,7 +281,7 @@ class InboxStore:
             return Admitted(dict(loads(found["t"])), True, 0, set(), set())
         if found["i"] == "0":
             # The same (origin, txnId) was admitted concurrently: a repeat.
-            again = await self.db.fetchall_door(
+            again = await self.db.fetchall_prepared(
                 "SELECT response FROM federation_transactions WHERE origin = ? AND txn_id = ?", origin, txn_id
             )
             return Admitted(dict(loads(again[0][0])), True, 0, set(), set())
@@ -334,10 +334,10 @@ class InboxStore:
                 await conn.execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
                 return await conn.fetchall(sql, *args)
 
-            rows = await self.db.side_transaction(work)
+            rows = await self.db.independent_transaction(work)
         else:
             # The inbox does not depend on the worker's deferred event writes: no waiting.
-            rows = await self.db.fetchall_side(sql, *args)
+            rows = await self.db.fetchall_independent(sql, *args)
         entries = [_entry(r) for r in rows]
         held.update(e.id for e in entries)
         return entries
@@ -357,7 +357,7 @@ class InboxStore:
                 chunk = ids[i : i + 500]
                 await conn.execute(f"DELETE FROM inbox WHERE id IN ({','.join('?' * len(chunk))})", *chunk)
 
-        await self.db.side_transaction(work)
+        await self.db.independent_transaction(work)
         self.release(entries)
 
     async def settle(self) -> None:
@@ -426,7 +426,7 @@ class InboundWorker:
         self._knock: asyncio.TimerHandle | None = None  # a /send on its way to its handler
         self.knocks = 0  # since start (observability, tests)
         # Group commits of deferred writes hold back too while a reply is being written.
-        store.db.set_defer_gate(self._door_clear)
+        store.db.set_group_commit_gate(self._door_clear)
 
     # ------------------------------------------------------------------ lifecycle
 

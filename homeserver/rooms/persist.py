@@ -658,7 +658,7 @@ class EventPersister:
         cached = self._heads.get(room_id)
         if cached is not None:
             return cached.state.get(key)
-        rows = await self.db.fetchall_side(
+        rows = await self.db.fetchall_independent(
             "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
             room_id, key[0], key[1],
         )

@@ -111,7 +111,7 @@ class EventStore:
         deferred writes (events whose commit is pending are not seen)."""
         ids = list(dict.fromkeys(event_ids))
         out: dict[str, Outcome] = {}
-        fetch = self.db.fetchall if settled else self.db.fetchall_side
+        fetch = self.db.fetchall if settled else self.db.fetchall_independent
         for chunk in _chunks(ids):
             rows = await fetch(
                 f"SELECT event_id, outcome FROM events WHERE event_id IN ({_placeholders(len(chunk))})",

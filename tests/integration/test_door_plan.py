@@ -36,8 +36,8 @@ async def test_door_plan_uses_the_indexes_on_empty_tables(postgres_admin_dsn: st
     db = await open_database("postgres", dsn=dsn)
     try:
         await migrate(db)
-        assert isinstance(db, PostgresDatabase) and db._door_pool is not None
-        async with db._door_pool.acquire() as conn:
+        assert isinstance(db, PostgresDatabase) and db._prepared_pool is not None
+        async with db._prepared_pool.acquire() as conn:
             assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
             assert await conn.fetchval("SHOW enable_seqscan") == "off"
             generic = await _plan(conn, seqscan=False)

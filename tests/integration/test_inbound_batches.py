@@ -191,7 +191,7 @@ async def test_sqlite_group_commits_are_checkpointed(tmp_path: Path, monkeypatch
     """Group commits run on the side connection, which never checkpoints (a checkpoint on
     the event loop's thread would block it); a checkpoint thread of its own does, every few
     groups, in the idle scheduling class, so the WAL does not grow without bound."""
-    import homeserver.storage.database as database
+    import homeserver.storage.engine.sqlite as database
 
     monkeypatch.setattr(database, "CHECKPOINT_EVERY_GROUPS", 2)
     path = tmp_path / "wal.sqlite"
@@ -219,7 +219,7 @@ async def test_sqlite_read_behind_many_groups_lets_the_loop_turn(tmp_path: Path)
     """A read on the main connection first commits what was deferred before it, group by
     group on the event loop's thread: the loop turns between groups (a /send is not held
     up for all of them), and what is deferred meanwhile is left to the group-commit task."""
-    import homeserver.storage.database as database
+    import homeserver.storage.engine.sqlite as database
 
     db = await database.SqliteDatabase.open(str(tmp_path / "turns.sqlite"))
     try:
@@ -260,9 +260,10 @@ async def test_group_commits_wait_a_bounded_time_for_a_checkpoint(
     group commits wait for it CHECKPOINT_WAIT_SECONDS at most, then go on."""
     import time
 
-    import homeserver.storage.database as database
+    import homeserver.storage.engine.sqlite as database
+    import homeserver.storage.engine.sqlite_files as sqlite_files
 
-    monkeypatch.setattr(database, "CHECKPOINT_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(sqlite_files, "CHECKPOINT_WAIT_SECONDS", 0.2)
     monkeypatch.setattr(database, "CHECKPOINT_EVERY_GROUPS", 1)
     db = await database.SqliteDatabase.open(str(tmp_path / "late.sqlite"))
     try:
