@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homeserver.crypto.tls import generate_ca
-from homeserver.federation.client import split_server_name
+from homeserver.net.client import split_server_name
 from tests.local_room import LocalRoom
 from tests.outbound_receiver import Blackhole, Receiver
 from tests.servers import make_config, running_server

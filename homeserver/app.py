@@ -19,21 +19,21 @@ from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.errors import forbidden
 from homeserver.federation.auth import ORIGIN, make_auth_middleware
-from homeserver.federation.client import FederationClient
+from homeserver.federation.directory_api import FederationDirectoryAPI
 from homeserver.federation.inbound import InboundProcessor
 from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
+from homeserver.federation.rooms_api import FederationRoomsAPI, user_store_profiles
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
 from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
+from homeserver.net.client import FederationClient
 from homeserver.ops import health_route
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.directory import RoomDirectory
-from homeserver.rooms.directory_federation import FederationDirectoryAPI
-from homeserver.rooms.federation_api import FederationRoomsAPI, user_store_profiles
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.rooms.service import RoomService

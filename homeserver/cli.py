@@ -21,8 +21,8 @@ from homeserver.crypto.keys import (
 )
 from homeserver.crypto.tls import issue_certificate
 from homeserver.events.identifiers import is_valid_server_name
-from homeserver.federation.client import split_server_name
 from homeserver.logsetup import setup_logging
+from homeserver.net.client import split_server_name
 from homeserver.storage.database import DatabaseError, open_database
 from homeserver.storage.migrations import migrate
 from homeserver.testbed.commands import add_testbed_commands

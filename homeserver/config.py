@@ -324,7 +324,7 @@ def _validate(config: Config) -> None:
         if not is_valid_server_name(ks.server_name):
             raise ConfigError(f"federation.key_servers[{i}].server_name: not a valid server name")
     if config.federation.dns_server is not None:
-        from homeserver.federation.dns import parse_nameserver
+        from homeserver.net.dns import parse_nameserver
 
         try:
             parse_nameserver(config.federation.dns_server)

@@ -29,10 +29,10 @@ from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
-from homeserver.federation.client import FederationClient
 from homeserver.federation.sender import OutboundSender
 from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
+from homeserver.net.client import FederationClient
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.persist import EventPersister

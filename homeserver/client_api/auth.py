@@ -24,8 +24,8 @@ from homeserver.client_api.common import Authenticator, Requester, require_str
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
-from homeserver.federation.client import FederationRequestError
 from homeserver.http import json_response, read_json_object
+from homeserver.net.client import FederationRequestError
 from homeserver.rooms.errors import RoomError
 from homeserver.rooms.service import RoomService
 from homeserver.storage.users import UserExistsError, UserStore

@@ -13,8 +13,8 @@ from aiohttp import web
 from homeserver.client_api.common import Authenticator, server_of
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
-from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.http import json_response, read_json_object
+from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.errors import RoomError
 from homeserver.rooms.service import RoomService
 from homeserver.storage.users import UserStore

@@ -23,7 +23,7 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 from homeserver.config import KeyServerConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.events.canonical import decode_b64
-from homeserver.federation.client import FederationClient, FederationRequestError
+from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.storage.keys import KeyStore, StoredKey
 
 log = logging.getLogger(__name__)

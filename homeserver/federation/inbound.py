@@ -47,9 +47,9 @@ from homeserver.events.signing import (
 )
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.federation.checkpool import CheckItem, CheckPool, Verdict
-from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.federation.inbox import InboxEntry
 from homeserver.metrics import Metrics
+from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.persist import EventPersister, PersistError
 from homeserver.rooms.store import RoomMembershipStore, ended_member

@@ -37,8 +37,8 @@ from urllib.parse import quote
 from homeserver.config import OutboundConfig
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import is_valid_server_name, server_name_of
-from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.metrics import Metrics
+from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)

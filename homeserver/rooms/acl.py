@@ -6,7 +6,7 @@ with ``allow_ip_literals`` false, deny; a name matching ``deny``, deny; matching
 against glob patterns (``*`` any run of characters, ``?`` exactly one).
 
 Enforced where another server acts on a room (``federation/transport.py``: each PDU and
-room EDU of a ``/send``, the room read endpoints; ``rooms/federation_api.py``: joins,
+room EDU of a ``/send``, the room read endpoints; ``federation/rooms_api.py``: joins,
 leaves, knocks and invites). The current ACL event comes from the persister's cached
 room head (one look-up when the room is cold); each ACL event is parsed once.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.events.event import StateKey
-from homeserver.federation.client import is_ip_literal, split_server_name
+from homeserver.net.client import is_ip_literal, split_server_name
 from homeserver.rooms.persist import EventPersister
 from homeserver.storage.events import EventStore
 

@@ -52,9 +52,9 @@ from homeserver.events.errors import AuthError, EventError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.versions import RoomVersion
-from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.federation.inbound import Budget, Dropped, auth_events_rejection
 from homeserver.metrics import Metrics
+from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.persist import EventPersister, Historical, PersistError
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.storage.database import is_unique_violation

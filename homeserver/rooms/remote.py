@@ -34,8 +34,8 @@ from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
-from homeserver.federation.client import FederationClient, FederationRequestError
 from homeserver.federation.inbound import Dropped, InboundProcessor
+from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.builder import CREATE, EventBuilder
 from homeserver.rooms.errors import NotAllowed, RemoteJoinFailed, RoomNotFound, UnsupportedVersion
 from homeserver.rooms.store import RoomMembershipStore

@@ -25,7 +25,7 @@ from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, get_room_version
-from homeserver.federation.client import FederationRequestError
+from homeserver.net.client import FederationRequestError
 from homeserver.rooms.builder import AlsoInTransaction, EventBuilder
 from homeserver.rooms.creation import invite_content, plan_room
 from homeserver.rooms.errors import (

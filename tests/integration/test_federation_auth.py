@@ -17,7 +17,7 @@ import pytest
 from homeserver.crypto.keyring import parse_key_document
 from homeserver.crypto.keys import generate_key_line, parse_key_file
 from homeserver.crypto.xmatrix import authorization_header
-from homeserver.federation.client import FederationRequestError
+from homeserver.net.client import FederationRequestError
 from homeserver.server import RunningServer
 from tests.conftest import DatabaseFactory
 from tests.servers import make_config, running_server

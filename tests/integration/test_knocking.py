@@ -18,7 +18,7 @@ import pytest
 from nio import AsyncClient, JoinResponse, RoomKnockResponse, RoomSendResponse
 
 from homeserver.events.versions import get_room_version
-from homeserver.federation.client import FederationRequestError
+from homeserver.net.client import FederationRequestError
 from homeserver.server import RunningServer
 from tests.clients import client_server, eventually, msg, nio_user, raw, talk
 from tests.clients import server_name as name

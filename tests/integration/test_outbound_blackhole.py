@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from homeserver.federation.client import split_server_name
+from homeserver.net.client import split_server_name
 from tests.conftest import DatabaseFactory
 from tests.local_room import LocalRoom
 from tests.outbound_receiver import Blackhole, Receiver, eventually

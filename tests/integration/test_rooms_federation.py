@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from homeserver.federation.client import FederationRequestError
+from homeserver.net.client import FederationRequestError
 from homeserver.rooms.errors import NotAllowed
 from homeserver.server import RunningServer
 from homeserver.storage.events import Outcome

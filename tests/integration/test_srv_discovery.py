@@ -21,8 +21,8 @@ from aiohttp import web
 from homeserver.config import FederationConfig
 from homeserver.crypto.keys import load_key_file, write_new_key_file
 from homeserver.crypto.tls import issue_certificate
-from homeserver.federation.client import FederationClient, FederationRequestError, Target
-from homeserver.federation.dns import SrvResolver, encode_name, read_name
+from homeserver.net.client import FederationClient, FederationRequestError, Target
+from homeserver.net.dns import SrvResolver, encode_name, read_name
 from tests.conftest import DatabaseFactory
 from tests.servers import free_port, make_config, running_server
 

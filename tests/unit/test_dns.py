@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from homeserver.federation.dns import (
+from homeserver.net.dns import (
     DnsError,
     SrvRecord,
     build_query,

@@ -23,8 +23,8 @@ from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.events.canonical import loads
-from homeserver.federation.dns import SrvResolver, nameserver_from_resolv_conf, parse_nameserver
 from homeserver.metrics import Metrics
+from homeserver.net.dns import SrvResolver, nameserver_from_resolv_conf, parse_nameserver
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
