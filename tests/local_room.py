@@ -13,7 +13,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.signing import sign_event
 from homeserver.events.versions import RoomVersion, get_room_version
-from homeserver.federation.sender import destinations_for_event
+from homeserver.federation.destinations import destinations_for_event
 from homeserver.storage.database import Connection
 from homeserver.storage.events import Outcome
 from tests.unit.events.builders import make_pdu

@@ -29,12 +29,12 @@ from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
-from homeserver.federation.sender import OutboundSender
 from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
+from homeserver.rooms.outbox import Outbox
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
@@ -53,7 +53,7 @@ def create_client_api_app(
     events: EventStore,
     persister: EventPersister,
     rooms: RoomService,
-    sender: OutboundSender,
+    sender: Outbox,
     federation: FederationClient,
     directory: RoomDirectory | None = None,
     metrics: Metrics | None = None,

@@ -23,8 +23,8 @@ from homeserver.client_api.common import Authenticator, Requester
 from homeserver.client_api.notifier import Notifier
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
-from homeserver.federation.sender import OutboundSender
 from homeserver.http import json_response, read_json_object
+from homeserver.rooms.outbox import Outbox
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.timeline import TimelineStore
 
@@ -34,7 +34,7 @@ RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
 class EphemeralAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, auth: Authenticator, events: EventStore,
-        timeline: TimelineStore, sender: OutboundSender, notifier: Notifier,
+        timeline: TimelineStore, sender: Outbox, notifier: Notifier,
         *, account_data: AccountData | None = None,
     ) -> None:
         self.server_name = server_name

@@ -22,8 +22,8 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.format import check_pdu_format
 from homeserver.events.signing import sign_event
 from homeserver.events.versions import RoomVersion
-from homeserver.federation.sender import OutboundSender, destinations_for_event
 from homeserver.rooms.errors import BadRoomRequest, NotAllowed, RoomNotFound
+from homeserver.rooms.outbox import Outbox
 from homeserver.rooms.persist import EventPersister
 from homeserver.storage.database import Connection
 from homeserver.storage.events import EventStore, Outcome
@@ -50,7 +50,7 @@ class EventBuilder:
         signing_key: ServerSigningKey,
         store: EventStore,
         persister: EventPersister,
-        sender: OutboundSender,
+        sender: Outbox,
         clock: Clock = _now_ms,
     ) -> None:
         self.server_name = server_name
@@ -162,7 +162,7 @@ class EventBuilder:
         after = dict(before)
         if event.type == "m.room.member" and event.state_key is not None:
             after[event.state_tuple] = {"membership": event.membership}
-        dests = destinations_for_event(event, before, after, server_name=self.server_name)
+        dests = self._sender.destinations_for_event(event, before, after)
         dests -= exclude_destinations or set()
         sender = self._sender
 

@@ -1,11 +1,12 @@
-"""The pure destination rules of the outbound sender: who hears about an event of ours."""
+"""The pure destination rules of the outbound sender (federation/destinations.py): who
+hears about an event of ours."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from homeserver.events.event import Event, StateKey
-from homeserver.federation.sender import destinations_for_event, joined_servers
+from homeserver.federation.destinations import destinations_for_event, joined_servers
 from tests.unit.events.builders import ALL_VERSIONS, Room
 
 US = "a.test"

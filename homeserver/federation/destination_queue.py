@@ -1,0 +1,249 @@
+"""One destination's side of the outbound sender: its flags (backoff, dead, catch-up),
+and the worker task that sends its durable queue as /send transactions, one in flight at a
+time, retrying with backoff and collapsing the queue to catch-up markers when it must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from urllib.parse import quote
+
+from homeserver.config import OutboundConfig
+from homeserver.federation.destinations import PERMANENT_STATUSES, is_dead, next_interval_ms, next_txn_id
+from homeserver.metrics import Metrics
+from homeserver.net.client import FederationClient, FederationRequestError
+from homeserver.storage.outbox import Batch, DestinationState, OutboxStore
+from homeserver.util.clock import Clock
+
+log = logging.getLogger("homeserver.federation.sender")
+
+
+class DestinationQueue:
+    """The in-memory state of one destination and the task that drains its queue.
+
+    Flags mirror the database (``outbound_destinations``): ``backoff`` (failing or dead),
+    ``dead`` (not tried until it contacts us), ``catch_up`` (the queue keeps one PDU per
+    room). ``depth`` is the queue length as last seen, for the gauges; ``changed`` is
+    called whenever a flag or the depth changed.
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        *,
+        server_name: str,
+        store: OutboxStore,
+        client: FederationClient,
+        config: OutboundConfig,
+        metrics: Metrics,
+        clock: Clock,
+        changed: Callable[[], None],
+    ) -> None:
+        self.destination = destination
+        self.server_name = server_name
+        self.store = store
+        self.client = client
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self._changed = changed
+        self.backoff = False
+        self.dead = False
+        self.catch_up = False
+        self.depth = (0, 0)  # (pdus, edus)
+        self._wake = asyncio.Event()  # new items queued
+        self._kick = asyncio.Event()  # retry now (the destination came back)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def wake(self) -> None:
+        """New items may be queued: start the worker, or have it look again."""
+        if self._stopping or self.dead:
+            return
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"outbound:{self.destination}")
+
+    def kick(self) -> None:
+        """Cut a backoff wait short."""
+        self._kick.set()
+
+    def added(self, pdus: int = 0, edus: int = 0) -> None:
+        p, e = self.depth
+        self.depth = (p + pdus, e + edus)
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Stop for good: cancel the worker and return its task (to be awaited)."""
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+        return task
+
+    # ------------------------------------------------------------------ the worker
+
+    async def _run(self) -> None:
+        me = asyncio.current_task()
+        dest = self.destination
+        try:
+            while not self._stopping:
+                state = await self.store.load_state(dest)
+                if state.dead:
+                    return
+                wait_ms = state.next_attempt_ts - self.clock.time_ms()
+                if wait_ms > 0:
+                    # In backoff: sleep until the retry time, or until it contacts us.
+                    self._kick.clear()
+                    await self._wait_for_kick(wait_ms / 1000)
+                    continue
+                self._wake.clear()
+                if state.failure_count and not state.catch_up:
+                    await self._catch_up_if_needed("threshold")
+                    state = await self.store.load_state(dest)
+                batch = await self._next_batch(state)
+                if batch is None:
+                    if self._wake.is_set():
+                        continue
+                    self.depth = (0, 0)
+                    self._changed()
+                    return
+                await self._send(state, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("outbound worker failed", extra={"destination": dest})
+        finally:
+            if self._task is me:
+                self._task = None
+
+    async def _wait_for_kick(self, seconds: float) -> None:
+        kicked = asyncio.ensure_future(self._kick.wait())
+        slept = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait((kicked, slept), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            kicked.cancel()
+            slept.cancel()
+
+    async def _next_batch(self, state: DestinationState) -> Batch | None:
+        """The oldest PDUs and EDUs of the queue, or the pending transaction to retry."""
+        dest = state.destination
+        cfg = self.config
+        if state.pending_txn_id is not None:
+            # Retry exactly what was in flight: same txnId, same content.
+            pdus = await self.store.queued_pdus(dest, cfg.max_pdus_per_transaction, state.pending_pdu_max or 0)
+            edus = await self.store.queued_edus(dest, cfg.max_edus_per_transaction, state.pending_edu_max or 0)
+            if not pdus and not edus:
+                await self.store.clear_pending(dest)
+                return await self._next_batch(await self.store.load_state(dest))
+            return Batch(state.pending_txn_id, pdus, edus)
+        pdus = await self.store.queued_pdus(dest, cfg.max_pdus_per_transaction)
+        edus = await self.store.queued_edus(dest, cfg.max_edus_per_transaction)
+        if not pdus and not edus:
+            return None
+        txn = next_txn_id(state.last_txn_id, self.clock.time_ms())
+        await self.store.begin_transaction(dest, txn, pdus[-1][0] if pdus else 0, edus[-1][0] if edus else 0)
+        return Batch(str(txn), pdus, edus)
+
+    async def _send(self, state: DestinationState, batch: Batch) -> None:
+        dest = state.destination
+        body = {
+            "origin": self.server_name,
+            "origin_server_ts": self.clock.time_ms(),
+            "pdus": [pdu for _, _, pdu in batch.pdu_rows],
+            "edus": [edu for _, edu in batch.edu_rows],
+        }
+        path = f"/_matrix/federation/v1/send/{quote(batch.txn_id, safe='')}"
+        try:
+            reply = await self.client.put_json(dest, path, body, timeout=self.config.send_timeout)
+        except FederationRequestError as e:
+            if e.status in PERMANENT_STATUSES:
+                log.warning(
+                    "destination rejected a transaction; dropping it",
+                    extra={"destination": dest, "txn_id": batch.txn_id, "status": e.status, "errcode": e.errcode},
+                )
+                self.metrics.outbound_transactions.labels(dest, "rejected").inc()
+                await self._succeeded(state, batch)
+                return
+            self.metrics.outbound_transactions.labels(dest, "failed").inc()
+            await self._failed(state, str(e))
+            return
+        self.metrics.outbound_transactions.labels(dest, "ok").inc()
+        if batch.pdu_rows:
+            self.metrics.outbound_pdus.labels(dest).inc(len(batch.pdu_rows))
+        if batch.edu_rows:
+            self.metrics.outbound_edus.labels(dest).inc(len(batch.edu_rows))
+        results = reply.get("pdus") if isinstance(reply, dict) else None
+        if isinstance(results, dict):
+            for event_id, result in results.items():
+                if isinstance(result, dict) and result.get("error"):
+                    log.info(
+                        "destination did not accept an event",
+                        extra={"destination": dest, "event_id": event_id, "error": str(result["error"])[:200]},
+                    )
+        await self._succeeded(state, batch)
+
+    async def _succeeded(self, state: DestinationState, batch: Batch) -> None:
+        await self.store.delivered(state.destination, batch, self.clock.time_ms())
+        if state.failure_count or state.catch_up:
+            log.info("destination recovered",
+                     extra={"destination": state.destination, "failures": state.failure_count})
+        self.backoff = self.catch_up = self.dead = False
+        p, e = self.depth
+        self.depth = (max(0, p - len(batch.pdu_rows)), max(0, e - len(batch.edu_rows)))
+        self._changed()
+
+    async def _failed(self, state: DestinationState, reason: str) -> None:
+        dest = state.destination
+        now = self.clock.time_ms()
+        cfg = self.config
+        interval = next_interval_ms(state.retry_interval_ms, cfg)
+        jitter = 1 + random.uniform(-cfg.backoff_jitter, cfg.backoff_jitter)
+        next_attempt = now + int(interval * jitter)
+        first = state.first_failure_ts if state.first_failure_ts is not None else now
+        dead = is_dead(first, now, cfg)
+        pdus, edus = await self.store.queue_depth(dest)
+        collapse = dead or pdus > cfg.catch_up_threshold
+        if collapse:
+            # Before the collapse commits, as in _catch_up_if_needed.
+            self.catch_up = True
+        await self.store.failed(dest, first, interval, next_attempt, dead, collapse)
+        if collapse:
+            self.metrics.outbound_catch_ups.labels("dead" if dead else "threshold").inc()
+            pdus, edus = await self.store.queue_depth(dest)
+        self.depth = (pdus, edus)
+        self.backoff = True
+        if dead:
+            self.dead = True
+            log.warning(
+                "destination failing for too long; not trying it until it contacts us",
+                extra={"destination": dest, "failing_since_ts": first},
+            )
+        else:
+            log.info(
+                "sending to destination failed; backing off",
+                extra={"destination": dest, "retry_in_ms": next_attempt - now,
+                       "failures": state.failure_count + 1, "reason": reason[:300]},
+            )
+        self._changed()
+
+    async def _catch_up_if_needed(self, reason: str) -> None:
+        pdus, _ = await self.store.queue_depth(self.destination)
+        if pdus <= self.config.catch_up_threshold:
+            return
+        # In catch-up before the collapse commits: an event enqueued meanwhile already
+        # replaces its room's marker instead of growing the queue.
+        self.catch_up = True
+        await self.store.collapse(self.destination)
+        self.metrics.outbound_catch_ups.labels(reason).inc()
+        log.info("catching destination up instead of replaying its queue",
+                 extra={"destination": self.destination, "queued": pdus})
