@@ -1,12 +1,21 @@
-"""The pure destination rules of the outbound sender (federation/destinations.py): who
-hears about an event of ours."""
+"""The pure rules of the outbound sender (federation/destinations.py): who hears about an
+event of ours, which EDUs may leave, backoff and transaction ids."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from homeserver.config import OutboundConfig
 from homeserver.events.event import Event, StateKey
-from homeserver.federation.destinations import destinations_for_event, joined_servers
+from homeserver.federation.destinations import (
+    destinations_for_event,
+    edu_is_ours,
+    is_dead,
+    joined_servers,
+    next_interval_ms,
+    next_txn_id,
+    other_servers,
+)
 from tests.unit.events.builders import ALL_VERSIONS, Room
 
 US = "a.test"
@@ -104,3 +113,30 @@ def test_nobody_else_in_the_room() -> None:
     state: dict[StateKey, Any] = {("m.room.member", "@bad:"): {"membership": "join"},
                                   ("m.room.member", "@x:bad host"): {"membership": "join"}}
     assert destinations_for_event(room.make("m.room.message", ALICE, {}), state, None, server_name=US) == set()
+
+
+def test_edus_only_about_our_users() -> None:
+    assert edu_is_ours("m.typing", {"user_id": ALICE, "typing": True}, US)
+    assert not edu_is_ours("m.typing", {"user_id": BOB, "typing": True}, US)
+    receipt = {"!r:a.test": {"m.read": {ALICE: {"event_ids": ["$e"]}}}}
+    assert edu_is_ours("m.receipt", receipt, US)
+    assert not edu_is_ours("m.receipt", {"!r:a.test": {"m.read": {ALICE: {}, BOB: {}}}}, US)
+    assert not edu_is_ours("m.receipt", {"!r:a.test": {"m.read": {}}}, US)  # names nobody
+    assert not edu_is_ours("m.receipt", {"!r:a.test": ["not", "a", "map"]}, US)
+    assert edu_is_ours("m.presence", {"push": [{"user_id": ALICE, "presence": "online"}]}, US)
+    assert not edu_is_ours("m.presence", {"push": []}, US)
+    assert edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {}}, US)
+    assert edu_is_ours("m.device_list_update", {"user_id": ALICE}, US)
+    assert not edu_is_ours("m.device_list_update", {"user_id": "alice"}, US)  # not a user ID
+    assert not edu_is_ours("m.unknown", {"user_id": ALICE}, US)
+
+
+def test_backoff_and_transaction_ids() -> None:
+    cfg = OutboundConfig(backoff_initial_seconds=10.0, backoff_factor=2.0, backoff_ceiling_seconds=30.0,
+                         dead_after_days=1.0)
+    assert [next_interval_ms(p, cfg) for p in (0, 10_000, 20_000, 30_000)] == [10_000, 20_000, 30_000, 30_000]
+    assert not is_dead(1_000, 1_000 + 86_400_000 - 1, cfg)
+    assert is_dead(1_000, 1_000 + 86_400_000, cfg)
+    assert next_txn_id(5, 1_000) == 1_000  # never below the clock
+    assert next_txn_id(2_000, 1_000) == 2_001  # never repeating
+    assert other_servers(["c.test", US, "b.test", "c.test", "bad host"], US) == ["b.test", "c.test"]
