@@ -5,9 +5,8 @@ WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY homeserver ./homeserver
-COPY migrations ./migrations
-# Editable install: the migrations are read from /app/migrations next to the package.
-RUN pip install -e .
+# The migrations are package data (homeserver/storage/schema/), so a plain install has them.
+RUN pip install .
 
 # Client API, federation (TLS), metrics.
 EXPOSE 8008 8448 9009

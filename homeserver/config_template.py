@@ -90,7 +90,7 @@ federation:
   max_connections: 100
   max_connections_per_host: 4
   # Nameserver (host[:port]) asked for SRV records (_matrix-fed._tcp, _matrix._tcp) in
-  # server discovery; null: the first nameserver of /etc/resolv.conf.
+  # server discovery; null: the nameservers of /etc/resolv.conf.
   dns_server: null
 
 inbound:

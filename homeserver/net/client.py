@@ -24,7 +24,7 @@ from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.events.canonical import loads
 from homeserver.metrics import Metrics
-from homeserver.net.dns import SrvResolver, nameserver_from_resolv_conf, parse_nameserver
+from homeserver.net.dns import SrvResolver, parse_nameserver
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
@@ -43,6 +43,11 @@ class FederationRequestError(Exception):
         self.status = status
         self.errcode = errcode
         self.body = body
+
+
+class _ConnectFailed(FederationRequestError):
+    """No connection to the target could be made (nothing was sent): the next SRV target
+    may be tried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +103,7 @@ class FederationClient:
         self._session: aiohttp.ClientSession | None = None
         self._well_known: dict[str, tuple[str | None, float]] = {}
         if dns is None:
-            nameserver = (
-                parse_nameserver(config.dns_server) if config.dns_server else nameserver_from_resolv_conf()
-            )
+            nameserver = parse_nameserver(config.dns_server) if config.dns_server else None  # None: resolv.conf
             dns = SrvResolver(nameserver, timeout=min(2.0, config.connect_timeout))
         self.dns = dns
         self._metrics = metrics
@@ -168,37 +171,41 @@ class FederationClient:
     # ----------------------------------------------------------------- discovery
 
     async def resolve(self, destination: str) -> Target:
+        """The first target ``resolve_all`` gives."""
+        return (await self.resolve_all(destination))[0]
+
+    async def resolve_all(self, destination: str) -> list[Target]:
         """Server discovery (server-server API, "Resolving server names"): config override,
         IP literal or explicit port, ``.well-known`` delegation, SRV records
         (``_matrix-fed._tcp`` then the deprecated ``_matrix._tcp``), then port 8448.
 
-        With an SRV record the connection goes to the record's target and port, while the
+        With SRV records the connection goes to a record's target and port, while the
         ``Host`` header and the TLS name (SNI and certificate check) stay the server name,
-        or the delegated hostname. Only the first record in RFC 2782 order is used.
+        or the delegated hostname. Every record is a target, in RFC 2782 order: a request
+        tries the next one when it cannot connect to one. Otherwise there is one target.
         """
         override = self._config.hosts.get(destination)
         if override:
-            return Target(override.rstrip("/"), destination, None)
+            return [Target(override.rstrip("/"), destination, None)]
         host, port = split_server_name(destination)
         if is_ip_literal(host) or port is not None:
-            return Target(f"https://{host}:{port or 8448}", destination, None)
+            return [Target(f"https://{host}:{port or 8448}", destination, None)]
         delegated = await self._well_known_lookup(host)
         if delegated:
             dhost, dport = split_server_name(delegated)
             if is_ip_literal(dhost) or dport is not None:  # steps 3.1, 3.2
-                return Target(f"https://{dhost}:{dport or 8448}", delegated, None)
+                return [Target(f"https://{dhost}:{dport or 8448}", delegated, None)]
             return await self._srv_or_default(dhost)  # steps 3.3 - 3.5
         return await self._srv_or_default(host)  # steps 4 - 6
 
-    async def _srv_or_default(self, host: str) -> Target:
+    async def _srv_or_default(self, host: str) -> list[Target]:
         for service in ("_matrix-fed._tcp", "_matrix._tcp"):
             records = await self.dns.lookup(f"{service}.{host}")
             if records:
-                target, port = records[0].target, records[0].port
-                if ":" in target:
-                    target = f"[{target}]"
-                return Target(f"https://{target}:{port}", host, host)
-        return Target(f"https://{host}:8448", host, None)
+                # An IPv6 literal as target (unusual, but not forbidden) needs brackets in a URL.
+                hosts = [f"[{r.target}]" if ":" in r.target else r.target for r in records]
+                return [Target(f"https://{h}:{r.port}", host, host) for h, r in zip(hosts, records, strict=True)]
+        return [Target(f"https://{host}:8448", host, None)]
 
     async def _well_known_lookup(self, host: str) -> str | None:
         now = time.monotonic() * 1000
@@ -244,8 +251,8 @@ class FederationClient:
                 for item in v if isinstance(v, list) else [v]:
                     pairs.append(f"{quote(k, safe='')}={quote(item, safe='')}")
             uri = f"{path}?{'&'.join(pairs)}"
-        target = await self.resolve(destination)
-        headers = {"Host": target.host_header}
+        targets = await self.resolve_all(destination)
+        headers = {"Host": targets[0].host_header}  # the same for every target
         if signed:
             headers["Authorization"] = authorization_header(
                 self._key, self.server_name, destination, method, uri, content
@@ -254,16 +261,12 @@ class FederationClient:
         if content is not None:
             data = json.dumps(content, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        req_timeout = aiohttp.ClientTimeout(
-            total=timeout or self._config.request_timeout,
-            connect=self._config.connect_timeout,
-        )
         started = time.monotonic()
         try:
-            return await self._send(method, destination, path, target, uri, data, headers, req_timeout)
+            return await self._send_to_any(
+                method, destination, path, targets, uri, data, headers, timeout or self._config.request_timeout
+            )
         except FederationRequestError as e:
-            if e.status is None:
-                self._close_idle(target)
             if self._metrics is not None:
                 reason = "timeout" if "timed out" in str(e) else (
                     f"http_{e.status // 100}xx" if e.status else "transport")
@@ -275,6 +278,26 @@ class FederationClient:
                 elapsed = time.monotonic() - started
                 self._metrics.outbound_request_seconds.labels(method).observe(elapsed)
                 self._metrics.outbound_destination_request_seconds.labels(destination).observe(elapsed)
+
+    async def _send_to_any(
+        self, method: str, destination: str, path: str, targets: list[Target], uri: str,
+        data: bytes | None, headers: dict[str, str], total: float,
+    ) -> Any:
+        """Send to the first target; to the next only when no connection could be made to
+        one (the request was not sent), all within one ``total`` timeout."""
+        deadline = time.monotonic() + total
+        for i, target in enumerate(targets):
+            req_timeout = aiohttp.ClientTimeout(
+                total=max(deadline - time.monotonic(), 0.001), connect=self._config.connect_timeout
+            )
+            try:
+                return await self._send(method, destination, path, target, uri, data, headers, req_timeout)
+            except FederationRequestError as e:
+                if e.status is None:
+                    self._close_idle(target)
+                if not isinstance(e, _ConnectFailed) or i == len(targets) - 1 or time.monotonic() >= deadline:
+                    raise
+        raise AssertionError("no target")  # resolve_all gives at least one
 
     async def _send(
         self, method: str, destination: str, path: str, target: Target, uri: str,
@@ -309,8 +332,12 @@ class FederationClient:
                 if body is None and raw:
                     raise FederationRequestError(destination, "response is not JSON", resp.status)
                 return body
+        except aiohttp.ConnectionTimeoutError:
+            raise _ConnectFailed(destination, f"{method} {path} timed out") from None
         except TimeoutError:
             raise FederationRequestError(destination, f"{method} {path} timed out") from None
+        except aiohttp.ClientConnectorError as e:
+            raise _ConnectFailed(destination, f"{method} {path} failed: {e}") from None
         except aiohttp.ClientError as e:
             raise FederationRequestError(destination, f"{method} {path} failed: {e}") from None
 

@@ -1,21 +1,27 @@
-"""Versioned schema migrations: ``migrations/NNNN_name.sql`` applied in order, recorded.
+"""Versioned schema migrations: the package data ``homeserver/storage/schema/NNNN_name.sql``,
+applied in order and recorded in ``schema_migrations``.
 
-A file may have engine-specific variants ``NNNN_name.sqlite.sql`` / ``NNNN_name.postgres.sql``
-which take the place of the plain one for that engine. Each migration runs in one
-transaction together with the row that records it, so applying twice changes nothing, and
-a database that records a version newer than the code knows refuses to start.
+A version has a shared file ``NNNN_name.sql``, engine files ``NNNN_name.postgres.sql`` /
+``NNNN_name.sqlite.sql``, or both: the shared file runs first, then the one of the engine
+in use (additive, so an engine file holds only what differs between the engines). The
+files are read through ``importlib.resources``, so an installed package (not only a source
+tree) finds them. Each migration runs in one transaction together with the row that
+records it, so applying twice changes nothing, and a database that records a version newer
+than the code knows refuses to start.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 from homeserver.storage.database import Database, DatabaseError
+from homeserver.util.clock import now_ms
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+MIGRATIONS_DIR: Traversable = resources.files("homeserver.storage").joinpath("schema")
+ENGINES = ("sqlite", "postgres")
 _NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<engine>sqlite|postgres))?\.sql$")
 
 
@@ -27,25 +33,35 @@ class SchemaTooNewError(DatabaseError):
 class Migration:
     version: int
     name: str
-    path: Path
+    scripts: tuple[Traversable, ...]  # the shared file (if any), then this engine's (if any)
+
+    def read(self) -> list[str]:
+        return [script.read_text(encoding="utf-8") for script in self.scripts]
 
 
-def discover(engine: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    chosen: dict[int, Migration] = {}
-    specific: set[int] = set()
-    for path in sorted(directory.glob("*.sql")):
-        m = _NAME.match(path.name)
-        if m is None:
-            raise DatabaseError(f"migration file with a bad name: {path.name}")
-        if m.group("engine") not in (None, engine):
+def discover(engine: str, directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations for ``engine`` in version order. Every version found is one
+    migration on both engines (with no script for an engine that has nothing to do), so
+    both record the same versions under the same names."""
+    if engine not in ENGINES:
+        raise DatabaseError(f"unknown database engine {engine!r}")
+    names: dict[int, str] = {}
+    files: dict[tuple[int, str | None], Traversable] = {}
+    for entry in directory.iterdir():
+        if not entry.name.endswith(".sql"):
             continue
+        m = _NAME.match(entry.name)
+        if m is None:
+            raise DatabaseError(f"migration file with a bad name: {entry.name}")
         version = int(m.group("version"))
-        if m.group("engine"):
-            specific.add(version)
-            chosen[version] = Migration(version, m.group("name"), path)
-        elif version not in specific:
-            chosen[version] = Migration(version, m.group("name"), path)
-    return [chosen[v] for v in sorted(chosen)]
+        if names.setdefault(version, m.group("name")) != m.group("name"):
+            raise DatabaseError(f"migration {version:04d} has files under two names: {entry.name}")
+        files[(version, m.group("engine"))] = entry
+    migrations = []
+    for version in sorted(names):
+        scripts = tuple(files[key] for key in ((version, None), (version, engine)) if key in files)
+        migrations.append(Migration(version, names[version], scripts))
+    return migrations
 
 
 async def current_version(db: Database) -> int:
@@ -57,9 +73,9 @@ async def current_version(db: Database) -> int:
     return int(value) if value is not None else 0
 
 
-async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
+async def migrate(db: Database, directory: Traversable = MIGRATIONS_DIR) -> list[int]:
     """Apply pending migrations in order; return the versions applied."""
-    migrations = discover(db.engine, directory)
+    migrations = discover(db.dialect.name, directory)
     latest = migrations[-1].version if migrations else 0
     current = await current_version(db)
     if current > latest:
@@ -71,7 +87,7 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
     for mig in migrations:
         if mig.version <= current:
             continue
-        script = mig.path.read_text(encoding="utf-8")
+        scripts = mig.read()
         async with db.transaction() as conn:
             # Re-check inside the transaction: another process may have applied it.
             done = await conn.fetchval(
@@ -79,12 +95,13 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
             )
             if done:
                 continue
-            await conn.executescript(script)
+            for script in scripts:
+                await conn.executescript(script)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_ts) VALUES (?, ?, ?)",
                 mig.version,
                 mig.name,
-                int(time.time() * 1000),
+                now_ms(),
             )
         applied.append(mig.version)
     return applied

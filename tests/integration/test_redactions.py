@@ -7,7 +7,6 @@ before the redactions table existed are found by its migration."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +202,9 @@ async def _old_schema_with_redactions(db: Database, tmp_path: Path) -> None:
     ``redacts``; v11: in content; one whose ``redacts`` is not a string) and a message."""
     old = tmp_path / "old"
     old.mkdir()
-    for path in MIGRATIONS_DIR.glob("*.sql"):
-        if int(path.name[:4]) <= 8:
-            shutil.copy(path, old / path.name)
+    for entry in MIGRATIONS_DIR.iterdir():
+        if entry.name.endswith(".sql") and int(entry.name[:4]) <= 8:
+            (old / entry.name).write_text(entry.read_text(encoding="utf-8"), encoding="utf-8")
     await migrate(db, old)
     for room, version in (("!ten:x", "10"), ("!eleven:x", "11")):
         await db.execute("INSERT INTO rooms (room_id, room_version, created_ts) VALUES (?, ?, 0)", room, version)

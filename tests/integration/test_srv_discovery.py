@@ -3,18 +3,22 @@ our FederationClient (``federation.dns_server`` pointing at it) reaches a real s
 ours by the name ``hs.test`` through ``_matrix-fed._tcp.hs.test`` -> localhost:<port>,
 with the Host header and the TLS name (SNI, certificate check) being ``hs.test``. Also:
 ``.well-known`` is tried first, the deprecated ``_matrix._tcp`` is the second choice,
-no SRV falls back to port 8448, and the resolver's retry, timeout and caches."""
+no SRV falls back to port 8448, every SRV target is tried in RFC 2782 order when the
+ones before it refuse connections, and the resolver's retry, timeout and caches."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import dns.message as dns_message  # as: the fixture below is named dns
+import dns.rcode as dns_rcode
+import dns.rrset as dns_rrset
 import pytest
 from aiohttp import web
 
@@ -22,7 +26,7 @@ from homeserver.config import FederationConfig
 from homeserver.crypto.keys import load_key_file, write_new_key_file
 from homeserver.crypto.tls import issue_certificate
 from homeserver.net.client import FederationClient, FederationRequestError, Target
-from homeserver.net.dns import SrvResolver, encode_name, read_name
+from homeserver.net.dns import SrvResolver
 from tests.conftest import DatabaseFactory
 from tests.servers import free_port, make_config, running_server
 
@@ -42,21 +46,22 @@ class FakeDns(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        (qid,) = struct.unpack("!H", data[:2])
-        name, pos = read_name(data, 12)
+        query = dns_message.from_wire(data)
+        qname = query.question[0].name
+        name = qname.to_text(omit_final_dot=True)
         self.queries.append(name)
         if self.drop > 0:
             self.drop -= 1
             return
-        question = data[12 : pos + 4]
+        response = dns_message.make_response(query)
         answers = self.records.get(name.lower(), [])
-        flags = 0x8180 if answers else 0x8183
-        out = struct.pack("!HHHHHH", qid, flags, 1, len(answers), 0, 0) + question
-        for priority, weight, port, target in answers:
-            rdata = struct.pack("!HHH", priority, weight, port) + encode_name(target)
-            out += b"\xc0\x0c" + struct.pack("!HHIH", 33, 1, 300, len(rdata)) + rdata
+        if answers:
+            rdatas = [f"{priority} {weight} {port} {target}." for priority, weight, port, target in answers]
+            response.answer.append(dns_rrset.from_text(qname, 300, "IN", "SRV", *rdatas))
+        else:
+            response.set_rcode(dns_rcode.NXDOMAIN)
         assert self.transport is not None
-        self.transport.sendto(out, addr)
+        self.transport.sendto(response.to_wire(), addr)
 
 
 @pytest.fixture
@@ -234,3 +239,87 @@ async def test_resolver_retry_timeout_and_caches(dns: FakeDns) -> None:
     for name in ("x.test", "y.test", "z.test"):
         await small.lookup(f"_matrix-fed._tcp.{name}")
     assert len(small._cache) == 2
+
+
+async def start_echo_sites(
+    tmp_path: Path, test_ca: tuple[Path, Path], count: int
+) -> tuple[web.AppRunner, list[int], Counter[int]]:
+    """``count`` TLS servers for hs.test and err.test on loopback: GET /echo answers the
+    Host header, GET /fail answers 500; ``hits`` counts the requests each port received."""
+    cert, key = tmp_path / "echo.crt", tmp_path / "echo.key"
+    issue_certificate(cert, key, ["hs.test", "err.test"], test_ca[0], test_ca[1])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    hits: Counter[int] = Counter()
+
+    async def echo(request: web.Request) -> web.Response:
+        hits[request.transport.get_extra_info("sockname")[1]] += 1  # type: ignore[union-attr]
+        return web.json_response({"host": request.headers.get("Host")})
+
+    async def fail(request: web.Request) -> web.Response:
+        hits[request.transport.get_extra_info("sockname")[1]] += 1  # type: ignore[union-attr]
+        return web.json_response({"errcode": "M_UNKNOWN", "error": "no"}, status=500)
+
+    app = web.Application()
+    app.router.add_get("/echo", echo)
+    app.router.add_get("/fail", fail)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ports = []
+    for _ in range(count):
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    return runner, ports, hits
+
+
+async def test_next_srv_target_when_one_refuses(
+    tmp_path: Path, test_ca: tuple[Path, Path], dns: FakeDns
+) -> None:
+    runner, (good, other), hits = await start_echo_sites(tmp_path, test_ca, 2)
+    refused, refused_too = free_port(), free_port()  # nothing listens there
+    dns.records["_matrix-fed._tcp.hs.test"] = [(0, 0, refused, "localhost"), (10, 0, good, "localhost")]
+    dns.records["_matrix-fed._tcp.down.test"] = [(0, 0, refused, "localhost"), (5, 0, refused_too, "localhost")]
+    dns.records["_matrix-fed._tcp.err.test"] = [(0, 0, good, "localhost"), (5, 0, other, "localhost")]
+    client = make_client(tmp_path, dns, test_ca[0])
+    await client.start()
+    try:
+        # every record is a target, lowest priority first
+        assert await client.resolve_all("hs.test") == [
+            Target(f"https://localhost:{refused}", "hs.test", "hs.test"),
+            Target(f"https://localhost:{good}", "hs.test", "hs.test"),
+        ]
+        # the first refuses the connection: the request goes to the second, as to hs.test
+        assert await client.get_json("hs.test", "/echo") == {"host": "hs.test"}
+        assert hits == {good: 1}
+        # all refuse: the last one's error, no HTTP status
+        with pytest.raises(FederationRequestError) as err:
+            await client.get_json("down.test", "/echo")
+        assert err.value.status is None and str(refused_too) in str(err.value)
+        # an answer, even an error, comes from the server: no other target is tried
+        with pytest.raises(FederationRequestError) as err:
+            await client.get_json("err.test", "/fail", signed=False)
+        assert err.value.status == 500
+        assert hits == {good: 2}
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_srv_targets_in_rfc2782_order(tmp_path: Path, dns: FakeDns) -> None:
+    dns.records["_matrix-fed._tcp.order.test"] = [
+        (20, 0, 3, "c.order.test"), (10, 1, 1, "a.order.test"), (10, 9, 2, "b.order.test"), (5, 0, 4, "first.test"),
+    ]
+    client = make_client(tmp_path, dns)
+    client._well_known["order.test"] = (None, float("inf"))  # no .well-known look-up
+    second: Counter[str] = Counter()
+    for _ in range(500):
+        targets = await client.resolve_all("order.test")
+        assert [t.base_url for t in targets[:1] + targets[3:]] == [
+            "https://first.test:4", "https://c.order.test:3"]
+        assert {t.base_url for t in targets[1:3]} == {"https://a.order.test:1", "https://b.order.test:2"}
+        second[targets[1].base_url] += 1
+    # one query (cached for the TTL), the order drawn again for every request: within a
+    # priority the weight 9 record comes before the weight 1 one about 9 times in 10
+    assert dns.queries == ["_matrix-fed._tcp.order.test"]
+    assert 0.82 < second["https://b.order.test:2"] / 500 < 0.97

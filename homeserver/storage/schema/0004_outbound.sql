@@ -1,5 +1,16 @@
 -- Outbound federation: one durable queue per destination, written in the same database
 -- transaction that persists the local event, and the retry state of each destination.
+-- The two queues, whose queue_id the engine allocates, are created by
+-- 0004_outbound.postgres.sql (BIGSERIAL) and 0004_outbound.sqlite.sql (INTEGER PRIMARY
+-- KEY AUTOINCREMENT), which run after this file:
+--
+-- outbound_pdu_queue: the PDU queue, sent oldest first (queue_id order). While a
+-- destination is in catch-up (destinations.catch_up = 1) it holds at most one row per
+-- room: our newest event there, the catch-up marker from which the receiver fetches the
+-- gap.
+--
+-- outbound_edu_queue: the EDU queue (typing, receipts, presence of our own users), oldest
+-- first.
 
 -- The JSON of each of our events still queued for at least one destination (stored once,
 -- whatever the number of destinations); removed when no queue row refers to it.
@@ -9,29 +20,6 @@ CREATE TABLE outbound_pdus (
     json TEXT NOT NULL,
     queued_ts BIGINT NOT NULL
 );
-
--- The PDU queue: sent oldest first (queue_id order). While a destination is in catch-up
--- (destinations.catch_up = 1) it holds at most one row per room: our newest event there,
--- the catch-up marker from which the receiver fetches the gap.
-CREATE TABLE outbound_pdu_queue (
-    queue_id BIGSERIAL PRIMARY KEY,
-    destination TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    room_id TEXT NOT NULL,
-    UNIQUE (destination, event_id)
-);
-CREATE INDEX outbound_pdu_queue_dest ON outbound_pdu_queue (destination, queue_id);
-CREATE INDEX outbound_pdu_queue_event ON outbound_pdu_queue (event_id);
-
--- The EDU queue (typing, receipts, presence of our own users), oldest first.
-CREATE TABLE outbound_edu_queue (
-    queue_id BIGSERIAL PRIMARY KEY,
-    destination TEXT NOT NULL,
-    edu_type TEXT NOT NULL,
-    content TEXT NOT NULL,
-    queued_ts BIGINT NOT NULL
-);
-CREATE INDEX outbound_edu_queue_dest ON outbound_edu_queue (destination, queue_id);
 
 -- Retry state and transaction ids of each destination we have sent to.
 -- first_failure_ts: start of the current run of failures (NULL when healthy);

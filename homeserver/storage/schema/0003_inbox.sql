@@ -1,6 +1,13 @@
 -- Inbound federation: the transaction de-duplication table, the durable inbox the /send
 -- handler writes and the inbound worker drains, and the EDU tables (typing, receipts)
--- kept for the client API.
+-- kept for the client API. The inbox, whose id the engine allocates, is created by
+-- 0003_inbox.postgres.sql (BIGSERIAL) and 0003_inbox.sqlite.sql (INTEGER PRIMARY KEY
+-- AUTOINCREMENT), which run after this file:
+--
+-- inbox: PDUs and EDUs received, not yet processed. kind is 'pdu' or 'edu'; PDUs carry
+-- room_id, event_id and the room version looked up at the door; the unique event_id makes
+-- a PDU enqueued twice (two transactions before processing) one row. claimed is set while
+-- a worker holds the row; claims are reset on start-up.
 
 -- One row per (origin, txnId) received: a repeat is answered with the stored response and
 -- enqueues nothing. Rows are pruned after inbound.transaction_retention_seconds.
@@ -12,24 +19,6 @@ CREATE TABLE federation_transactions (
     PRIMARY KEY (origin, txn_id)
 );
 CREATE INDEX federation_transactions_ts ON federation_transactions (received_ts);
-
--- The durable inbox: PDUs and EDUs received, not yet processed. kind is 'pdu' or 'edu';
--- PDUs carry room_id, event_id and the room version looked up at the door; the unique
--- event_id makes a PDU enqueued twice (two transactions before processing) one row.
--- claimed is set while a worker holds the row; claims are reset on start-up.
-CREATE TABLE inbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    origin TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    room_id TEXT,
-    event_id TEXT,
-    room_version TEXT,
-    body TEXT NOT NULL,
-    received_ts BIGINT NOT NULL,
-    claimed INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX inbox_event_id ON inbox (event_id);
-CREATE INDEX inbox_origin_claimed ON inbox (origin, claimed, id);
 
 -- m.typing: who is typing in a room, until when (ms since the epoch).
 CREATE TABLE typing (

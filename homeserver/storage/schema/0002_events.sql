@@ -1,32 +1,21 @@
+-- Events and room state. Shared by both engines; the tables whose key the engine
+-- allocates (events.stream_ordering, state_groups.id) are created by
+-- 0002_events.postgres.sql (BIGSERIAL) and 0002_events.sqlite.sql (INTEGER PRIMARY KEY
+-- AUTOINCREMENT), which run after this file:
+--
+-- events: every event we hold, whatever its outcome. stream_ordering orders events for
+-- clients. state_group is the state before the event (NULL for outliers),
+-- state_group_after the state after it.
+--
+-- state_groups: state snapshots. A group is either full (prev_group NULL) or a delta on
+-- prev_group; its entries are in state_group_entries below.
+
 -- Rooms we know: registered when their create event is stored.
 CREATE TABLE rooms (
     room_id TEXT PRIMARY KEY,
     room_version TEXT NOT NULL,
     created_ts BIGINT NOT NULL
 );
-
--- Every event we hold, whatever its outcome. stream_ordering orders events for clients.
--- state_group is the state before the event (NULL for outliers), state_group_after the
--- state after it.
-CREATE TABLE events (
-    stream_ordering INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    room_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    state_key TEXT,
-    sender TEXT NOT NULL,
-    membership TEXT,
-    depth BIGINT NOT NULL,
-    origin_server_ts BIGINT NOT NULL,
-    outcome TEXT NOT NULL,
-    rejection_reason TEXT,
-    state_group BIGINT,
-    state_group_after BIGINT,
-    received_ts BIGINT NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE INDEX events_room_stream ON events (room_id, stream_ordering);
-CREATE INDEX events_room_depth ON events (room_id, depth);
 
 CREATE TABLE event_edges (
     event_id TEXT NOT NULL,
@@ -41,14 +30,8 @@ CREATE TABLE event_auth (
     PRIMARY KEY (event_id, auth_event_id)
 );
 
--- State snapshots: a group is either full (prev_group NULL) or a delta on prev_group.
--- An entry with event_id '' removes that key from the parent's state.
-CREATE TABLE state_groups (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    room_id TEXT NOT NULL,
-    prev_group BIGINT,
-    chain_length INTEGER NOT NULL
-);
+-- The entries of a state group. An entry with event_id '' removes that key from the
+-- parent's state.
 CREATE TABLE state_group_entries (
     state_group BIGINT NOT NULL,
     type TEXT NOT NULL,

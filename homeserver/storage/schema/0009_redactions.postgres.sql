@@ -1,14 +1,5 @@
--- Redaction events by their target (the event an m.room.redaction redacts: its top-level
--- "redacts" in room v10, its content's in v11 and later), so that an event is served
--- redacted once a redaction of it is accepted and allowed (rooms/redactions.py). A row is
--- written with the redaction event whatever its outcome; readers join events for it.
-CREATE TABLE redactions (
-    event_id TEXT PRIMARY KEY,
-    redacts TEXT NOT NULL
-);
-CREATE INDEX redactions_redacts ON redactions (redacts);
-
--- Redactions stored before this table existed.
+-- The PostgreSQL part of 0009_redactions, run after 0009_redactions.sql: the redactions
+-- stored before the table existed, found with jsonb.
 INSERT INTO redactions (event_id, redacts)
 SELECT event_id, value #>> '{}' FROM (
     SELECT e.event_id,
