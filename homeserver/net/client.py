@@ -25,6 +25,7 @@ from homeserver.crypto.xmatrix import authorization_header
 from homeserver.events.canonical import loads
 from homeserver.metrics import Metrics
 from homeserver.net.dns import SrvResolver, nameserver_from_resolv_conf, parse_nameserver
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
@@ -90,7 +91,10 @@ class FederationClient:
         config: FederationConfig,
         metrics: Metrics | None = None,
         dns: SrvResolver | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self.server_name = server_name
         self._key = signing_key
         self._config = config
@@ -201,7 +205,7 @@ class FederationClient:
         return Target(f"https://{host}:8448", host, None)
 
     async def _well_known_lookup(self, host: str) -> str | None:
-        now = time.monotonic() * 1000
+        now = self._clock.monotonic() * 1000
         cached = self._well_known.get(host)
         if cached and cached[1] > now:
             return cached[0]
