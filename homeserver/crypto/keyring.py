@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from homeserver.config import KeyServerConfig
 from homeserver.crypto.keys import ServerSigningKey
+from homeserver.errors import FederationRequestError
 from homeserver.events.canonical import decode_b64
-from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.storage.keys import KeyStore, StoredKey
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 from homeserver.util.lru import LruCache
@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 MEMORY_CACHE_SIZE = 10_000
 # After a failed fetch, do not ask the same server again for this long.
 FAILED_FETCH_BACKOFF_MS = 30_000
+
+
+class KeyClient(Protocol):
+    """What the key ring asks of the federation client (``net.client.FederationClient``);
+    crypto/ does not import net/, which signs its requests with crypto/."""
+
+    async def get_json(self, destination: str, path: str, **kw: Any) -> Any: ...
+
+    async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any: ...
 
 
 class KeyNotFoundError(Exception):
@@ -85,7 +94,7 @@ class KeyRing:
         server_name: str,
         own_key: ServerSigningKey,
         store: KeyStore,
-        client: FederationClient,
+        client: KeyClient,
         key_servers: list[KeyServerConfig],
         fetch_timeout: float,
         clock: Clock = SYSTEM_CLOCK,

@@ -22,6 +22,7 @@ from yarl import URL
 from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
+from homeserver.errors import FederationRequestError as FederationRequestError  # raised here, known by this name
 from homeserver.events.canonical import loads
 from homeserver.metrics import Metrics
 from homeserver.net.dns import SrvResolver, nameserver_from_resolv_conf, parse_nameserver
@@ -30,20 +31,6 @@ from homeserver.util.clock import SYSTEM_CLOCK, Clock
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-
-
-class FederationRequestError(Exception):
-    """An outbound federation request failed (transport error, timeout or non-2xx reply)."""
-
-    def __init__(
-        self, destination: str, message: str, status: int | None = None,
-        errcode: str | None = None, body: Any = None,
-    ) -> None:
-        super().__init__(f"{destination}: {message}")
-        self.destination = destination
-        self.status = status
-        self.errcode = errcode
-        self.body = body
 
 
 @dataclass(frozen=True, slots=True)

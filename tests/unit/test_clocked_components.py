@@ -145,7 +145,7 @@ class _Origin:
 
 def _keyring(clock: FakeClock, origin: _Origin) -> KeyRing:
     own = parse_key_file(generate_key_line())
-    return KeyRing("us.test", own, _Keys(), origin, [], 5.0, clock=clock)  # type: ignore[arg-type]
+    return KeyRing("us.test", own, _Keys(), origin, [], 5.0, clock=clock)  # type: ignore[arg-type]  # _Keys
 
 
 async def test_the_keyring_refetches_a_key_once_its_validity_ends() -> None:
