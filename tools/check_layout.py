@@ -35,7 +35,9 @@ SQL_PATTERNS = [
     re.compile(p)
     for p in (
         r"\bSELECT\b[\s\S]*\bFROM\b",
-        r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|PRAGMA|VACUUM|ANALYZE)\b",
+        r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|PRAGMA|VACUUM|ANALYZE|TRUNCATE|EXPLAIN|SAVEPOINT)\b",
+        r"^\s*(SET\s+(LOCAL|SESSION)\b|LOCK\s+TABLE\b|RELEASE\s+SAVEPOINT\b|ROLLBACK\s+TO\b)",
+        r"^\s*(BEGIN|COMMIT|ROLLBACK)(\s+(IMMEDIATE|EXCLUSIVE|DEFERRED|TRANSACTION))?\s*;?\s*$",
         r"\bINSERT\s+(OR\s+[A-Z]+\s+)?INTO\b",
         r"\bUPDATE\s+\w+\s+SET\b",
         r"\bDELETE\s+FROM\b",

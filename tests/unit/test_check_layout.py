@@ -93,10 +93,11 @@ def test_sql_outside_storage_is_found(tree: Path, capsys: pytest.CaptureFixture[
 def test_sql_patterns() -> None:
     for sql in ("SELECT a FROM b", "  WITH x AS (SELECT 1) SELECT * FROM x", "INSERT OR IGNORE INTO t VALUES (?)",
                 "CREATE TABLE t (a INT)", "CREATE UNIQUE INDEX i ON t (a)", "ALTER TABLE t ADD b INT",
-                " AND id = ANY(?)", " ON CONFLICT (a) DO NOTHING", " WHERE room_id = ?"):
+                " AND id = ANY(?)", " ON CONFLICT (a) DO NOTHING", " WHERE room_id = ?",
+                "SET LOCAL enable_sort = off", "BEGIN IMMEDIATE", "COMMIT"):
         assert cl.looks_like_sql(sql), sql
     for prose in ("select a room from the list", "Update the settings", "Delete the device", "No such table",
-                  "The server selects FROM ..."):
+                  "The server selects FROM ...", "Set the name", "BEGIN the work", "committed"):
         assert not cl.looks_like_sql(prose), prose
 
 
