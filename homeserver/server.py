@@ -120,7 +120,7 @@ async def _site(
 
 async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
     """Open the services and start the listeners; port 0 picks a free port. ``clock`` is
-    the one clock the services read time from (tests may pass a fake one)."""
+    the one clock handed to the services that take one (``Services.clock``)."""
     services = await Services.open(config, clock=clock)
     running = RunningServer(services)
     try:
