@@ -44,6 +44,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
 from homeserver.storage.users import UserStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,12 @@ class Services:
     rooms: RoomService
     directory: RoomDirectory
     acl: AclChecker
+    clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
 
     @classmethod
-    async def open(cls, config: Config, signing_key: ServerSigningKey | None = None) -> Services:
+    async def open(
+        cls, config: Config, signing_key: ServerSigningKey | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> Services:
         key = signing_key or load_key_file(config.signing_key_path)
         db = await open_database(
             config.database.engine,
@@ -83,7 +87,7 @@ class Services:
             await db.close()
             raise
         metrics = Metrics()
-        client = FederationClient(config.server_name, key, config.federation, metrics)
+        client = FederationClient(config.server_name, key, config.federation, metrics, clock=clock)
         await client.start()
         keyring = KeyRing(
             config.server_name,
@@ -92,6 +96,7 @@ class Services:
             client,
             config.federation.key_servers,
             config.federation.key_fetch_timeout,
+            clock=clock,
         )
         event_store = EventStore(db)
         persister = EventPersister(event_store)
@@ -125,7 +130,7 @@ class Services:
         rooms.alias_resolver = directory.resolve  # joins by alias
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
-            directory, acl,
+            directory, acl, clock,
         )
 
     async def close(self) -> None:
@@ -147,7 +152,7 @@ def create_federation_app(services: Services) -> web.Application:
         ],
         client_max_size=8 * 1024 * 1024,
     )
-    app.add_routes(key_routes(services.config, services.signing_key))
+    app.add_routes(key_routes(services.config, services.signing_key, services.clock))
     app.add_routes([health_route(services.db)])
     transport = FederationTransport(
         services.config.server_name,
@@ -158,6 +163,7 @@ def create_federation_app(services: Services) -> web.Application:
         services.metrics,
         services.rooms.memberships,
         services.acl,
+        clock=services.clock,
     )
     app.add_routes(transport.routes())
     rooms_api = FederationRoomsAPI(
@@ -221,6 +227,7 @@ def create_client_app(services: Services) -> web.Application:
         federation=services.federation_client,
         directory=services.directory,
         metrics=services.metrics,
+        clock=services.clock,
     )
     app.add_routes([health_route(services.db)])
     return app

@@ -2,6 +2,9 @@
 
     MatrixError(status, errcode, message)   a request fails with a Matrix error body
      +-- raised by handlers and by the request helpers in http.py
+    FederationRequestError(destination, message, status, errcode, body)
+     +-- an outbound request to another server failed (raised by net/client.py; here, so
+         that what only catches it, such as the key ring, need not import the client)
 
 Core errors (homeserver.events.errors, storage, crypto) carry no HTTP status; the handlers
 translate them to a MatrixError where they meet HTTP.
@@ -22,6 +25,20 @@ class MatrixError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         return {"errcode": self.errcode, "error": self.message, **self.extra}
+
+
+class FederationRequestError(Exception):
+    """An outbound federation request failed (transport error, timeout or non-2xx reply)."""
+
+    def __init__(
+        self, destination: str, message: str, status: int | None = None,
+        errcode: str | None = None, body: Any = None,
+    ) -> None:
+        super().__init__(f"{destination}: {message}")
+        self.destination = destination
+        self.status = status
+        self.errcode = errcode
+        self.body = body
 
 
 def unauthorized(message: str) -> MatrixError:

@@ -27,6 +27,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
+
 log = logging.getLogger(__name__)
 
 # Generation 1 is collected after this many generation 0 collections (CPython: 10). Each
@@ -55,14 +57,14 @@ class CollectorPolicy:
         quiet: Callable[[], bool],
         *,
         collect: Callable[[int], int] = gc.collect,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         max_interval: float = MAX_INTERVAL_SECONDS,
     ) -> None:
         self._quiet = quiet
         self._collect = collect
         self._clock = clock
         self._max_interval = max_interval
-        self._last_full = clock()
+        self._last_full = clock.monotonic()
         self._young_since_full = 0
         self._saved: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -75,7 +77,7 @@ class CollectorPolicy:
         self._saved = (threshold[0], threshold[1], threshold[2])
         gc.set_threshold(threshold[0], YOUNG_THRESHOLD, _NEVER)
         gc.callbacks.append(self._on_gc)
-        self._last_full = self._clock()
+        self._last_full = self._clock.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="gc-policy")
 
     async def stop(self) -> None:
@@ -103,13 +105,13 @@ class CollectorPolicy:
         is overdue. Returns whether it ran."""
         if not self.due():
             return False
-        overdue = self._clock() - self._last_full >= self._max_interval
+        overdue = self._clock.monotonic() - self._last_full >= self._max_interval
         if not overdue and not self._quiet():
             return False
         started = time.perf_counter()
         collected = self._collect(2)
         self._young_since_full = 0
-        self._last_full = self._clock()
+        self._last_full = self._clock.monotonic()
         self.full_collections += 1
         log.debug("full garbage collection", extra={
             "collected": collected, "overdue": overdue, "ms": round((time.perf_counter() - started) * 1000, 1),
@@ -118,7 +120,7 @@ class CollectorPolicy:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await self._clock.sleep(TICK_SECONDS)
             try:
                 self.tick()
             except Exception:  # pragma: no cover - never let the policy die silently

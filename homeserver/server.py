@@ -15,6 +15,7 @@ from homeserver.app import Services, create_client_app, create_federation_app
 from homeserver.config import Config
 from homeserver.gcpolicy import QUIET_SECONDS, CollectorPolicy
 from homeserver.ops import LoopLagProbe, create_metrics_app
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,10 @@ async def _site(
     return int(actual)
 
 
-async def start_server(config: Config) -> RunningServer:
-    """Open the services and start the listeners; port 0 picks a free port."""
-    services = await Services.open(config)
+async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
+    """Open the services and start the listeners; port 0 picks a free port. ``clock`` is
+    the one clock handed to the services that take one (``Services.clock``)."""
+    services = await Services.open(config, clock=clock)
     running = RunningServer(services)
     try:
         ssl_ctx = federation_ssl_context(config)
@@ -158,7 +160,7 @@ async def run_forever(config: Config) -> None:
     # The process is ours alone (tests that run several servers in one process do not
     # come here): full garbage collections wait for quiet moments (see gcpolicy).
     worker = running.services.inbound_worker
-    collector = CollectorPolicy(lambda: worker.quiet(QUIET_SECONDS))
+    collector = CollectorPolicy(lambda: worker.quiet(QUIET_SECONDS), clock=running.services.clock)
     collector.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

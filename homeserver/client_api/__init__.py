@@ -42,6 +42,7 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier", Notifier)
 
@@ -57,17 +58,18 @@ def create_client_api_app(
     federation: FederationClient,
     directory: RoomDirectory | None = None,
     metrics: Metrics | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
     app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=cc.max_body_bytes + 1024)
     auth = Authenticator(users)
     timeline = TimelineStore(events.db, events)
-    notifier = Notifier()
+    notifier = Notifier(clock)
     app[NOTIFIER] = notifier
-    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms).routes())
-    app.add_routes(DevicesAPI(cc, auth, users).routes())
-    app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory).routes())
+    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, clock=clock).routes())
+    app.add_routes(DevicesAPI(cc, auth, users, clock=clock).routes())
+    app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory, clock=clock).routes())
     if directory is not None:
         app.add_routes(DirectoryAPI(config.server_name, cc, auth, directory).routes())
     # History visibility for /messages, /event and /sync; backfill over federation for /messages.
@@ -77,14 +79,15 @@ def create_client_api_app(
         fetch_backoff_seconds=config.inbound.fetch_backoff_seconds, metrics=metrics,
     )
     app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users, backfiller=backfiller,
-                             visibility=visibility, backfill_timeout=config.backfill.timeout).routes())
+                             visibility=visibility, backfill_timeout=config.backfill.timeout,
+                             clock=clock).routes())
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
-                           visibility=visibility, account_data=account_data.store).routes())
+                           visibility=visibility, account_data=account_data.store, clock=clock).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
-                                account_data=account_data).routes())
+                                account_data=account_data, clock=clock).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
     app.add_routes(CapabilitiesAPI(auth).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())

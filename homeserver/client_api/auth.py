@@ -14,7 +14,6 @@ import hmac
 import logging
 import re
 import secrets
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -29,6 +28,7 @@ from homeserver.net.client import FederationRequestError
 from homeserver.rooms.errors import RoomError
 from homeserver.rooms.service import RoomService
 from homeserver.storage.users import UserExistsError, UserStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,16 @@ PASSWORD = "m.login.password"
 class UiaSessions:
     """User-interactive auth sessions: id -> (created, stages completed). Bounded, expiring."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
+        # Oldest first: pruning stops at the first session young enough (not an LRU: a
+        # session read does not become younger).
         self._sessions: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()
 
     def new(self) -> str:
         self._prune()
         sid = secrets.token_urlsafe(16)
-        self._sessions[sid] = (time.monotonic(), set())
+        self._sessions[sid] = (self._clock.monotonic(), set())
         return sid
 
     def completed(self, sid: str | None) -> set[str] | None:
@@ -68,7 +71,7 @@ class UiaSessions:
             self._sessions.pop(sid, None)
 
     def _prune(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         while self._sessions:
             sid, (created, _) = next(iter(self._sessions.items()))
             if now - created < UIA_SESSION_TTL and len(self._sessions) < UIA_MAX_SESSIONS:
@@ -83,17 +86,17 @@ def client_ip(request: web.Request) -> str:
 class AccountsAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, users: UserStore, auth: Authenticator,
-        rooms: RoomService,
+        rooms: RoomService, *, clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.server_name = server_name
         self.config = config
         self.users = users
         self.auth = auth
         self.rooms = rooms
-        self.login_limiter = RateLimiter(config.login_rate_limit)
-        self.register_limiter = RateLimiter(config.register_rate_limit)
-        self._sessions = UiaSessions()
-        self.password = PasswordStage(users, RateLimiter(config.login_rate_limit))
+        self.login_limiter = RateLimiter(config.login_rate_limit, clock=clock)
+        self.register_limiter = RateLimiter(config.register_rate_limit, clock=clock)
+        self._sessions = UiaSessions(clock)
+        self.password = PasswordStage(users, RateLimiter(config.login_rate_limit, clock=clock), clock=clock)
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -342,9 +345,9 @@ class PasswordStage:
     """User-interactive auth with one stage, the account's password, for requests an
     access token alone may not make (deleting devices, changing the password)."""
 
-    def __init__(self, users: UserStore, limiter: RateLimiter) -> None:
+    def __init__(self, users: UserStore, limiter: RateLimiter, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.users = users
-        self._sessions = UiaSessions()
+        self._sessions = UiaSessions(clock)
         # Password attempts per user (a stolen access token must not become a password oracle).
         self._limiter = limiter
 

@@ -8,7 +8,6 @@ M_MISSING_TOKEN / M_UNKNOWN_TOKEN (401); core errors never leak as a 500.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,15 +150,16 @@ def room_errors() -> Iterator[None]:
 def client_event(
     event: Event,
     *,
+    now_ms: int,
     transaction_id: str | None = None,
     prev_content: dict[str, Any] | None = None,
-    now_ms: int | None = None,
     include_room_id: bool = True,
     redacted_because: Event | None = None,
 ) -> dict[str, Any]:
     """The spec's ClientEvent for ``event`` (the federation-only fields left out); with
-    ``redacted_because``, the event redacted and that redaction in ``unsigned``."""
-    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    ``redacted_because``, the event redacted and that redaction in ``unsigned``; ``now_ms``
+    (the caller's clock) gives ``unsigned.age``."""
+    now = now_ms
     if redacted_because is not None:
         event = redacted(event)
     out: dict[str, Any] = {

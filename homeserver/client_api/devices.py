@@ -19,6 +19,7 @@ from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
 from homeserver.http import json_response, read_json_object
 from homeserver.storage.users import Device, UserStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 MAX_DISPLAY_NAME = 100
 MAX_DEVICES_PER_REQUEST = 1000
@@ -31,11 +32,13 @@ def _device_json(device: Device) -> dict[str, Any]:
 
 
 class DevicesAPI:
-    def __init__(self, config: ClientConfig, auth: Authenticator, users: UserStore) -> None:
+    def __init__(
+        self, config: ClientConfig, auth: Authenticator, users: UserStore, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.auth = auth
         self.users = users
-        self.password = PasswordStage(users, RateLimiter(config.login_rate_limit))
+        self.password = PasswordStage(users, RateLimiter(config.login_rate_limit, clock=clock), clock=clock)
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"

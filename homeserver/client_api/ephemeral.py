@@ -12,7 +12,6 @@ server; local /sync long-polls are woken at once.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +26,7 @@ from homeserver.http import json_response, read_json_object
 from homeserver.rooms.outbox import Outbox
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.timeline import TimelineStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
 
@@ -35,8 +35,9 @@ class EphemeralAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, auth: Authenticator, events: EventStore,
         timeline: TimelineStore, sender: Outbox, notifier: Notifier,
-        *, account_data: AccountData | None = None,
+        *, account_data: AccountData | None = None, clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.server_name = server_name
         self.config = config
         self.auth = auth
@@ -75,7 +76,7 @@ class EphemeralAPI:
         if access.membership != "join":
             raise forbidden("You are not in this room")
         # The server's own 30 s lifetime applies (the client re-sends while typing).
-        await self.timeline.set_typing(room_id, user_id, typing, int(time.time() * 1000))
+        await self.timeline.set_typing(room_id, user_id, typing, self.clock.time_ms())
         self.notifier.wake_room(room_id)
         content = {"room_id": room_id, "user_id": user_id, "typing": typing}
         await self.sender.enqueue_edu("m.typing", content, await self._remote_servers(room_id))
@@ -132,7 +133,7 @@ class EphemeralAPI:
             if self.account_data is not None:
                 await self.account_data.set(req.user_id, room_id, "m.fully_read", {"event_id": event_id})
             return
-        now = int(time.time() * 1000)
+        now = self.clock.time_ms()
         data: dict[str, Any] = {"ts": now}
         if thread_id:
             data["thread_id"] = thread_id

@@ -12,11 +12,8 @@ in time), then pages on into it; ``end`` is given while more history may be had.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +33,8 @@ from homeserver.storage.database import Connection
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.locks import KeyedLock
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +46,19 @@ BACKFILL_ROUNDS = 3
 
 async def serialize_events(
     users: UserStore, store: EventStore, requester: Requester, events: Sequence[StoredEvent], *,
-    include_room_id: bool = True,
+    clock: Clock, include_room_id: bool = True,
 ) -> list[dict[str, Any]]:
     """Client events, with ``unsigned.transaction_id`` on those this device sent, and
     redacted where an allowed redaction of them is accepted (``rooms/redactions.py``)."""
     own = [se.event.event_id for se in events if se.event.sender == requester.user_id]
     txns = await users.txn_ids_for_events(requester.user_id, requester.device_id, own) if own else {}
     redactions = await applied_redactions(store, (se.event for se in events))
-    now = int(time.time() * 1000)
+    now = clock.time_ms()
     return [
         client_event(se.event, transaction_id=txns.get(se.event.event_id), now_ms=now,
                      include_room_id=include_room_id, redacted_because=redactions.get(se.event.event_id))
         for se in events
     ]
-
 
 
 def _txn_id(request: web.Request) -> str:
@@ -69,33 +67,15 @@ def _txn_id(request: web.Request) -> str:
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid transaction ID")
     return txn_id
 
-class _KeyedLocks:
-    """One asyncio.Lock per key while someone holds or waits for it (no unbounded growth)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: tuple[str, ...]) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
 
 class EventsAPI:
     def __init__(
         self, config: ClientConfig, auth: Authenticator, rooms: RoomService, events: EventStore,
         timeline: TimelineStore, users: UserStore, *, backfiller: Backfiller | None = None,
         visibility: HistoryVisibility | None = None, backfill_timeout: float = 10.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.config = config
         self.backfiller = backfiller
         self.visibility = visibility or HistoryVisibility(events)
@@ -105,7 +85,7 @@ class EventsAPI:
         self.events = events
         self.timeline = timeline
         self.users = users
-        self._txn_locks = _KeyedLocks()
+        self._txn_locks: KeyedLock[tuple[str, str, str]] = KeyedLock()
 
     def routes(self) -> list[web.RouteDef]:
         r = "/_matrix/client/v3/rooms/{room_id}"
@@ -152,7 +132,7 @@ class EventsAPI:
         """One effect per (user, device, txnId): the lock orders concurrent retries, and
         the txnId is recorded in the transaction that stores the event, so a crash cannot
         leave an event whose retry would send it again."""
-        async with self._txn_locks.hold((req.user_id, req.device_id, txn_id)):
+        async with self._txn_locks((req.user_id, req.device_id, txn_id)):
             existing = await self.users.get_txn_event(req.user_id, req.device_id, txn_id)
             if existing is not None:
                 return json_response({"event_id": existing})
@@ -217,7 +197,7 @@ class EventsAPI:
         visible = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, chunk))
         body: dict[str, Any] = {
             "start": raw_from or page_token(start),
-            "chunk": await serialize_events(self.users, self.events, req, visible),
+            "chunk": await serialize_events(self.users, self.events, req, visible, clock=self.clock),
         }
         if end is not None:
             body["end"] = end
@@ -229,11 +209,10 @@ class EventsAPI:
         """Backfill until the page is full, nothing more comes, or the time is up; return
         the page and whether more history may be had."""
         assert self.backfiller is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.backfill_timeout
+        deadline = self.clock.monotonic() + self.backfill_timeout
         more = False
         for _ in range(BACKFILL_ROUNDS):
-            left = deadline - loop.time()
+            left = deadline - self.clock.monotonic()
             if left <= 0:
                 break
             try:
@@ -270,7 +249,7 @@ class EventsAPI:
     async def get_event(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         stored, _ = await self._visible_event(req, request.match_info["room_id"], request.match_info["event_id"])
-        return json_response((await serialize_events(self.users, self.events, req, [stored]))[0])
+        return json_response((await serialize_events(self.users, self.events, req, [stored], clock=self.clock))[0])
 
     async def context(self, request: web.Request) -> web.Response:
         """An event with up to ``limit`` events around it (half before, half after, as far
@@ -305,7 +284,9 @@ class EventsAPI:
         state_ids = await self.events.get_state_ids_after(last.event.event_id) or {}
         found = await self.events.get_events(state_ids.values())
         state = [found[i] for i in state_ids.values() if i in found and found[i].outcome is not Outcome.REJECTED]
-        served = await serialize_events(self.users, self.events, req, [*before, stored, *after, *state])
+        served = await serialize_events(
+            self.users, self.events, req, [*before, stored, *after, *state], clock=self.clock
+        )
         return json_response({
             "start": start,
             "end": end,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from homeserver.events.event import Event
 from homeserver.storage.events import Outcome
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 
 class Waiter:
@@ -26,16 +27,23 @@ class Waiter:
         self._notifier._set_rooms(self, set(rooms))
 
     async def wait(self, timeout: float) -> bool:
-        """Wait until woken or ``timeout`` seconds pass; True when woken."""
+        """Wait until woken or ``timeout`` seconds of the notifier's clock pass; True when
+        woken."""
+        if self.woken.is_set():
+            return True
+        woken = asyncio.ensure_future(self.woken.wait())
+        timer = asyncio.ensure_future(self._notifier.clock.sleep(timeout))
         try:
-            await asyncio.wait_for(self.woken.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            timer.cancel()
+        return self.woken.is_set()
 
 
 class Notifier:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self._by_user: dict[str, set[Waiter]] = {}
         self._by_room: dict[str, set[Waiter]] = {}
 

@@ -7,29 +7,28 @@ a refused request learns how long to wait (``retry_after_ms``), as M_LIMIT_EXCEE
 from __future__ import annotations
 
 import math
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 
 from homeserver.config import RateLimitConfig
 from homeserver.errors import MatrixError
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.lru import LruCache
 
 
 class RateLimiter:
     def __init__(
-        self, config: RateLimitConfig, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+        self, config: RateLimitConfig, *, max_keys: int = 10_000, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.rate = config.per_second
         self.burst = float(config.burst_count)
         self.max_keys = max_keys
         self._clock = clock
-        # key -> (tokens left, time of the last update)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # key -> (tokens left, monotonic time of the last update)
+        self._buckets: LruCache[str, tuple[float, float]] = LruCache(max_keys)
 
     def check(self, key: str) -> int:
         """Take one token for ``key``: 0 if allowed, else the milliseconds to wait."""
-        now = self._clock()
-        tokens, last = self._buckets.pop(key, (self.burst, now))
+        now = self._clock.monotonic()
+        tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
@@ -37,8 +36,6 @@ class RateLimiter:
         else:
             self._buckets[key] = (tokens, now)
             wait = max(1, math.ceil((1.0 - tokens) / self.rate * 1000))
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
         return wait
 
     def enforce(self, key: str) -> None:

@@ -33,6 +33,7 @@ from homeserver.rooms.redactions import applied_redactions, redacted, served
 from homeserver.rooms.service import RoomService
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.timeline import TimelineStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 PRESETS = ("private_chat", "public_chat", "trusted_private_chat")
 MAX_INVITES = 100
@@ -57,8 +58,9 @@ def _optional_object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
 class RoomsAPI:
     def __init__(
         self, config: ClientConfig, auth: Authenticator, rooms: RoomService, events: EventStore,
-        timeline: TimelineStore, directory: RoomDirectory | None = None,
+        timeline: TimelineStore, directory: RoomDirectory | None = None, *, clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.config = config
         self.auth = auth
         self.rooms = rooms
@@ -266,7 +268,8 @@ class RoomsAPI:
     async def get_state(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         state, redactions = await self._visible_state(req.user_id, _room_id(request))
-        return json_response([client_event(e, redacted_because=redactions.get(e.event_id)) for e in state])
+        now = self.clock.time_ms()
+        return json_response([client_event(e, now_ms=now, redacted_because=redactions.get(e.event_id)) for e in state])
 
     async def get_state_event(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
@@ -277,7 +280,7 @@ class RoomsAPI:
             if event.type == event_type and event.state_key == state_key:
                 because = redactions.get(event.event_id)
                 if request.query.get("format") == "event":
-                    return json_response(client_event(event, redacted_because=because))
+                    return json_response(client_event(event, now_ms=self.clock.time_ms(), redacted_because=because))
                 return json_response(dict((redacted(event) if because is not None else event).content))
         raise not_found("Event not found")
 
@@ -286,8 +289,9 @@ class RoomsAPI:
         state, redactions = await self._visible_state(req.user_id, _room_id(request))
         wanted = request.query.get("membership")
         unwanted = request.query.get("not_membership")
+        now = self.clock.time_ms()
         chunk = [
-            client_event(e, redacted_because=redactions.get(e.event_id))
+            client_event(e, now_ms=now, redacted_because=redactions.get(e.event_id))
             for e in state
             if e.type == "m.room.member"
             and (wanted is None or e.membership == wanted)

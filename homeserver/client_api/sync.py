@@ -27,9 +27,7 @@ recomputed when woken; no database polling. Each wait is bounded by
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +50,7 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import MembershipChange, Receipt, TimelineStore
 from homeserver.storage.users import UserStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
@@ -83,10 +82,6 @@ def parse_filter(value: Any) -> SyncFilter:
     return SyncFilter(max(1, min(MAX_TIMELINE_LIMIT, limit)), include_leave)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _pdu_as_client_event(pdu: dict[str, Any], event_id: str, room_id: str) -> dict[str, Any]:
     fields = ("content", "origin_server_ts", "sender", "type", "state_key")
     out: dict[str, Any] = {k: pdu[k] for k in fields if k in pdu}
@@ -100,7 +95,9 @@ class SyncAPI:
         self, config: ClientConfig, auth: Authenticator, users: UserStore, events: EventStore,
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
         *, visibility: HistoryVisibility | None = None, account_data: AccountDataStore | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.config = config
         self.visibility = visibility or HistoryVisibility(events)
         self.account_data = account_data or AccountDataStore(events.db)
@@ -163,13 +160,12 @@ class SyncAPI:
         timeout_ms = query_int(request, "timeout", 0, low=0, high=self.config.max_sync_timeout_ms)
         full_state = query_bool(request, "full_state")
         flt = await self._resolve_filter(req, request.query.get("filter"))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
+        deadline = self.clock.monotonic() + timeout_ms / 1000
         while True:
             waiter = self.notifier.waiter(req.user_id)
             try:
                 body, changed = await self._compute(req, since, full_state, flt, waiter)
-                remaining = deadline - loop.time()
+                remaining = deadline - self.clock.monotonic()
                 if since is None or changed or full_state or remaining <= 0:
                     return json_response(body)
                 if not await waiter.wait(remaining):
@@ -186,7 +182,7 @@ class SyncAPI:
         memberships = await self.rooms.rooms_for_user(user)
         joined = sorted(r for r, m in memberships.items() if m == "join")
         waiter.watch_rooms(joined)
-        now_ms = _now_ms()
+        now_ms = self.clock.time_ms()
         token = SyncToken(
             await self.events.max_stream_ordering(), await self.invites.max_stream_id(), now_ms,
             await self.account_data.max_stream_id(),
@@ -331,11 +327,15 @@ class SyncAPI:
                     state.append(se)
         return {
             "timeline": {
-                "events": await serialize_events(self.users, self.events, req, events, include_room_id=False),
+                "events": await serialize_events(
+                    self.users, self.events, req, events, clock=self.clock, include_room_id=False
+                ),
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
-            "state": {"events": await serialize_events(self.users, self.events, req, state, include_room_id=False)},
+            "state": {"events": await serialize_events(
+                self.users, self.events, req, state, clock=self.clock, include_room_id=False
+            )},
         }
 
     async def _invite_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:

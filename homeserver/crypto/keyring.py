@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from homeserver.config import KeyServerConfig
 from homeserver.crypto.keys import ServerSigningKey
+from homeserver.errors import FederationRequestError
 from homeserver.events.canonical import decode_b64
-from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.storage.keys import KeyStore, StoredKey
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.lru import LruCache
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,17 @@ MEMORY_CACHE_SIZE = 10_000
 FAILED_FETCH_BACKOFF_MS = 30_000
 
 
+class KeyClient(Protocol):
+    """What the key ring asks of the federation client (``net.client.FederationClient``);
+    crypto/ does not import net/, which signs its requests with crypto/."""
+
+    async def get_json(self, destination: str, path: str, **kw: Any) -> Any: ...
+
+    async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any: ...
+
+
 class KeyNotFoundError(Exception):
     """No valid key with that ID could be found for that server."""
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def parse_key_document(
@@ -90,10 +94,10 @@ class KeyRing:
         server_name: str,
         own_key: ServerSigningKey,
         store: KeyStore,
-        client: FederationClient,
+        client: KeyClient,
         key_servers: list[KeyServerConfig],
         fetch_timeout: float,
-        clock: Callable[[], int] = _now_ms,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.server_name = server_name
         self._own_key = own_key
@@ -102,7 +106,7 @@ class KeyRing:
         self._key_servers = key_servers
         self._timeout = fetch_timeout
         self._clock = clock
-        self._memory: OrderedDict[tuple[str, str], StoredKey] = OrderedDict()
+        self._memory: LruCache[tuple[str, str], StoredKey] = LruCache(MEMORY_CACHE_SIZE)
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._failed_until: dict[str, int] = {}
         self.fetches = 0  # number of remote fetches started (observability, tests)
@@ -113,7 +117,7 @@ class KeyRing:
         """A nacl VerifyKey for (server, key ID) valid at ``valid_at_ms`` (default: now)."""
         if server_name == self.server_name and key_id == self._own_key.key_id:
             return self._own_key.signing_key.verify_key
-        at = self._clock() if valid_at_ms is None else valid_at_ms
+        at = self._clock.time_ms() if valid_at_ms is None else valid_at_ms
         key = await self._lookup(server_name, key_id)
         if key is None or key.valid_until_ts < at:
             if key is not None and key.expired_ts is not None:
@@ -129,7 +133,6 @@ class KeyRing:
     async def _lookup(self, server_name: str, key_id: str) -> StoredKey | None:
         mem = self._memory.get((server_name, key_id))
         if mem is not None:
-            self._memory.move_to_end((server_name, key_id))
             return mem
         stored = await self._store.get_key(server_name, key_id)
         if stored is not None:
@@ -138,19 +141,16 @@ class KeyRing:
 
     def _remember(self, key: StoredKey) -> None:
         self._memory[(key.server_name, key.key_id)] = key
-        self._memory.move_to_end((key.server_name, key.key_id))
-        while len(self._memory) > MEMORY_CACHE_SIZE:
-            self._memory.popitem(last=False)
 
     async def _fetch_coalesced(self, server_name: str, key_id: str) -> None:
-        if self._failed_until.get(server_name, 0) > self._clock():
+        if self._failed_until.get(server_name, 0) > self._clock.time_ms():
             return
         fut = self._inflight.get(server_name)
         if fut is None:
             # A fetch that finished while this caller was reading the database may
             # already have brought the key.
-            known = self._memory.get((server_name, key_id))
-            if known is not None and known.valid_until_ts >= self._clock():
+            known = self._memory.peek((server_name, key_id))
+            if known is not None and known.valid_until_ts >= self._clock.time_ms():
                 return
             fut = asyncio.get_running_loop().create_future()
             self._inflight[server_name] = fut
@@ -158,7 +158,7 @@ class KeyRing:
                 await self._fetch(server_name)
             except Exception as e:
                 log.warning("key fetch failed", extra={"server": server_name, "error": str(e)})
-                self._failed_until[server_name] = self._clock() + FAILED_FETCH_BACKOFF_MS
+                self._failed_until[server_name] = self._clock.time_ms() + FAILED_FETCH_BACKOFF_MS
             finally:
                 del self._inflight[server_name]
                 fut.set_result(None)
@@ -173,7 +173,7 @@ class KeyRing:
                 doc = await self._client.get_json(
                     server_name, "/_matrix/key/v2/server", timeout=self._timeout, signed=False
                 )
-            keys, doc = parse_key_document(doc, server_name, self._clock())
+            keys, doc = parse_key_document(doc, server_name, self._clock.time_ms())
             await self._store_keys(server_name, doc, keys)
             return
         except (FederationRequestError, ValueError, TimeoutError) as e:
@@ -200,7 +200,7 @@ class KeyRing:
         for doc in docs:
             if not isinstance(doc, dict) or doc.get("server_name") != server_name:
                 continue
-            keys, doc = parse_key_document(doc, server_name, self._clock())
+            keys, doc = parse_key_document(doc, server_name, self._clock.time_ms())
             await self._check_notary_signature(notary, doc)
             await self._store_keys(server_name, doc, keys)
             return
@@ -224,7 +224,7 @@ class KeyRing:
         raise ValueError(f"keys from notary {notary.server_name} lack its valid signature")
 
     async def _store_keys(self, server_name: str, doc: dict[str, Any], keys: list[StoredKey]) -> None:
-        await self._store.store_document(server_name, doc, keys, self._clock())
+        await self._store.store_document(server_name, doc, keys, self._clock.time_ms())
         for key in keys:
             self._remember(key)
         self._failed_until.pop(server_name, None)

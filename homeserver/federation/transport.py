@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -41,6 +40,8 @@ from homeserver.rooms.redactions import applied_redactions, served_pdus
 from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.rooms.visibility import HistoryVisibility, ServerView
 from homeserver.storage.events import EventStore, Outcome
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.lru import LruCache
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,23 @@ class EchoMonitor:
     """Counts PDUs a peer sent that we already held; names the peer in a warning each
     time its count crosses another ``threshold``, at most once a minute per peer."""
 
-    def __init__(self, threshold: int, metrics: Metrics, max_peers: int = 10_000) -> None:
+    def __init__(
+        self, threshold: int, metrics: Metrics, max_peers: int = 10_000, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._threshold = threshold
         self._metrics = metrics
-        self._counts: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
-        self._max_peers = max_peers
+        self._clock = clock
+        # origin -> (duplicates, count at the last warning, monotonic time of that warning)
+        self._counts: LruCache[str, tuple[int, int, float]] = LruCache(max_peers)
 
     def record(self, origin: str, duplicates: int) -> None:
         if duplicates <= 0:
             return
         self._metrics.inbound_duplicate_pdus.labels(origin).inc(duplicates)
         self._metrics.inbound_pdus_dropped.labels(origin, "duplicate").inc(duplicates)
-        count, warned_at_count, warned_ts = self._counts.pop(origin, (0, 0, 0.0))
+        count, warned_at_count, warned_ts = self._counts.get(origin, (0, 0, 0.0))
         count += duplicates
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if count - warned_at_count >= self._threshold and now - warned_ts >= ECHO_WARNING_INTERVAL_SECONDS:
             log.warning(
                 "peer keeps sending events we already hold",
@@ -84,8 +88,6 @@ class EchoMonitor:
             )
             warned_at_count, warned_ts = count, now
         self._counts[origin] = (count, warned_at_count, warned_ts)
-        while len(self._counts) > self._max_peers:
-            self._counts.popitem(last=False)
 
 
 class FederationTransport:
@@ -99,8 +101,11 @@ class FederationTransport:
         metrics: Metrics,
         memberships: RoomMembershipStore,
         acl: AclChecker,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.server_name = server_name
+        self._clock = clock
         self._config = config
         self._store = store
         self._memberships = memberships
@@ -108,7 +113,7 @@ class FederationTransport:
         self._inbox = inbox
         self._worker = worker
         self._metrics = metrics
-        self.echoes = EchoMonitor(config.duplicate_warning_threshold, metrics)
+        self.echoes = EchoMonitor(config.duplicate_warning_threshold, metrics, clock=clock)
         self._visibility = HistoryVisibility(store)
 
     def routes(self) -> list[web.RouteDef]:
@@ -345,7 +350,7 @@ class FederationTransport:
     def _envelope(self, pdus: Iterable[Event]) -> dict[str, Any]:
         return {
             "origin": self.server_name,
-            "origin_server_ts": int(time.time() * 1000),
+            "origin_server_ts": self._clock.time_ms(),
             "pdus": [e.pdu for e in pdus],
         }
 

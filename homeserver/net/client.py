@@ -22,27 +22,15 @@ from yarl import URL
 from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
+from homeserver.errors import FederationRequestError as FederationRequestError  # raised here, known by this name
 from homeserver.events.canonical import loads
 from homeserver.metrics import Metrics
 from homeserver.net.dns import SrvResolver, parse_nameserver
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-
-
-class FederationRequestError(Exception):
-    """An outbound federation request failed (transport error, timeout or non-2xx reply)."""
-
-    def __init__(
-        self, destination: str, message: str, status: int | None = None,
-        errcode: str | None = None, body: Any = None,
-    ) -> None:
-        super().__init__(f"{destination}: {message}")
-        self.destination = destination
-        self.status = status
-        self.errcode = errcode
-        self.body = body
 
 
 class _ConnectFailed(FederationRequestError):
@@ -95,7 +83,10 @@ class FederationClient:
         config: FederationConfig,
         metrics: Metrics | None = None,
         dns: SrvResolver | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self.server_name = server_name
         self._key = signing_key
         self._config = config
@@ -208,7 +199,7 @@ class FederationClient:
         return [Target(f"https://{host}:8448", host, None)]
 
     async def _well_known_lookup(self, host: str) -> str | None:
-        now = time.monotonic() * 1000
+        now = self._clock.monotonic() * 1000
         cached = self._well_known.get(host)
         if cached and cached[1] > now:
             return cached[0]

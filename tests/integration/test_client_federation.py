@@ -8,6 +8,7 @@ import asyncio
 
 from nio import JoinResponse, RoomCreateResponse, RoomSendResponse, SyncResponse
 
+from homeserver.client_api import NOTIFIER
 from homeserver.server import RunningServer
 from tests.clients import eventually, msg, nio_user, raw, sync_until, timeline_bodies
 
@@ -104,10 +105,17 @@ async def test_remote_typing_wakes_a_waiting_sync(pair: tuple[RunningServer, Run
             getattr(e, "membership", None) == "join" and getattr(e, "state_key", None) == bob.user_id
             for e in r.rooms.join[room].timeline.events))
 
+        notifier = a.runners[1].app[NOTIFIER]  # the client application's
+
+        async def parked() -> bool:
+            return notifier.waiting == 1
+
         async def typing(on: bool) -> list[str] | None:
             # A 60 s long-poll: only a wake-up brings it back within the 20 s allowed.
             started = asyncio.create_task(alice.sync(timeout=60_000))
-            await asyncio.sleep(0.3)  # let the sync reach the server and wait there
+            # The sync has reached the server and waits there (its waiter is registered
+            # before it reads, so nothing sent from now on can be missed).
+            await eventually(parked, interval=0.01)
             assert not started.done()
             status, _ = await raw(b, "PUT", f"{V3}/rooms/{room}/typing/{bob.user_id}", token=bob.access_token,
                                   json={"typing": on, "timeout": 10_000} if on else {"typing": False})

@@ -6,18 +6,11 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from homeserver.gcpolicy import DUE_AFTER_YOUNG, YOUNG_THRESHOLD, CollectorPolicy
+from homeserver.gcpolicy import DUE_AFTER_YOUNG, TICK_SECONDS, YOUNG_THRESHOLD, CollectorPolicy
+from homeserver.util.clock import FakeClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _policy(quiet: list[bool], clock: Clock, collected: list[int]) -> CollectorPolicy:
+def _policy(quiet: list[bool], clock: FakeClock, collected: list[int]) -> CollectorPolicy:
     def collect(generation: int) -> int:
         collected.append(generation)
         return 0
@@ -30,13 +23,13 @@ def _young_collections(policy: CollectorPolicy, n: int) -> None:
         policy._on_gc("stop", {"generation": 1, "collected": 0, "uncollectable": 0})
 
 
-def test_full_collection_waits_for_quiet_then_runs() -> None:
-    quiet, clock, collected = [False], Clock(), []
+async def test_full_collection_waits_for_quiet_then_runs() -> None:
+    quiet, clock, collected = [False], FakeClock(), []
     policy = _policy(quiet, clock, collected)
     assert not policy.tick()  # nothing due yet
     _young_collections(policy, DUE_AFTER_YOUNG)
     assert policy.due()
-    clock.now += 30
+    await clock.advance(30)
     assert not policy.tick()  # due, but the server is busy
     assert collected == []
     quiet[0] = True
@@ -46,20 +39,20 @@ def test_full_collection_waits_for_quiet_then_runs() -> None:
     assert not policy.tick()  # nothing due again until young collections accumulate
 
 
-def test_overdue_full_collection_runs_even_when_busy() -> None:
-    quiet, clock, collected = [False], Clock(), []
+async def test_overdue_full_collection_runs_even_when_busy() -> None:
+    quiet, clock, collected = [False], FakeClock(), []
     policy = _policy(quiet, clock, collected)
     _young_collections(policy, DUE_AFTER_YOUNG)
-    clock.now += 59
+    await clock.advance(59)
     assert not policy.tick()
-    clock.now += 1
+    await clock.advance(1)
     assert policy.tick()
     assert collected == [2]
     assert policy.full_collections == 1
 
 
 def test_young_collections_of_generation_0_do_not_count() -> None:
-    quiet, clock, collected = [True], Clock(), []
+    quiet, clock, collected = [True], FakeClock(), []
     policy = _policy(quiet, clock, collected)
     for _ in range(100):
         policy._on_gc("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
@@ -84,6 +77,26 @@ async def test_start_and_stop_restore_the_collector() -> None:
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
     assert policy._on_gc not in gc.callbacks
+
+
+async def test_the_running_policy_looks_once_a_tick() -> None:
+    """Started, the policy looks every ``TICK_SECONDS`` of its clock, and runs what is due."""
+    collected: list[int] = []
+    clock = FakeClock()
+    policy = _policy([True], clock, collected)
+    policy.start()
+    try:
+        await asyncio.sleep(0)  # the policy's task reaches its first sleep
+        _young_collections(policy, DUE_AFTER_YOUNG)
+        await clock.advance(TICK_SECONDS / 2)
+        assert collected == []  # due and quiet, but not looked at yet
+        await clock.advance(TICK_SECONDS / 2)
+        assert collected == [2]
+        _young_collections(policy, DUE_AFTER_YOUNG)
+        await clock.advance(TICK_SECONDS)
+        assert collected == [2, 2]
+    finally:
+        await policy.stop()
 
 
 async def test_collections_wait_while_a_send_is_answered() -> None:
