@@ -324,8 +324,6 @@ def _validate(config: Config) -> None:
         if not is_valid_server_name(ks.server_name):
             raise ConfigError(f"federation.key_servers[{i}].server_name: not a valid server name")
     if config.federation.dns_server is not None:
-        from homeserver.net.dns import parse_nameserver
-
         try:
             parse_nameserver(config.federation.dns_server)
         except ValueError:
@@ -424,3 +422,22 @@ def load_config(path: str | Path) -> Config:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {p} is not valid YAML{where}") from None
     return parse_config(data, p.resolve().parent)
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("empty nameserver address")
+    if spec.startswith("["):
+        end = spec.index("]")
+        host, rest = spec[1:end], spec[end + 1 :]
+        port = int(rest[1:]) if rest.startswith(":") else 53
+    elif spec.count(":") == 1:
+        host, port_text = spec.split(":")
+        port = int(port_text)
+    else:
+        host, port = spec, 53
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"invalid nameserver address {spec!r}")
+    return host, port

@@ -25,8 +25,11 @@ import dns.resolver
 import dns.rrset
 from dns.rdtypes.IN.SRV import SRV
 
+from homeserver.config import parse_nameserver
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 from homeserver.util.lru import LruCache
+
+__all__ = ["SrvRecord", "SrvResolver", "parse_nameserver", "srv_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +47,6 @@ class SrvRecord:
     port: int
     target: str  # without the trailing dot; "." (service not available) is dropped
     ttl: int
-
-
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
-    spec = spec.strip()
-    if not spec:
-        raise ValueError("empty nameserver address")
-    if spec.startswith("["):
-        end = spec.index("]")
-        host, rest = spec[1:end], spec[end + 1 :]
-        port = int(rest[1:]) if rest.startswith(":") else DNS_PORT
-    elif spec.count(":") == 1:
-        host, port_text = spec.split(":")
-        port = int(port_text)
-    else:
-        host, port = spec, DNS_PORT
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"invalid nameserver address {spec!r}")
-    return host, port
 
 
 def _is_ip(host: str) -> bool:
