@@ -229,7 +229,7 @@ class FederationRoomsAPI:
             event = await self._checker.check(pdu, version, event_id)
         except Dropped as e:
             raise invalid(f"The event does not verify: {e}") from None
-        except (EventError, TypeError, ValueError, AttributeError) as e:
+        except EventError as e:
             raise invalid(f"Malformed event: {e}") from None
         if event.redacted_on_receipt:
             raise invalid("The event's content hash does not match")
@@ -350,7 +350,7 @@ class FederationRoomsAPI:
             event = await self._checker.check(pdu, version, event_id)
         except Dropped as e:
             raise invalid(f"The invite does not verify: {e}") from None
-        except (EventError, TypeError, ValueError, AttributeError) as e:
+        except EventError as e:
             raise invalid(f"Malformed invite: {e}") from None
         if check_content_hash(pdu, version)[0] is HashCheck.MISMATCH:
             raise invalid("The invite's content hash does not match")
@@ -389,7 +389,7 @@ class FederationRoomsAPI:
             return bool(entry["room_id"] == room_id)
         try:
             return "!" + compute_event_id(entry, version)[1:] == room_id
-        except (EventError, TypeError, ValueError, AttributeError):
+        except EventError:
             return False
 
     # ------------------------------------------------------------------ profile

@@ -167,7 +167,7 @@ class RemoteMembership:
             try:
                 if compute_event_id(signed, version) == join.event_id:
                     join = await self.checker.check(signed, version, join.event_id)
-            except (Dropped, EventError, TypeError, ValueError, AttributeError):
+            except (Dropped, EventError):
                 raise RemoteJoinFailed("the resident's copy of the join does not verify") from None
         # 5. Verify the state and auth chain; 6. persist them and the join.
         await self._take_state(join, resp["state"], resp["auth_chain"], exclude={server})
@@ -191,7 +191,7 @@ class RemoteMembership:
         for pdu in state_pdus:
             try:
                 event_id = compute_event_id(pdu, version) if isinstance(pdu, dict) else None
-            except (EventError, TypeError, ValueError, AttributeError):
+            except EventError:
                 event_id = None
             event = good.get(event_id or "")
             if event is not None and event.is_state:
@@ -308,7 +308,7 @@ class RemoteMembership:
             raise RemoteJoinFailed(f"{target} returned no invite event")
         try:
             same = compute_event_id(signed, event.room_version) == event.event_id
-        except (EventError, TypeError, ValueError, AttributeError):
+        except EventError:
             same = False
         if not same:
             raise RemoteJoinFailed(f"{target} changed the invite event")

@@ -115,7 +115,7 @@ class StateBefore:
                     self._metrics.inbound_fetched_events.inc()
             except Dropped as e:
                 log.info("fetched missing event dropped", extra={"origin": origin, "reason": str(e)})
-            except (EventError, TypeError, ValueError, AttributeError):
+            except EventError:
                 continue
 
     async def _state_after_remote(
