@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from homeserver.events.auth import check_auth_rules
 from homeserver.events.errors import EventError
 from homeserver.events.event import Event
 from homeserver.events.format import check_pdu_format
@@ -20,7 +21,7 @@ from homeserver.events.hashes import compute_event_id, content_hash, content_has
 from homeserver.events.redaction import redact
 from homeserver.events.signing import check_content_hash, required_signers, verify_event_signatures
 from homeserver.events.versions import RoomVersion
-from tests.unit.events.builders import ALL_VERSIONS, make_pdu
+from tests.unit.events.builders import ALICE, ALL_VERSIONS, BOB, CAROL, make_pdu, standard_room
 
 KEY = SigningKey(b"\x01" * 32)
 KEYS = {"a.test": {"ed25519:dummy": KEY.verify_key}}
@@ -33,6 +34,13 @@ scalars = (
 json_values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+# What content may hold once the format check passed: no floats.
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8)
+    | st.sampled_from([ALICE, BOB, "invite", "join", "public", "restricted"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6) | st.just(BOB), inner, max_size=3),
     max_leaves=12,
 )
 KEYS_OF_A_PDU = ["type", "room_id", "sender", "state_key", "content", "prev_events", "auth_events", "depth",
@@ -127,3 +135,40 @@ def test_a_valid_pdu_still_passes() -> None:
         event = Event.from_pdu(pdu, version)
         assert event.event_id == compute_event_id(pdu, version)
         assert event.depth == 3 and event.prev_events == ("$p",)
+
+
+@st.composite
+def odd_rooms(draw: st.DrawFn) -> tuple[Any, Event]:
+    """A standard room where one state event (create, power levels, join rules, a member)
+    may hold anything in its content, and a new event of any type with any content."""
+    version = draw(versions)
+    room = standard_room(version, users={BOB: 50})
+    room.set_member(BOB, "join")
+    kind = draw(st.sampled_from(["m.room.power_levels", "m.room.join_rules", "m.room.member", None]))
+    odd = draw(st.dictionaries(
+        st.sampled_from(["users", "users_default", "events", "state_default", "ban", "kick", "invite",
+                         "redact", "events_default", "join_rule", "allow", "membership", "notifications"]),
+        plain_values, max_size=4))
+    if kind == "m.room.member":
+        room.add(room.make(kind, BOB, {"membership": "join", **odd}, BOB))
+    elif kind is not None:
+        room.add(room.make(kind, ALICE, odd, ""))
+    event_type = draw(st.sampled_from(["m.room.member", "m.room.power_levels", "m.room.join_rules",
+                                       "m.room.message", "m.room.third_party_invite", "m.room.create"]))
+    content = draw(st.dictionaries(
+        st.sampled_from(["membership", "users", "join_rule", "third_party_invite", "events", "ban",
+                         "join_authorised_via_users_server", "room_version", "additional_creators", "body"]),
+        plain_values, max_size=4))
+    state_key = draw(st.sampled_from([None, "", BOB, CAROL]))
+    sender = draw(st.sampled_from([ALICE, BOB, CAROL]))
+    return room, room.make(event_type, sender, content, state_key)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=odd_rooms())
+def test_auth_rules_on_odd_content_raise_only_auth_errors(case: tuple[Any, Event]) -> None:
+    room, event = case
+    try:
+        check_auth_rules(event, room.state)
+    except EventError:
+        pass
