@@ -133,3 +133,26 @@ async def test_a_spent_budget_asks_nobody() -> None:
     client = FailingClient(500)
     assert await fetcher(client, clock).fetch_json("b.test", "event", "GET", "/x", budget) is None
     assert client.calls == 0
+
+
+def test_a_batch_is_authorized_against_its_own_auth_events_in_any_order() -> None:
+    from homeserver.rooms.checks.auth import authorize_batch, cited_elsewhere
+    from tests.unit.events.builders import ALL_VERSIONS, BOB, standard_room
+
+    for version in ALL_VERSIONS:
+        room = standard_room(version)
+        room.set_member(BOB, "join")
+        hello = room.send("m.room.message", BOB, {"body": "hi"})
+        stranger = room.make("m.room.message", "@eve:e.test", {"body": "let me in"})
+        events = {e.event_id: e for e in [hello, stranger, *reversed(room.events)]}
+        good, bad, pending = authorize_batch(events, {}, room.room_id)
+        assert hello.event_id in good and room.create.event_id in good
+        assert bad == {stranger.event_id} and not pending
+        # Without its create event, a v12 batch finds it among the events we hold.
+        rest = {k: e for k, e in events.items() if k != room.create.event_id}
+        wanted = cited_elsewhere(rest, room.room_id)
+        assert room.create.event_id in wanted
+        good, bad, _ = authorize_batch(rest, {room.create.event_id: room.create}, room.room_id)
+        assert hello.event_id in good and bad == {stranger.event_id}
+        good, _, _ = authorize_batch(rest, {}, room.room_id)
+        assert hello.event_id not in good  # the create event is nowhere: nothing passes
