@@ -20,9 +20,9 @@ from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.errors import forbidden
 from homeserver.federation.auth import ORIGIN, make_auth_middleware
 from homeserver.federation.directory_api import FederationDirectoryAPI
-from homeserver.federation.inbound import InboundProcessor
 from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
+from homeserver.federation.pipeline import InboundProcessor
 from homeserver.federation.rooms_api import FederationRoomsAPI, user_store_profiles
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
@@ -33,7 +33,9 @@ from homeserver.net.client import FederationClient
 from homeserver.ops import health_route
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
+from homeserver.rooms.checks.receipt import PduChecker
 from homeserver.rooms.directory import RoomDirectory
+from homeserver.rooms.fetcher import RemoteFetcher
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.rooms.service import RoomService
@@ -65,6 +67,7 @@ class Services:
     rooms: RoomService
     directory: RoomDirectory
     acl: AclChecker
+    processor: InboundProcessor
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
 
     @classmethod
@@ -111,9 +114,13 @@ class Services:
         inbox = InboxStore(db)
         memberships = RoomMembershipStore(db)
         acl = AclChecker(event_store, persister)
-        processor = InboundProcessor(
-            config.inbound, db, event_store, persister, keyring, client, metrics, memberships, acl
+        checker = PduChecker(
+            keyring, metrics, processes=config.inbound.check_processes, cache_size=config.inbound.cache_size
         )
+        fetcher = RemoteFetcher(
+            client, checker, event_store, persister, metrics, backoff_seconds=config.inbound.fetch_backoff_seconds
+        )
+        processor = InboundProcessor(config.inbound, event_store, persister, fetcher, metrics, memberships, acl)
         worker = InboundWorker(inbox, processor, config.inbound, metrics)
         try:
             await worker.start()  # drains what a previous run left in the inbox
@@ -124,13 +131,13 @@ class Services:
             await db.close()
             raise
         builder = EventBuilder(config.server_name, key, event_store, persister, sender)
-        remote = RemoteMembership(config.server_name, client, keyring, processor, builder, memberships)
+        remote = RemoteMembership(config.server_name, client, keyring, fetcher, builder, memberships)
         rooms = RoomService(config.server_name, builder, remote, memberships)
         directory = RoomDirectory(config.server_name, DirectoryStore(db), rooms, client)
         rooms.alias_resolver = directory.resolve  # joins by alias
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
-            directory, acl, clock,
+            directory, acl, processor, clock,
         )
 
     async def close(self) -> None:
@@ -167,7 +174,7 @@ def create_federation_app(services: Services) -> web.Application:
     )
     app.add_routes(transport.routes())
     rooms_api = FederationRoomsAPI(
-        services.config.server_name, services.signing_key, services.rooms, services.rooms.remote.processor,
+        services.config.server_name, services.signing_key, services.rooms, services.rooms.remote.checker,
         profiles=user_store_profiles(UserStore(services.db)),
     )
     app.add_routes(rooms_api.routes())
@@ -228,6 +235,7 @@ def create_client_app(services: Services) -> web.Application:
         directory=services.directory,
         metrics=services.metrics,
         clock=services.clock,
+        inbound=services.processor,
     )
     app.add_routes([health_route(services.db)])
     return app

@@ -29,6 +29,7 @@ from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
+from homeserver.federation.pipeline import InboundProcessor
 from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
@@ -59,6 +60,7 @@ def create_client_api_app(
     directory: RoomDirectory | None = None,
     metrics: Metrics | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    inbound: InboundProcessor | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -74,10 +76,7 @@ def create_client_api_app(
         app.add_routes(DirectoryAPI(config.server_name, cc, auth, directory).routes())
     # History visibility for /messages, /event and /sync; backfill over federation for /messages.
     visibility = HistoryVisibility(events)
-    backfiller = Backfiller(
-        config.server_name, config.backfill, events, persister, federation, rooms.remote,
-        fetch_backoff_seconds=config.inbound.fetch_backoff_seconds, metrics=metrics,
-    )
+    backfiller = Backfiller(config.server_name, config.backfill, events, persister, rooms.remote.fetcher)
     app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users, backfiller=backfiller,
                              visibility=visibility, backfill_timeout=config.backfill.timeout,
                              clock=clock).routes())
@@ -99,18 +98,19 @@ def create_client_api_app(
     async def listen(app: web.Application) -> None:
         persister.listeners.append(notifier.on_event)
         rooms.invite_listeners.append(on_invite)
-        rooms.remote.processor.edu_listeners.append(notifier.wake_room)
-        rooms.remote.processor.membership_listeners.append(on_invite)
+        if inbound is not None:
+            inbound.edu_listeners.append(notifier.wake_room)
+            inbound.membership_listeners.append(on_invite)
 
     async def unlisten(app: web.Application) -> None:
         if notifier.on_event in persister.listeners:
             persister.listeners.remove(notifier.on_event)
         if on_invite in rooms.invite_listeners:
             rooms.invite_listeners.remove(on_invite)
-        if notifier.wake_room in rooms.remote.processor.edu_listeners:
-            rooms.remote.processor.edu_listeners.remove(notifier.wake_room)
-        if on_invite in rooms.remote.processor.membership_listeners:
-            rooms.remote.processor.membership_listeners.remove(on_invite)
+        if inbound is not None and notifier.wake_room in inbound.edu_listeners:
+            inbound.edu_listeners.remove(notifier.wake_room)
+        if inbound is not None and on_invite in inbound.membership_listeners:
+            inbound.membership_listeners.remove(on_invite)
 
     app.on_startup.append(listen)
     app.on_cleanup.append(unlisten)

@@ -20,9 +20,13 @@ def canonical_json(value: Any) -> bytes:
     """The canonical JSON encoding of ``value`` (sorted keys, no spaces, UTF-8).
 
     Numbers with an integral value must be integers (``1e10`` -> ``10000000000``): values
-    parsed with ``loads`` already are, so no pass over the value is needed here.
+    parsed with ``loads`` already are, so no pass over the value is needed here. A value
+    JSON cannot hold (an infinity: ``1e400`` parses to one) raises EventFormatError.
     """
-    return encode_canonical_json(value)
+    try:
+        return encode_canonical_json(value)
+    except (ValueError, TypeError) as e:
+        raise EventFormatError(f"not encodable as canonical JSON: {e}") from None
 
 
 def canonical_json_float_free(value: Any) -> bytes:
@@ -38,7 +42,7 @@ def canonical_json_float_free(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return encode_canonical_json(value)
+        return canonical_json(value)
 
 
 def _parse_number(text: str) -> int | float:

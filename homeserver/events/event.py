@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.events.errors import EventFormatError
 from homeserver.events.hashes import compute_event_id, room_id_for_create
 from homeserver.events.versions import RoomVersion
 
@@ -41,10 +42,21 @@ class Event:
         (``homeserver.events.format.check_pdu_format``): this reads fields without validating.
 
         ``event_id`` is computed from the reference hash unless given (pass it only when it
-        was computed before, for example when loading from storage).
+        was computed before, for example when loading from storage). A PDU whose fields
+        cannot be read as an event (a non-object, a list that is not one, a depth that is
+        not a number) raises EventFormatError.
         """
         if event_id is None:
             event_id = compute_event_id(pdu, room_version)
+        elif not isinstance(pdu, dict):
+            raise EventFormatError("a PDU must be a JSON object")
+        try:
+            return cls._read(pdu, room_version, event_id)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EventFormatError(f"the PDU cannot be read as an event: {e}") from None
+
+    @classmethod
+    def _read(cls, pdu: dict[str, Any], room_version: RoomVersion, event_id: str) -> Event:
         room_id = pdu.get("room_id")
         if (
             room_id is None

@@ -15,12 +15,15 @@ from homeserver.events.canonical import (
     unpadded_b64,
     urlsafe_unpadded_b64,
 )
+from homeserver.events.errors import EventFormatError
 from homeserver.events.redaction import redact
 from homeserver.events.versions import RoomVersion
 
 
 def content_hash(pdu: dict[str, Any]) -> bytes:
     """SHA-256 of the event's canonical JSON without ``unsigned``, ``signatures``, ``hashes``."""
+    if not isinstance(pdu, dict):
+        raise EventFormatError("a PDU must be a JSON object")
     stripped = {k: v for k, v in pdu.items() if k not in ("unsigned", "signatures", "hashes")}
     return hashlib.sha256(canonical_json(stripped)).digest()
 
@@ -33,6 +36,8 @@ def add_content_hash(pdu: dict[str, Any]) -> dict[str, Any]:
 
 
 def content_hash_matches(pdu: dict[str, Any]) -> bool:
+    if not isinstance(pdu, dict):
+        raise EventFormatError("a PDU must be a JSON object")
     hashes = pdu.get("hashes")
     if not isinstance(hashes, dict):
         return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.events.errors import EventFormatError
 from homeserver.events.versions import RedactionRules, RoomVersion
 
 _TOP_LEVEL_V9 = frozenset(
@@ -53,7 +54,10 @@ def redact(event: dict[str, Any], version: RoomVersion) -> dict[str, Any]:
     with ``event`` (redaction runs for every hash and signature check, and copying whole
     events there was the largest cost of the inbound path). Callers may add, remove or
     replace top-level keys and content keys, but must not mutate anything deeper.
+    EventFormatError when ``event`` is not a JSON object.
     """
+    if not isinstance(event, dict):
+        raise EventFormatError("a PDU must be a JSON object")
     v11 = version.redaction is RedactionRules.V11
     keep = _TOP_LEVEL_V11 if v11 else _TOP_LEVEL_V9
     out: dict[str, Any] = {k: v for k, v in event.items() if k in keep}
@@ -62,10 +66,12 @@ def redact(event: dict[str, Any], version: RoomVersion) -> dict[str, Any]:
         out["content"] = {}
         return out
     event_type = event.get("type")
+    if not isinstance(event_type, str):
+        event_type = None  # no content key is kept for it
     if v11 and event_type == "m.room.create":
         out["content"] = dict(content)
         return out
-    allowed = (_CONTENT_V11 if v11 else _CONTENT_V9).get(event_type, frozenset())  # type: ignore[arg-type]
+    allowed = (_CONTENT_V11 if v11 else _CONTENT_V9).get(event_type or "", frozenset())
     new_content = {k: v for k, v in content.items() if k in allowed}
     if v11 and event_type == "m.room.member":
         tpi = content.get("third_party_invite")

@@ -17,7 +17,7 @@ from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 
 from homeserver.events.canonical import canonical_json, decode_b64
-from homeserver.events.errors import SignatureError
+from homeserver.events.errors import EventFormatError, SignatureError
 from homeserver.events.hashes import add_content_hash, content_hash_matches
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
@@ -56,6 +56,8 @@ def sign_event(
 def required_signers(pdu: Mapping[str, Any]) -> set[str]:
     """Servers whose signature the event must carry: the sender's server, and for member
     events with ``content.join_authorised_via_users_server`` that user's server."""
+    if not isinstance(pdu, Mapping):
+        raise EventFormatError("a PDU must be a JSON object")
     signers = {server_name_of(str(pdu.get("sender", "")))}
     content = pdu.get("content")
     if pdu.get("type") == "m.room.member" and isinstance(content, dict):
@@ -96,7 +98,7 @@ def verify_event_signatures(
         known = verify_keys.get(server, {})
         checked = 0
         for key_id, sig_b64 in sigs.items():
-            if not key_id.startswith("ed25519:") or key_id not in known:
+            if not isinstance(key_id, str) or not key_id.startswith("ed25519:") or key_id not in known:
                 continue
             if message is None:
                 message = _signed_bytes(pdu, version)

@@ -41,9 +41,9 @@ from homeserver.events.identifiers import is_valid_user_id, server_name_of
 from homeserver.events.signing import HashCheck, check_content_hash, sign_event
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.federation.auth import BODY, ORIGIN
-from homeserver.federation.inbound import Dropped, InboundProcessor
 from homeserver.http import json_response
 from homeserver.rooms.builder import CREATE, EventBuilder
+from homeserver.rooms.checks.receipt import Dropped, PduChecker
 from homeserver.rooms.errors import NotAllowed
 from homeserver.rooms.persist import PersistError
 from homeserver.rooms.redactions import served_pdus
@@ -86,7 +86,7 @@ class FederationRoomsAPI:
         server_name: str,
         signing_key: ServerSigningKey,
         rooms: RoomService,
-        processor: InboundProcessor,
+        checker: PduChecker,
         profiles: ProfileLookup | None = None,
     ) -> None:
         self.server_name = server_name
@@ -95,7 +95,7 @@ class FederationRoomsAPI:
         self._builder: EventBuilder = rooms.builder
         self._store = rooms.store
         self._persister = rooms.persister
-        self._processor = processor
+        self._checker = checker
         self._profiles = profiles
 
     def routes(self) -> list[web.RouteDef]:
@@ -226,10 +226,10 @@ class FederationRoomsAPI:
         try:
             if compute_event_id(pdu, version) != event_id:
                 raise invalid("The event ID does not match the event")
-            event = await self._processor.check_event(pdu, version, event_id)
+            event = await self._checker.check(pdu, version, event_id)
         except Dropped as e:
             raise invalid(f"The event does not verify: {e}") from None
-        except (EventError, TypeError, ValueError, AttributeError) as e:
+        except EventError as e:
             raise invalid(f"Malformed event: {e}") from None
         if event.redacted_on_receipt:
             raise invalid("The event's content hash does not match")
@@ -347,10 +347,10 @@ class FederationRoomsAPI:
         try:
             if compute_event_id(pdu, version) != event_id:
                 raise invalid("The event ID does not match the event")
-            event = await self._processor.check_event(pdu, version, event_id)
+            event = await self._checker.check(pdu, version, event_id)
         except Dropped as e:
             raise invalid(f"The invite does not verify: {e}") from None
-        except (EventError, TypeError, ValueError, AttributeError) as e:
+        except EventError as e:
             raise invalid(f"Malformed invite: {e}") from None
         if check_content_hash(pdu, version)[0] is HashCheck.MISMATCH:
             raise invalid("The invite's content hash does not match")
@@ -389,7 +389,7 @@ class FederationRoomsAPI:
             return bool(entry["room_id"] == room_id)
         try:
             return "!" + compute_event_id(entry, version)[1:] == room_id
-        except (EventError, TypeError, ValueError, AttributeError):
+        except EventError:
             return False
 
     # ------------------------------------------------------------------ profile

@@ -27,26 +27,25 @@ from urllib.parse import quote
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from homeserver.crypto.keyring import KeyNotFoundError, KeyRing
-from homeserver.events.auth import check_auth_events_shape, check_auth_rules
+from homeserver.events.auth import check_auth_rules
 from homeserver.events.errors import AuthError, EventError, UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
-from homeserver.federation.inbound import Dropped, InboundProcessor
 from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.builder import CREATE, EventBuilder
+from homeserver.rooms.checks.receipt import Dropped
 from homeserver.rooms.errors import NotAllowed, RemoteJoinFailed, RoomNotFound, UnsupportedVersion
+from homeserver.rooms.fetcher import RemoteFetcher
 from homeserver.rooms.store import RoomMembershipStore
-from homeserver.storage.events import Outcome
 
 log = logging.getLogger(__name__)
 
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
 MAX_JOIN_CANDIDATES = 5
-MAX_AUTH_PASSES = 50
 MAX_KNOCK_STATE = 50
 
 
@@ -81,14 +80,15 @@ class RemoteMembership:
         server_name: str,
         client: FederationClient,
         keyring: KeyRing,
-        processor: InboundProcessor,
+        fetcher: RemoteFetcher,
         builder: EventBuilder,
         memberships: RoomMembershipStore,
     ) -> None:
         self.server_name = server_name
         self._client = client
         self._keyring = keyring
-        self.processor = processor
+        self.fetcher = fetcher
+        self.checker = fetcher.checker
         self._builder = builder
         self._store = builder.store
         self._persister = builder.persister
@@ -166,8 +166,8 @@ class RemoteMembership:
             # The resident's copy (signed by it too, for restricted joins): same event.
             try:
                 if compute_event_id(signed, version) == join.event_id:
-                    join = await self.processor.check_event(signed, version, join.event_id)
-            except (Dropped, EventError, TypeError, ValueError, AttributeError):
+                    join = await self.checker.check(signed, version, join.event_id)
+            except (Dropped, EventError):
                 raise RemoteJoinFailed("the resident's copy of the join does not verify") from None
         # 5. Verify the state and auth chain; 6. persist them and the join.
         await self._take_state(join, resp["state"], resp["auth_chain"], exclude={server})
@@ -191,7 +191,7 @@ class RemoteMembership:
         for pdu in state_pdus:
             try:
                 event_id = compute_event_id(pdu, version) if isinstance(pdu, dict) else None
-            except (EventError, TypeError, ValueError, AttributeError):
+            except EventError:
                 event_id = None
             event = good.get(event_id or "")
             if event is not None and event.is_state:
@@ -213,69 +213,7 @@ class RemoteMembership:
     async def verify_events(self, room_id: str, version: RoomVersion, pdus: Sequence[Any]) -> dict[str, Event]:
         """The events of ``pdus`` that pass the checks on receipt (format, signatures,
         hashes) and the auth rules against their own auth events; the others are left out."""
-        checked: dict[str, Event] = {}
-        for pdu in pdus:
-            if not isinstance(pdu, dict):
-                continue
-            try:
-                event_id = compute_event_id(pdu, version)
-                if event_id in checked:
-                    continue
-                event = await self.processor.check_event(pdu, version, event_id)
-            except (Dropped, EventError, TypeError, ValueError, AttributeError):
-                continue
-            if event.room_id == room_id:
-                checked[event_id] = event
-        # Auth events we already hold count too (a rejoin).
-        wanted = {a for e in checked.values() for a in e.auth_events if a not in checked}
-        known = {eid: s.event for eid, s in (await self._store.get_events(wanted)).items()
-                 if s.outcome is not Outcome.REJECTED}
-        good: dict[str, Event] = {}
-        bad: set[str] = set()
-        pending = sorted(checked.values(), key=lambda e: (e.depth, e.event_id))
-        create_id = "$" + room_id[1:]
-        for _ in range(MAX_AUTH_PASSES):
-            progress = False
-            waiting: list[Event] = []
-            for event in pending:
-                if any(a in checked and a not in good and a not in bad for a in event.auth_events):
-                    waiting.append(event)  # an auth event is not decided yet
-                    continue
-                progress = True
-                if self._passes_auth(event, good, known, create_id):
-                    good[event.event_id] = event
-                else:
-                    bad.add(event.event_id)
-            pending = waiting
-            if not pending or not progress:
-                break
-        if bad or pending:
-            log.info("remote room events left out", extra={
-                "room_id": room_id, "failed_auth": len(bad), "undecided": len(pending)})
-        return good
-
-    @staticmethod
-    def _passes_auth(event: Event, good: Mapping[str, Event], known: Mapping[str, Event], create_id: str) -> bool:
-        auth_events: list[Event] = []
-        for a in event.auth_events:
-            found = good.get(a) or known.get(a)
-            if found is None:
-                return False  # missing or rejected auth event (rule 2.3)
-            auth_events.append(found)
-        auth_state = {e.state_tuple: e for e in auth_events if e.is_state}
-        if event.room_version.create_event_implied_in_auth and not (
-            event.type == "m.room.create" and event.state_key == ""
-        ):
-            create = good.get(create_id) or known.get(create_id)
-            if create is None:
-                return False
-            auth_state[CREATE] = create
-        try:
-            check_auth_events_shape(event, auth_events)
-            check_auth_rules(event, auth_state)
-        except AuthError:
-            return False
-        return True
+        return await self.fetcher.verify_events(room_id, version, pdus)
 
     # ------------------------------------------------------------------ leave (reject)
 
@@ -370,7 +308,7 @@ class RemoteMembership:
             raise RemoteJoinFailed(f"{target} returned no invite event")
         try:
             same = compute_event_id(signed, event.room_version) == event.event_id
-        except (EventError, TypeError, ValueError, AttributeError):
+        except EventError:
             same = False
         if not same:
             raise RemoteJoinFailed(f"{target} changed the invite event")

@@ -16,7 +16,7 @@ from typing import Any
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
 
-# Remote typing notifications expire after this (as in federation/inbound.py); local ones
+# Remote typing notifications (federation/pipeline/edus.py) expire after this; local ones
 # are stored with the same lifetime so that "set at" = expires_ts - TYPING_TIMEOUT_MS.
 TYPING_TIMEOUT_MS = 30_000
 

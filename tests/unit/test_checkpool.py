@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from homeserver.federation.checkpool import check_batch
+from homeserver.rooms.checks.pool import check_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def test_verdicts_of_a_batch() -> None:
 
 
 async def test_helpers_yield_the_cpu_to_the_server() -> None:
-    from homeserver.federation.checkpool import HELPER_NICENESS, HELPER_POLICY, CheckPool
+    from homeserver.rooms.checks.pool import HELPER_NICENESS, HELPER_POLICY, CheckPool
 
     pool = CheckPool(1)
     try:
@@ -70,7 +70,7 @@ def test_helpers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
     script = tmp_path / "victim.py"
     script.write_text(textwrap.dedent("""
         import asyncio, os, signal, sys
-        from homeserver.federation.checkpool import CheckPool
+        from homeserver.rooms.checks.pool import CheckPool
 
         async def main() -> None:
             pool = CheckPool(1)
@@ -105,7 +105,7 @@ def _alive(pid: int) -> bool:
 
 
 async def test_a_batch_not_checked_in_time_is_given_up_and_the_pool_started_afresh() -> None:
-    from homeserver.federation.checkpool import CheckPool
+    from homeserver.rooms.checks.pool import CheckPool
 
     pool = CheckPool(1, timeout=0.001)  # starting a helper alone takes longer than this
     try:
