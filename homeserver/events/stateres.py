@@ -32,14 +32,10 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from homeserver.events.auth import (
-    auth_types_for_event,
-    check_auth_rules,
-    get_power_level,
-    is_power_event,
-)
+from homeserver.events.auth import auth_types_for_event, check_auth_rules
 from homeserver.events.errors import AuthError, StateResolutionError
 from homeserver.events.event import Event, StateKey
+from homeserver.events.power import get_power_level, is_power_event
 from homeserver.events.versions import RoomVersion, StateResAlgorithm
 
 __all__ = ["EventLookup", "resolve_state"]

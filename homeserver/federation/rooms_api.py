@@ -28,16 +28,12 @@ from aiohttp import web
 
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.events.auth import (
-    JOIN_RULES,
-    check_auth_events_shape,
-    check_auth_rules,
-    get_power_level,
-)
+from homeserver.events.auth import check_auth_events_shape, check_auth_rules
 from homeserver.events.errors import AuthError, EventError, UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
+from homeserver.events.power import JOIN_RULES, get_power_level
 from homeserver.events.signing import HashCheck, check_content_hash, sign_event
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.federation.auth import BODY, ORIGIN

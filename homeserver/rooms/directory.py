@@ -32,9 +32,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from homeserver.events.auth import get_power_level
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import MAX_ID_BYTES, is_valid_room_id, is_valid_server_name, server_name_of
+from homeserver.events.power import get_power_level
 from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.errors import NotAllowed, RemoteJoinFailed, RoomError, RoomNotFound
 from homeserver.rooms.redactions import applied_redactions, served

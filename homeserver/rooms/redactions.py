@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from homeserver.events.auth import get_power_level, named_level
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import server_name_of
+from homeserver.events.power import get_power_level, named_level
 from homeserver.events.redaction import redact
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 

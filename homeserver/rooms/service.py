@@ -20,10 +20,10 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from homeserver.events.auth import get_power_level, named_level
 from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
+from homeserver.events.power import get_power_level, named_level
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, get_room_version
 from homeserver.net.client import FederationRequestError
 from homeserver.rooms.builder import AlsoInTransaction, EventBuilder

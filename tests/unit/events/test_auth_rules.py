@@ -13,17 +13,11 @@ from typing import Any
 import pytest
 from signedjson.sign import sign_json
 
-from homeserver.events.auth import (
-    auth_types_for_event,
-    check_auth_events_shape,
-    check_auth_rules,
-    get_creators,
-    get_power_level,
-    is_power_event,
-)
+from homeserver.events.auth import auth_types_for_event, check_auth_events_shape, check_auth_rules
 from homeserver.events.canonical import unpadded_b64
 from homeserver.events.errors import AuthError
 from homeserver.events.event import Event, StateKey
+from homeserver.events.power import get_creators, get_power_level, is_power_event
 from homeserver.events.versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
 from tests.unit.events.builders import (
     ALICE,
