@@ -233,7 +233,7 @@ class FederationTransport:
             return None
         try:
             event_id = compute_event_id(pdu, version, float_free=float_free)
-        except (EventError, TypeError, ValueError, AttributeError):
+        except EventError:  # events/ raises only its own errors on a malformed PDU
             drops.append("malformed")
             return None  # no ID to key an entry by
         assert isinstance(room_id, str)
@@ -269,7 +269,7 @@ class FederationTransport:
     ) -> None:
         try:
             event_id = compute_event_id(pdu, version, float_free=float_free)
-        except (EventError, TypeError, ValueError, AttributeError):
+        except EventError:  # events/ raises only its own errors on a malformed PDU
             return
         results[event_id] = {"error": message}
 
