@@ -23,7 +23,7 @@ _EVENT_COLUMNS = (
     "event_id, room_id, type, state_key, sender, membership, depth, origin_server_ts,"
     " outcome, rejection_reason, state_group, state_group_after, received_ts, json"
 )
-_EVENT_MARKS = ", ".join("?" * 14)
+_EVENT_MARKS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"  # one per column above
 _INSERT_EVENT = f"INSERT INTO events (stream_ordering, {_EVENT_COLUMNS}) VALUES (?, {_EVENT_MARKS})"
 
 # PostgreSQL: the event, its edges and the moved forward extremities in one statement

@@ -3,7 +3,9 @@ the current state of each room.
 
 State is kept as state groups: a snapshot is either full or a delta on a parent group,
 and events that do not change state share their predecessor's group, so a message costs
-no state rows. Resolved snapshots are cached in memory (bounded).
+no state rows. Resolved snapshots are cached in memory (bounded). The persister's writes
+are ``event_writes.py``'s; here are the reads (events, state, current memberships) and
+the state groups.
 """
 
 from __future__ import annotations
@@ -51,16 +53,16 @@ class EventStore:
         self._state_cache: LruCache[int, dict[StateKey, str]] = LruCache(STATE_CACHE_SIZE)
 
     async def _fetch_in(
-        self, sql: str, column: str, ids: Sequence[Any], *extra: Any,
+        self, sql: str, column: str, ids: Sequence[Any],
         fetch: Callable[..., Awaitable[list[Row]]] | None = None,
     ) -> list[Row]:
-        """``sql`` (with ``{}`` where the condition ``column`` IN ``ids`` goes) run per
-        chunk of ``ids``, the rows of all chunks; ``extra`` arguments follow the list's."""
+        """``sql`` (with ``{}`` where the condition "``column`` is one of ``ids``" goes)
+        run per chunk of ``ids``: the rows of all chunks."""
         run = fetch or self.db.fetchall
         rows: list[Row] = []
         for chunk in batch_iter(ids, CHUNK):
             cond, args = self.db.dialect.in_list(column, chunk)
-            rows.extend(await run(sql.format(cond), *args, *extra))
+            rows.extend(await run(sql.format(cond), *args))
         return rows
 
     # ------------------------------------------------------------------ rooms
