@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from homeserver.metrics import Metrics
 from homeserver.storage.database import Database
+from homeserver.storage.ops import OpsStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,12 @@ MAX_DESTINATION_SERIES = 1000
 
 
 def health_route(db: Database) -> web.RouteDef:
+    store = OpsStore(db)
+
     async def health(request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(HEALTH_DB_TIMEOUT_SECONDS):
-                await db.fetchval("SELECT 1")
+                await store.ping()
         except Exception as e:  # any failure of the database is "unhealthy", not a 500
             log.warning("health check failed", extra={"error": str(e) or type(e).__name__})
             return web.json_response({"status": "unavailable"}, status=503)
@@ -44,35 +47,27 @@ def health_route(db: Database) -> web.RouteDef:
     return web.get("/health", health)
 
 
-async def refresh_database_gauges(db: Database, metrics: Metrics) -> None:
+async def refresh_database_gauges(db: Database, metrics: Metrics, clock: Clock = SYSTEM_CLOCK) -> None:
     """Read the inbox age and the per-destination queue depths into their gauges."""
-    # The lowest id is the oldest entry (ids are given in order of arrival): one index
-    # step, where MIN(received_ts) read every entry, bodies and all, on each scrape.
-    oldest = await db.fetchval("SELECT received_ts FROM inbox ORDER BY id LIMIT 1")
-    age = max(0.0, time.time() - int(oldest) / 1000) if oldest is not None else 0.0
+    store = OpsStore(db)
+    oldest = await store.oldest_inbox_received_ms()
+    age = max(0.0, (clock.time_ms() - oldest) / 1000) if oldest is not None else 0.0
     metrics.inbox_oldest_age.set(age)
-    depths: dict[tuple[str, str], int] = {}
-    for kind, table in (("pdu", "outbound_pdu_queue"), ("edu", "outbound_edu_queue")):
-        rows = await db.fetchall(
-            f"SELECT destination, COUNT(*) AS n FROM {table} GROUP BY destination"
-            f" ORDER BY n DESC LIMIT {MAX_DESTINATION_SERIES}"
-        )
-        for dest, count in rows:
-            depths[(str(dest), kind)] = int(count)
+    depths = await store.outbound_queue_depths(MAX_DESTINATION_SERIES)
     gauge = metrics.outbound_destination_queue_depth
     gauge.clear()  # destinations whose queue emptied disappear instead of sticking
     for (dest, kind), count in depths.items():
         gauge.labels(dest, kind).set(count)
 
 
-def create_metrics_app(db: Database, metrics: Metrics) -> web.Application:
+def create_metrics_app(db: Database, metrics: Metrics, clock: Clock = SYSTEM_CLOCK) -> web.Application:
     """The app of the metrics listener: ``GET /metrics`` and ``GET /health``."""
     app = web.Application()
 
     async def scrape(request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
-                await refresh_database_gauges(db, metrics)
+                await refresh_database_gauges(db, metrics, clock)
         except Exception as e:
             log.warning("metrics: database gauges not refreshed", extra={"error": str(e) or type(e).__name__})
         body = generate_latest(metrics.registry)
@@ -85,9 +80,12 @@ def create_metrics_app(db: Database, metrics: Metrics) -> web.Application:
 class LoopLagProbe:
     """A task that sleeps ``interval`` seconds at a time and records how late it wakes."""
 
-    def __init__(self, metrics: Metrics, interval: float = LAG_PROBE_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self, metrics: Metrics, interval: float = LAG_PROBE_INTERVAL_SECONDS, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._metrics = metrics
         self._interval = interval
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -102,10 +100,10 @@ class LoopLagProbe:
                 await task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while True:
-            before = loop.time()
-            await asyncio.sleep(self._interval)
-            lag = max(0.0, loop.time() - before - self._interval)
+            before = clock.monotonic()
+            await clock.sleep(self._interval)
+            lag = max(0.0, clock.monotonic() - before - self._interval)
             self._metrics.event_loop_lag.set(lag)
             self._metrics.event_loop_lag_histogram.observe(lag)

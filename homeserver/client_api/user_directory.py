@@ -17,6 +17,7 @@ from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError
 from homeserver.http import json_response, read_json_object
 from homeserver.storage.events import EventStore
+from homeserver.util.iters import batch_iter
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -67,31 +68,20 @@ class UserDirectoryAPI:
 
     async def _rooms(self, user_id: str) -> list[str]:
         """The rooms the user is joined to, and the public ones."""
-        db = self.events.db
-        mine = await db.fetchall(
-            "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ? AND membership = 'join'",
-            user_id,
-        )
-        rules = await db.fetchall(
-            "SELECT room_id, event_id FROM current_state WHERE type = 'm.room.join_rules' AND state_key = ''"
-        )
+        mine = await self.events.joined_rooms(user_id)
+        rules = await self.events.rooms_with_state("m.room.join_rules")
         events = await self.events.get_events(r[1] for r in rules)
         public = [
             room_id for room_id, event_id in rules
             if event_id in events and events[event_id].event.content.get("join_rule") == "public"
         ]
-        return list(dict.fromkeys([*(r[0] for r in mine), *public]))
+        return list(dict.fromkeys([*mine, *public]))
 
     async def _members(self, rooms: list[str]) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
         """(user ID, member event content) of the rooms' joined members; whether capped."""
         out: list[tuple[str, dict[str, Any]]] = []
-        for start in range(0, len(rooms), _CHUNK):
-            chunk = rooms[start : start + _CHUNK]
-            rows = await self.events.db.fetchall(
-                "SELECT state_key, event_id FROM current_state WHERE type = 'm.room.member' AND membership = 'join'"
-                f" AND room_id IN ({','.join('?' * len(chunk))}) ORDER BY state_key LIMIT ?",
-                *chunk, MAX_CANDIDATES - len(out) + 1,
-            )
+        for chunk in batch_iter(rooms, _CHUNK):
+            rows = await self.events.joined_member_events(chunk, MAX_CANDIDATES - len(out) + 1)
             capped = len(out) + len(rows) > MAX_CANDIDATES
             rows = rows[: MAX_CANDIDATES - len(out)]
             events = await self.events.get_events(r[1] for r in rows)

@@ -185,24 +185,13 @@ class EventBuilder:
         out: dict[StateKey, Mapping[str, Any]] = {}
         if not member_ids:
             return out
-        current = await self.store.db.fetchall(
-            "SELECT state_key, event_id, membership FROM current_state"
-            " WHERE room_id = ? AND type = 'm.room.member'",
-            room_id,
-        )
-        for state_key, event_id, membership in current:
+        for state_key, event_id, membership in await self.store.member_memberships(room_id):
             key = ("m.room.member", state_key)
             if member_ids.get(event_id) == key:
                 out[key] = {"membership": membership}
         missing = [eid for eid, k in member_ids.items() if k not in out]
-        for i in range(0, len(missing), 500):
-            chunk = missing[i : i + 500]
-            rows = await self.store.db.fetchall(
-                f"SELECT event_id, membership FROM events WHERE event_id IN ({','.join('?' * len(chunk))})",
-                *chunk,
-            )
-            for event_id, membership in rows:
-                out[member_ids[event_id]] = {"membership": membership}
+        for event_id, membership in (await self.store.memberships_of(missing)).items():
+            out[member_ids[event_id]] = {"membership": membership}
         return out
 
     # ------------------------------------------------------------------ helpers

@@ -8,7 +8,7 @@ levels' ``redact`` level in the state before the redaction. A redaction that arr
 before its target is applied once the target is here. Clients see a redaction event in
 their timelines only once it applies (they redact on receipt: one we do not apply, or
 cannot check yet, would hide an event we keep serving). Each verdict is computed once
-(``EventStore.redaction_verdicts``), and at most ``MAX_PER_TARGET`` redactions of one
+(``RedactionStore.verdicts``), and at most ``MAX_PER_TARGET`` redactions of one
 event are ever considered, so a flood of refused redactions costs a bounded amount.
 
 Applied only when serving: the stored event keeps its content, and the room's state and
@@ -24,11 +24,9 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import server_name_of
 from homeserver.events.power import get_power_level, named_level
 from homeserver.events.redaction import redact
-from homeserver.storage.events import EventStore, Outcome, StoredEvent
+from homeserver.storage.events import EventStore, StoredEvent
 
-_CHUNK = 500
 MAX_PER_TARGET = 20
-VERDICT_CACHE_SIZE = 10_000
 _AUTH_KEYS: tuple[StateKey, ...] = (("m.room.create", ""), ("m.room.power_levels", ""))
 
 
@@ -38,17 +36,7 @@ async def applied_redactions(store: EventStore, events: Iterable[Event]) -> dict
     targets = {e.event_id: e for e in events}
     if not targets:
         return {}
-    ids = list(targets)
-    rows: list[tuple[int, str, str]] = []
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        found = await store.db.fetchall(
-            "SELECT e.stream_ordering, r.redacts, r.event_id FROM redactions r"
-            " JOIN events e ON e.event_id = r.event_id"
-            f" WHERE r.redacts IN ({','.join('?' * len(chunk))}) AND e.outcome = ?",
-            *chunk, Outcome.ACCEPTED.value,
-        )
-        rows.extend((int(r[0]), r[1], r[2]) for r in found)
+    rows = await store.redactions.accepted_redactions_of(list(targets))
     if not rows:
         return {}
     rows.sort()
@@ -85,13 +73,11 @@ async def hide_unapplied(store: EventStore, events: Sequence[StoredEvent]) -> li
 
 
 async def _verdict(store: EventStore, redaction: Event, target: Event) -> bool:
-    cache = store.redaction_verdicts
+    cache = store.redactions.verdicts
     verdict = cache.get(redaction.event_id)
     if verdict is None:
         verdict = await _allowed(store, redaction, target)
         cache[redaction.event_id] = verdict
-        while len(cache) > VERDICT_CACHE_SIZE:
-            cache.popitem(last=False)
     return verdict
 
 

@@ -12,12 +12,11 @@ invite or a leave that is already in effect sends nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import string
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from homeserver.events.errors import UnsupportedRoomVersion
@@ -39,6 +38,7 @@ from homeserver.rooms.errors import (
 from homeserver.rooms.redactions import applied_redactions, served
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
+from homeserver.util.locks import KeyedLock
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,8 @@ class RoomService:
         self.invite_listeners: list[InviteListener] = []
         # Set by the app factory (rooms/directory.py): joins by alias need it.
         self.alias_resolver: AliasResolver | None = None
-        self._member_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        # Serialises one user's membership changes in one room.
+        self._member_locks: KeyedLock[tuple[str, str]] = KeyedLock()
 
     # ------------------------------------------------------------------ helpers
 
@@ -88,30 +87,15 @@ class RoomService:
         if not is_valid_user_id(user_id) or not self._is_local(user_id):
             raise BadRoomRequest(f"{user_id!r} is not a user of this server")
 
-    def _member_lock(self, user_id: str, room_id: str) -> asyncio.Lock:
-        key = (user_id, room_id)
-        lock = self._member_locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._member_locks[key] = lock
-        return lock
+    def _member_lock(self, user_id: str, room_id: str) -> AbstractAsyncContextManager[None]:
+        return self._member_locks((user_id, room_id))
 
     async def participating(self, room_id: str) -> bool:
         """Whether one of our users is joined to the room (we hold its live state)."""
-        row = await self.store.db.fetchval(
-            "SELECT 1 FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
-            " AND membership = 'join' AND state_key LIKE ? LIMIT 1",
-            room_id, "%:" + self.server_name,
-        )
-        return row is not None
+        return await self.store.has_joined_member_of(room_id, self.server_name)
 
     async def _state_membership(self, user_id: str, room_id: str) -> tuple[str | None, str | None]:
-        row = await self.store.db.fetchone(
-            "SELECT membership, event_id FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
-            " AND state_key = ?",
-            room_id, user_id,
-        )
-        return (None, None) if row is None else (row[0], row[1])
+        return await self.store.current_membership(room_id, user_id)
 
     # ------------------------------------------------------------------ create, send
 
@@ -312,8 +296,7 @@ class RoomService:
         if self._is_local(target):
             await self.builder.send(room_id, "m.room.member", sender, content, target)
             return
-        lock = self.persister.room_lock(room_id)
-        async with lock:
+        async with self.persister.room_lock(room_id):
             event, state_before = await self.builder.build_locked(room_id, "m.room.member", sender, content, target)
             stripped = await self._invite_room_state(state_before, full=True)
         # The handshake runs without the room lock: a slow invitee server holds nothing.
@@ -323,7 +306,7 @@ class RoomService:
             if e.status == 403:
                 raise NotAllowed(f"{e.destination} refused the invite") from None
             raise RemoteJoinFailed(f"invite to {e.destination} failed: {e}") from None
-        async with lock:
+        async with self.persister.room_lock(room_id):
             await self.builder.persist_local(signed, state_before)
 
     async def _invite_room_state(self, state: Mapping[StateKey, str], *, full: bool) -> list[dict[str, Any]]:
@@ -470,22 +453,15 @@ class RoomService:
         return get_power_level(user_id, auth_state) >= named_level(auth_state, "redact")
 
     async def get_state_event(self, room_id: str, event_type: str, state_key: str) -> Event | None:
-        row = await self.store.db.fetchval(
-            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
-            room_id, event_type, state_key,
-        )
-        if row is None:
+        event_id = await self.store.current_state_id(room_id, (event_type, state_key))
+        if event_id is None:
             return None
-        stored = await self.store.get_event(row)
+        stored = await self.store.get_event(event_id)
         return None if stored is None else stored.event
 
     async def rooms_for_user(self, user_id: str) -> dict[str, str]:
         """room ID -> membership (join/invite/leave/ban/knock), forgotten rooms left out."""
-        rows = await self.store.db.fetchall(
-            "SELECT room_id, membership FROM current_state WHERE type = 'm.room.member' AND state_key = ?",
-            user_id,
-        )
-        out: dict[str, str] = {r[0]: r[1] for r in rows if isinstance(r[1], str)}
+        out = await self.store.memberships_of_user(user_id)
         for invite in await self.memberships.invites_for_user(user_id):
             membership = out.get(invite.room_id)
             if membership in ("join", "ban"):

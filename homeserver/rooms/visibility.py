@@ -32,12 +32,12 @@ state-group cache.
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from homeserver.events.event import Event, StateKey
 from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.util.lru import LruCache
 
 HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")
 WORLD_READABLE = "world_readable"
@@ -47,7 +47,6 @@ JOINED = "joined"
 KNOWN_VISIBILITIES = frozenset({WORLD_READABLE, SHARED, INVITED, JOINED})
 DEFAULT_VISIBILITY = SHARED
 FACT_CACHE_SIZE = 50_000
-_CHUNK = 500
 _EMPTY: Mapping[StateKey, str] = {}
 
 
@@ -99,10 +98,8 @@ class _At:
 class HistoryVisibility:
     def __init__(self, store: EventStore, cache_size: int = FACT_CACHE_SIZE) -> None:
         self._store = store
-        self._db = store.db
-        self._cache_size = cache_size
         # event ID -> the visibility it sets (hv events) or the membership (member events).
-        self._facts: OrderedDict[str, str | None] = OrderedDict()
+        self._facts: LruCache[str, str | None] = LruCache(cache_size)
 
     # ------------------------------------------------------------------ users
 
@@ -157,19 +154,10 @@ class HistoryVisibility:
     async def _last_join(self, user_id: str, room_id: str) -> int | None:
         """The stream ordering of the user's current join (a large number: every event is
         before it), else of their latest join event in the room, else None."""
-        row = await self._db.fetchone(
-            "SELECT membership FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
-            " AND state_key = ?",
-            room_id, user_id,
-        )
-        if row is not None and row[0] == "join":
+        membership, _ = await self._store.current_membership(room_id, user_id)
+        if membership == "join":
             return 2**62
-        value = await self._db.fetchval(
-            "SELECT MAX(stream_ordering) FROM events WHERE room_id = ? AND type = 'm.room.member'"
-            " AND state_key = ? AND membership = 'join' AND outcome = 'accepted'",
-            room_id, user_id,
-        )
-        return None if value is None else int(value)
+        return await self._store.last_join_ordering(room_id, user_id)
 
     # ------------------------------------------------------------------ servers
 
@@ -224,15 +212,7 @@ class HistoryVisibility:
 
     async def _states(self, event_ids: Sequence[str]) -> dict[str, _At]:
         """The state before and after each event that has state (outliers have none)."""
-        rows: list[tuple[str, int | None, int | None]] = []
-        ids = list(dict.fromkeys(event_ids))
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
-            rows.extend(await self._db.fetchall(
-                "SELECT event_id, state_group, state_group_after FROM events"
-                f" WHERE event_id IN ({','.join('?' * len(chunk))})",
-                *chunk,
-            ))
+        rows = await self._store.state_groups_of(event_ids)
         groups: dict[int, Mapping[StateKey, str]] = {}
         out: dict[str, _At] = {}
         for event_id, before, after in rows:
@@ -241,10 +221,9 @@ class HistoryVisibility:
                 if group is None:
                     maps.append(_EMPTY)
                     continue
-                g = int(group)
-                if g not in groups:
-                    groups[g] = await self._store.load_state_group(g)
-                maps.append(groups[g])
+                if group not in groups:
+                    groups[group] = await self._store.load_state_group(group)
+                maps.append(groups[group])
             out[event_id] = _At(maps[0], maps[1] if after is not None else maps[0])
         return out
 
@@ -255,7 +234,6 @@ class HistoryVisibility:
         missing: list[str] = []
         for event_id in event_ids:
             if event_id in self._facts:
-                self._facts.move_to_end(event_id)
                 out[event_id] = self._facts[event_id]
             else:
                 missing.append(event_id)
@@ -272,6 +250,4 @@ class HistoryVisibility:
                     fact = se.event.membership
                 out[event_id] = fact
                 self._facts[event_id] = fact
-            while len(self._facts) > self._cache_size:
-                self._facts.popitem(last=False)
         return out

@@ -8,10 +8,10 @@ the database.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 # The state the room directory shows of a room (all with state_key "").
 SUMMARY_TYPES = (
@@ -36,13 +36,10 @@ class PublishedRoom:
     state: dict[str, str]  # event type -> event ID, of SUMMARY_TYPES
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class DirectoryStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self.db = db
+        self._clock = clock
 
     # ------------------------------------------------------------------ aliases
 
@@ -51,7 +48,7 @@ class DirectoryStore:
         changed = await self.db.execute(
             "INSERT INTO room_aliases (room_alias, room_id, creator, created_ts) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (room_alias) DO NOTHING",
-            room_alias, room_id, creator, _now_ms(),
+            room_alias, room_id, creator, self._clock.time_ms(),
         )
         return changed == 1
 
@@ -80,7 +77,7 @@ class DirectoryStore:
             await self.db.execute(
                 "INSERT INTO published_rooms (room_id, published_ts) VALUES (?, ?)"
                 " ON CONFLICT (room_id) DO NOTHING",
-                room_id, _now_ms(),
+                room_id, self._clock.time_ms(),
             )
         else:
             await self.db.execute("DELETE FROM published_rooms WHERE room_id = ?", room_id)
@@ -96,12 +93,12 @@ class DirectoryStore:
             " GROUP BY p.room_id",
             "%:" + server_name,
         )
-        marks = ",".join("?" * len(SUMMARY_TYPES))
+        cond, args = self.db.dialect.in_list("cs.type", SUMMARY_TYPES)
         rows = await self.db.fetchall(
             "SELECT cs.room_id, cs.type, cs.event_id FROM published_rooms p"
             " JOIN current_state cs ON cs.room_id = p.room_id"
-            f" WHERE cs.state_key = '' AND cs.type IN ({marks})",
-            *SUMMARY_TYPES,
+            f" WHERE cs.state_key = '' AND {cond}",
+            *args,
         )
         state: dict[str, dict[str, str]] = {}
         for room_id, event_type, event_id in rows:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.storage.database import Database
-from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.events import CHUNK, EventStore, StoredEvent
+from homeserver.util.iters import batch_iter
 
 # Remote typing notifications (federation/pipeline/edus.py) expire after this; local ones
 # are stored with the same lifetime so that "set at" = expires_ts - TYPING_TIMEOUT_MS.
@@ -40,10 +41,6 @@ class Receipt:
     received_ts: int
 
 
-def _ph(n: int) -> str:
-    return ",".join("?" * n)
-
-
 class TimelineStore:
     def __init__(self, db: Database, events: EventStore) -> None:
         self.db = db
@@ -65,14 +62,13 @@ class TimelineStore:
         return [found[i] for i in ids if i in found]
 
     async def rooms_with_events(self, room_ids: Iterable[str], after: int, upto: int) -> set[str]:
-        ids = list(room_ids)
         out: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+        for chunk in batch_iter(room_ids, CHUNK):
+            cond, args = self.db.dialect.in_list("room_id", chunk)
             rows = await self.db.fetchall(
-                f"SELECT DISTINCT room_id FROM events WHERE room_id IN ({_ph(len(chunk))})"
+                f"SELECT DISTINCT room_id FROM events WHERE {cond}"
                 " AND outcome = 'accepted' AND stream_ordering > ? AND stream_ordering <= ?",
-                *chunk, after, upto,
+                *args, after, upto,
             )
             out.update(r[0] for r in rows)
         return out
@@ -125,14 +121,13 @@ class TimelineStore:
 
     async def rooms_with_typing_changes(self, room_ids: Iterable[str], since_ms: int, now_ms: int) -> set[str]:
         """Rooms where someone started typing after ``since_ms`` or stopped by expiry since."""
-        ids = list(room_ids)
         out: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+        for chunk in batch_iter(room_ids, CHUNK):
+            cond, args = self.db.dialect.in_list("room_id", chunk)
             rows = await self.db.fetchall(
-                f"SELECT DISTINCT room_id FROM typing WHERE room_id IN ({_ph(len(chunk))})"
+                f"SELECT DISTINCT room_id FROM typing WHERE {cond}"
                 " AND (expires_ts - ? > ? OR (expires_ts > ? AND expires_ts <= ?))",
-                *chunk, TYPING_TIMEOUT_MS, since_ms, since_ms, now_ms,
+                *args, TYPING_TIMEOUT_MS, since_ms, since_ms, now_ms,
             )
             out.update(r[0] for r in rows)
         return out
@@ -152,14 +147,13 @@ class TimelineStore:
             )
 
     async def receipts(self, room_ids: Iterable[str], since_ms: int, upto_ms: int) -> list[Receipt]:
-        ids = list(room_ids)
         out: list[Receipt] = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+        for chunk in batch_iter(room_ids, CHUNK):
+            cond, args = self.db.dialect.in_list("room_id", chunk)
             rows = await self.db.fetchall(
                 "SELECT room_id, receipt_type, user_id, thread_id, event_ids, data, received_ts FROM receipts"
-                f" WHERE room_id IN ({_ph(len(chunk))}) AND received_ts > ? AND received_ts <= ?",
-                *chunk, since_ms, upto_ms,
+                f" WHERE {cond} AND received_ts > ? AND received_ts <= ?",
+                *args, since_ms, upto_ms,
             )
             for r in rows:
                 event_ids = json.loads(r[4])

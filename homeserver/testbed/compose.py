@@ -15,8 +15,8 @@ import asyncio
 from pathlib import Path
 
 from homeserver.config import Config
+from homeserver.storage.pg_admin import create_database, database_dsn
 from homeserver.testbed.layout import LOG_FILE, ServerSpec, write_server_files
-from homeserver.testbed.manager import create_database, database_dsn
 from homeserver.testbed.state import ServerEntry, TestbedState
 
 CLIENT_PORT = 8008

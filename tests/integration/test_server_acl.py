@@ -65,7 +65,7 @@ async def test_a_denied_server_is_refused(db_factory: DatabaseFactory, tmp_path:
         assert metric(server, "hs_inbound_edus_dropped_total", {"origin": third.server_name, "reason": "acl"}) == 2
 
         # The same with the room's head not cached (a cold room): the ACL is looked up.
-        server.services.persister._heads.clear()
+        server.services.persister.heads.heads.clear()
         cold = room.message("cold", sender=carol, signer=third, add=False)
         status, body = await third.send(server, [cold])
         assert status == 200 and body["pdus"] == {cold.event_id: {"error": "The room's server ACL denies your server"}}
