@@ -447,12 +447,12 @@ class InboundWorker:
             self._released.clear()
         if not self._done or (self._pending and len(self._done) < DELETE_BATCH):
             return
-        ids, self._done = self._done, []
-        try:
-            await self._store.delete(ids)
-        except BaseException:
-            self._done[:0] = ids  # still held: deleted next time
-            raise
+        # Left in ``_done`` until the delete has committed (entries finished meanwhile are
+        # appended after them), so ``wait_idle`` does not return while it is under way;
+        # if the delete fails they are still there, deleted next time.
+        ids = self._done[:]
+        await self._store.delete(ids)
+        del self._done[: len(ids)]
         self._metrics.inbox_depth.dec(len(ids))
 
     async def _maybe_prune(self) -> None:
