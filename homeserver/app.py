@@ -20,12 +20,12 @@ from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.errors import forbidden
 from homeserver.federation.auth import ORIGIN, make_auth_middleware
 from homeserver.federation.directory_api import FederationDirectoryAPI
-from homeserver.federation.inbox import InboundWorker, InboxStore
 from homeserver.federation.keys_api import key_routes
 from homeserver.federation.pipeline import InboundProcessor
 from homeserver.federation.rooms_api import FederationRoomsAPI, user_store_profiles
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
+from homeserver.federation.worker import InboundWorker
 from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
@@ -43,6 +43,7 @@ from homeserver.rooms.store import RoomMembershipStore
 from homeserver.storage.database import Database, open_database
 from homeserver.storage.directory import DirectoryStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.inbox import InboxStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
 from homeserver.storage.users import UserStore

@@ -32,7 +32,7 @@ class Metrics:
             "hs_events_processed", "Inbound events processed, per outcome", ["outcome"], registry=r
         )
         self.inbox_depth = Gauge("hs_inbox_depth", "Inbox entries waiting", registry=r)
-        # ---- inbound federation: door and worker (federation/transport.py, inbox.py, inbound.py)
+        # ---- inbound federation: door and worker (federation/transport.py, worker.py, inbound.py)
         self.inbound_repeated_transactions = Counter(
             "hs_inbound_repeated_transactions", "Transactions received again (same origin and txnId)",
             ["origin"], registry=r,

@@ -128,7 +128,7 @@ async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningSe
         fed = config.listeners.federation
         running.federation_port = await _site(
             create_federation_app(services), fed.bind, fed.port, ssl_ctx, running,
-            ring=services.inbound_worker.knock,
+            ring=services.inbound_worker.door_bell,
         )
         cl = config.listeners.client
         running.client_port = await _site(create_client_app(services), cl.bind, cl.port, None, running)

@@ -32,7 +32,7 @@ from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
-from homeserver.federation.inbox import InboundWorker, InboxStore, PendingPdu
+from homeserver.federation.worker import InboundWorker
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
 from homeserver.rooms.acl import AclChecker
@@ -40,6 +40,7 @@ from homeserver.rooms.redactions import applied_redactions, served_pdus
 from homeserver.rooms.store import RoomMembershipStore, ended_member
 from homeserver.rooms.visibility import HistoryVisibility, ServerView
 from homeserver.storage.events import EventStore, Outcome
+from homeserver.storage.inbox import InboxStore, PendingPdu
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 from homeserver.util.lru import LruCache
 

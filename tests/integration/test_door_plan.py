@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from homeserver.federation.inbox import _ADMIT_SQL, InboxStore, PendingPdu
 from homeserver.storage.database import PostgresDatabase, open_database
+from homeserver.storage.inbox import ADMIT_SQL_POSTGRES, InboxStore, PendingPdu
 from homeserver.storage.migrations import migrate
 from tests.conftest import create_pg_database, drop_pg_database
 
@@ -23,7 +23,7 @@ VALUES = "'origin.test', 't1', '{}', 0, ARRAY['!r:o'], ARRAY['$e'], ARRAY['11'],
 async def _plan(conn: Any, *, seqscan: bool) -> str:
     await conn.execute(f"SET enable_seqscan = {'on' if seqscan else 'off'}")
     try:
-        await conn.execute(f"PREPARE door AS {_ADMIT_SQL}")
+        await conn.execute(f"PREPARE door AS {ADMIT_SQL_POSTGRES}")
         rows = await conn.fetch(f"EXPLAIN EXECUTE door({VALUES})")
         return "\n".join(r[0] for r in rows)
     finally:

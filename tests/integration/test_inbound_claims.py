@@ -9,6 +9,10 @@ InboxStore and InboundWorker; the processor is the test's, held by a gate).
 - Claims are taken in pieces, in inbox order: nothing is skipped or taken twice.
 - Claims are held in memory: a claimed entry is not claimed again until it is deleted or
   released; a worker starting afresh (after a crash) claims everything there is.
+
+The workers here run on a fake clock: their idle poll (which finds every origin with
+entries again) never fires unless a test moves the clock, and a failed round's retry comes
+when the test moves the clock by RETRY_SECONDS.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from homeserver.config import InboundConfig
-from homeserver.federation.inbox import InboundWorker, InboxEntry, InboxStore, PendingPdu
+from homeserver.federation.worker import RETRY_SECONDS, InboundWorker
 from homeserver.metrics import Metrics
+from homeserver.storage.inbox import InboxEntry, InboxStore, PendingPdu
 from homeserver.storage.migrations import migrate
+from homeserver.util.clock import FakeClock
 from tests.conftest import DatabaseFactory
 
 ORIGIN = "remote.test"
@@ -70,7 +76,7 @@ async def test_full_room_is_skipped_and_not_claimed_from_again(db_factory: Datab
         processed.append(entry.event_id or "")
 
     config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
-    worker = InboundWorker(store, process, config, Metrics())
+    worker = InboundWorker(store, process, config, Metrics(), FakeClock())
     try:
         room_a = [f"$a{i}" for i in range(30)]
         await _admit(store, "t1", "!a:remote.test", room_a)
@@ -117,7 +123,7 @@ async def test_origin_drained_after_a_full_room_is_claimed_from_when_it_sends_ag
         processed.append(entry.event_id or "")
 
     config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
-    worker = InboundWorker(store, process, config, Metrics())
+    worker = InboundWorker(store, process, config, Metrics(), FakeClock())  # no idle poll
     try:
         await _admit(store, "t1", "!a:remote.test", [f"$a{i}" for i in range(12)])
         await worker.start()
@@ -127,7 +133,7 @@ async def test_origin_drained_after_a_full_room_is_claimed_from_when_it_sends_ag
         assert await worker.wait_idle(10.0)  # drained
         await _admit(store, "t2", "!a:remote.test", ["$a12"])
         worker.notify(ORIGIN, {"!a:remote.test"})
-        await _until(lambda: processed[-1:] == ["$a12"], timeout=2.0)  # the idle poll is 5 s
+        await _until(lambda: processed[-1:] == ["$a12"], timeout=2.0)
     finally:
         await worker.stop()
         await db.close()
@@ -180,8 +186,9 @@ class FailingOnceStore(InboxStore):
 @contextlib.asynccontextmanager
 async def _failing_worker(
     db_factory: DatabaseFactory,
-) -> AsyncIterator[tuple[FailingOnceStore, InboundWorker, list[str]]]:
-    """A real database and worker whose store's second claim fails; the events processed."""
+) -> AsyncIterator[tuple[FailingOnceStore, InboundWorker, FakeClock, list[str]]]:
+    """A real database and worker whose store's second claim fails; the worker's clock;
+    the events processed."""
     db = await db_factory.open()
     await migrate(db)
     store = FailingOnceStore(db)
@@ -192,9 +199,10 @@ async def _failing_worker(
         processed.append(entry.event_id or "")
 
     config = InboundConfig(worker_batch_size=10, max_queued_per_room=MAX_QUEUED, check_processes=0)
-    worker = InboundWorker(store, process, config, Metrics())
+    clock = FakeClock()
+    worker = InboundWorker(store, process, config, Metrics(), clock)
     try:
-        yield store, worker, processed
+        yield store, worker, clock, processed
     finally:
         await worker.stop()
         await db.close()
@@ -203,12 +211,15 @@ async def _failing_worker(
 async def test_a_claim_round_that_fails_hands_back_what_it_took(db_factory: DatabaseFactory) -> None:
     """The entries a round claimed before a claim statement failed are handed back (they are
     held in memory): the worker's next round takes them, and each is processed once, in order."""
-    async with _failing_worker(db_factory) as (store, worker, processed):
+    async with _failing_worker(db_factory) as (store, worker, clock, processed):
         ids = [f"$e{i}" for i in range(8)]
         await _admit(store, "t1", "!a:remote.test", ids)
         await worker.start()
         worker.notify(ORIGIN, {"!a:remote.test"})
-        await _until(lambda: len(processed) == 8)  # after the worker's one-second retry
+        await _until(lambda: store.calls == 2)  # failed: the worker waits for its retry
+        assert processed == []  # the round's entries were handed back, not processed
+        await clock.advance(RETRY_SECONDS)
+        await _until(lambda: len(processed) == 8)
         assert processed == ids
         assert await worker.wait_idle(10.0)
         assert await store.count() == 0
@@ -220,13 +231,15 @@ async def test_entries_handed_back_by_a_failed_round_are_claimed_though_their_or
     """Two origins: the round drains the first (fewer entries than its share), then the
     claim for the second fails. The first origin's entries are handed back and its origin
     registered again, so they are processed without waiting for another /send from it."""
-    async with _failing_worker(db_factory) as (store, worker, processed):
+    async with _failing_worker(db_factory) as (store, worker, clock, processed):
         for origin in ("a.test", "b.test"):
             pdus = [PendingPdu(f"!{origin[0]}:remote.test", f"${origin[0]}{i}", "11", {}) for i in range(2)]
             assert (await store.admit(origin, "t1", {"pdus": {}}, pdus, [])).enqueued == 2
         await worker.start()  # both origins have entries: one round claims from both
-        # After the worker's one-second retry; not only at its idle poll (IDLE_POLL_SECONDS),
-        # which would find the origin again in the database.
+        await _until(lambda: store.calls == 2)
+        # After the worker's retry; the clock does not reach its idle poll
+        # (IDLE_POLL_SECONDS), which would find the origin again in the database.
+        await clock.advance(RETRY_SECONDS)
         await _until(lambda: len(processed) == 4, timeout=3.0)
         assert sorted(processed) == ["$a0", "$a1", "$b0", "$b1"]
         assert await worker.wait_idle(10.0)

@@ -156,28 +156,28 @@ async def test_worker_is_quiet_only_when_idle_and_no_send_was_answered_lately(se
 
 async def test_a_sends_first_bytes_hold_the_worker_back_until_it_is_answered(setup: Setup) -> None:
     """The federation listener rings the worker's door bell on the first bytes of a
-    ``PUT /send``, before aiohttp reaches the handler; other requests do not. A knock holds
-    the worker back until that /send is answered, or KNOCK_SECONDS if no handler follows."""
-    from homeserver.federation.inbox import KNOCK_SECONDS
+    ``PUT /send``, before aiohttp reaches the handler; other requests do not. The bell holds
+    the worker back until that /send is answered, or DOOR_BELL_SECONDS if no handler follows."""
+    from homeserver.federation.worker import DOOR_BELL_SECONDS
 
     s = setup
     worker = s.server.services.inbound_worker
     msg = s.room.message("ring")
-    knocks = worker.knocks
+    bells = worker.door_bells
     assert (await s.remote.send(s.server, [msg]))[0] == 200
-    assert worker.knocks == knocks + 1
+    assert worker.door_bells == bells + 1
     assert await worker.wait_idle(WAIT)
     status, _ = await s.remote.get(s.server, f"/_matrix/federation/v1/event/{msg.event_id}")
-    assert status == 200 and worker.knocks == knocks + 1
-    # A knock without a handler holds back for KNOCK_SECONDS ...
-    worker.knock()
+    assert status == 200 and worker.door_bells == bells + 1
+    # A bell without a handler holds back for DOOR_BELL_SECONDS ...
+    worker.door_bell()
     assert worker.holding_back and not worker.quiet(0.0)
-    await asyncio.sleep(KNOCK_SECONDS * 3)
+    await asyncio.sleep(DOOR_BELL_SECONDS * 3)
     assert not worker.holding_back
     # ... and one followed by its handler until the reply is written.
-    worker.knock()
+    worker.door_bell()
     with worker.answering():
-        await asyncio.sleep(KNOCK_SECONDS * 2)
+        await asyncio.sleep(DOOR_BELL_SECONDS * 2)
         assert worker.holding_back
     assert not worker.holding_back
 

@@ -22,7 +22,6 @@ from homeserver.config import InboundConfig
 from homeserver.events.event import StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.versions import RoomVersion, get_room_version
-from homeserver.federation.inbox import InboxEntry
 from homeserver.federation.pipeline.cache import EventCache
 from homeserver.federation.pipeline.decide import Decider
 from homeserver.federation.pipeline.edus import EduHandler
@@ -35,6 +34,7 @@ from homeserver.rooms.fetcher import Budget, RemoteFetcher
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.store import RoomMembershipStore
 from homeserver.storage.events import EventStore, Outcome
+from homeserver.storage.inbox import InboxEntry
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
