@@ -8,7 +8,8 @@ injection, nothing reaches into a global registry.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -30,6 +31,7 @@ from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
+from homeserver.notifier import Notifier
 from homeserver.ops import health_route
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
@@ -54,6 +56,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Services:
+    """Every long-lived component of one server, built and wired here and nowhere else.
+
+    ``open`` builds them in dependency order and registers each one's shutdown on an
+    ``AsyncExitStack`` as soon as it exists, so a failure half-way closes exactly what was
+    opened, and ``close`` shuts everything down in the reverse order of opening.
+    """
+
     config: Config
     signing_key: ServerSigningKey
     db: Database
@@ -69,13 +78,22 @@ class Services:
     directory: RoomDirectory
     acl: AclChecker
     processor: InboundProcessor
+    notifier: Notifier  # the one notifier: what happened, for /sync long-polls
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
+    _exit: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @classmethod
     async def open(
         cls, config: Config, signing_key: ServerSigningKey | None = None, clock: Clock = SYSTEM_CLOCK
     ) -> Services:
         key = signing_key or load_key_file(config.signing_key_path)
+        async with AsyncExitStack() as stack:
+            services = await cls._build(stack, config, key, clock)
+            services._exit = stack.pop_all()  # opened: closing is now close()'s job
+        return services
+
+    @classmethod
+    async def _build(cls, stack: AsyncExitStack, config: Config, key: ServerSigningKey, clock: Clock) -> Services:
         db = await open_database(
             config.database.engine,
             path=config.database.path,
@@ -85,13 +103,12 @@ class Services:
             max_size=config.database.pool_max_size,
             timeout=config.database.connect_timeout,
         )
-        try:
-            await migrate(db)
-        except BaseException:
-            await db.close()
-            raise
+        stack.push_async_callback(db.close)
+        await migrate(db)
         metrics = Metrics()
+        notifier = Notifier(clock)
         client = FederationClient(config.server_name, key, config.federation, metrics, clock=clock)
+        stack.push_async_callback(client.close)
         await client.start()
         keyring = KeyRing(
             config.server_name,
@@ -103,15 +120,10 @@ class Services:
             clock=clock,
         )
         event_store = EventStore(db)
-        persister = EventPersister(event_store)
-        sender = OutboundSender(config.server_name, db, client, config.outbound, metrics)
-        try:
-            await sender.start()
-        except BaseException:
-            await sender.stop()
-            await client.close()
-            await db.close()
-            raise
+        persister = EventPersister(event_store, clock=clock, notifier=notifier)
+        sender = OutboundSender(config.server_name, db, client, config.outbound, metrics, clock=clock)
+        stack.push_async_callback(sender.stop)
+        await sender.start()
         inbox = InboxStore(db)
         memberships = RoomMembershipStore(db)
         acl = AclChecker(event_store, persister)
@@ -119,33 +131,30 @@ class Services:
             keyring, metrics, processes=config.inbound.check_processes, cache_size=config.inbound.cache_size
         )
         fetcher = RemoteFetcher(
-            client, checker, event_store, persister, metrics, backoff_seconds=config.inbound.fetch_backoff_seconds
+            client, checker, event_store, persister, metrics,
+            backoff_seconds=config.inbound.fetch_backoff_seconds, clock=clock,
         )
-        processor = InboundProcessor(config.inbound, event_store, persister, fetcher, metrics, memberships, acl)
+        processor = InboundProcessor(
+            config.inbound, event_store, persister, fetcher, metrics, memberships, acl,
+            clock=clock, notifier=notifier,
+        )
         worker = InboundWorker(inbox, processor, config.inbound, metrics)
-        try:
-            await worker.start()  # drains what a previous run left in the inbox
-        except BaseException:
-            await worker.stop()
-            await sender.stop()
-            await client.close()
-            await db.close()
-            raise
-        builder = EventBuilder(config.server_name, key, event_store, persister, sender)
+        stack.push_async_callback(worker.stop)
+        await worker.start()  # drains what a previous run left in the inbox
+        builder = EventBuilder(config.server_name, key, event_store, persister, sender, clock=clock)
         remote = RemoteMembership(config.server_name, client, keyring, fetcher, builder, memberships)
-        rooms = RoomService(config.server_name, builder, remote, memberships)
+        rooms = RoomService(config.server_name, builder, remote, memberships, notifier)
         directory = RoomDirectory(config.server_name, DirectoryStore(db), rooms, client)
         rooms.alias_resolver = directory.resolve  # joins by alias
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
-            directory, acl, processor, clock,
+            directory, acl, processor, notifier, clock,
         )
 
     async def close(self) -> None:
-        await self.inbound_worker.stop()
-        await self.sender.stop()
-        await self.federation_client.close()
-        await self.db.close()
+        """Shut down in the reverse order of opening: the inbound worker, the sender, the
+        HTTP client, then the database."""
+        await self._exit.aclose()
 
 
 def create_federation_app(services: Services) -> web.Application:
@@ -236,7 +245,7 @@ def create_client_app(services: Services) -> web.Application:
         directory=services.directory,
         metrics=services.metrics,
         clock=services.clock,
-        inbound=services.processor,
+        notifier=services.notifier,
     )
     app.add_routes([health_route(services.db)])
     return app

@@ -22,17 +22,16 @@ from homeserver.client_api.devices import DevicesAPI
 from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
-from homeserver.client_api.notifier import Notifier
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
-from homeserver.federation.pipeline import InboundProcessor
 from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
+from homeserver.notifier import Notifier
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.outbox import Outbox
@@ -60,14 +59,16 @@ def create_client_api_app(
     directory: RoomDirectory | None = None,
     metrics: Metrics | None = None,
     clock: Clock = SYSTEM_CLOCK,
-    inbound: InboundProcessor | None = None,
+    notifier: Notifier | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
     app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=cc.max_body_bytes + 1024)
     auth = Authenticator(users)
     timeline = TimelineStore(events.db, events)
-    notifier = Notifier(clock)
+    # The server's one notifier (Services owns it; the persister, the room service and the
+    # inbound pipeline tell it what happened): /sync long-polls wait on it.
+    notifier = notifier if notifier is not None else persister.notifier
     app[NOTIFIER] = notifier
     app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, clock=clock).routes())
     app.add_routes(DevicesAPI(cc, auth, users, clock=clock).routes())
@@ -76,7 +77,9 @@ def create_client_api_app(
         app.add_routes(DirectoryAPI(config.server_name, cc, auth, directory).routes())
     # History visibility for /messages, /event and /sync; backfill over federation for /messages.
     visibility = HistoryVisibility(events)
-    backfiller = Backfiller(config.server_name, config.backfill, events, persister, rooms.remote.fetcher)
+    backfiller = Backfiller(
+        config.server_name, config.backfill, events, persister, rooms.remote.fetcher, clock=clock
+    )
     app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users, backfiller=backfiller,
                              visibility=visibility, backfill_timeout=config.backfill.timeout,
                              clock=clock).routes())
@@ -92,26 +95,4 @@ def create_client_api_app(
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(auth).routes())
 
-    def on_invite(user_id: str, room_id: str) -> None:
-        notifier.wake_user(user_id)
-
-    async def listen(app: web.Application) -> None:
-        persister.listeners.append(notifier.on_event)
-        rooms.invite_listeners.append(on_invite)
-        if inbound is not None:
-            inbound.edu_listeners.append(notifier.wake_room)
-            inbound.membership_listeners.append(on_invite)
-
-    async def unlisten(app: web.Application) -> None:
-        if notifier.on_event in persister.listeners:
-            persister.listeners.remove(notifier.on_event)
-        if on_invite in rooms.invite_listeners:
-            rooms.invite_listeners.remove(on_invite)
-        if inbound is not None and notifier.wake_room in inbound.edu_listeners:
-            inbound.edu_listeners.remove(notifier.wake_room)
-        if inbound is not None and on_invite in inbound.membership_listeners:
-            inbound.membership_listeners.remove(on_invite)
-
-    app.on_startup.append(listen)
-    app.on_cleanup.append(unlisten)
     return app

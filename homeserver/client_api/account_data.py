@@ -20,11 +20,11 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.common import Authenticator, Requester
-from homeserver.client_api.notifier import Notifier
 from homeserver.client_api.push_rules import push_rules_account_data
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.http import json_response, read_json_object
+from homeserver.notifier import Notifier
 from homeserver.storage.account_data import GLOBAL, AccountDataStore
 
 # Set by the server only: m.fully_read through /read_markers (or a receipt), m.push_rules

@@ -19,10 +19,10 @@ from aiohttp import web
 from homeserver.client_api.access import room_access
 from homeserver.client_api.account_data import AccountData
 from homeserver.client_api.common import Authenticator, Requester
-from homeserver.client_api.notifier import Notifier
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.http import json_response, read_json_object
+from homeserver.notifier import Notifier
 from homeserver.rooms.outbox import Outbox
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.timeline import TimelineStore

@@ -37,11 +37,11 @@ from aiohttp import web
 from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
-from homeserver.client_api.notifier import Notifier, Waiter
 from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
+from homeserver.notifier import Notifier, Waiter
 from homeserver.rooms.redactions import hide_unapplied
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore

@@ -11,7 +11,6 @@ same database transaction: an event is either stored and queued, or neither.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -27,16 +26,12 @@ from homeserver.rooms.outbox import Outbox
 from homeserver.rooms.persist import EventPersister
 from homeserver.storage.database import Connection
 from homeserver.storage.events import EventStore, Outcome
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 MAX_PREV_EVENTS = 10
 MAX_DEPTH = 2**63 - 1
 CREATE: StateKey = ("m.room.create", "")
 
-Clock = Callable[[], int]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 
@@ -51,7 +46,7 @@ class EventBuilder:
         store: EventStore,
         persister: EventPersister,
         sender: Outbox,
-        clock: Clock = _now_ms,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
@@ -120,7 +115,7 @@ class EventBuilder:
         return event
 
     def now_ms(self) -> int:
-        return self._clock()
+        return self._clock.time_ms()
 
     def sign(self, pdu: dict[str, Any], version: RoomVersion) -> Event:
         """Hash and sign a draft with our key; check its format (BadRoomRequest if not)."""
@@ -204,7 +199,7 @@ class EventBuilder:
             "type": event_type,
             "sender": sender,
             "content": dict(content),
-            "origin_server_ts": self._clock(),
+            "origin_server_ts": self._clock.time_ms(),
         }
         if room_id is not None:
             pdu["room_id"] = room_id

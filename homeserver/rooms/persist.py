@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from homeserver.events.event import Event, StateKey
 from homeserver.events.versions import RoomVersion
+from homeserver.notifier import Notifier
 from homeserver.rooms.heads import Head, PersistError, RoomHeads, moved_extremities
 from homeserver.storage.database import Connection
 from homeserver.storage.event_writes import CollectedWrites, EventWriteStore
@@ -33,9 +34,8 @@ log = logging.getLogger(__name__)
 InTransaction = Callable[[Connection], Awaitable[None]]
 # Called after an event's transaction commits (event, outcome, stream ordering): wakes
 # /sync long-polls and similar. Listeners must be quick and must not raise.
-PersistListener = Callable[[Event, "Outcome", int], None]
 
-__all__ = ["EventPersister", "Historical", "InTransaction", "PersistError", "PersistListener"]
+__all__ = ["EventPersister", "Historical", "InTransaction", "PersistError"]
 
 _UNCHECKED = object()
 
@@ -52,13 +52,15 @@ class Historical:
 
 class EventPersister:
     def __init__(
-        self, store: EventStore, *, writes: EventWriteStore | None = None, clock: Clock = SYSTEM_CLOCK
+        self, store: EventStore, *, writes: EventWriteStore | None = None, clock: Clock = SYSTEM_CLOCK,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
         self.db = store.db
         self.writes = writes or EventWriteStore(store.db, clock)
         self._locks: KeyedLock[str] = KeyedLock()
-        self.listeners: list[PersistListener] = []
+        # Told of each event once its transaction has committed (wakes /sync).
+        self.notifier = notifier if notifier is not None else Notifier(clock)
         self.heads = RoomHeads(store, self.writes)
         # Commits happen in stream order, so a reader that has seen ordering N has seen
         # everything below it (PostgreSQL would otherwise commit concurrent rooms out of order).
@@ -386,8 +388,7 @@ class EventPersister:
             self.heads.heads[event.room_id] = new_head
 
     def _notify(self, event: Event, outcome: Outcome, ordering: int) -> None:
-        for listener in self.listeners:
-            try:
-                listener(event, outcome, ordering)
-            except Exception:
-                log.exception("persist listener failed", extra={"event_id": event.event_id})
+        try:
+            self.notifier.on_event(event, outcome, ordering)
+        except Exception:
+            log.exception("notifying an event failed", extra={"event_id": event.event_id})

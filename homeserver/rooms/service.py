@@ -25,6 +25,7 @@ from homeserver.events.identifiers import is_valid_user_id, server_name_of
 from homeserver.events.power import get_power_level, named_level
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, get_room_version
 from homeserver.net.client import FederationRequestError
+from homeserver.notifier import Notifier
 from homeserver.rooms.builder import AlsoInTransaction, EventBuilder
 from homeserver.rooms.creation import invite_content, plan_room
 from homeserver.rooms.errors import (
@@ -48,7 +49,6 @@ INVITE_STATE_TYPES = (
     "m.room.canonical_alias", "m.room.encryption",
 )
 # Called after an invite over federation (or its rejection) is stored: (user_id, room_id).
-InviteListener = Callable[[str, str], None]
 # Resolves a room alias to (room ID, servers likely in the room); raises RoomError subclasses.
 AliasResolver = Callable[[str], Awaitable[tuple[str, list[str]]]]
 
@@ -65,6 +65,7 @@ class RoomService:
         builder: EventBuilder,
         remote: RemoteMembership,
         memberships: RoomMembershipStore,
+        notifier: Notifier | None = None,
     ) -> None:
         self.server_name = server_name
         self.builder = builder
@@ -72,7 +73,8 @@ class RoomService:
         self.persister = builder.persister
         self.remote = remote
         self.memberships = memberships
-        self.invite_listeners: list[InviteListener] = []
+        # Told of invites and knocks held outside room state (wakes /sync).
+        self.notifier = notifier if notifier is not None else builder.persister.notifier
         # Set by the app factory (rooms/directory.py): joins by alias need it.
         self.alias_resolver: AliasResolver | None = None
         # Serialises one user's membership changes in one room.
@@ -329,11 +331,10 @@ class RoomService:
         self._notify_invite(target, room_id)
 
     def _notify_invite(self, user_id: str, room_id: str) -> None:
-        for listener in self.invite_listeners:
-            try:
-                listener(user_id, room_id)
-            except Exception:
-                log.exception("invite listener failed", extra={"room_id": room_id})
+        try:
+            self.notifier.on_invite(user_id, room_id)
+        except Exception:
+            log.exception("notifying an invite failed", extra={"room_id": room_id})
 
     async def get_invite_state(self, user_id: str, room_id: str, membership: str = "invite") -> list[dict[str, Any]]:
         """Stripped state for an invite (or a knock): as received over federation, else

@@ -1,6 +1,6 @@
 """The persister's store on both engines: the one-statement write is chosen by the engine,
 deferred writes carry their callbacks to the group commit, and a deferred persist tells
-its listeners only once committed."""
+its notifier only once committed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from homeserver.events.event import Event
 from homeserver.events.versions import KNOWN_ROOM_VERSIONS
+from homeserver.notifier import Notifier
 from homeserver.rooms.persist import EventPersister
 from homeserver.storage.database import Database, DeferredWriteError
 from homeserver.storage.event_writes import CollectedWrites, EventWriteStore, ReadInDeferredWrite
@@ -61,13 +62,18 @@ async def test_collected_callbacks_run_with_the_group_commit(migrated: Database)
     assert ran == ["good committed", "bad failed"]
 
 
-async def test_a_deferred_persist_tells_listeners_once_committed(migrated: Database) -> None:
+async def test_a_deferred_persist_tells_the_notifier_once_committed(migrated: Database) -> None:
     clock = FakeClock()
-    persister = EventPersister(EventStore(migrated), clock=clock)
     told: list[tuple[str, Outcome, int]] = []
+    listening = False
 
-    def listener(event: Event, outcome: Outcome, ordering: int) -> None:
-        told.append((event.event_id, outcome, ordering))
+    class Recording(Notifier):
+        def on_event(self, event: Event, outcome: Outcome, stream_ordering: int) -> None:
+            if listening:
+                told.append((event.event_id, outcome, stream_ordering))
+            super().on_event(event, outcome, stream_ordering)
+
+    persister = EventPersister(EventStore(migrated), clock=clock, notifier=Recording(clock))
 
     room = standard_room(KNOWN_ROOM_VERSIONS["11"])
     room.set_member(BOB, "join")
@@ -75,7 +81,7 @@ async def test_a_deferred_persist_tells_listeners_once_committed(migrated: Datab
     for e in room.events:
         before = await persister.compute_state_before(e.room_version, e.prev_events) if e.prev_events else {}
         await persister.persist_event(e, Outcome.ACCEPTED, before)
-    persister.listeners.append(listener)
+    listening = True
     second = room.send("m.room.message", BOB, {"body": "two", "msgtype": "m.text"})
     before = await persister.compute_state_before(second.room_version, [first.event_id])
     ordering, commit = await persister.persist_event_deferred(second, Outcome.ACCEPTED, before)

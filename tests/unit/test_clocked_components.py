@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from homeserver.client_api.auth import UIA_SESSION_TTL, UiaSessions
-from homeserver.client_api.notifier import Notifier
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import RateLimitConfig
 from homeserver.crypto.keyring import FAILED_FETCH_BACKOFF_MS, KeyNotFoundError, KeyRing
@@ -20,6 +19,7 @@ from homeserver.crypto.keys import generate_key_line, parse_key_file, server_key
 from homeserver.federation.transport import ECHO_WARNING_INTERVAL_SECONDS, EchoMonitor
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationRequestError
+from homeserver.notifier import Notifier
 from homeserver.storage.keys import StoredKey
 from homeserver.util.clock import FakeClock
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homeserver.config import InboundConfig
@@ -28,6 +28,7 @@ from homeserver.federation.pipeline.edus import EduHandler
 from homeserver.federation.pipeline.out_of_band import OutOfBand
 from homeserver.federation.pipeline.state import StateBefore
 from homeserver.metrics import Metrics
+from homeserver.notifier import Notifier
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.checks.receipt import Dropped
 from homeserver.rooms.fetcher import Budget, RemoteFetcher
@@ -60,6 +61,7 @@ class InboundProcessor:
         acl: AclChecker,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        notifier: Notifier | None = None,
     ) -> None:
         self._store = store
         self._persister = persister
@@ -71,12 +73,11 @@ class InboundProcessor:
             config, store, self._cache, fetcher, metrics,
             lambda origin, pdu, version, budget: self.handle_pdu(origin, pdu, version, budget=budget),
         )
-        self._out_of_band = OutOfBand(memberships)
-        self._edus = EduHandler(TimelineStore(store.db, store), ReceiptStore(store.db), acl, metrics, clock)
-        # Called with a room ID after typing or receipts of that room were stored.
-        self.edu_listeners: list[Callable[[str], None]] = self._edus.listeners
-        # Called with (user ID, room ID) after a kick or ban ended a user's invite or knock.
-        self.membership_listeners: list[Callable[[str, str], None]] = self._out_of_band.listeners
+        notifier = notifier if notifier is not None else persister.notifier
+        self._out_of_band = OutOfBand(memberships, notifier)
+        self._edus = EduHandler(
+            TimelineStore(store.db, store), ReceiptStore(store.db), acl, metrics, clock, notifier
+        )
         # Deferred writes failed: what the caches say was stored may not be.
         store.db.on_deferred_failure(self._cache.forget_all)
 

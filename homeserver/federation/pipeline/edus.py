@@ -5,10 +5,11 @@ ignored."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from homeserver.metrics import Metrics
+from homeserver.notifier import Notifier
 from homeserver.rooms.acl import AclChecker
 from homeserver.storage.receipts import ReceiptStore, ReceivedReceipt
 from homeserver.storage.timeline import TimelineStore
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 
 class EduHandler:
     def __init__(
-        self, typing: TimelineStore, receipts: ReceiptStore, acl: AclChecker, metrics: Metrics, clock: Clock
+        self, typing: TimelineStore, receipts: ReceiptStore, acl: AclChecker, metrics: Metrics, clock: Clock,
+        notifier: Notifier,
     ) -> None:
         self._typing = typing
         self._receipts = receipts
@@ -28,7 +30,7 @@ class EduHandler:
         self._clock = clock
         # Called with a room ID after typing or receipts of that room were stored (wakes
         # /sync long-polls). Listeners must be quick and must not raise.
-        self.listeners: list[Callable[[str], None]] = []
+        self._notifier = notifier  # woken for a room once its typing or receipts are stored
 
     async def __call__(self, origin: str, edu: Mapping[str, Any]) -> None:
         """m.typing and m.receipt go to their tables (the door kept only the origin's own
@@ -70,8 +72,7 @@ class EduHandler:
 
     def _stored(self, room_ids: Iterable[str]) -> None:
         for room_id in room_ids:
-            for listener in self.listeners:
-                try:
-                    listener(room_id)
-                except Exception:
-                    log.exception("EDU listener failed", extra={"room_id": room_id})
+            try:
+                self._notifier.wake_room(room_id)
+            except Exception:
+                log.exception("notifying an EDU failed", extra={"room_id": room_id})

@@ -5,9 +5,9 @@ hashes) as for any PDU; then the invite or knock is ended with it when it shows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from homeserver.events.event import Event
+from homeserver.notifier import Notifier
 from homeserver.rooms.checks.receipt import Dropped
 from homeserver.rooms.store import RoomMembershipStore, ended_member
 
@@ -15,12 +15,11 @@ log = logging.getLogger(__name__)
 
 
 class OutOfBand:
-    def __init__(self, memberships: RoomMembershipStore) -> None:
+    def __init__(self, memberships: RoomMembershipStore, notifier: Notifier) -> None:
         self._memberships = memberships
-        # Called with (user ID, room ID) after a kick or ban ended a user's invite or knock
-        # of a room we hold no state of (wakes the user's /sync long-polls). Listeners
-        # must be quick and must not raise.
-        self.listeners: list[Callable[[str, str], None]] = []
+        self._notifier = notifier
+        # Told (user ID, room ID) after a kick or ban ended a user's invite or knock of a
+        # room we hold no state of (wakes the user's /sync long-polls).
 
     async def __call__(self, origin: str, room_id: str, event: Event) -> str | None:
         """End the invite or knock ``event`` (checked: steps 1-3) ends, if the event cites
@@ -44,6 +43,5 @@ class OutOfBand:
         await self._memberships.end(pending, event.pdu, event.event_id, event.membership)
         log.info("remote invite or knock ended", extra={
             "origin": origin, "event_id": event.event_id, "room_id": room_id, "membership": event.membership})
-        for listener in self.listeners:
-            listener(target, room_id)
+        self._notifier.on_invite(target, room_id)
         return "out_of_band"

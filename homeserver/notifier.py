@@ -1,9 +1,12 @@
 """Wakes /sync long-polls when something they would return has happened.
 
-``EventPersister.listeners`` calls ``on_event`` after each event's transaction commits;
-the typing and receipt handlers call ``wake_room``. A waiting /sync is woken only by its
-own rooms and by member events about its user (an invite to a new room). No database
-polling: a long-poll that nothing wakes sleeps until its timeout.
+One notifier per server, made and owned by ``Services`` (``app.py``) and handed to whoever
+has news: the persister calls ``on_event`` after each event's transaction commits; the
+room service and the inbound pipeline call ``on_invite`` for invites and knocks held
+outside room state; the typing and receipt handlers (local and inbound) call
+``wake_room``. A waiting /sync is woken only by its own rooms and by member events about
+its user (an invite to a new room). No database polling: a long-poll that nothing wakes
+sleeps until its timeout.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class Notifier:
     def wake_room(self, room_id: str) -> None:
         for w in self._by_room.get(room_id, ()):
             w.woken.set()
+
+    def on_invite(self, user_id: str, room_id: str) -> None:
+        """An invite (or knock, or its end) for ``user_id`` held outside room state."""
+        self.wake_user(user_id)
 
     def wake_user(self, user_id: str) -> None:
         for w in self._by_user.get(user_id, ()):
