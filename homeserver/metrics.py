@@ -78,7 +78,7 @@ class Metrics:
             "hs_outbound_refused_relays", "Events refused by the sender because another server created them",
             registry=r,
         )
-        # (federation/sender.py, federation/client.py)
+        # (federation/sender.py, net/client.py)
         self.outbound_edus = Counter(
             "hs_outbound_edus", "EDUs sent, per destination", ["destination"], registry=r
         )

@@ -1,5 +1,5 @@
 """Typing notifications, read receipts and read markers from our users: typing and
-receipts are stored in the tables the inbound worker also fills (migrations/0003), sent as
+receipts are stored in the tables the inbound worker also fills (storage/schema/0003), sent as
 EDUs to the other servers in the room, and delivered to local clients in /sync's ephemeral
 section. ``POST /rooms/{roomId}/read_markers`` sets the ``m.fully_read`` marker (room
 account data, account_data.py) and the ``m.read`` / ``m.read.private`` receipts, each as

@@ -136,7 +136,7 @@ class EventPersister:
 
         They get stream orderings below every ordering in the database (negative and
         decreasing, the newest of the batch highest), so /messages pages back into them;
-        they never touch the forward extremities or the current state, and listeners
+        they never touch the forward extremities or the current state, and the notifier
         (/sync wake-ups) are not told: they are not new. Events already stored with state
         are skipped (an outlier is taken in); returns the orderings of those stored now.
         The caller holds the room lock.

@@ -1,5 +1,5 @@
 """The account data store: per-user JSON objects set by clients, global (``room_id`` "")
-or scoped to one room, each under a type (migrations/0008_account_data.sql).
+or scoped to one room, each under a type (storage/schema/0008_account_data.sql).
 
 Guarantees: every change takes a stream position greater than every position already
 committed (positions are allocated and committed under one lock, so a /sync that has

@@ -1,5 +1,5 @@
 """The outbox store: the durable per-destination queues of outbound PDUs and EDUs and each
-destination's retry state (migrations/0004_outbound). Every statement of the outbound
+destination's retry state (storage/schema/0004_outbound). Every statement of the outbound
 sender lives here; the sender decides, this store reads and writes.
 """
 
