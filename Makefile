@@ -35,8 +35,11 @@ interop: $(STAMP)
 	$(BIN)/pytest -m interop tests/interop $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check homeserver tests bench
+	$(BIN)/ruff check homeserver tests bench tools
 	$(BIN)/mypy homeserver
+	@# The house's shape: SQL and engine tests only in storage/, modules within 600 lines,
+	@# no import cycle between packages (docs/architecture.md, "The map: layers").
+	$(BIN)/python tools/check_layout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
