@@ -146,6 +146,7 @@ class Services:
         rooms = RoomService(config.server_name, builder, remote, memberships, notifier)
         directory = RoomDirectory(config.server_name, DirectoryStore(db), rooms, client)
         rooms.alias_resolver = directory.resolve  # joins by alias
+        rooms.invite_limits = config.invites  # caps on other servers' invites
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, clock,

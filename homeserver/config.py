@@ -180,6 +180,20 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InvitesConfig:
+    # Stripped state another server sends with an invite (PUT /invite) for one of our
+    # users: at most this many entries and bytes (compact JSON of what is kept: type,
+    # state_key, content, sender); over either, 400 M_TOO_LARGE and nothing is stored. A
+    # resident's knock_room_state is cut to the same caps.
+    max_state_events: int = 50
+    max_state_bytes: int = 64 * 1024
+    # Invites from one remote server held pending (neither accepted nor rejected): over
+    # all our users, and for one user; past either, 403 M_FORBIDDEN and nothing is stored.
+    max_pending_per_server: int = 1000
+    max_pending_per_server_per_user: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "json"
@@ -198,6 +212,7 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    invites: InvitesConfig = field(default_factory=InvitesConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

@@ -167,6 +167,18 @@ backfill:
   # Seconds before a room whose last attempt brought nothing is tried again.
   retry_seconds: 30.0
 
+invites:
+  # Invites other servers send for our users (PUT /invite). The stripped state that comes
+  # with one: at most max_state_events entries and max_state_bytes bytes (compact JSON of
+  # what is kept); over either, 400 M_TOO_LARGE and nothing is stored. A resident's
+  # knock_room_state is cut to the same caps.
+  max_state_events: 50
+  max_state_bytes: 65536
+  # Invites from one server held pending (not yet accepted or rejected), over all our
+  # users and for one user; past either, 403 M_FORBIDDEN and nothing is stored.
+  max_pending_per_server: 1000
+  max_pending_per_server_per_user: 50
+
 client:
   # Client-server API. Open registration (the m.login.dummy flow) is on so that a fresh
   # `make run` is usable at once; turn it off, or require a token, on a public server.

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from homeserver.client_api.access import may_read_after_leaving
 from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
@@ -274,6 +275,10 @@ class SyncAPI:
                 left = await self.timeline.latest_membership(user, room_id)
             if left is None:
                 continue
+            if not await may_read_after_leaving(self.events, user, left.event_id):
+                # Never joined (a ban or a rejected invite): their own member event only.
+                leave[room_id] = await self._own_member_section(req, left.event_id)
+                continue
             leave[room_id] = await self._room_section(
                 req, room_id, since_pos, left.stream_ordering, flt.timeline_limit, full=since is None
             )
@@ -336,6 +341,20 @@ class SyncAPI:
             "state": {"events": await serialize_events(
                 self.users, self.events, req, state, clock=self.clock, include_room_id=False
             )},
+        }
+
+    async def _own_member_section(self, req: Requester, event_id: str) -> dict[str, Any]:
+        """A left room the user may not read: the member event that ended their membership."""
+        stored = await self.events.get_event(event_id)
+        events = [stored] if stored is not None else []
+        return {
+            "timeline": {
+                "events": await serialize_events(
+                    self.users, self.events, req, events, clock=self.clock, include_room_id=False
+                ),
+                "limited": False,
+            },
+            "state": {"events": []},
         }
 
     async def _invite_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:

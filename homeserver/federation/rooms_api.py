@@ -12,7 +12,9 @@ knocking server's event is not queued for the room's other servers: only our own
 leave (the architecture's invariant 2); they fetch it with ``get_missing_events`` when
 our next event cites it, and our own joins are sent by their joining server.
 ``PUT /v2/invite`` checks and countersigns an invite for one of our users and stores it
-with its stripped state. ``/query/profile`` answers from the profile lookup the client
+with its stripped state, within the caps of ``RoomService.invite_limits`` (entries and
+bytes of the stripped state: 400 M_TOO_LARGE; invites pending from the origin: 403
+M_FORBIDDEN; either way nothing is stored). ``/query/profile`` answers from the profile lookup the client
 API provides.
 
 Each handler answers while the other server waits, as the spec's handshakes require; the
@@ -43,7 +45,7 @@ from homeserver.rooms.checks.receipt import Dropped, PduChecker
 from homeserver.rooms.errors import NotAllowed
 from homeserver.rooms.persist import PersistError
 from homeserver.rooms.redactions import served_pdus
-from homeserver.rooms.service import RoomService
+from homeserver.rooms.service import InviteRefused, RoomService
 from homeserver.storage.events import Outcome
 from homeserver.storage.users import UserStore
 
@@ -64,11 +66,14 @@ def user_store_profiles(users: UserStore) -> ProfileLookup:
 
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
-MAX_INVITE_STATE = 50
 
 
 def invalid(message: str) -> MatrixError:
     return MatrixError(400, "M_INVALID_PARAM", message)
+
+
+def too_large(message: str) -> MatrixError:
+    return MatrixError(400, "M_TOO_LARGE", message)
 
 
 def incompatible(version: str) -> MatrixError:
@@ -363,7 +368,10 @@ class FederationRoomsAPI:
         state = body.get("invite_room_state", [])
         if not isinstance(state, list):
             raise invalid("invite_room_state must be a list")
-        entries = [e for e in state[:MAX_INVITE_STATE]
+        limits = self._rooms.invite_limits
+        if len(state) > limits.max_state_events:
+            raise too_large(f"invite_room_state has {len(state)} entries (at most {limits.max_state_events})")
+        entries = [e for e in state
                    if isinstance(e, dict) and isinstance(e.get("type"), str)
                    and isinstance(e.get("state_key"), str) and isinstance(e.get("content"), dict)]
         if version.room_id_is_create_hash and not any(
@@ -374,9 +382,13 @@ class FederationRoomsAPI:
         membership, _ = await self._rooms.get_membership(event.state_key, room_id)
         if membership == "ban":
             raise forbidden("The user is banned from this room")
-        # 5. Countersign, store for the client, answer.
+        # 5. Countersign, store for the client (unless over a cap: the stripped state's
+        # bytes, the invites pending from the origin), answer.
         signed = sign_event(pdu, version, self.server_name, self._key.signing_key)
-        await self._rooms.receive_invite(event.state_key, room_id, signed, event_id, version.identifier, entries)
+        try:
+            await self._rooms.receive_invite(event.state_key, room_id, signed, event_id, version.identifier, entries)
+        except InviteRefused as e:
+            raise (too_large(e.reason) if e.too_large else forbidden(e.reason)) from None
         return json_response({"event": signed})
 
     @staticmethod

@@ -7,9 +7,14 @@ in the target's room, and its sender is on the target sender's server or had the
 levels' ``redact`` level in the state before the redaction. A redaction that arrives
 before its target is applied once the target is here. Clients see a redaction event in
 their timelines only once it applies (they redact on receipt: one we do not apply, or
-cannot check yet, would hide an event we keep serving). Each verdict is computed once
-(``RedactionStore.verdicts``), and at most ``MAX_PER_TARGET`` redactions of one
-event are ever considered, so a flood of refused redactions costs a bounded amount.
+cannot check yet, would hide an event we keep serving).
+
+Each redaction is judged on its own, once: one that does not apply (from another room,
+or by someone with neither the power nor the target sender's server) never counts toward
+anything and is never judged again (its row is dropped, ``RedactionStore.forget``); once
+an event has a redaction that applies, the other rows naming it are dropped too. Redactions
+naming an event are read ``PER_ROUND`` at a time in stream order, so a flood of refused
+redactions costs one judgement each, once, and an event served again costs one look-up.
 
 Applied only when serving: the stored event keeps its content, and the room's state and
 authorization go on using it whole (a redacted state event is served redacted).
@@ -26,7 +31,8 @@ from homeserver.events.power import get_power_level, named_level
 from homeserver.events.redaction import redact
 from homeserver.storage.events import EventStore, StoredEvent
 
-MAX_PER_TARGET = 20
+# Candidate redactions of one event read (and judged) per round.
+PER_ROUND = 8
 _AUTH_KEYS: tuple[StateKey, ...] = (("m.room.create", ""), ("m.room.power_levels", ""))
 
 
@@ -34,26 +40,34 @@ async def applied_redactions(store: EventStore, events: Iterable[Event]) -> dict
     """For each of ``events`` that an allowed redaction redacts, that redaction (the first
     in stream order): what the event is served redacted because of."""
     targets = {e.event_id: e for e in events}
-    if not targets:
-        return {}
-    rows = await store.redactions.accepted_redactions_of(list(targets))
-    if not rows:
-        return {}
-    rows.sort()
-    considered: dict[str, int] = {}
-    kept: list[tuple[str, str]] = []
-    for _, target_id, redaction_id in rows:
-        if considered.get(target_id, 0) < MAX_PER_TARGET:
-            considered[target_id] = considered.get(target_id, 0) + 1
-            kept.append((target_id, redaction_id))
-    redactions = await store.get_events(r[1] for r in kept)
     out: dict[str, Event] = {}
-    for target_id, redaction_id in kept:
-        stored = redactions.get(redaction_id)
-        if target_id in out or stored is None:
-            continue
-        if await _verdict(store, stored.event, targets[target_id]):
-            out[target_id] = stored.event
+    pending = list(targets)
+    while pending:
+        rows = await store.redactions.candidates_of(pending, PER_ROUND)
+        if not rows:
+            break
+        rows.sort()
+        by_target: dict[str, list[str]] = {}
+        for _, target_id, redaction_id in rows:
+            by_target.setdefault(target_id, []).append(redaction_id)
+        found = await store.get_events(r[2] for r in rows)
+        refused: list[str] = []
+        more: list[str] = []
+        for target_id, redaction_ids in by_target.items():
+            for redaction_id in redaction_ids:
+                stored = found.get(redaction_id)
+                if stored is not None and await _verdict(store, stored.event, targets[target_id]):
+                    out[target_id] = stored.event
+                    break
+                refused.append(redaction_id)
+            if target_id in out:
+                if len(redaction_ids) > 1:
+                    await store.redactions.keep_only(target_id, out[target_id].event_id)
+            elif len(redaction_ids) >= PER_ROUND:
+                more.append(target_id)  # all refused: the next ones in stream order
+        if refused:
+            await store.redactions.forget(refused)
+        pending = more
     return out
 
 

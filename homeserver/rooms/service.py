@@ -12,6 +12,7 @@ invite or a leave that is already in effect sends nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import string
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from homeserver.config import InvitesConfig
 from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
@@ -58,6 +60,37 @@ def strip_event(pdu: Mapping[str, Any]) -> dict[str, Any]:
     return {k: pdu[k] for k in ("type", "state_key", "content", "sender") if k in pdu}
 
 
+def stripped_size(entries: Sequence[Mapping[str, Any]]) -> int:
+    """The bytes ``entries`` (stripped state) take as compact JSON: what the invite caps count."""
+    return sum(len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode()) for e in entries)
+
+
+def cut_stripped_state(entries: Sequence[Mapping[str, Any]], limits: InvitesConfig) -> list[dict[str, Any]]:
+    """``entries`` stripped, in order, while they fit ``limits`` (the entries that do not
+    fit are left out): a resident's ``knock_room_state``."""
+    out: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries:
+        if len(out) >= limits.max_state_events:
+            break
+        stripped = strip_event(entry)
+        cost = stripped_size([stripped])
+        if size + cost <= limits.max_state_bytes:
+            out.append(stripped)
+            size += cost
+    return out
+
+
+class InviteRefused(RoomError):
+    """An invite from another server over a cap (``InvitesConfig``): ``too_large`` for its
+    stripped state, else for the invites held pending from its server."""
+
+    def __init__(self, reason: str, *, too_large: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.too_large = too_large
+
+
 class RoomService:
     def __init__(
         self,
@@ -79,6 +112,8 @@ class RoomService:
         self.alias_resolver: AliasResolver | None = None
         # Serialises one user's membership changes in one room.
         self._member_locks: KeyedLock[tuple[str, str]] = KeyedLock()
+        # Caps on what other servers' invites may hold here (set by the app factory).
+        self.invite_limits = InvitesConfig()
 
     # ------------------------------------------------------------------ helpers
 
@@ -266,6 +301,7 @@ class RoomService:
                 event, stripped = await self.remote.knock(
                     user_id, room_id, await self._servers_for(user_id, room_id, via), content
                 )
+                stripped = cut_stripped_state(stripped, self.invite_limits)
                 stripped.append(strip_event(event.pdu))
                 await self.memberships.store_invite(
                     user_id, room_id, event.pdu, event.event_id, event.room_version.identifier, stripped,
@@ -324,9 +360,28 @@ class RoomService:
         self, target: str, room_id: str, pdu: Mapping[str, Any], event_id: str, room_version: str,
         invite_room_state: Sequence[Mapping[str, Any]],
     ) -> None:
-        """Store an invite another server sent for one of our users (PUT /invite)."""
+        """Store an invite another server sent for one of our users (PUT /invite), unless
+        it is over a cap of ``invite_limits`` (InviteRefused: nothing is stored): its
+        stripped state's entries or bytes, or the invites pending from its sender's server
+        (over all our users, or for ``target``; a new invite to the same room replaces the
+        one it has)."""
+        limits = self.invite_limits
+        if len(invite_room_state) > limits.max_state_events:
+            raise InviteRefused(
+                f"invite_room_state has {len(invite_room_state)} entries (at most {limits.max_state_events})",
+                too_large=True,
+            )
         stripped = [strip_event(e) for e in invite_room_state]
         stripped.append(strip_event(pdu))
+        size = stripped_size(stripped)
+        if size > limits.max_state_bytes:
+            raise InviteRefused(
+                f"invite_room_state takes {size} bytes (at most {limits.max_state_bytes})", too_large=True
+            )
+        origin = server_name_of(str(pdu.get("sender", "")))
+        held, for_target = await self.memberships.pending_invites_from(origin, target, room_id)
+        if held >= limits.max_pending_per_server or for_target >= limits.max_pending_per_server_per_user:
+            raise InviteRefused(f"too many invites from {origin} are pending here", too_large=False)
         await self.memberships.store_invite(target, room_id, pdu, event_id, room_version, stripped)
         self._notify_invite(target, room_id)
 

@@ -199,11 +199,18 @@ class EventWriteStore:
                 "INSERT INTO event_auth (event_id, auth_event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(event.event_id, a) for a in dict.fromkeys(event.auth_events)],
             )
-        if event.type == "m.room.redaction" and event.state_key is None and event.redacts is not None:
-            # Found by its target when that is served (rooms/redactions.py).
+        if (
+            event.type == "m.room.redaction" and event.state_key is None and event.redacts is not None
+            and outcome in (Outcome.ACCEPTED, Outcome.OUTLIER)
+        ):
+            # Found by its target when that is served (rooms/redactions.py). A rejected or
+            # soft-failed redaction, or one naming an event of another room, never applies:
+            # no row.
             await conn.write(
-                "INSERT INTO redactions (event_id, redacts) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                event.event_id, event.redacts,
+                "INSERT INTO redactions (event_id, redacts) SELECT CAST(? AS TEXT), CAST(? AS TEXT)"
+                " WHERE NOT EXISTS (SELECT 1 FROM events WHERE event_id = ? AND room_id <> ?)"
+                " ON CONFLICT DO NOTHING",
+                event.event_id, event.redacts, event.redacts, event.room_id,
             )
         return int(ordering)
 

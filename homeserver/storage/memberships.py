@@ -103,6 +103,18 @@ class RoomMembershipStore:
         )
         return [_row(r) for r in rows]
 
+    async def pending_invites_from(self, server_name: str, user_id: str, room_id: str) -> tuple[int, int]:
+        """(invites pending from users of ``server_name``, those of them for ``user_id``),
+        leaving out ``user_id``'s invite to ``room_id`` (the one a new invite replaces)."""
+        suffix = ":" + server_name
+        row = await self.db.fetchone(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN user_id = ? THEN 1 ELSE 0 END), 0) FROM room_invites"
+            " WHERE membership = 'invite' AND substr(sender, length(sender) - ? + 1) = ?"
+            " AND NOT (user_id = ? AND room_id = ?)",
+            user_id, len(suffix), suffix, user_id, room_id,
+        )
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
     async def max_stream_id(self) -> int:
         value = await self.db.fetchval("SELECT MAX(stream_id) FROM room_invites")
         return int(value) if value is not None else 0
