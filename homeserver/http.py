@@ -85,7 +85,16 @@ def parse_json(data: bytes) -> Any:
 
 
 def parse_json_noting_floats(data: bytes) -> tuple[Any, bool]:
-    """``parse_json``, and whether the body held a float (see ``loads_noting_floats``)."""
+    """``parse_json``, and whether the body held a float (see ``loads_noting_floats``).
+    What no canonical JSON can encode (an unpaired surrogate, ``1e400``) is refused with
+    M_BAD_JSON (``check_storable``; NUL characters are let through: event content may hold
+    them)."""
+    value, has_floats = _loads(data)
+    check_storable(value, data, has_floats, allow_nul=True)
+    return value, has_floats
+
+
+def _loads(data: bytes) -> tuple[Any, bool]:
     try:
         return loads_noting_floats(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -98,7 +107,7 @@ async def read_json_object(request: web.Request, max_bytes: int = DEFAULT_MAX_BO
     character or an unpaired surrogate in any string or key, a number beyond a double
     (``1e400``) anywhere (see ``check_storable``)."""
     raw = await read_body(request, max_bytes)
-    body, has_floats = parse_json_noting_floats(raw)
+    body, has_floats = _loads(raw)
     check_storable(body, raw, has_floats)
     if not isinstance(body, dict):
         raise MatrixError(400, "M_BAD_JSON", "Request body must be a JSON object")
@@ -110,6 +119,13 @@ async def read_json_object(request: web.Request, max_bytes: int = DEFAULT_MAX_BO
 # An unpaired UTF-16 surrogate: JSON's "\ud800" parses to one; UTF-8 (hence every
 # database, the canonical JSON encoder and the event hashes) cannot encode it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The escapes that give a parsed string a surrogate, or (also) a NUL character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_RISKY_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _no_surrogate(text: str) -> bool:
+    return _SURROGATE.search(text) is None
 
 
 def is_storable_text(text: str) -> bool:
@@ -117,23 +133,28 @@ def is_storable_text(text: str) -> bool:
     return "\x00" not in text and _SURROGATE.search(text) is None
 
 
-def check_storable(value: Any, raw: bytes | None = None, has_floats: bool = True) -> None:
+def check_storable(
+    value: Any, raw: bytes | None = None, has_floats: bool = True, *, allow_nul: bool = False
+) -> None:
     """Raise 400 M_BAD_JSON if ``value`` (parsed JSON) holds a string or key that is not
-    ``is_storable_text`` or a number that is not finite. With ``raw``, the text it was
-    parsed from, the walk is skipped when the text cannot hold either: NUL and surrogates
-    reach a parsed string only through a ``\\u`` escape (raw control characters are not
-    JSON; encoded surrogates are not UTF-8), an infinity only through a float literal."""
-    if raw is not None and not has_floats and b"\\u" not in raw:
+    ``is_storable_text`` (with ``allow_nul``: that holds an unpaired surrogate) or a number
+    that is not finite. With ``raw``, the text it was parsed from, the walk is skipped when
+    the text cannot hold either: NUL and surrogates reach a parsed string only through a
+    ``\\u0000`` or ``\\uD800``-``\\uDFFF`` escape (raw control characters are not JSON;
+    encoded surrogates are not UTF-8), an infinity only through a float literal."""
+    escapes = _SURROGATE_ESCAPE if allow_nul else _RISKY_ESCAPES
+    if raw is not None and not has_floats and escapes.search(raw) is None:
         return
+    ok = _no_surrogate if allow_nul else is_storable_text
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if not is_storable_text(item):
+            if not ok(item):
                 raise MatrixError(400, "M_BAD_JSON", "Strings may not hold NUL characters or unpaired surrogates")
         elif isinstance(item, dict):
             for key, sub in item.items():
-                if isinstance(key, str) and not is_storable_text(key):
+                if isinstance(key, str) and not ok(key):
                     raise MatrixError(400, "M_BAD_JSON", "Keys may not hold NUL characters or unpaired surrogates")
                 stack.append(sub)
         elif isinstance(item, list):

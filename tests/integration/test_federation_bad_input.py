@@ -1,6 +1,7 @@
-"""PDUs no database can store, from another server (both engines): a NUL character in a
-state key, an event type, a membership or a prev_events entry makes the PDU malformed. It
-is dropped like any malformed PDU, and the events sent with it still land."""
+"""Bad input from another server (both engines). A NUL character in a state key, an event
+type, a membership or a prev_events entry makes the PDU malformed: it is dropped like any
+malformed PDU, and the events sent with it still land. A body holding an unpaired
+surrogate or ``1e400`` is refused with 400 M_BAD_JSON."""
 
 from __future__ import annotations
 
@@ -43,5 +44,27 @@ async def test_pdus_with_nul_characters_are_dropped(
             assert await store.get_event(event.event_id) is None
         stored = await store.get_event(good.event_id)
         assert stored is not None and stored.outcome is Outcome.ACCEPTED
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_bodies_no_canonical_json_can_hold_are_400(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body with an unpaired surrogate or a number beyond a double: no canonical JSON of
+    it exists (so no signature can cover it), and the request gets 400 M_BAD_JSON, not a
+    500."""
+    caplog.set_level(logging.INFO)
+    config = make_config(tmp_path / "hs", await db_factory.new_settings(), test_ca)
+    async with running_server(config) as server, fake_remote(test_ca, tmp_path / "remote") as remote:
+        for i, raw in enumerate((
+            b'{"origin":"x","origin_server_ts":1,"pdus":[{"a":"\\ud800"}]}',
+            b'{"origin":"x","origin_server_ts":1,"pdus":[{"a":1e400}]}',
+            b'{"origin":"x","origin_server_ts":1,"pdus":[],"edus":[{"edu_type":"m.x","content":{"\\udc00":1}}]}',
+        )):
+            status, body = await remote.send_raw(server, f"bad{i}", None, raw=raw, sign_content={})
+            assert (status, body["errcode"]) == (400, "M_BAD_JSON"), (raw, body)
+        assert await server.services.inbound_worker.wait_idle(WAIT)
+        assert int(await server.services.db.fetchval("SELECT COUNT(*) FROM inbox")) == 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
