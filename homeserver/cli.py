@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -52,16 +53,25 @@ def _check_files(config: Config) -> None:
                 raise CliError(f"TLS {label} file not found: {path}")
 
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty and readable by its owner only (0600), or make an existing
+    file so (a config may hold a database password or a registration token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 def cmd_generate_config(args: argparse.Namespace) -> None:
     if not is_valid_server_name(args.server_name):
         raise CliError(f"{args.server_name!r} is not a valid server name")
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's alone (keys, database)
     out = Path(args.output) if args.output else data_dir / "homeserver.yaml"
     if out.exists() and not args.force:
         print(f"config exists, kept: {out}")
     else:
         rel = Path(".") if out.parent.resolve() == data_dir.resolve() else data_dir.resolve()
+        _private_file(out)
         out.write_text(
             render(
                 args.server_name, str(rel), args.client_port, args.federation_port, args.metrics_port

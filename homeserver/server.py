@@ -14,6 +14,7 @@ from aiohttp import web
 from homeserver.app import Services, create_client_app, create_federation_app
 from homeserver.config import Config
 from homeserver.gcpolicy import QUIET_SECONDS, CollectorPolicy
+from homeserver.http import MatrixAppRunner
 from homeserver.ops import LoopLagProbe, create_metrics_app
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -95,7 +96,7 @@ async def _site(
 ) -> int:
     """Serve ``app`` on ``host:port`` (0: a free port); returns the port. With ``ring``, each
     connection goes through ``_DoorBell`` (aiohttp's server is a protocol factory)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = MatrixAppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     running.runners.append(runner)
     if ring is None:

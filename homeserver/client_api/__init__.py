@@ -17,7 +17,7 @@ from aiohttp import web
 from homeserver.client_api.account_data import AccountData, AccountDataAPI
 from homeserver.client_api.auth import AccountsAPI
 from homeserver.client_api.capabilities import CapabilitiesAPI
-from homeserver.client_api.common import Authenticator, cors_middleware
+from homeserver.client_api.common import Authenticator, cors_middleware, input_middleware
 from homeserver.client_api.devices import DevicesAPI
 from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
@@ -63,7 +63,10 @@ def create_client_api_app(
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
-    app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=cc.max_body_bytes + 1024)
+    # input_middleware sits inside error_middleware, which turns its refusals into JSON.
+    app = web.Application(
+        middlewares=[cors_middleware, error_middleware, input_middleware], client_max_size=cc.max_body_bytes + 1024
+    )
     auth = Authenticator(users)
     timeline = TimelineStore(events.db, events)
     # The server's one notifier (Services owns it; the persister, the room service and the

@@ -19,7 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.client_api.common import Authenticator, Requester, require_str
+from homeserver.client_api.common import (
+    MAX_DEVICE_DISPLAY_NAME,
+    MAX_ID_BYTES,
+    Authenticator,
+    Requester,
+    require_limited_str,
+    require_str,
+)
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
@@ -167,8 +174,9 @@ class AccountsAPI:
         assert password is not None
         if len(password) > MAX_PASSWORD_LENGTH:
             raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
-        device_id = require_str(body, "device_id", optional=True)
-        display = require_str(body, "initial_device_display_name", optional=True)
+        device_id = require_limited_str(body, "device_id", MAX_ID_BYTES, optional=True)
+        display = require_limited_str(body, "initial_device_display_name", MAX_DEVICE_DISPLAY_NAME, optional=True,
+                                      in_bytes=False)
         inhibit = body.get("inhibit_login") is True
         # 3. User-interactive auth: the one stage this server requires must be complete.
         self._check_uia(body.get("auth"))
@@ -267,8 +275,9 @@ class AccountsAPI:
         user_id = user if user.startswith("@") else f"@{user.lower()}:{self.server_name}"
         if len(password) > MAX_PASSWORD_LENGTH or not await self.users.check_password(user_id, password):
             raise forbidden("Invalid username or password")
-        device_id = require_str(body, "device_id", optional=True)
-        display = require_str(body, "initial_device_display_name", optional=True)
+        device_id = require_limited_str(body, "device_id", MAX_ID_BYTES, optional=True)
+        display = require_limited_str(body, "initial_device_display_name", MAX_DEVICE_DISPLAY_NAME, optional=True,
+                                      in_bytes=False)
         device_id, token = await self.users.create_session(user_id, device_id, display)
         return json_response({
             "user_id": user_id, "access_token": token, "device_id": device_id, "home_server": self.server_name,

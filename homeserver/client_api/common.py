@@ -17,7 +17,7 @@ from aiohttp import web
 
 from homeserver.errors import MatrixError
 from homeserver.events.event import Event
-from homeserver.http import Handler
+from homeserver.http import Handler, check_storable, is_storable_text, parse_json
 from homeserver.rooms.errors import (
     BadRoomRequest,
     NotAllowed,
@@ -62,6 +62,35 @@ def access_token_of(request: web.Request) -> str | None:
     return request.query.get("access_token") or None
 
 
+# Every path parameter is an ID of some kind (room, event, user, device, alias, event type,
+# state key, transaction, account data type, filter, receipt type...): the spec's bound on
+# identifiers holds for all of them.
+MAX_PATH_PARAM_BYTES = 255
+# Free-form IDs a client names in a body (device_id): the same bound.
+MAX_ID_BYTES = 255
+# A device's display name, in characters (login, register and PUT /devices/{deviceId}).
+MAX_DEVICE_DISPLAY_NAME = 100
+
+
+@web.middleware
+async def input_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse, with 400 M_INVALID_PARAM, path parameters and query parameters that no
+    database could store (a NUL character, an unpaired surrogate: ``%00`` in a URL), and
+    path parameters longer than ``MAX_PATH_PARAM_BYTES``; bodies are checked by
+    ``read_json_object``."""
+    for name, value in request.match_info.items():
+        if not is_storable_text(value):
+            raise MatrixError(400, "M_INVALID_PARAM", f"{name} may not hold NUL characters or unpaired surrogates")
+        if len(value.encode("utf-8")) > MAX_PATH_PARAM_BYTES:
+            raise MatrixError(400, "M_INVALID_PARAM", f"{name} is longer than {MAX_PATH_PARAM_BYTES} bytes")
+    for key, value in request.query.items():
+        if not is_storable_text(key) or not is_storable_text(value):
+            raise MatrixError(
+                400, "M_INVALID_PARAM", "Query parameters may not hold NUL characters or unpaired surrogates"
+            )
+    return await handler(request)
+
+
 class Authenticator:
     def __init__(self, users: UserStore) -> None:
         self.users = users
@@ -72,6 +101,9 @@ class Authenticator:
             if "Authorization" in request.headers:
                 raise MatrixError(401, "M_UNKNOWN_TOKEN", "Malformed Authorization header", soft_logout=False)
             raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+        if not token.isascii() or not token.isprintable():
+            # Not a token we issue (and not hashable as given: a header's undecodable bytes).
+            raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token", soft_logout=False)
         owner = await self.users.get_token_owner(token)
         if owner is None:
             raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token", soft_logout=False)
@@ -111,6 +143,45 @@ def require_str(body: dict[str, Any], key: str, *, optional: bool = False) -> st
         raise MatrixError(400, "M_MISSING_PARAM", f"Missing {key}")
     if not isinstance(value, str):
         raise MatrixError(400, "M_BAD_JSON", f"{key} must be a string")
+    return value
+
+
+def require_limited_str(
+    body: dict[str, Any], key: str, max_len: int, *, optional: bool = False, in_bytes: bool = True,
+) -> str | None:
+    """``require_str``, and at most ``max_len`` UTF-8 bytes (characters, when not
+    ``in_bytes``); 400 M_INVALID_PARAM if longer."""
+    value = require_str(body, key, optional=optional)
+    if value is not None and (len(value.encode("utf-8")) if in_bytes else len(value)) > max_len:
+        unit = "bytes" if in_bytes else "characters"
+        raise MatrixError(400, "M_INVALID_PARAM", f"{key} is longer than {max_len} {unit}")
+    return value
+
+
+# The list-of-strings and boolean fields of the spec's RoomEventFilter (others are ignored).
+_FILTER_LISTS = ("types", "not_types", "senders", "not_senders", "rooms", "not_rooms")
+_FILTER_BOOLS = ("contains_url", "include_redundant_members", "lazy_load_members", "unread_thread_notifications")
+
+
+def parse_room_event_filter(raw: str | None) -> dict[str, Any] | None:
+    """The ``filter`` query parameter of ``/messages``: a RoomEventFilter as JSON (None if
+    absent). 400 M_NOT_JSON if it is not JSON, M_INVALID_PARAM if it is not a filter."""
+    if not raw:
+        return None
+    value = parse_json(raw.encode("utf-8"))
+    check_storable(value)
+    if not isinstance(value, dict):
+        raise MatrixError(400, "M_INVALID_PARAM", "filter must be a JSON object")
+    limit = value.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MatrixError(400, "M_INVALID_PARAM", "filter.limit must be a positive integer")
+    for key in _FILTER_LISTS:
+        items = value.get(key)
+        if items is not None and (not isinstance(items, list) or not all(isinstance(i, str) for i in items)):
+            raise MatrixError(400, "M_INVALID_PARAM", f"filter.{key} must be a list of strings")
+    for key in _FILTER_BOOLS:
+        if key in value and not isinstance(value[key], bool):
+            raise MatrixError(400, "M_INVALID_PARAM", f"filter.{key} must be a boolean")
     return value
 
 

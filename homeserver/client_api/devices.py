@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.auth import PasswordStage
-from homeserver.client_api.common import Authenticator
+from homeserver.client_api.common import MAX_DEVICE_DISPLAY_NAME, Authenticator
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
@@ -21,7 +21,7 @@ from homeserver.http import json_response, read_json_object
 from homeserver.storage.users import Device, UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
-MAX_DISPLAY_NAME = 100
+MAX_DISPLAY_NAME = MAX_DEVICE_DISPLAY_NAME
 MAX_DEVICES_PER_REQUEST = 1000
 
 

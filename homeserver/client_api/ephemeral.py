@@ -18,7 +18,7 @@ from aiohttp import web
 
 from homeserver.client_api.access import room_access
 from homeserver.client_api.account_data import AccountData
-from homeserver.client_api.common import Authenticator, Requester
+from homeserver.client_api.common import MAX_ID_BYTES, Authenticator, Requester, require_limited_str
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.http import json_response, read_json_object
@@ -89,9 +89,7 @@ class EphemeralAPI:
         if receipt_type not in RECEIPT_TYPES:
             raise MatrixError(400, "M_INVALID_PARAM", f"receipt type must be one of {', '.join(RECEIPT_TYPES)}")
         body = await read_json_object(request, self.config.max_body_bytes) if request.can_read_body else {}
-        thread_id = body.get("thread_id")
-        if thread_id is not None and not isinstance(thread_id, str):
-            raise MatrixError(400, "M_BAD_JSON", "thread_id must be a string")
+        thread_id = require_limited_str(body, "thread_id", MAX_ID_BYTES, optional=True)
         await self._check_member(req, room_id)
         await self._set_receipt(req, room_id, receipt_type, event_id, thread_id or "")
         return json_response({})

@@ -19,7 +19,13 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.access import room_access
-from homeserver.client_api.common import Authenticator, Requester, client_event, room_errors
+from homeserver.client_api.common import (
+    Authenticator,
+    Requester,
+    client_event,
+    parse_room_event_filter,
+    room_errors,
+)
 from homeserver.client_api.tokens import FIRST_POSITION, page_token, parse_page_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
@@ -168,6 +174,7 @@ class EventsAPI:
         except ValueError:
             raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
         limit = max(1, min(MAX_PAGE, limit))
+        parse_room_event_filter(request.query.get("filter"))  # checked (400 if invalid); not applied
         raw_from, raw_to = request.query.get("from"), request.query.get("to")
         from_pos = parse_page_token(raw_from) if raw_from else None
         to_pos = parse_page_token(raw_to) if raw_to else None

@@ -43,6 +43,27 @@ def _check_event_id_list(pdu: dict[str, Any], key: str) -> None:
             raise EventFormatError(f"{key} must be a list of event IDs, got {item!r}")
 
 
+def _check_no_nul(pdu: dict[str, Any]) -> None:
+    """No NUL character in what is stored outside the event's JSON (IDs, type, state key,
+    membership, redacted event; PostgreSQL's text cannot hold one): any string of the PDU
+    but those of ``content`` and ``unsigned``, and ``content.membership`` and
+    ``content.redacts``."""
+    content = pdu.get("content")
+    stack: list[Any] = [v for k, v in pdu.items() if k not in ("content", "unsigned")]
+    if isinstance(content, dict):
+        stack.extend(content[k] for k in ("membership", "redacts") if k in content)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise EventFormatError("a NUL character outside the content")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def check_additional_creators(content: dict[str, Any]) -> None:
     """Room v12: ``additional_creators``, if present, is an array of valid user IDs."""
     if "additional_creators" not in content:
@@ -98,6 +119,7 @@ def check_pdu_format(pdu: dict[str, Any], version: RoomVersion) -> None:
             raise EventFormatError("state_key must be a string")
         if _byte_len(state_key) > MAX_ID_BYTES:
             raise EventFormatError("state_key is longer than 255 bytes")
+    _check_no_nul(pdu)
     if "unsigned" in pdu and not isinstance(pdu["unsigned"], dict):
         raise EventFormatError("unsigned must be an object")
     if "event_id" in pdu and not is_valid_event_id(pdu["event_id"]):

@@ -32,6 +32,7 @@ from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
+from homeserver.federation.pipeline.edus import MAX_EDU_ID_BYTES, receipt_fields
 from homeserver.federation.worker import InboundWorker
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
@@ -55,6 +56,12 @@ MAX_MISSING_EVENTS = 100
 MAX_BACKFILL = 100
 # EDU types the worker keeps; other types are acknowledged and ignored.
 KEPT_EDU_TYPES = ("m.typing", "m.receipt")
+# Receipts one m.receipt EDU may carry; the rest are dropped (counted as malformed).
+MAX_RECEIPTS_PER_EDU = 500
+
+
+def _edu_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_EDU_ID_BYTES
 
 
 def _server_of(user_id: object) -> str | None:
@@ -275,7 +282,10 @@ class FederationTransport:
         results[event_id] = {"error": message}
 
     def _admit_edu(self, origin: str, edu: dict[str, Any]) -> dict[str, Any] | None:
-        """Keep EDUs about the origin's own users; drop (and count) the rest."""
+        """Keep EDUs about the origin's own users, rebuilt from the fields we use and within
+        bounds (``pipeline/edus.py``: IDs of at most 255 bytes, a receipt's ``data``
+        reduced to ``ts`` and ``thread_id``, at most ``MAX_RECEIPTS_PER_EDU`` receipts);
+        drop (and count) the rest. Whether the origin is in the room is the worker's check."""
         edu_type = edu["edu_type"]
         content = edu.get("content")
         if edu_type not in KEPT_EDU_TYPES:
@@ -285,28 +295,43 @@ class FederationTransport:
             self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
             return None
         if edu_type == "m.typing":
-            if _server_of(content.get("user_id")) != origin or not isinstance(content.get("room_id"), str):
+            room_id, user_id = content.get("room_id"), content.get("user_id")
+            if _server_of(user_id) != origin or not isinstance(room_id, str):
                 self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc()
                 return None
-            return edu
+            if not _edu_id(room_id) or not _edu_id(user_id):
+                self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
+                return None
+            return {"edu_type": edu_type,
+                    "content": {"room_id": room_id, "user_id": user_id, "typing": content.get("typing") is True}}
         # m.receipt: room -> receipt type -> user -> receipt; keep the origin's users only.
         kept: dict[str, Any] = {}
-        dropped = 0
+        dropped = malformed = count = 0
         for room_id, by_type in content.items():
-            if not isinstance(by_type, dict):
-                dropped += 1
+            if not isinstance(by_type, dict) or not _edu_id(room_id):
+                malformed += 1
                 continue
             for receipt_type, by_user in by_type.items():
-                if not isinstance(by_user, dict):
-                    dropped += 1
+                if not isinstance(by_user, dict) or not _edu_id(receipt_type):
+                    malformed += 1
                     continue
                 for user_id, receipt in by_user.items():
                     if _server_of(user_id) != origin or not isinstance(receipt, dict):
                         dropped += 1
                         continue
-                    kept.setdefault(room_id, {}).setdefault(receipt_type, {})[user_id] = receipt
+                    fields = receipt_fields(receipt)
+                    if fields is None or not _edu_id(user_id) or count >= MAX_RECEIPTS_PER_EDU:
+                        malformed += 1
+                        continue
+                    event_ids, data = fields
+                    count += 1
+                    kept.setdefault(room_id, {}).setdefault(receipt_type, {})[user_id] = {
+                        "event_ids": event_ids, "data": data,
+                    }
         if dropped:
             self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc(dropped)
+        if malformed:
+            self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc(malformed)
         return {"edu_type": edu_type, "content": kept} if kept else None
 
     # ------------------------------------------------------------------ reads

@@ -35,3 +35,15 @@ class ReceiptStore:
             [(r.room_id, r.receipt_type, r.user_id, r.thread_id, json.dumps(r.event_ids), json.dumps(r.data),
               now_ms) for r in receipts],
         )
+
+    async def server_in_room(self, room_id: str, server: str) -> bool:
+        """Whether ``server`` has a joined member in the room's current state (whose EDUs
+        about the room are taken in). One indexed look-up of the room's members whose ID
+        ends in ``:server``, each then checked exactly."""
+        pattern = "%:" + server.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = await self.db.fetchall(
+            "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND membership = 'join' AND state_key LIKE ? ESCAPE '\\' LIMIT 100",
+            room_id, pattern,
+        )
+        return any(r[0].partition(":")[2] == server for r in rows)

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -45,6 +46,33 @@ T = TypeVar("T")
 CHECKPOINT_EVERY_GROUPS = 64
 
 log = logging.getLogger("homeserver.storage.database")
+
+
+class _NoStatementRecords(logging.Filter):
+    """aiosqlite logs each call it runs at DEBUG, the statement's parameters included
+    (password and token hashes): those records are dropped, whatever the log level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+logging.getLogger("aiosqlite").addFilter(_NoStatementRecords())
+
+
+def _create_private(path: str) -> None:
+    """Create the database file, and its directory if missing, readable by the owner only
+    (0600, 0700); SQLite creates the -wal and -shm files with the database file's mode. An
+    existing file keeps its mode: a warning says when others may read it."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            log.warning("the SQLite database file is readable by others than its owner",
+                        extra={"path": path, "mode": oct(mode)})
+        return
+    os.close(fd)
 
 
 class SqliteDialect(Dialect):
@@ -370,7 +398,7 @@ class SqliteDatabase(DeferredWrites, Database):
         if sync not in ("normal", "full"):
             raise DatabaseError(f"unknown SQLite sync mode {sync!r}")
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         conn = await cls._connect(path, "FULL" if sync == "full" else "NORMAL")
         db = cls(conn)
         if path != ":memory:":
