@@ -1,9 +1,11 @@
 """The connections of a listener: a cap, timeouts, a header size limit, and quiet failures.
 
 Each listener (client, federation, metrics) serves aiohttp's low-level server through a
-``ConnectionGuard``. Every accepted connection is wrapped in a ``_Guarded`` protocol that
-sees its bytes before aiohttp does, and the guard wraps the server's request handler, so
-it knows when a request starts and ends. A connection is in one of three phases:
+``ConnectionGuard``. Every accepted connection is a ``_Guarded`` protocol that sees its
+bytes before aiohttp does (aiohttp's protocol is only made once the first request's headers
+are complete: a connection that never sends them costs little), and the guard wraps the
+server's request handler, so it knows when a request starts and ends. A connection is in
+one of three phases:
 
 - *head*: no request being handled. A fresh connection has ``header_timeout`` seconds to
   deliver its request line and headers; between requests it may stay idle for
@@ -36,6 +38,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -163,12 +166,13 @@ class ConnectionGuard:
         server.request_handler = guarded
 
     def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        """The factory to hand to ``loop.create_server``: each connection's aiohttp protocol
-        (made by ``inner``) wrapped in a ``_Guarded``."""
+        """The factory to hand to ``loop.create_server``: a ``_Guarded`` per connection,
+        which makes its aiohttp protocol with ``inner`` once the first request's headers
+        have arrived."""
         loop = asyncio.get_running_loop()
 
         def make() -> asyncio.Protocol:
-            return _Guarded(self, inner(), loop)
+            return _Guarded(self, inner, loop)
 
         return make
 
@@ -223,19 +227,27 @@ _EVENTS = ("evicted", "refused", "header_timeout", "idle_timeout", "body_timeout
 
 
 class _Guarded(asyncio.Protocol):
-    """One connection: aiohttp's protocol (``inner``), with the guard's limits applied."""
+    """One connection: aiohttp's protocol, with the guard's limits applied. aiohttp's
+    protocol (made by ``make_inner``) is only made once the first request's headers are
+    complete, so a connection that never gets that far (idle, slowloris) costs a
+    transport and this object, and evicting or timing it out costs little."""
 
     __slots__ = (
-        "_admitted", "_closing", "_guard", "_handled", "_head_bytes", "_head_done", "_inner", "_loop",
-        "_phase", "_request", "_resumes", "_tail", "_timer", "_write_mark", "_writing_paused", "transport",
+        "_admitted", "_buffer", "_closing", "_guard", "_handled", "_head_bytes", "_head_done", "_inner",
+        "_loop", "_make_inner", "_phase", "_request", "_resumes", "_tail", "_timer", "_write_mark",
+        "_writing_paused", "transport",
     )
 
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, guard: ConnectionGuard, make_inner: Callable[[], asyncio.Protocol], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._guard = guard
-        self._inner = inner
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol | None = None
+        self._buffer: list[bytes] = []  # the first request's bytes until its headers are complete
         self._loop = loop
         self.transport: asyncio.Transport | None = None
-        self._admitted = False  # the inner protocol saw connection_made
+        self._admitted = False  # the guard counts the connection
         self._closing = False  # closed by us; connection_lost still to come
         self._phase = _HEAD
         self._timer: asyncio.TimerHandle | None = None
@@ -257,7 +269,6 @@ class _Guarded(asyncio.Protocol):
             return
         self._admitted = True
         self.transport = transport
-        self._inner.connection_made(transport)
         self._enter_head(self._guard.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -268,22 +279,29 @@ class _Guarded(asyncio.Protocol):
         self._cancel_timer()
         self._guard._forget(self, transport)
         self._request = None
-        self._inner.connection_lost(exc)
+        self._buffer = []
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._resumes += 1
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def eof_received(self) -> bool | None:
+        if self._inner is None:
+            return None  # the client is done before its first request was: close
         return self._inner.eof_received()
 
     def data_received(self, data: bytes) -> None:
-        if self.transport is None or self._closing:
+        transport = self.transport
+        if transport is None or self._closing:
             return
         if self._phase == _HEAD and not self._head_done:
             limits = self._guard.limits
@@ -303,7 +321,18 @@ class _Guarded(asyncio.Protocol):
                 self._guard._count("headers_too_large")
                 self._fail(_HEADERS_TOO_LARGE, answer=not self._handled)
                 return
-        self._inner.data_received(data)
+        inner = self._inner
+        if inner is None:
+            self._buffer.append(data)
+            if not self._head_done:
+                return
+            inner = self._inner = self._make_inner()
+            inner.connection_made(transport)
+            if self._writing_paused:
+                inner.pause_writing()
+            data = b"".join(self._buffer)
+            self._buffer = []
+        inner.data_received(data)
 
     # -- phases (called by the guard's request handler)
 
@@ -416,25 +445,44 @@ class _Guarded(asyncio.Protocol):
 # ---------------------------------------------------------------------- file descriptors
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft limit on open files to the hard limit; returns the soft limit now in
-    force (0 when unknown)."""
+@dataclass(frozen=True, slots=True)
+class FdLimit:
+    """The soft limit on open files before and after ``raise_fd_limit``, the hard limit,
+    and why it could not be raised (None: it was raised, or did not need to be)."""
+
+    before: int
+    now: int
+    hard: int
+    error: str | None = None
+
+    def log(self) -> None:
+        """Log it: INFO when raised, WARNING when it could not be, DEBUG otherwise."""
+        extra = {"from": self.before, "to": self.now, "hard": self.hard}
+        if self.error is not None:
+            log.warning("could not raise the open-file limit", extra={**extra, "error": self.error})
+        elif self.now > self.before:
+            log.info("raised the open-file limit", extra=extra)
+        else:
+            log.debug("open-file limit", extra=extra)
+
+
+def raise_fd_limit() -> FdLimit:
+    """Raise the soft limit on open files to the hard limit (logs nothing: a server that
+    fails to start reports that alone; ``FdLimit.log`` once started)."""
     if resource is None:  # pragma: no cover
-        return 0
+        return FdLimit(0, 0, 0, "no resource module")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    unlimited = resource.RLIM_INFINITY
+    if soft == unlimited:
+        return FdLimit(soft, soft, hard)
+    target = hard if hard != unlimited else max(soft, 1 << 16)
     if soft >= target:
-        log.info("open-file limit", extra={"soft": soft, "hard": hard})
-        return soft
+        return FdLimit(soft, soft, hard)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError) as e:
-        log.warning("could not raise the open-file limit", extra={"soft": soft, "hard": hard, "error": str(e)})
-        return soft
-    log.info("raised the open-file limit", extra={"from": soft, "to": target, "hard": hard})
-    return target
+        return FdLimit(soft, soft, hard, str(e))
+    return FdLimit(soft, target, hard)
 
 
 def fd_limit() -> int:

@@ -192,9 +192,10 @@ async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningSe
 async def run_forever(config: Config) -> None:
     # As many open files as allowed, and a flood of failing connections logged once per
     # interval, not once each (connections.py).
-    raise_fd_limit()
+    fd_limit = raise_fd_limit()
     quiet_connection_noise(asyncio.get_running_loop())
     running = await start_server(config)
+    fd_limit.log()
     # The process is ours alone (tests that run several servers in one process do not
     # come here): full garbage collections wait for quiet moments (see gcpolicy).
     worker = running.services.inbound_worker

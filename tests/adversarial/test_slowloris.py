@@ -9,7 +9,8 @@ timed out and the log filled with accept() tracebacks. Now, throughout the attac
 connection gets ``/health`` answered in under 100 ms; the server's open file descriptors
 stay within its connection cap plus the accept backlog and a few; every attacking
 connection is closed by the server once the header timeout has passed (a JSON 408 for
-those that had sent part of a request); and the log stays a handful of lines.
+those that had sent part of a request); its RSS grows by less than 50 MB; and the log
+stays a handful of lines.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/<pid>/status")
+
+
 def soft_fd_limit(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -129,6 +137,7 @@ def send_quietly(s: socket.socket, data: bytes) -> None:
 class Figures:
     latencies: list[float] = dataclasses.field(default_factory=list)  # /health, ms
     fds: list[int] = dataclasses.field(default_factory=list)  # the server's open fds
+    rss: list[float] = dataclasses.field(default_factory=list)  # the server's RSS, MB
     replies: list[bytes] = dataclasses.field(default_factory=list)  # what attackers received
     still_open: int = 0  # attacking connections not closed by the server in time
     after: int = 0  # the server's open fds once the attack is over
@@ -141,7 +150,10 @@ def attack(port: int, pid: int) -> Figures:
 
     def probe() -> None:
         figures.latencies.append(health_ms(port))
+        if os.environ.get("SLOWLORIS_TRACE"):
+            print(f"{time.monotonic():.3f} {figures.latencies[-1]:.1f}")
         figures.fds.append(open_fds(pid))
+        figures.rss.append(rss_mb(pid))
 
     attackers: list[socket.socket] = []
     for i in range(ATTACK):
@@ -214,6 +226,7 @@ async def test_slowloris_of_2000_connections(
         if hard != resource.RLIM_INFINITY:
             assert soft_fd_limit(proc.pid) == hard
         baseline = open_fds(proc.pid)
+        rss_before = rss_mb(proc.pid)
         log_before = log.stat().st_size
         figures = attack(port, proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -222,12 +235,14 @@ async def test_slowloris_of_2000_connections(
     latencies = figures.latencies
     print(f"\n{settings['engine']}: /health max {max(latencies):.1f} ms, median "
           f"{sorted(latencies)[len(latencies) // 2]:.1f} ms over {len(latencies)} probes; fds baseline "
-          f"{baseline}, max {max(figures.fds)}, after {figures.after}; 408 replies {len(figures.replies)}; "
+          f"{baseline}, max {max(figures.fds)}, after {figures.after}; RSS {rss_before:.0f} MB, max "
+          f"{max(figures.rss):.0f} MB; 408 replies {len(figures.replies)}; "
           f"log +{log.stat().st_size - log_before} bytes")
     assert figures.still_open == 0, f"{figures.still_open} attacking connections still open after the header timeout"
     assert max(latencies) < HEALTH_BUDGET_MS, sorted(latencies)[-5:]
     assert max(figures.fds) <= baseline + CAP + BACKLOG + 16, figures.fds
     assert figures.after <= baseline + 16
+    assert max(figures.rss) - rss_before < 50, (rss_before, max(figures.rss))
     assert figures.replies
     assert all(r.startswith(b"HTTP/1.1 408") and b'"errcode"' in r for r in figures.replies)
     text = log.read_text()

@@ -103,9 +103,11 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         raised = raise_fd_limit()
         now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        assert now == raised > 256
+        assert raised.before == 256 and raised.error is None
+        assert now == raised.now > 256
         if hard != resource.RLIM_INFINITY:
             assert now == hard
+        assert raise_fd_limit().now == now  # already there: nothing to do
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
