@@ -2,13 +2,17 @@
 loopback with raw sockets, on both engines: idle connections are evicted at the cap and
 busy ones make it refuse; slow headers and slow bodies time out with a JSON 408; oversized
 headers get a JSON 431; idle keep-alive connections are closed; a client that leaves in
-the middle of its body is not logged as an error."""
+the middle of its body is not logged as an error; on the TLS federation listener, a
+connection that never completes its handshake, or never sends a request after it, is
+closed after the header timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -176,3 +180,31 @@ async def test_a_client_leaving_mid_body_is_not_an_error(
             assert (await health(server)).startswith(b"HTTP/1.1 200")
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_tls_connections_are_bounded_before_and_after_the_handshake(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    settings = await db_factory.new_settings()
+    config = make_config(tmp_path / "hs", settings, test_ca)
+    fed = dataclasses.replace(config.listeners.federation, header_timeout=1.0)
+    config = dataclasses.replace(config, listeners=dataclasses.replace(config.listeners, federation=fed))
+    async with running_server(config) as server:
+        guard = server.guards["federation"]
+        started = time.monotonic()
+        # No TLS handshake at all: closed by the handshake timeout (the header timeout).
+        plain = await asyncio.open_connection("127.0.0.1", server.federation_port)
+        # A handshake, then nothing: closed by the header timeout.
+        ctx = ssl.create_default_context(cafile=str(test_ca[0]))
+        tls = await asyncio.open_connection("127.0.0.1", server.federation_port, ssl=ctx,
+                                            server_hostname="localhost")
+        await until(lambda: guard.open_connections == 1)
+        for conn in (plain, tls):
+            try:
+                reply = await read_to_end(conn)
+            except (ssl.SSLError, ConnectionError):
+                reply = b""
+            assert reply == b""
+        assert 0.9 <= time.monotonic() - started < 3.0
+        assert guard.totals["idle_timeout"] == 1
+        assert guard.open_connections == 0
