@@ -25,13 +25,30 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ListenerConfig:
+class ConnectionLimitsConfig:
+    """Limits each listener applies to its connections (docs/security.md, "Listeners")."""
+
+    # Connections open at once; past it a new one evicts the oldest idle or slow-sending
+    # one, or is closed at once when all are busy with requests.
+    max_connections: int = 1000
+    # Seconds to receive the request line and headers (from connecting, or from the first
+    # byte of a later request), the body (from the end of the headers), and idle seconds
+    # allowed between two requests.
+    header_timeout: float = 15.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    # Request line and headers together, in bytes (larger: 431).
+    max_header_bytes: int = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig(ConnectionLimitsConfig):
     bind: str = "127.0.0.1"
     port: int = 8008
 
 
 @dataclass(frozen=True, slots=True)
-class FederationListenerConfig:
+class FederationListenerConfig(ConnectionLimitsConfig):
     bind: str = "127.0.0.1"
     port: int = 8448
     # Serve TLS from the files below; false for plain HTTP behind a TLS-terminating proxy.
@@ -41,10 +58,11 @@ class FederationListenerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsListenerConfig:
+class MetricsListenerConfig(ConnectionLimitsConfig):
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = 9009
+    max_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +346,21 @@ def _validate(config: Config) -> None:
     ):
         if not 0 <= listener.port <= 65535:
             raise ConfigError(f"{name}.port: must be between 0 and 65535")
+    for name, limits in (
+        ("listeners.client", config.listeners.client),
+        ("listeners.federation", fed),
+        ("listeners.metrics", config.listeners.metrics),
+    ):
+        for key_name, number in (
+            ("max_connections", limits.max_connections),
+            ("header_timeout", limits.header_timeout),
+            ("body_timeout", limits.body_timeout),
+            ("keepalive_timeout", limits.keepalive_timeout),
+        ):
+            if number <= 0:
+                raise ConfigError(f"{name}.{key_name}: must be positive")
+        if limits.max_header_bytes < 1024:
+            raise ConfigError(f"{name}.max_header_bytes: must be at least 1024")
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("logging.level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if config.logging.format not in ("json", "text"):

@@ -34,6 +34,17 @@ listeners:
   client:
     bind: "127.0.0.1"
     port: $client_port
+    # Connection limits (each listener has its own; docs/security.md): connections open at
+    # once (past it a new one evicts the oldest idle or slow one, or is closed at once when
+    # all are busy with requests); seconds to receive the request line and headers (from
+    # connecting), then the body; idle seconds allowed between two requests (behind a
+    # reverse proxy: more than the proxy's upstream keep-alive); request line and headers
+    # together, in bytes.
+    max_connections: 1000
+    header_timeout: 15.0
+    body_timeout: 60.0
+    keepalive_timeout: 75.0
+    max_header_bytes: 32768
   # Server-server API. With tls: false it serves plain HTTP, for a server behind a
   # TLS-terminating reverse proxy.
   federation:
@@ -42,11 +53,23 @@ listeners:
     tls: true
     tls_certificate_path: "$data_dir/tls.crt"
     tls_private_key_path: "$data_dir/tls.key"
+    # Connection limits, as for the client listener.
+    max_connections: 1000
+    header_timeout: 15.0
+    body_timeout: 60.0
+    keepalive_timeout: 75.0
+    max_header_bytes: 32768
   # Prometheus metrics (GET /metrics), off the public federation port.
   metrics:
     enabled: true
     bind: "127.0.0.1"
     port: $metrics_port
+    # Connection limits, as for the client listener.
+    max_connections: 64
+    header_timeout: 15.0
+    body_timeout: 60.0
+    keepalive_timeout: 75.0
+    max_header_bytes: 32768
 
 database:
   # sqlite (embedded, one file) or postgres.

@@ -59,7 +59,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         return error_response(MatrixError(e.status, "M_UNKNOWN", e.reason or "error"))
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ConnectionResetError) and request.transport is None:
+            # The client went away mid-request (or a listener limit closed the connection):
+            # nobody to answer, and nothing to log once per connection.
+            return error_response(MatrixError(400, "M_UNKNOWN", "Connection lost"))
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return error_response(MatrixError(500, "M_UNKNOWN", "Internal server error"))
 

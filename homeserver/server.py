@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from homeserver.app import Services, create_client_app, create_federation_app
-from homeserver.config import Config
+from homeserver.config import Config, ConnectionLimitsConfig
+from homeserver.connections import (
+    BACKLOG,
+    FD_RESERVE,
+    ConnectionGuard,
+    fit_caps,
+    quiet_connection_noise,
+    raise_fd_limit,
+)
 from homeserver.gcpolicy import QUIET_SECONDS, CollectorPolicy
 from homeserver.http import MatrixAppRunner
 from homeserver.ops import LoopLagProbe, create_metrics_app
@@ -30,6 +38,7 @@ class RunningServer:
     federation_port: int = 0
     metrics_port: int | None = None  # None when the metrics listener is disabled
     lag_probe: LoopLagProbe | None = None
+    guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # by listener name
 
     async def stop(self) -> None:
         """Stop accepting requests, then let the services finish and close (graceful)."""
@@ -37,6 +46,8 @@ class RunningServer:
             listener.close()
         for runner in reversed(self.runners):
             await runner.cleanup()
+        for guard in self.guards.values():
+            guard.close_all()
         if self.lag_probe is not None:
             await self.lag_probe.stop()
         await self.services.close()
@@ -92,31 +103,50 @@ class _DoorBell(asyncio.Protocol):
 
 async def _site(
     app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext | None,
-    running: RunningServer, ring: Callable[[], None] | None = None,
+    running: RunningServer, guard: ConnectionGuard, ring: Callable[[], None] | None = None,
 ) -> int:
-    """Serve ``app`` on ``host:port`` (0: a free port); returns the port. With ``ring``, each
-    connection goes through ``_DoorBell`` (aiohttp's server is a protocol factory)."""
-    runner = MatrixAppRunner(app, access_log=None, handle_signals=False)
+    """Serve ``app`` on ``host:port`` (0: a free port); returns the port. Each connection
+    goes through ``guard`` (connections.py: cap, timeouts, header size) and, with ``ring``,
+    through ``_DoorBell`` (aiohttp's server is a protocol factory)."""
+    runner = MatrixAppRunner(app, access_log=None, handle_signals=False, **guard.server_settings())
     await runner.setup()
     running.runners.append(runner)
-    if ring is None:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
-        await site.start()
-        server = site._server
-    else:
-        factory = runner.server
-        assert factory is not None
+    running.guards[guard.name] = guard
+    factory = runner.server
+    assert factory is not None
+    guard.watch_requests(factory)
+    make: Callable[[], asyncio.Protocol] = factory
+    if ring is not None:
+        bell = ring
 
-        def protocol() -> asyncio.Protocol:
-            return _DoorBell(factory(), ring)
+        def make_with_bell() -> asyncio.Protocol:
+            return _DoorBell(factory(), bell)
 
-        server = await asyncio.get_running_loop().create_server(
-            protocol, host, port, ssl=ssl_ctx, reuse_address=True
-        )
-        running.listeners.append(server)
+        make = make_with_bell
+
+    # A TLS handshake happens before the guard sees the connection: bounded on its own.
+    tls_timeout = guard.limits.header_timeout if ssl_ctx is not None else None
+    server = await asyncio.get_running_loop().create_server(
+        guard.protocol_factory(make), host, port, ssl=ssl_ctx, reuse_address=True, backlog=BACKLOG,
+        ssl_handshake_timeout=tls_timeout, ssl_shutdown_timeout=tls_timeout,
+    )
+    running.listeners.append(server)
     sockets = getattr(server, "sockets", None) or []
     actual = sockets[0].getsockname()[1] if sockets else port
     return int(actual)
+
+
+def _guards(config: Config) -> dict[str, ConnectionGuard]:
+    """A guard per enabled listener, the caps fitted under the open-file limit with room
+    for the database pool, outbound connections and helper processes."""
+    listeners = config.listeners
+    limits: dict[str, ConnectionLimitsConfig] = {"federation": listeners.federation, "client": listeners.client}
+    if listeners.metrics.enabled:
+        limits["metrics"] = listeners.metrics
+    reserve = (FD_RESERVE + BACKLOG * len(limits) + config.federation.max_connections
+               + config.database.pool_max_size + 4 * config.inbound.check_processes)
+    caps = fit_caps({name: lim.max_connections for name, lim in limits.items()}, reserve)
+    return {name: ConnectionGuard(name, lim, max_connections=caps[name]) for name, lim in limits.items()}
 
 
 async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningServer:
@@ -126,17 +156,21 @@ async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningSe
     running = RunningServer(services)
     try:
         ssl_ctx = federation_ssl_context(config)
+        guards = _guards(config)
         fed = config.listeners.federation
         running.federation_port = await _site(
-            create_federation_app(services), fed.bind, fed.port, ssl_ctx, running,
+            create_federation_app(services), fed.bind, fed.port, ssl_ctx, running, guards["federation"],
             ring=services.inbound_worker.door_bell,
         )
         cl = config.listeners.client
-        running.client_port = await _site(create_client_app(services), cl.bind, cl.port, None, running)
+        running.client_port = await _site(
+            create_client_app(services), cl.bind, cl.port, None, running, guards["client"]
+        )
         mc = config.listeners.metrics
         if mc.enabled:
             running.metrics_port = await _site(
-                create_metrics_app(services.db, services.metrics), mc.bind, mc.port, None, running
+                create_metrics_app(services.db, services.metrics), mc.bind, mc.port, None, running,
+                guards["metrics"],
             )
             running.lag_probe = LoopLagProbe(services.metrics)
             running.lag_probe.start()
@@ -157,7 +191,12 @@ async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningSe
 
 
 async def run_forever(config: Config) -> None:
+    # As many open files as allowed, and a flood of failing connections logged once per
+    # interval, not once each (connections.py).
+    fd_limit = raise_fd_limit()
+    quiet_connection_noise(asyncio.get_running_loop())
     running = await start_server(config)
+    fd_limit.log()
     # The process is ours alone (tests that run several servers in one process do not
     # come here): full garbage collections wait for quiet moments (see gcpolicy).
     worker = running.services.inbound_worker
