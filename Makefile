@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SERVER_NAME ?= localhost:8448
 DATA_DIR ?= ./data
+# off, token (a random registration token, printed) or open; used when the config is written.
+REGISTRATION ?= off
 STAMP := $(VENV)/.installed
 
 .PHONY: run test interop lint install config clean
@@ -18,11 +20,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 $(DATA_DIR)/homeserver.yaml: | $(STAMP)
-	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR)
+	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR) --registration $(REGISTRATION)
 
 config: $(DATA_DIR)/homeserver.yaml
 	@# Creates the signing key and TLS certificate too, when they are missing.
-	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR)
+	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR) --registration $(REGISTRATION)
 
 run: $(STAMP) config
 	$(BIN)/homeserver run -c $(DATA_DIR)/homeserver.yaml

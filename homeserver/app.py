@@ -237,7 +237,7 @@ def answer_first_middleware(worker: InboundWorker) -> Middleware:
 def create_client_app(services: Services) -> web.Application:
     app = create_client_api_app(
         services.config,
-        users=UserStore(services.db),
+        users=UserStore(services.db, password_log_n=services.config.client.password_scrypt_log_n),
         events=services.event_store,
         persister=services.persister,
         rooms=services.rooms,

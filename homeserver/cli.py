@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
+import stat
 import sys
 from pathlib import Path
 
 from homeserver.config import Config, ConfigError, load_config
-from homeserver.config_template import render
+from homeserver.config_template import REGISTRATION_MODES, render
 from homeserver.crypto.keys import (
     KeyFileError,
     generate_key_line,
@@ -53,32 +55,52 @@ def _check_files(config: Config) -> None:
                 raise CliError(f"TLS {label} file not found: {path}")
 
 
-def _private_file(path: Path) -> None:
-    """Create ``path`` empty and readable by its owner only (0600), or make an existing
-    file so (a config may hold a database password or a registration token)."""
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) with the new directory itself 0700; an existing
+    directory is kept as it is, with a warning when others may read it."""
+    if path.is_dir():
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(f"warning: {path} is accessible to other users; `chmod 700 {path}` keeps the "
+                  "database and keys private", file=sys.stderr)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by the owner only (0600), also when it existed (--force)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
 
 
 def cmd_generate_config(args: argparse.Namespace) -> None:
     if not is_valid_server_name(args.server_name):
         raise CliError(f"{args.server_name!r} is not a valid server name")
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's alone (keys, database)
+    _private_dir(data_dir)
     out = Path(args.output) if args.output else data_dir / "homeserver.yaml"
     if out.exists() and not args.force:
         print(f"config exists, kept: {out}")
     else:
         rel = Path(".") if out.parent.resolve() == data_dir.resolve() else data_dir.resolve()
-        _private_file(out)
-        out.write_text(
+        token = secrets.token_urlsafe(24) if args.registration == "token" else None
+        _write_private(
+            out,
             render(
-                args.server_name, str(rel), args.client_port, args.federation_port, args.metrics_port
+                args.server_name, str(rel), args.client_port, args.federation_port, args.metrics_port,
+                registration=args.registration, registration_token=token,
             ),
-            encoding="utf-8",
         )
         print(f"wrote config: {out}")
+        if token is not None:
+            print(f"registration is on with the registration token: {token}")
+        elif args.registration == "open":
+            print("registration is open: anyone who reaches the client port can create an account")
+        else:
+            print("registration is off (client.enable_registration in the config)")
     key_path = data_dir / "signing.key"
     if not key_path.exists():
         write_new_key_file(key_path)
@@ -165,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--federation-port", type=int, default=8448)
     p.add_argument("--metrics-port", type=int, default=9009)
     p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.add_argument("--registration", choices=REGISTRATION_MODES, default="off",
+                   help="off (default); token: registration needs a random token, written to the config "
+                        "and printed; open: anyone may register, without verification")
     p.set_defaults(func=cmd_generate_config)
 
     p = sub.add_parser("generate-key", help="print (or write) a new ed25519 signing key")

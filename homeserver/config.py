@@ -9,6 +9,7 @@ against the directory of the config file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,7 +173,8 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    enable_registration: bool = True
+    # Off by default; on needs registration_token or enable_registration_without_verification.
+    enable_registration: bool = False
     # When set, registering needs the m.login.registration_token stage with this token.
     registration_token: str | None = None
     # Base URL advertised in /.well-known/matrix/client (default: from the request).
@@ -182,6 +184,20 @@ class ClientConfig:
     max_sync_timeout_ms: int = 60_000
     login_rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     register_rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Open registration (the m.login.dummy stage only, anyone may register): must be said
+    # explicitly when enable_registration is true and no registration_token is set.
+    enable_registration_without_verification: bool = False
+    # Shortest password accepted at registration and password change, in characters.
+    password_min_length: int = 8
+    # Failed password logins per account, from any address (token bucket).
+    failed_login_rate_limit: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(per_second=0.05, burst_count=5)
+    )
+    # Reverse proxies (IP addresses or CIDR ranges) whose X-Forwarded-For is believed.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # scrypt cost of password hashes: N = 2**password_scrypt_log_n (r=8, p=1); 17 = 128 MiB.
+    # Lower values are for tests only.
+    password_scrypt_log_n: int = 17
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,8 +461,34 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{key_name}: must be positive")
     if cl.registration_token is not None and not cl.registration_token:
         raise ConfigError("client.registration_token: must not be empty (null disables it)")
+    _validate_client_security(cl)
     if config.key_validity_period_ms <= 0:
         raise ConfigError("key_validity_period_ms: must be positive")
+
+
+def _validate_client_security(cl: ClientConfig) -> None:
+    """Registration, passwords, login limits and proxies (docs/security.md)."""
+    if cl.enable_registration and not cl.registration_token and not cl.enable_registration_without_verification:
+        raise ConfigError(
+            "client.enable_registration: true needs client.registration_token, or "
+            "client.enable_registration_without_verification: true to let anyone register "
+            "without any verification"
+        )
+    if not 1 <= cl.password_min_length <= 512:
+        raise ConfigError("client.password_min_length: must be between 1 and 512")
+    for key_name, number in (
+        ("client.failed_login_rate_limit.per_second", cl.failed_login_rate_limit.per_second),
+        ("client.failed_login_rate_limit.burst_count", cl.failed_login_rate_limit.burst_count),
+    ):
+        if number <= 0:
+            raise ConfigError(f"{key_name}: must be positive")
+    for i, proxy in enumerate(cl.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"client.trusted_proxies[{i}]: {proxy!r} is not an IP address or CIDR range") from None
+    if not 10 <= cl.password_scrypt_log_n <= 20:
+        raise ConfigError("client.password_scrypt_log_n: must be between 10 and 20 (17 or more outside tests)")
 
 
 def parse_config(data: Any, base_dir: Path) -> Config:

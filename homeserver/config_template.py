@@ -203,11 +203,13 @@ invites:
   max_pending_per_server_per_user: 50
 
 client:
-  # Client-server API. Open registration (the m.login.dummy flow) is on so that a fresh
-  # `make run` is usable at once; turn it off, or require a token, on a public server.
-  enable_registration: true
+  # Client-server API. Registration is off by default. Turning it on needs either a
+  # registration_token (given to the people you invite; clients ask for it at sign-up) or
+  # enable_registration_without_verification: true (below), which lets anyone who reaches
+  # this port create accounts. `generate-config --registration token|open` writes either.
+  enable_registration: $enable_registration
   # When set, registering needs the m.login.registration_token stage with this token.
-  registration_token: null
+  registration_token: $registration_token
   # Base URL given to clients in /.well-known/matrix/client (null: from the request).
   public_baseurl: null
   # Largest client request body accepted, in bytes (larger: 413 M_TOO_LARGE).
@@ -222,6 +224,28 @@ client:
   register_rate_limit:
     per_second: 0.5
     burst_count: 10
+  # Open registration: with enable_registration and no registration_token, anyone may
+  # register with only the m.login.dummy stage (no e-mail, no captcha). Off: such a config
+  # is refused at start-up.
+  enable_registration_without_verification: $registration_without_verification
+  # Shortest password accepted when registering or changing a password, in characters
+  # (shorter, or empty: 400 M_WEAK_PASSWORD).
+  password_min_length: 8
+  # Failed password logins per account, from any address (a token bucket as above): once
+  # empty, every login to that account, the right password included, gets 429
+  # M_LIMIT_EXCEEDED until a token is back. A right password does not use a token.
+  failed_login_rate_limit:
+    per_second: 0.05
+    burst_count: 5
+  # Reverse proxies whose X-Forwarded-For header is believed: IP addresses or CIDR ranges,
+  # e.g. ["127.0.0.1", "::1"] for a proxy on this machine. The client's address is then the
+  # rightmost address of the header that is not a listed proxy. Behind a proxy, list it
+  # here, or every client shares the proxy's address in the per-IP limits above.
+  trusted_proxies: []
+  # Cost of password hashes: scrypt with N = 2^password_scrypt_log_n, r = 8, p = 1. 17 uses
+  # 128 MiB and about 0.2-0.5 s of CPU per hash; lower values are for tests only. Hashes
+  # of a lower cost are upgraded at the user's next successful login.
+  password_scrypt_log_n: 17
 
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.
@@ -236,7 +260,14 @@ SAMPLE_VALUES = {
     "client_port": "8008",
     "federation_port": "8448",
     "metrics_port": "9009",
+    "enable_registration": "false",
+    "registration_token": "null",
+    "registration_without_verification": "false",
 }
+
+# generate-config --registration: off (the default), token (a random registration token,
+# written here and printed), open (anyone may register, no verification).
+REGISTRATION_MODES = ("off", "token", "open")
 
 
 def render(
@@ -245,11 +276,21 @@ def render(
     client_port: int = 8008,
     federation_port: int = 8448,
     metrics_port: int = 9009,
+    *,
+    registration: str = "off",
+    registration_token: str | None = None,
 ) -> str:
+    if registration not in REGISTRATION_MODES:
+        raise ValueError(f"registration must be one of {', '.join(REGISTRATION_MODES)}")
+    if (registration == "token") != (registration_token is not None):
+        raise ValueError("a registration token goes with registration mode token, and only with it")
     return TEMPLATE.substitute(
         server_name=server_name,
         data_dir=data_dir,
         client_port=client_port,
         federation_port=federation_port,
         metrics_port=metrics_port,
+        enable_registration="false" if registration == "off" else "true",
+        registration_token="null" if registration_token is None else f'"{registration_token}"',
+        registration_without_verification="true" if registration == "open" else "false",
     )

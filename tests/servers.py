@@ -13,6 +13,8 @@ from homeserver.crypto.keys import write_new_key_file
 from homeserver.crypto.tls import issue_certificate
 from homeserver.server import RunningServer, start_server
 
+TEST_SCRYPT_LOG_N = 12
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -56,6 +58,10 @@ def make_config(
         "federation": {"extra_ca_file": str(ca[0]), "request_timeout": 10.0,
                        "key_fetch_timeout": 5.0},
         "logging": {"level": "WARNING"},
+        # Tests register users freely: open registration, said explicitly; and cheap password
+        # hashes (2^12 instead of the production 2^17, which test_secure_defaults asserts).
+        "client": {"enable_registration": True, "enable_registration_without_verification": True,
+                   "password_scrypt_log_n": TEST_SCRYPT_LOG_N},
     }
     for k, v in (extra or {}).items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):

@@ -3,9 +3,12 @@ with the m.login.dummy or m.login.registration_token stage), password login, log
 whoami, password change and account deactivation (user-interactive auth with the
 current password).
 
-Guarantees: registration and login are rate-limited per client IP; a user ID is
-registered at most once (M_USER_IN_USE); a wrong password and an unknown user give the
-same M_FORBIDDEN; logout invalidates the device's access tokens at once.
+Guarantees: registration is off unless the config turns it on (with a token, or open on
+explicit request); registration and login are rate-limited per client IP (the address
+behind a trusted proxy, ``client.trusted_proxies``), and failed logins per account too
+(from any address); new passwords have a minimum length (400 M_WEAK_PASSWORD); a user ID
+is registered at most once (M_USER_IN_USE); a wrong password and an unknown user give
+the same M_FORBIDDEN; logout invalidates the device's access tokens at once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from homeserver.client_api.common import (
     MAX_ID_BYTES,
     Authenticator,
     Requester,
+    client_ip,
+    parse_networks,
     require_limited_str,
     require_str,
 )
@@ -34,7 +39,7 @@ from homeserver.http import json_response, read_json_object
 from homeserver.net.client import FederationRequestError
 from homeserver.rooms.errors import RoomError
 from homeserver.rooms.service import RoomService
-from homeserver.storage.users import UserExistsError, UserStore
+from homeserver.storage.users import SCRYPT_LOG_N, UserExistsError, UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -86,8 +91,10 @@ class UiaSessions:
             self._sessions.pop(sid)
 
 
-def client_ip(request: web.Request) -> str:
-    return request.remote or "unknown"
+def check_new_password(password: str, min_length: int) -> None:
+    """400 M_WEAK_PASSWORD for a password shorter than ``client.password_min_length``."""
+    if len(password) < min_length:
+        raise MatrixError(400, "M_WEAK_PASSWORD", f"Password must be at least {min_length} characters long")
 
 
 class AccountsAPI:
@@ -102,8 +109,18 @@ class AccountsAPI:
         self.rooms = rooms
         self.login_limiter = RateLimiter(config.login_rate_limit, clock=clock)
         self.register_limiter = RateLimiter(config.register_rate_limit, clock=clock)
+        # Failed password logins per account, whatever the address: a distributed guesser
+        # gets burst_count tries, then per_second.
+        self.failed_login_limiter = RateLimiter(config.failed_login_rate_limit, max_keys=20_000, clock=clock)
+        self._trusted_proxies = parse_networks(config.trusted_proxies)
         self._sessions = UiaSessions(clock)
+        if config.password_scrypt_log_n < SCRYPT_LOG_N:
+            log.warning("client.password_scrypt_log_n is below %d: password hashes weaker than current "
+                        "guidance (for tests only)", SCRYPT_LOG_N)
         self.password = PasswordStage(users, RateLimiter(config.login_rate_limit, clock=clock), clock=clock)
+
+    def _client_ip(self, request: web.Request) -> str:
+        return client_ip(request, self._trusted_proxies)
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -151,7 +168,7 @@ class AccountsAPI:
 
     async def register(self, request: web.Request) -> web.Response:
         # 1. Rate limit, then refuse what this server does not offer.
-        self.register_limiter.enforce(client_ip(request))
+        self.register_limiter.enforce(self._client_ip(request))
         if request.query.get("kind", "user") == "guest":
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
         if request.query.get("kind", "user") != "user":
@@ -174,6 +191,7 @@ class AccountsAPI:
         assert password is not None
         if len(password) > MAX_PASSWORD_LENGTH:
             raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
+        check_new_password(password, self.config.password_min_length)
         device_id = require_limited_str(body, "device_id", MAX_ID_BYTES, optional=True)
         display = require_limited_str(body, "initial_device_display_name", MAX_DEVICE_DISPLAY_NAME, optional=True,
                                       in_bytes=False)
@@ -231,7 +249,7 @@ class AccountsAPI:
         return MatrixError(401, err.errcode, err.message, **extra)
 
     async def register_available(self, request: web.Request) -> web.Response:
-        self.register_limiter.enforce(client_ip(request))
+        self.register_limiter.enforce(self._client_ip(request))
         username = request.query.get("username")
         if not username:
             raise MatrixError(400, "M_MISSING_PARAM", "Missing username")
@@ -241,7 +259,7 @@ class AccountsAPI:
         return json_response({"available": True})
 
     async def token_validity(self, request: web.Request) -> web.Response:
-        self.register_limiter.enforce(client_ip(request))
+        self.register_limiter.enforce(self._client_ip(request))
         token = request.query.get("token")
         if token is None:
             raise MatrixError(400, "M_MISSING_PARAM", "Missing token")
@@ -257,7 +275,7 @@ class AccountsAPI:
         return json_response({"flows": [{"type": PASSWORD}]})
 
     async def login(self, request: web.Request) -> web.Response:
-        self.login_limiter.enforce(client_ip(request))
+        self.login_limiter.enforce(self._client_ip(request))
         body = await read_json_object(request, self.config.max_body_bytes)
         if body.get("type") != PASSWORD:
             raise MatrixError(400, "M_UNKNOWN", "Unsupported login type")
@@ -273,8 +291,15 @@ class AccountsAPI:
         password = require_str(body, "password")
         assert password is not None
         user_id = user if user.startswith("@") else f"@{user.lower()}:{self.server_name}"
+        if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+            raise forbidden("Invalid username or password")  # no such account can exist
+        # The account's bucket pays for the attempt before the password is checked (so that
+        # concurrent guesses cannot overrun it, and an empty bucket refuses even the right
+        # password: no oracle); a right password gets its token back.
+        self.failed_login_limiter.enforce(user_id)
         if len(password) > MAX_PASSWORD_LENGTH or not await self.users.check_password(user_id, password):
             raise forbidden("Invalid username or password")
+        self.failed_login_limiter.refund(user_id)
         device_id = require_limited_str(body, "device_id", MAX_ID_BYTES, optional=True)
         display = require_limited_str(body, "initial_device_display_name", MAX_DEVICE_DISPLAY_NAME, optional=True,
                                       in_bytes=False)
@@ -299,13 +324,14 @@ class AccountsAPI:
         req = await self.auth.requester(request)
         body = await read_json_object(request, self.config.max_body_bytes)
         new_password = body.get("new_password")
-        if not isinstance(new_password, str) or not new_password:
-            raise MatrixError(400, "M_BAD_JSON", "new_password must be a non-empty string")
+        if not isinstance(new_password, str):
+            raise MatrixError(400, "M_BAD_JSON", "new_password must be a string")
         if len(new_password) > MAX_PASSWORD_LENGTH:
             raise MatrixError(400, "M_INVALID_PARAM", "Password too long")
         logout = body.get("logout_devices", True)
         if not isinstance(logout, bool):
             raise MatrixError(400, "M_BAD_JSON", "logout_devices must be a boolean")
+        check_new_password(new_password, self.config.password_min_length)
         await self.password.check(req, body.get("auth"))
         await self.users.set_password(req.user_id, new_password, keep_device=req.device_id, logout_others=logout)
         log.info("password changed", extra={"user_id": req.user_id})

@@ -8,7 +8,8 @@ M_MISSING_TOKEN / M_UNKNOWN_TOKEN (401); core errors never leak as a 500.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import ipaddress
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,56 @@ class Authenticator:
         if owner is None:
             raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token", soft_logout=False)
         return Requester(owner.user_id, owner.device_id)
+
+
+# ---------------------------------------------------------------------- client address
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(specs: Iterable[str]) -> tuple[IpNetwork, ...]:
+    """``client.trusted_proxies`` as networks (the config validated them)."""
+    return tuple(ipaddress.ip_network(spec, strict=False) for spec in specs)
+
+
+def _address(text: str) -> IpAddress | None:
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def client_ip(request: web.Request, trusted_proxies: Sequence[IpNetwork] = ()) -> str:
+    """The address a request comes from, for per-IP limits.
+
+    The TCP peer, unless the peer is one of ``trusted_proxies``: then ``X-Forwarded-For`` is
+    read from the right (the entry the proxy itself appended) and the first address that is
+    not a trusted proxy is the client. Entries left of it were written by the client and are
+    never believed; a malformed entry ends the walk at the last trusted hop.
+    """
+    peer = _address(request.remote or "")
+    if peer is None:
+        return request.remote or "unknown"
+
+    def trusted(addr: IpAddress) -> bool:
+        return any(addr.version == net.version and addr in net for net in trusted_proxies)
+
+    if not trusted_proxies or not trusted(peer):
+        return str(peer)
+    hops = [h for value in request.headers.getall("X-Forwarded-For", []) for h in value.split(",")]
+    current = peer
+    for hop in reversed(hops):
+        addr = _address(hop)
+        if addr is None:
+            break
+        current = addr
+        if not trusted(addr):
+            break
+    return str(current)
 
 
 # ---------------------------------------------------------------------- parameters

@@ -1,4 +1,5 @@
-"""Per-key token buckets for the client API (login and registration, per client IP).
+"""Per-key token buckets for the client API: login and registration per client IP, failed
+password logins per account.
 
 Guarantees: memory is bounded (least recently used keys are forgotten past ``max_keys``);
 a refused request learns how long to wait (``retry_after_ms``), as M_LIMIT_EXCEEDED needs.
@@ -37,6 +38,14 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             wait = max(1, math.ceil((1.0 - tokens) / self.rate * 1000))
         return wait
+
+    def refund(self, key: str) -> None:
+        """Give back the token a request took (the per-account login bucket counts failed
+        attempts only: a token is taken before the password is checked, so that concurrent
+        guesses cannot overrun the bucket, and given back when the password was right)."""
+        hit = self._buckets.peek(key)
+        if hit is not None:
+            self._buckets[key] = (min(self.burst, hit[0] + 1.0), hit[1])
 
     def enforce(self, key: str) -> None:
         """Raise 429 M_LIMIT_EXCEEDED (with retry_after_ms) when ``key`` is over its limit."""

@@ -1,10 +1,12 @@
 """The user store: local accounts, devices, access tokens, profiles, sync filters and
 client transaction IDs.
 
-Guarantees: passwords are kept only as salted scrypt hashes (checked in constant time,
-off the event loop); access tokens only as their SHA-256, so a leaked database holds no
-usable token; a (user, device, txnId) maps to at most one event. Stateless apart from the
-database: any component may build one on the shared ``Database``.
+Guarantees: passwords are kept only as salted scrypt hashes (N = 2**17 by default; checked
+in constant time, on a small thread pool of their own, never on the event loop; a weaker
+stored hash is upgraded at the next successful login); access tokens only as their
+SHA-256, so a leaked database holds no usable token; a (user, device, txnId) maps to at
+most one event. Stateless apart from the database: any component may build one on the
+shared ``Database``.
 """
 
 from __future__ import annotations
@@ -15,19 +17,48 @@ import functools
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from homeserver.storage.database import Connection, Database
 
-# scrypt cost: n=2**14, r=8, p=1 is ~16 MiB and a few tens of ms per hash.
-SCRYPT_N = 1 << 14
+T = TypeVar("T")
+
+# scrypt cost of new hashes: N = 2**17, r = 8, p = 1 needs 128 MiB and about 0.2-0.5 s of
+# CPU per hash (current guidance: N >= 2**17). ``client.password_scrypt_log_n`` may lower it
+# for tests only; a stored hash of a lower cost is upgraded at the user's next login.
+SCRYPT_LOG_N = 17
 SCRYPT_R = 8
 SCRYPT_P = 1
-SCRYPT_MAXMEM = 64 * 1024 * 1024
+# Bounds for the parameters read back from a stored hash.
+_MAX_N, _MAX_R, _MAX_P = 1 << 20, 32, 16
+# Hashes computed at once, process-wide: each holds 128 * r * N bytes (128 MiB at the
+# default) for its duration, and a hash keeps a core busy; one thread per two cores, at
+# most two, leaves the event loop its share. Not the default executor, which DNS look-ups
+# and other to_thread work share.
+HASH_THREADS = max(1, min(2, (os.cpu_count() or 1) // 2))
+_executor: ThreadPoolExecutor | None = None
+
+
+def _scrypt_maxmem(n: int, r: int, p: int) -> int:
+    # OpenSSL's need (128 * r * (n + 2) + 128 * r * p bytes), plus slack.
+    return 128 * r * (n + p + 2) + (1 << 20)
+
+
+def _hash_executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="password-hash")
+    return _executor
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_hash_executor(), functools.partial(fn, *args))
 
 
 class UserExistsError(Exception):
@@ -61,27 +92,58 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def hash_password_sync(password: str) -> str:
+def hash_password_sync(password: str, log_n: int = SCRYPT_LOG_N) -> str:
+    n = 1 << log_n
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=SCRYPT_MAXMEM
+        password.encode("utf-8"), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, maxmem=_scrypt_maxmem(n, SCRYPT_R, SCRYPT_P)
     )
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def _scrypt_params(stored: str) -> tuple[int, int, int] | None:
+    """(n, r, p) of a stored scrypt hash, or None when it is not one we would compute."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return None
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+    if not (1 < n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
+        return None
+    if _scrypt_maxmem(n, r, p) > 2**31 - 1:  # hashlib's limit
+        return None
+    return n, r, p
 
 
 def check_password_sync(password: str, stored: str) -> bool:
+    params = _scrypt_params(stored)
+    if params is None:
+        return False
+    n, r, p = params
     try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
+        _, _, _, _, salt, digest = stored.split("$")
         expected = base64.b64decode(digest)
         got = hashlib.scrypt(
-            password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-            maxmem=SCRYPT_MAXMEM, dklen=len(expected),
+            password.encode("utf-8"), salt=base64.b64decode(salt), n=n, r=r, p=p,
+            maxmem=_scrypt_maxmem(n, r, p), dklen=len(expected),
         )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, expected)
+
+
+def needs_rehash(stored: str, log_n: int = SCRYPT_LOG_N) -> bool:
+    """Whether ``stored`` is weaker than what ``log_n`` computes (never a downgrade)."""
+    params = _scrypt_params(stored)
+    return params is None or params[0] < (1 << log_n) or params[1] < SCRYPT_R
+
+
+def _check_unknown_user(password: str, log_n: int) -> bool:
+    # Spend the same time as a real check, so timing does not reveal which users exist.
+    check_password_sync(password, _dummy_hash(log_n))
+    return False
 
 
 def token_hash(token: str) -> str:
@@ -98,8 +160,9 @@ def new_device_id() -> str:
 
 
 class UserStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, password_log_n: int = SCRYPT_LOG_N) -> None:
         self.db = db
+        self.password_log_n = password_log_n
 
     # ------------------------------------------------------------------ accounts
 
@@ -108,7 +171,7 @@ class UserStore:
 
     async def create_user(self, user_id: str, password: str | None, displayname: str | None) -> None:
         """Register ``user_id``; raises UserExistsError when taken."""
-        hashed = await asyncio.to_thread(hash_password_sync, password) if password is not None else None
+        hashed = await self.hash_password(password) if password is not None else None
         async with self.db.transaction() as conn:
             inserted = await conn.fetchval(
                 "INSERT INTO users (user_id, password_hash, created_ts) VALUES (?, ?, ?)"
@@ -127,7 +190,7 @@ class UserStore:
                            logout_others: bool = False) -> None:
         """Replace the user's password; with ``logout_others``, every device but
         ``keep_device`` is logged out (deleted with its access tokens) in the same transaction."""
-        hashed = await asyncio.to_thread(hash_password_sync, password)
+        hashed = await self.hash_password(password)
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", hashed, user_id)
             if logout_others:
@@ -148,15 +211,26 @@ class UserStore:
                 "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?", user_id
             )
 
+    async def hash_password(self, password: str) -> str:
+        """A new salted hash at this store's cost, computed off the event loop."""
+        return await _off_loop(hash_password_sync, password, self.password_log_n)
+
     async def check_password(self, user_id: str, password: str) -> bool:
+        """Whether ``password`` is the active account's; a right password stored at a lower
+        cost than this store's is re-hashed at that cost (unless it changed meanwhile)."""
         stored = await self.db.fetchval(
             "SELECT password_hash FROM users WHERE user_id = ? AND deactivated = 0", user_id
         )
         if not isinstance(stored, str):
-            # Spend the same time as a real check, so timing does not reveal which users exist.
-            await asyncio.to_thread(check_password_sync, password, _dummy_hash())
+            return await _off_loop(_check_unknown_user, password, self.password_log_n)
+        if not await _off_loop(check_password_sync, password, stored):
             return False
-        return await asyncio.to_thread(check_password_sync, password, stored)
+        if needs_rehash(stored, self.password_log_n):
+            await self.db.execute(
+                "UPDATE users SET password_hash = ? WHERE user_id = ? AND password_hash = ?",
+                await self.hash_password(password), user_id, stored,
+            )
+        return True
 
     # ------------------------------------------------------------------ devices and tokens
 
@@ -308,5 +382,5 @@ class UserStore:
 
 
 @functools.cache
-def _dummy_hash() -> str:
-    return hash_password_sync("not a password")
+def _dummy_hash(log_n: int) -> str:
+    return hash_password_sync("not a password", log_n)

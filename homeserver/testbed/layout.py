@@ -83,7 +83,9 @@ def config_data(spec: ServerSpec, server_dir: Path, ca_cert: Path) -> dict[str, 
         "database": database,
         "federation": {"extra_ca_file": os.path.relpath(ca_cert, server_dir), **TESTBED_FEDERATION},
         "outbound": dict(TESTBED_OUTBOUND),
-        "client": {"enable_registration": True, **TESTBED_CLIENT},
+        # Open registration (the dummy stage), said explicitly: testbed users are throwaway.
+        "client": {"enable_registration": True, "enable_registration_without_verification": True,
+                   **TESTBED_CLIENT},
         "logging": {"level": spec.log_level, "format": "json"},
     }
 

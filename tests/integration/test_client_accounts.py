@@ -13,6 +13,7 @@ from tests.clients import base_url, client_server, nio_user, raw
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
+PW = "long-enough-pw"
 
 
 async def test_register_login_whoami_logout(db_factory: DatabaseFactory, tmp_path: Path,
@@ -58,23 +59,23 @@ async def test_registration_flow_and_errors(db_factory: DatabaseFactory, tmp_pat
                                             test_ca: tuple[Path, Path]) -> None:
     async with client_server(db_factory, tmp_path / "a", test_ca) as server:
         # 1. Without auth: 401 with the flows and a session, as user-interactive auth opens.
-        status, body = await raw(server, "POST", f"{V3}/register", json={"username": "bob", "password": "pw"})
+        status, body = await raw(server, "POST", f"{V3}/register", json={"username": "bob", "password": PW})
         assert status == 401
         assert body["flows"] == [{"stages": ["m.login.dummy"]}] and body["session"] and "errcode" not in body
         # 2. Completing the dummy stage registers.
         status, body = await raw(server, "POST", f"{V3}/register", json={
-            "username": "bob", "password": "pw", "auth": {"type": "m.login.dummy", "session": body["session"]}})
+            "username": "bob", "password": PW, "auth": {"type": "m.login.dummy", "session": body["session"]}})
         assert status == 200 and body["user_id"].startswith("@bob:") and body["access_token"]
         # 3. Taken, invalid, guest.
         status, body = await raw(server, "POST", f"{V3}/register", json={
-            "username": "bob", "password": "pw", "auth": {"type": "m.login.dummy"}})
+            "username": "bob", "password": PW, "auth": {"type": "m.login.dummy"}})
         assert (status, body["errcode"]) == (400, "M_USER_IN_USE")
         status, body = await raw(server, "GET", f"{V3}/register/available?username=bob")
         assert (status, body["errcode"]) == (400, "M_USER_IN_USE")
         status, body = await raw(server, "GET", f"{V3}/register/available?username=carol")
         assert (status, body) == (200, {"available": True})
         status, body = await raw(server, "POST", f"{V3}/register", json={
-            "username": "Bad Name!", "password": "pw", "auth": {"type": "m.login.dummy"}})
+            "username": "Bad Name!", "password": PW, "auth": {"type": "m.login.dummy"}})
         assert (status, body["errcode"]) == (400, "M_INVALID_USERNAME")
         status, body = await raw(server, "POST", f"{V3}/register?kind=guest", json={})
         assert (status, body["errcode"]) == (403, "M_GUEST_ACCESS_FORBIDDEN")
@@ -145,9 +146,9 @@ async def test_rate_limit_and_disabled_registration(db_factory: DatabaseFactory,
                         "login_rate_limit": {"per_second": 0.001, "burst_count": 2}}}
     async with client_server(db_factory, tmp_path / "a", test_ca, extra) as server:
         status, body = await raw(server, "POST", f"{V3}/register", json={
-            "username": "x", "password": "pw", "auth": {"type": "m.login.dummy"}})
+            "username": "x", "password": PW, "auth": {"type": "m.login.dummy"}})
         assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
-        login = {"type": "m.login.password", "user": "x", "password": "pw"}
+        login = {"type": "m.login.password", "user": "x", "password": PW}
         assert (await raw(server, "POST", f"{V3}/login", json=login))[0] == 403
         assert (await raw(server, "POST", f"{V3}/login", json=login))[0] == 403
         status, body = await raw(server, "POST", f"{V3}/login", json=login)
@@ -160,10 +161,10 @@ async def test_registration_token_flow(db_factory: DatabaseFactory, tmp_path: Pa
     extra = {"client": {"registration_token": "let-me-in"}}
     async with client_server(db_factory, tmp_path / "a", test_ca, extra) as server:
         status, body = await raw(server, "POST", f"{V3}/register", json={
-            "username": "x", "password": "pw", "auth": {"type": "m.login.dummy"}})
+            "username": "x", "password": PW, "auth": {"type": "m.login.dummy"}})
         assert status == 401 and body["flows"] == [{"stages": ["m.login.registration_token", "m.login.dummy"]}]
         status, body2 = await raw(server, "POST", f"{V3}/register", json={
-            "username": "x", "password": "pw",
+            "username": "x", "password": PW,
             "auth": {"type": "m.login.registration_token", "token": "wrong", "session": body["session"]}})
         assert (status, body2["errcode"]) == (401, "M_FORBIDDEN")
         status, body = await raw(server, "GET", f"{V3}/register/m.login.registration_token/validity?token=let-me-in")
@@ -171,7 +172,7 @@ async def test_registration_token_flow(db_factory: DatabaseFactory, tmp_path: Pa
         # matrix-nio's token registration: open a session, the token stage, then dummy.
         client = AsyncClient(base_url(server))
         try:
-            resp = await client.register_with_token("tokenuser", "pw", "let-me-in")
+            resp = await client.register_with_token("tokenuser", PW, "let-me-in")
             assert isinstance(resp, RegisterResponse), resp
             assert resp.user_id == f"@tokenuser:{server.services.config.server_name}"
         finally:

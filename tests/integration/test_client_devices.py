@@ -119,15 +119,16 @@ async def test_password_change(db_factory: DatabaseFactory, tmp_path: Path, test
             status, body = await raw(server, "POST", path, token=alice.access_token, json=payload)
             assert (status, body["errcode"]) == expected, body
         # The auth flow, a wrong current password, then the right one.
-        status, flow = await raw(server, "POST", path, token=alice.access_token, json={"new_password": "n3w"})
+        status, flow = await raw(server, "POST", path, token=alice.access_token,
+                                 json={"new_password": "new-password-1"})
         assert status == 401 and flow["flows"] == [{"stages": ["m.login.password"]}]
         auth = {"type": "m.login.password", "user": "alice", "session": flow["session"]}
         status, body = await raw(server, "POST", path, token=alice.access_token,
-                                 json={"new_password": "n3w", "auth": {**auth, "password": "wrong"}})
+                                 json={"new_password": "new-password-1", "auth": {**auth, "password": "wrong"}})
         assert status == 401 and body["errcode"] == "M_FORBIDDEN"
         assert (await login(PASSWORD))[0] == 200
         status, body = await raw(server, "POST", path, token=alice.access_token,
-                                 json={"new_password": "n3w", "auth": {**auth, "password": PASSWORD}})
+                                 json={"new_password": "new-password-1", "auth": {**auth, "password": PASSWORD}})
         assert status == 200, body
         # The old password no longer logs in, the new one does; other devices were logged out.
         status, body = await login(PASSWORD)
@@ -136,16 +137,16 @@ async def test_password_change(db_factory: DatabaseFactory, tmp_path: Path, test
         assert status == 401
         status, whoami = await raw(server, "GET", f"{V3}/account/whoami", token=alice.access_token)
         assert status == 200 and whoami["device_id"] == alice.device_id
-        status, phone = await login("n3w", "PHONE")
+        status, phone = await login("new-password-1", "PHONE")
         assert status == 200
         # logout_devices false keeps them.
         status, body = await raw(server, "POST", path, token=alice.access_token, json={
-            "new_password": "n3w2", "logout_devices": False,
-            "auth": {"type": "m.login.password", "user": alice.user_id, "password": "n3w"}})
+            "new_password": "new-password-2", "logout_devices": False,
+            "auth": {"type": "m.login.password", "user": alice.user_id, "password": "new-password-1"}})
         assert status == 200, body
         status, _ = await raw(server, "GET", f"{V3}/account/whoami", token=phone["access_token"])
         assert status == 200
-        assert (await login("n3w2"))[0] == 200
+        assert (await login("new-password-2"))[0] == 200
 
 
 async def test_account_deactivation(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
