@@ -216,17 +216,18 @@ class EventBuilder:
     ) -> tuple[list[str], int, dict[StateKey, str]]:
         """prev_events (the deepest forward extremities, at most MAX_PREV_EVENTS), the
         depth of the next event, and the state before it."""
-        extremities = await self.store.get_forward_extremities(room_id)
+        extremities = await self.store.forward_extremity_depths(room_id)
         if not extremities:
             raise RoomNotFound(room_id, "we hold no events of this room to build on")
-        stored = await self.store.get_events(extremities)
-        ranked = sorted(stored.values(), key=lambda s: (-s.event.depth, s.event.event_id))
+        # Only depths are read (a room with many forks parses no events for this).
+        ranked = sorted(extremities, key=lambda ed: (-ed[1], ed[0]))
         chosen = ranked[:MAX_PREV_EVENTS]
-        prev_ids = sorted(s.event.event_id for s in chosen)
-        depth = max(s.event.depth for s in chosen) + 1
+        prev_ids = sorted(event_id for event_id, _ in chosen)
+        depth = max(d for _, d in chosen) + 1
         if len(chosen) == len(extremities):
             # The current state is the resolution of the states after all extremities.
             state = await self.store.get_current_state_ids(room_id)
         else:
+            # Resolved by state group: prevs that share a state (forks) count once.
             state = await self.persister.compute_state_before(version, prev_ids)
         return prev_ids, depth, state

@@ -4,11 +4,17 @@ the state group after each recent event.
 
 Only the persister writes heads and state groups, under the room lock, and updates
 these caches after commit: in one process they are authoritative.
+
+Forks cost what their distinct states cost, not what their number does: the states of
+prev events and forward extremities are taken as state groups, each distinct group is
+loaded once, equal states are resolved once (not at all when they agree), and the
+resolution of a set of groups is cached under that set. N forks of one state (say, N
+messages citing the same parent) are N cheap steps, not N resolutions of N states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from homeserver.events.errors import StateResolutionError
@@ -22,6 +28,10 @@ from homeserver.util.lru import LruCache
 
 HEAD_CACHE_ROOMS = 1_000
 GROUP_CACHE_EVENTS = 50_000
+# Resolutions kept, keyed by the set of state groups resolved (each a full state map).
+RESOLVED_CACHE_SETS = 32
+# Above this many states, duplicates are found by hashing rather than pairwise comparison.
+_PAIRWISE_DEDUP = 8
 
 
 class PersistError(Exception):
@@ -38,6 +48,18 @@ class Head:
     delta: tuple[tuple[StateKey, str], ...] | None = None
 
 
+@dataclass(slots=True)
+class ResolutionCounts:
+    """What state resolution has cost so far (tests and benchmarks read these)."""
+
+    # Runs of the state resolution algorithm (over two or more distinct states).
+    resolutions: int = 0
+    # Resolutions answered from the cache of resolved group sets instead.
+    cached: int = 0
+    # State maps read (a state group's map, cached or not) as the input of a resolution.
+    states_read: int = 0
+
+
 class RoomHeads:
     """Heads and state groups as the persister sees them, cached."""
 
@@ -46,24 +68,92 @@ class RoomHeads:
         self.writes = writes
         self.heads: LruCache[str, Head] = LruCache(HEAD_CACHE_ROOMS)
         self.group_after: LruCache[str, int] = LruCache(GROUP_CACHE_EVENTS)
+        # The resolved state of a set of state groups (read-only: callers copy).
+        self.resolved: LruCache[frozenset[int], dict[StateKey, str]] = LruCache(RESOLVED_CACHE_SETS)
+        self.counts = ResolutionCounts()
+        # Prev events cited by accepted events whose deferred writes are not committed yet
+        # (how many such events cite each).
+        self._pending_children: dict[str, int] = {}
 
     def clear(self) -> None:
         self.heads.clear()
         self.group_after.clear()
+        self.resolved.clear()
+        self._pending_children.clear()
+
+    def deferred(self, event: Event) -> None:
+        """``event`` was accepted and its writes deferred: until ``committed``, its prev
+        events have a child the database may not show yet."""
+        for prev in event.prev_events:
+            self._pending_children[prev] = self._pending_children.get(prev, 0) + 1
+
+    def committed(self, event: Event) -> None:
+        """``event``'s deferred writes are committed (or failed: then ``clear`` ran)."""
+        for prev in event.prev_events:
+            left = self._pending_children.get(prev, 0) - 1
+            if left > 0:
+                self._pending_children[prev] = left
+            else:
+                self._pending_children.pop(prev, None)
+
+    async def has_accepted_child(self, event_id: str) -> bool:
+        """Whether an accepted event names ``event_id`` among its prev events: the ones
+        whose writes are deferred from memory, the rest without waiting for those writes
+        (a fork must not cost a commit)."""
+        if event_id in self._pending_children:
+            return True
+        return await self.writes.has_accepted_child(event_id, settled=False)
 
     # ------------------------------------------------------------------ state
 
     async def compute_state_before(
         self, room_version: RoomVersion, prev_event_ids: Sequence[str]
     ) -> dict[StateKey, str]:
-        """The state before an event: the resolution of the states after its prev events."""
-        states: list[dict[StateKey, str]] = []
-        for prev in dict.fromkeys(prev_event_ids):
-            after = await self.store.get_state_ids_after(prev)
-            if after is None:
+        """The state before an event: the resolution of the states after its prev events
+        (prev events that share a state group count once)."""
+        prevs = list(dict.fromkeys(prev_event_ids))
+        groups = await self.groups_after(prevs)
+        for prev in prevs:
+            if groups.get(prev) is None:
                 raise PersistError(f"prev event {prev} has no known state")
-            states.append(after)
-        return await self.resolve(room_version, states)
+        return dict(await self.resolve_groups(room_version, {g for g in groups.values() if g is not None}))
+
+    async def groups_after(self, event_ids: Iterable[str]) -> dict[str, int | None]:
+        """The state group after each event (None: not held, or held without state): from
+        the cache, the rest in one look-up (then cached)."""
+        out: dict[str, int | None] = {}
+        missing: list[str] = []
+        peek = self.group_after.peek
+        for event_id in event_ids:
+            group = peek(event_id)
+            out[event_id] = group
+            if group is None:
+                missing.append(event_id)
+        if missing:
+            for event_id, _, after in await self.store.state_groups_of(missing):
+                out[event_id] = after
+                if after is not None:
+                    self.group_after[event_id] = after
+        return out
+
+    async def resolve_groups(self, room_version: RoomVersion, groups: set[int]) -> Mapping[StateKey, str]:
+        """The resolution of the states of ``groups`` (read-only: callers copy). One group
+        is its own state; a set resolved before comes from the cache."""
+        if not groups:
+            return {}
+        if len(groups) == 1:
+            self.counts.states_read += 1
+            return await self.store.load_state_group(next(iter(groups)))
+        key = frozenset(groups)
+        cached = self.resolved.get(key)
+        if cached is not None:
+            self.counts.cached += 1
+            return cached
+        states = [await self.store.load_state_group(g) for g in sorted(groups)]
+        self.counts.states_read += len(states)
+        resolved = await self.resolve(room_version, states)
+        self.resolved[key] = resolved
+        return resolved
 
     async def resolve(
         self,
@@ -72,12 +162,14 @@ class RoomHeads:
         unstored: Mapping[str, Event] | None = None,
     ) -> dict[StateKey, str]:
         """State resolution over stored events (plus ``unstored`` ones being persisted),
-        loading what it needs first."""
+        loading what it needs first. Equal states count once (resolution is over the set
+        of states): when they all agree, nothing is resolved."""
+        states = distinct_states(states)
         if not states:
             return {}
-        first = states[0]
-        if all(s == first for s in states[1:]):
-            return dict(first)
+        if len(states) == 1:
+            return dict(states[0])
+        self.counts.resolutions += 1
         # Load the conflicted events and their auth chains: resolution is pure and sync.
         keys = set().union(*states)
         conflicted = {s[k] for s in states for k in keys if k in s and any(o.get(k) != s[k] for o in states)}
@@ -138,18 +230,25 @@ class RoomHeads:
         extremities = frozenset(await self.store.get_forward_extremities(room_id))
         return Head(extremities, await self.store.get_current_state_ids(room_id))
 
-    async def next_head(self, event: Event, state_after: dict[StateKey, str], old: Head) -> Head:
+    async def next_head(
+        self, event: Event, state_after: dict[StateKey, str], old: Head, parent: int | None = None
+    ) -> Head:
         """The forward extremities and current state once ``event`` is accepted.
+        ``parent``: the state group after its first prev event, when known (its state is
+        then likely the event's own: a message shares it).
 
         Computed before the write transaction (the caller holds the room lock), because
-        state resolution may need to load many events.
+        state resolution may need to load many events. The current state is the resolution
+        of the states after the extremities, taken by state group: extremities that share a
+        group (forks of one state) cost one state, and when the result is the old current
+        state the head says so (an empty delta: nothing to write, the persister's fast path).
         """
         prevs = set(event.prev_events)
         later = False
         if not prevs <= old.extremities:
             # Out of order: an accepted event may already point at this one, in which
             # case it is not an extremity.
-            later = await self.writes.has_accepted_child(event.event_id)
+            later = await self.has_accepted_child(event.event_id)
         extremities = set(old.extremities) - prevs
         if not later:
             extremities.add(event.event_id)
@@ -163,16 +262,27 @@ class RoomHeads:
             return Head(frozenset(extremities), {**old.state, key: event.event_id}, ((key, event.event_id),))
         if extremities == {event.event_id}:
             return Head(frozenset(extremities), state_after)
-        states = []
-        for ext in sorted(extremities):
-            if ext == event.event_id:
-                states.append(state_after)
-                continue
-            after = await self.store.get_state_ids_after(ext)
-            if after is not None:
-                states.append(after)
-        resolved = await self.resolve(event.room_version, states, {event.event_id: event})
-        return Head(frozenset(extremities), resolved)
+        others = [ext for ext in extremities if ext != event.event_id]
+        groups = {g for g in (await self.groups_after(others)).values() if g is not None}
+        resolved: Mapping[StateKey, str]
+        if later:
+            resolved = await self.resolve_groups(event.room_version, groups)
+        else:
+            own = parent if parent is not None and await self._state_is(parent, state_after) else None
+            if own is not None:
+                resolved = await self.resolve_groups(event.room_version, groups | {own})
+            else:
+                states = [await self.store.load_state_group(g) for g in sorted(groups)]
+                self.counts.states_read += len(states)
+                resolved = await self.resolve(event.room_version, [state_after, *states], {event.event_id: event})
+        if resolved is old.state or resolved == old.state:
+            return Head(frozenset(extremities), old.state, ())
+        return Head(frozenset(extremities), dict(resolved))
+
+    async def _state_is(self, group: int, state: Mapping[StateKey, str]) -> bool:
+        """Whether ``group``'s state is ``state``."""
+        group_state = await self.store.load_state_group(group)
+        return group_state is state or group_state == state
 
     async def write(self, conn: Connection, event: Event, old: Head, new: Head) -> None:
         """Write the move from ``old`` to ``new`` (forward extremities, current state)."""
@@ -192,3 +302,17 @@ def moved_extremities(old: Head | None, new: Head | None) -> tuple[list[str], li
     if old is None or new is None:
         return [], []
     return sorted(old.extremities - new.extremities), sorted(new.extremities - old.extremities)
+
+
+def distinct_states(states: Sequence[Mapping[StateKey, str]]) -> list[Mapping[StateKey, str]]:
+    """``states`` without repeats (the first of equal ones kept, in order)."""
+    if len(states) <= _PAIRWISE_DEDUP:
+        out: list[Mapping[StateKey, str]] = []
+        for s in states:
+            if not any(s is o or s == o for o in out):
+                out.append(s)
+        return out
+    seen: dict[frozenset[tuple[StateKey, str]], Mapping[StateKey, str]] = {}
+    for s in states:
+        seen.setdefault(frozenset(s.items()), s)
+    return list(seen.values())

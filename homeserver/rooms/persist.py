@@ -101,6 +101,10 @@ class EventPersister:
         """The room's forward extremities (from the cache when warm)."""
         return (await self.heads.load(room_id)).extremities
 
+    async def current_state(self, room_id: str) -> Mapping[StateKey, str]:
+        """The room's current state (read-only): from the cache when warm, else read."""
+        return (await self.heads.load(room_id)).state
+
     async def current_state_id(self, room_id: str, key: StateKey) -> str | None:
         """The event ID at ``key`` in the room's current state: from the cache when warm,
         else one look-up (the room's whole state is not loaded for it). The look-up does not
@@ -289,7 +293,7 @@ class EventPersister:
         new_head: Head | None = None
         if outcome is Outcome.ACCEPTED:
             old_head = await self.heads.load(event.room_id)
-            new_head = await self.heads.next_head(event, state_after, old_head)
+            new_head = await self.heads.next_head(event, state_after, old_head, parent)
         new_room = await self.store.get_room_version(event.room_id) is None
         # The fast paths: an event that changes no state, in a room we know, with the state
         # group it shares with its prev cached (a message in a busy room).
@@ -357,6 +361,16 @@ class EventPersister:
                 await self.heads.write(collect, event, old_head, new_head)
         collect.call_after(lambda: self._notify(event, outcome, ordering))
         commit = collect.defer(self.db)
+        if outcome is Outcome.ACCEPTED:
+            # Until it commits, its prevs have a child the database does not show yet.
+            self.heads.deferred(event)
+            generation = self.generation
+
+            def committed(_: asyncio.Future[None]) -> None:
+                if generation == self.generation:  # else the caches were dropped meanwhile
+                    self.heads.committed(event)
+
+            commit.add_done_callback(committed)
         self._remember(event, group, new_head)
         return ordering, commit
 

@@ -124,15 +124,16 @@ class EventWriteStore:
         value = await self.db.fetchval("SELECT stream_ordering FROM events WHERE event_id = ?", event_id)
         return None if value is None else int(value)
 
-    async def has_accepted_child(self, event_id: str) -> bool:
-        """Whether an accepted event names ``event_id`` among its prev events."""
-        return bool(
-            await self.db.fetchval(
-                "SELECT 1 FROM event_edges ed JOIN events e ON e.event_id = ed.event_id"
-                " WHERE ed.prev_event_id = ? AND e.outcome = 'accepted' LIMIT 1",
-                event_id,
-            )
+    async def has_accepted_child(self, event_id: str, *, settled: bool = True) -> bool:
+        """Whether an accepted event names ``event_id`` among its prev events.
+        ``settled=False``: without waiting for deferred writes (their events are not seen)."""
+        fetch = self.db.fetchall if settled else self.db.fetchall_independent
+        rows = await fetch(
+            "SELECT 1 FROM event_edges ed JOIN events e ON e.event_id = ed.event_id"
+            " WHERE ed.prev_event_id = ? AND e.outcome = 'accepted' LIMIT 1",
+            event_id,
         )
+        return bool(rows)
 
     async def outcomes_in(self, conn: Connection, event_ids: Sequence[str]) -> dict[str, str]:
         """The stored outcome (its text) of each of ``event_ids`` held, read in ``conn``."""

@@ -115,6 +115,15 @@ class EventStore:
         )
         return [r[0] for r in rows]
 
+    async def forward_extremity_depths(self, room_id: str) -> list[tuple[str, int]]:
+        """(event ID, depth) of each of the room's forward extremities (no event is parsed)."""
+        rows = await self.db.fetchall(
+            "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id"
+            " WHERE f.room_id = ?",
+            room_id,
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
     async def get_auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
         """Every event reachable through auth_events from ``event_ids`` (not themselves)."""
         seen: set[str] = set()

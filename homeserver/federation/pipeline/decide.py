@@ -46,6 +46,9 @@ class Decider:
                 state_before = dict(cached[0])  # the linear case: no look-up
             elif prev_states is None:
                 state_before = await self._persister.compute_state_before(version, event.prev_events)
+                if len(event.prev_events) == 1:
+                    # Forks citing this prev find it cached (no look-up waits for deferred writes).
+                    self._cache.state_after[event.prev_events[0]] = dict(state_before)
             else:
                 state_before = await self._persister.resolve(version, prev_states)
         except PersistError as e:
@@ -67,7 +70,9 @@ class Decider:
         # the room's forward extremities, the current state is the state before it.
         extremities = await self._persister.forward_extremities(event.room_id)
         if extremities != set(event.prev_events):
-            current = await self._store.get_current_state_ids(event.room_id)
+            # The persister's cached head: no read that waits for deferred writes (every
+            # event of a room with many forks comes here).
+            current: Mapping[StateKey, str] = await self._persister.current_state(event.room_id)
             if current != state_before:
                 # The spec's current state is "the resolved state across all forward
                 # extremities"; once this event is accepted its branch is one of them (as
