@@ -13,6 +13,10 @@ from homeserver.crypto.keys import write_new_key_file
 from homeserver.crypto.tls import issue_certificate
 from homeserver.server import RunningServer, start_server
 
+# Every test server lives on loopback: the outbound IP-range policy must let them reach
+# each other (a test of the policy itself overrides this with an empty list).
+LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -54,7 +58,7 @@ def make_config(
         },
         "database": dict(db_settings),
         "federation": {"extra_ca_file": str(ca[0]), "request_timeout": 10.0,
-                       "key_fetch_timeout": 5.0},
+                       "key_fetch_timeout": 5.0, "ip_range_allowlist": list(LOOPBACK_RANGES)},
         "logging": {"level": "WARNING"},
     }
     for k, v in (extra or {}).items():

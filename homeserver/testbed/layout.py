@@ -35,6 +35,10 @@ TESTBED_CLIENT = {
     "login_rate_limit": {"per_second": 50.0, "burst_count": 200},
 }
 TESTBED_FEDERATION = {"connect_timeout": 5.0, "request_timeout": 20.0, "key_fetch_timeout": 10.0}
+# The outbound IP-range policy denies loopback and private addresses; a testbed's servers
+# live there (one machine: loopback; docker compose: a private bridge network).
+LOOPBACK_RANGES = ("127.0.0.0/8", "::1/128")
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class ServerSpec:
     metrics_port: int
     database: dict[str, Any]  # {"engine": "sqlite"} or {"engine": "postgres", "dsn": ...}
     log_level: str = "INFO"
+    allowed_ranges: tuple[str, ...] = LOOPBACK_RANGES  # federation.ip_range_allowlist
 
 
 def ensure_ca(directory: Path) -> tuple[Path, Path]:
@@ -81,7 +86,10 @@ def config_data(spec: ServerSpec, server_dir: Path, ca_cert: Path) -> dict[str, 
             "metrics": {"enabled": True, "bind": spec.bind, "port": spec.metrics_port},
         },
         "database": database,
-        "federation": {"extra_ca_file": os.path.relpath(ca_cert, server_dir), **TESTBED_FEDERATION},
+        "federation": {
+            "extra_ca_file": os.path.relpath(ca_cert, server_dir), **TESTBED_FEDERATION,
+            "ip_range_allowlist": list(spec.allowed_ranges),
+        },
         "outbound": dict(TESTBED_OUTBOUND),
         "client": {"enable_registration": True, **TESTBED_CLIENT},
         "logging": {"level": spec.log_level, "format": "json"},
