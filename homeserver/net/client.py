@@ -219,7 +219,7 @@ class FederationClient:
         host, port = split_server_name(destination)
         if is_ip_literal(host) or port is not None:
             return [Target(f"https://{host}:{port or 8448}", destination, None)]
-        delegated = await self._well_known_lookup(host, session or self.session)
+        delegated = await self._well_known_lookup(host, session)
         if delegated:
             dhost, dport = split_server_name(delegated)
             if is_ip_literal(dhost) or dport is not None:  # steps 3.1, 3.2

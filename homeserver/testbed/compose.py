@@ -16,7 +16,7 @@ from pathlib import Path
 
 from homeserver.config import Config
 from homeserver.storage.pg_admin import create_database, database_dsn
-from homeserver.testbed.layout import LOG_FILE, LOOPBACK_RANGES, PRIVATE_RANGES, ServerSpec, write_server_files
+from homeserver.testbed.layout import LOG_FILE, ServerSpec, write_server_files
 from homeserver.testbed.state import ServerEntry, TestbedState
 
 CLIENT_PORT = 8008
@@ -38,7 +38,6 @@ def compose_spec(index: int, admin_dsn: str = POSTGRES_ADMIN_DSN) -> ServerSpec:
         federation_port=FEDERATION_PORT,
         metrics_port=METRICS_PORT,
         database={"engine": "postgres", "dsn": database_dsn(admin_dsn, name)},
-        allowed_ranges=LOOPBACK_RANGES + PRIVATE_RANGES,  # peers on the compose network
     )
 
 

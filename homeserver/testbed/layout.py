@@ -37,8 +37,7 @@ TESTBED_CLIENT = {
 TESTBED_FEDERATION = {"connect_timeout": 5.0, "request_timeout": 20.0, "key_fetch_timeout": 10.0}
 # The outbound IP-range policy denies loopback and private addresses; a testbed's servers
 # live there (one machine: loopback; docker compose: a private bridge network).
-LOOPBACK_RANGES = ("127.0.0.0/8", "::1/128")
-PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+TESTBED_ALLOWED_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +53,6 @@ class ServerSpec:
     metrics_port: int
     database: dict[str, Any]  # {"engine": "sqlite"} or {"engine": "postgres", "dsn": ...}
     log_level: str = "INFO"
-    allowed_ranges: tuple[str, ...] = LOOPBACK_RANGES  # federation.ip_range_allowlist
 
 
 def ensure_ca(directory: Path) -> tuple[Path, Path]:
@@ -88,7 +86,7 @@ def config_data(spec: ServerSpec, server_dir: Path, ca_cert: Path) -> dict[str, 
         "database": database,
         "federation": {
             "extra_ca_file": os.path.relpath(ca_cert, server_dir), **TESTBED_FEDERATION,
-            "ip_range_allowlist": list(spec.allowed_ranges),
+            "ip_range_allowlist": list(TESTBED_ALLOWED_RANGES),
         },
         "outbound": dict(TESTBED_OUTBOUND),
         "client": {"enable_registration": True, **TESTBED_CLIENT},
