@@ -114,7 +114,7 @@ class Services:
             config.server_name,
             key,
             KeyStore(db),
-            client,
+            client.keys,  # key fetches have a pool of their own
             config.federation.key_servers,
             config.federation.key_fetch_timeout,
             clock=clock,

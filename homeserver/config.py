@@ -114,6 +114,25 @@ class FederationConfig:
     max_connections_per_host: int = 4
     # Nameserver for SRV look-ups in server discovery, host[:port]; None: /etc/resolv.conf.
     dns_server: str | None = None
+    # Outbound IP-range policy (net/addresses.py), checked on the address every outbound
+    # socket connects to: CIDRs allowed although in the built-in denied ranges (loopback,
+    # private, link-local, CGNAT, multicast, ULA, ...), and CIDRs always denied.
+    ip_range_allowlist: list[str] = field(default_factory=list)
+    ip_range_denylist: list[str] = field(default_factory=list)
+    # Key fetches' own connection pool (total, per remote host), apart from the one above.
+    key_fetch_max_connections: int = 20
+    key_fetch_max_connections_per_host: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("ip_range_allowlist", "ip_range_denylist"):
+            for i, text in enumerate(getattr(self, name)):
+                try:
+                    ipaddress.ip_network(str(text).strip(), strict=False)
+                except ValueError:
+                    raise ConfigError(f"federation.{name}[{i}]: {text!r} is not an IP address or CIDR range") from None
+        for name in ("key_fetch_max_connections", "key_fetch_max_connections_per_host"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"federation.{name}: must be positive")
 
 
 @dataclass(frozen=True, slots=True)

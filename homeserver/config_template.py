@@ -115,6 +115,19 @@ federation:
   # Nameserver (host[:port]) asked for SRV records (_matrix-fed._tcp, _matrix._tcp) in
   # server discovery; null: the nameservers of /etc/resolv.conf.
   dns_server: null
+  # Outbound IP-range policy, checked on the address each outbound connection goes to,
+  # after DNS (federation, key fetches, .well-known and its redirects). Denied unless
+  # allowlisted: loopback, private (RFC 1918), link-local, CGNAT (100.64.0.0/10),
+  # multicast, reserved and documentation ranges, IPv6 unique-local, link-local and
+  # site-local (full list: docs/security.md). Allowlist CIDRs to reach peers there, e.g.
+  # ["127.0.0.0/8", "::1/128"] for a testbed on one machine, or ["10.0.0.0/8"] for a
+  # private federation. The denylist wins over the allowlist.
+  ip_range_allowlist: []
+  ip_range_denylist: []
+  # Key fetches' own connection pool (total, per remote host), so that fetches for
+  # unreachable servers never take connections from the federation pool above.
+  key_fetch_max_connections: 20
+  key_fetch_max_connections_per_host: 2
 
 inbound:
   # Inbound federation: /send answers from a durable inbox; a worker processes it.

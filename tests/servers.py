@@ -15,6 +15,10 @@ from homeserver.server import RunningServer, start_server
 
 TEST_SCRYPT_LOG_N = 12
 
+# Every test server lives on loopback: the outbound IP-range policy must let them reach
+# each other (a test of the policy itself overrides this with an empty list).
+LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -56,7 +60,7 @@ def make_config(
         },
         "database": dict(db_settings),
         "federation": {"extra_ca_file": str(ca[0]), "request_timeout": 10.0,
-                       "key_fetch_timeout": 5.0},
+                       "key_fetch_timeout": 5.0, "ip_range_allowlist": list(LOOPBACK_RANGES)},
         "logging": {"level": "WARNING"},
         # Tests register users freely: open registration, said explicitly; and cheap password
         # hashes (2^12 instead of the production 2^17, which test_secure_defaults asserts).

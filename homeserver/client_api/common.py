@@ -9,6 +9,7 @@ M_MISSING_TOKEN / M_UNKNOWN_TOKEN (401); core errors never leak as a 500.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ from homeserver.rooms.errors import (
 )
 from homeserver.rooms.redactions import redacted
 from homeserver.storage.users import UserStore
+
+log = logging.getLogger(__name__)
+
+# What a client is told when another server could not be reached or answered badly: never
+# the connection error itself, which would tell an open port from a closed one.
+REMOTE_FAILURE = "A remote server could not be reached or gave an unusable answer"
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -261,9 +268,15 @@ def room_errors() -> Iterator[None]:
     except BadRoomRequest as e:
         raise MatrixError(400, "M_BAD_JSON", str(e) or "Bad request") from None
     except RemoteJoinFailed as e:
-        raise MatrixError(502, "M_UNKNOWN", str(e) or "Could not join the room over federation") from None
+        raise remote_failure(e) from None
     except RoomError as e:
         raise MatrixError(400, "M_UNKNOWN", str(e) or "Room request failed") from None
+
+
+def remote_failure(e: RemoteJoinFailed) -> MatrixError:
+    """502 M_UNKNOWN with a generic text; the reason goes to the log only."""
+    log.info("remote request failed", extra={"reason": e.reason[:500]})
+    return MatrixError(502, "M_UNKNOWN", REMOTE_FAILURE)
 
 
 # ---------------------------------------------------------------------- event format

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.client_api.common import Authenticator, query_int, require_str, room_errors
+from homeserver.client_api.common import Authenticator, query_int, remote_failure, require_str, room_errors
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError
 from homeserver.http import json_response, read_json_object
@@ -40,7 +40,7 @@ def directory_errors(in_use: MatrixError | None = None) -> Iterator[None]:
     except AliasInUse as e:
         raise in_use or MatrixError(409, "M_UNKNOWN", f"Room alias {e.room_alias} already exists") from None
     except RemoteDirectoryFailed as e:
-        raise MatrixError(502, "M_UNKNOWN", e.reason) from None
+        raise remote_failure(e) from None
 
 
 class DirectoryAPI:

@@ -4,6 +4,15 @@ One aiohttp ClientSession for the whole process with a global and a per-host con
 limit, a connect and a total timeout on every request, TLS trusting the system store plus
 an optional extra CA file, and X-Matrix signing of every request. Every wait is bounded:
 a dead peer costs at most ``request_timeout`` and one pooled connection slot.
+
+Key fetches (``keys``, what the key ring uses) go through a second, small session of their
+own (``federation.key_fetch_max_connections``, ``..._per_host``, ``key_fetch_timeout``):
+requests naming servers that never answer can fill that pool, never the federation pool.
+
+Every socket of both sessions is opened through the outbound IP-range policy
+(``net.addresses``): the address is checked after DNS resolution, at connect time, so
+loopback, private and the other denied ranges are never connected to, whatever name,
+SRV record, ``.well-known`` delegation or redirect led there.
 """
 
 from __future__ import annotations
@@ -24,13 +33,20 @@ from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.errors import FederationRequestError as FederationRequestError  # raised here, known by this name
 from homeserver.events.canonical import loads
+from homeserver.events.identifiers import is_valid_server_name
 from homeserver.metrics import Metrics
+from homeserver.net.addresses import AddressDenied, AddressPolicy
 from homeserver.net.dns import SrvResolver, parse_nameserver
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Redirects followed for one .well-known look-up (each to an allowed https URL).
+MAX_WELL_KNOWN_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+FEDERATION_POOL = "federation"
+KEY_POOL = "keys"
 
 
 class _ConnectFailed(FederationRequestError):
@@ -92,6 +108,9 @@ class FederationClient:
         self._config = config
         self._ssl = make_ssl_context(config.extra_ca_file, config.verify_tls)
         self._session: aiohttp.ClientSession | None = None
+        self._key_session: aiohttp.ClientSession | None = None
+        self.policy = AddressPolicy(config.ip_range_allowlist, config.ip_range_denylist)
+        self.keys = KeyFetchClient(self)  # what the key ring fetches keys with
         self._well_known: dict[str, tuple[str | None, float]] = {}
         if dns is None:
             nameserver = parse_nameserver(config.dns_server) if config.dns_server else None  # None: resolv.conf
@@ -102,31 +121,49 @@ class FederationClient:
             metrics.outbound_open_connections.set_function(self.open_connections)
 
     async def start(self) -> None:
+        cfg = self._config
+        self._session = self._new_session(
+            cfg.max_connections, cfg.max_connections_per_host, cfg.request_timeout, cfg.connect_timeout
+        )
+        self._key_session = self._new_session(
+            cfg.key_fetch_max_connections, cfg.key_fetch_max_connections_per_host,
+            cfg.key_fetch_timeout, min(cfg.connect_timeout, cfg.key_fetch_timeout),
+        )
+
+    def _new_session(self, limit: int, per_host: int, total: float, connect: float) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self._config.max_connections,
-            limit_per_host=self._config.max_connections_per_host,
+            limit=limit,
+            limit_per_host=per_host,
             ssl=self._ssl,
             enable_cleanup_closed=True,
             ttl_dns_cache=300,
+            # every socket, whatever name led to its address, passes the IP-range policy
+            socket_factory=self.policy.socket_factory,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self._config.request_timeout, connect=self._config.connect_timeout
-            ),
+            timeout=aiohttp.ClientTimeout(total=total, connect=connect),
             json_serialize=json.dumps,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._key_session):
+            if session is not None:
+                await session.close()
+        self._session = self._key_session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("FederationClient used before start()")
         return self._session
+
+    def _pool(self, pool: str) -> aiohttp.ClientSession:
+        if pool == KEY_POOL:
+            if self._key_session is None:
+                raise RuntimeError("FederationClient used before start()")
+            return self._key_session
+        return self.session
 
     def open_connections(self, destination_base_url: str | None = None) -> int:
         """Sockets the pool holds: in use, being opened, and idle (keep-alive); all hosts,
@@ -147,10 +184,10 @@ class FederationClient:
                 total += len(conns)
         return total
 
-    def _close_idle(self, target: Target) -> None:
+    def _close_idle(self, target: Target, session: aiohttp.ClientSession) -> None:
         """Close pooled keep-alive connections to a host that just failed: they are likely
         dead too, and must not hold a socket while the destination backs off."""
-        connector = self._session.connector if self._session else None
+        connector = session.connector
         idle: dict[Any, Any] | None = getattr(connector, "_conns", None)
         if not idle:
             return
@@ -165,7 +202,7 @@ class FederationClient:
         """The first target ``resolve_all`` gives."""
         return (await self.resolve_all(destination))[0]
 
-    async def resolve_all(self, destination: str) -> list[Target]:
+    async def resolve_all(self, destination: str, session: aiohttp.ClientSession | None = None) -> list[Target]:
         """Server discovery (server-server API, "Resolving server names"): config override,
         IP literal or explicit port, ``.well-known`` delegation, SRV records
         (``_matrix-fed._tcp`` then the deprecated ``_matrix._tcp``), then port 8448.
@@ -174,6 +211,7 @@ class FederationClient:
         ``Host`` header and the TLS name (SNI and certificate check) stay the server name,
         or the delegated hostname. Every record is a target, in RFC 2782 order: a request
         tries the next one when it cannot connect to one. Otherwise there is one target.
+        ``session``: the pool the ``.well-known`` look-up uses (that of the request).
         """
         override = self._config.hosts.get(destination)
         if override:
@@ -181,7 +219,7 @@ class FederationClient:
         host, port = split_server_name(destination)
         if is_ip_literal(host) or port is not None:
             return [Target(f"https://{host}:{port or 8448}", destination, None)]
-        delegated = await self._well_known_lookup(host)
+        delegated = await self._well_known_lookup(host, session)
         if delegated:
             dhost, dport = split_server_name(delegated)
             if is_ip_literal(dhost) or dport is not None:  # steps 3.1, 3.2
@@ -198,28 +236,50 @@ class FederationClient:
                 return [Target(f"https://{h}:{r.port}", host, host) for h, r in zip(hosts, records, strict=True)]
         return [Target(f"https://{host}:8448", host, None)]
 
-    async def _well_known_lookup(self, host: str) -> str | None:
+    async def _well_known_lookup(self, host: str, session: aiohttp.ClientSession | None = None) -> str | None:
         now = self._clock.monotonic() * 1000
         cached = self._well_known.get(host)
         if cached and cached[1] > now:
             return cached[0]
-        result: str | None = None
-        try:
-            async with self.session.get(
-                f"https://{host}/.well-known/matrix/server",
-                timeout=aiohttp.ClientTimeout(total=self._config.connect_timeout),
-                allow_redirects=True,
-                max_redirects=5,
-            ) as resp:
-                if resp.status == 200:
-                    body = json.loads(await resp.content.read(64 * 1024))
-                    if isinstance(body, dict) and isinstance(body.get("m.server"), str):
-                        result = body["m.server"]
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
-            result = None
+        result = await self.fetch_well_known(f"https://{host}/.well-known/matrix/server", session)
         ttl = WELL_KNOWN_CACHE_MS if result else WELL_KNOWN_ERROR_CACHE_MS
         self._well_known[host] = (result, now + ttl)
         return result
+
+    async def fetch_well_known(self, url: str, session: aiohttp.ClientSession | None = None) -> str | None:
+        """The ``m.server`` of the ``.well-known/matrix/server`` document at ``url``, or
+        None on any failure. Redirects are followed here, not by aiohttp: at most
+        ``MAX_WELL_KNOWN_REDIRECTS``, https only, an IP-literal host checked against the
+        IP-range policy before it is asked (a name is checked at connect time); the whole
+        chain within ``connect_timeout``."""
+        session = session or self.session
+        deadline = time.monotonic() + self._config.connect_timeout
+        current = URL(url)
+        try:
+            for _ in range(MAX_WELL_KNOWN_REDIRECTS + 1):
+                if current.scheme != "https" or not current.host:
+                    return None
+                self.policy.check_host(current.host)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                async with session.get(
+                    current, timeout=aiohttp.ClientTimeout(total=remaining), allow_redirects=False
+                ) as resp:
+                    if resp.status in _REDIRECTS:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            return None
+                        current = current.join(URL(location))
+                        continue
+                    if resp.status != 200:
+                        return None
+                    body = json.loads(await resp.content.read(64 * 1024))
+                server = body.get("m.server") if isinstance(body, dict) else None
+                return server if isinstance(server, str) and is_valid_server_name(server) else None
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+            return None
+        return None  # too many redirects
 
     # ----------------------------------------------------------------- requests
 
@@ -233,8 +293,10 @@ class FederationClient:
         query: dict[str, str | list[str]] | None = None,
         timeout: float | None = None,
         signed: bool = True,
+        pool: str = FEDERATION_POOL,
     ) -> Any:
-        """Send a (signed) JSON request; return the parsed JSON reply or raise."""
+        """Send a (signed) JSON request; return the parsed JSON reply or raise. ``pool``:
+        ``KEY_POOL`` for key fetches, which have a pool of their own."""
         uri = path
         if query:
             pairs = []
@@ -242,7 +304,8 @@ class FederationClient:
                 for item in v if isinstance(v, list) else [v]:
                     pairs.append(f"{quote(k, safe='')}={quote(item, safe='')}")
             uri = f"{path}?{'&'.join(pairs)}"
-        targets = await self.resolve_all(destination)
+        session = self._pool(pool)
+        targets = await self.resolve_all(destination, session)
         headers = {"Host": targets[0].host_header}  # the same for every target
         if signed:
             headers["Authorization"] = authorization_header(
@@ -255,7 +318,8 @@ class FederationClient:
         started = time.monotonic()
         try:
             return await self._send_to_any(
-                method, destination, path, targets, uri, data, headers, timeout or self._config.request_timeout
+                session, method, destination, path, targets, uri, data, headers,
+                timeout or self._config.request_timeout,
             )
         except FederationRequestError as e:
             if self._metrics is not None:
@@ -271,8 +335,8 @@ class FederationClient:
                 self._metrics.outbound_destination_request_seconds.labels(destination).observe(elapsed)
 
     async def _send_to_any(
-        self, method: str, destination: str, path: str, targets: list[Target], uri: str,
-        data: bytes | None, headers: dict[str, str], total: float,
+        self, session: aiohttp.ClientSession, method: str, destination: str, path: str, targets: list[Target],
+        uri: str, data: bytes | None, headers: dict[str, str], total: float,
     ) -> Any:
         """Send to the first target; to the next only when no connection could be made to
         one (the request was not sent), all within one ``total`` timeout."""
@@ -282,23 +346,29 @@ class FederationClient:
                 total=max(deadline - time.monotonic(), 0.001), connect=self._config.connect_timeout
             )
             try:
-                return await self._send(method, destination, path, target, uri, data, headers, req_timeout)
+                return await self._send(session, method, destination, path, target, uri, data, headers, req_timeout)
             except FederationRequestError as e:
                 if e.status is None:
-                    self._close_idle(target)
+                    self._close_idle(target, session)
                 if not isinstance(e, _ConnectFailed) or i == len(targets) - 1 or time.monotonic() >= deadline:
                     raise
         raise AssertionError("no target")  # resolve_all gives at least one
 
     async def _send(
-        self, method: str, destination: str, path: str, target: Target, uri: str,
+        self, session: aiohttp.ClientSession, method: str, destination: str, path: str, target: Target, uri: str,
         data: bytes | None, headers: dict[str, str], req_timeout: aiohttp.ClientTimeout,
     ) -> Any:
+        url = URL(target.base_url + uri, encoded=True)
         try:
-            async with self.session.request(
+            # An IP literal the policy denies takes no pool slot (names: at connect time).
+            self.policy.check_host(url.host or "")
+        except AddressDenied as e:
+            raise _ConnectFailed(destination, f"{method} {path} refused: {e.strerror}") from None
+        try:
+            async with session.request(
                 # encoded=True: the request line must carry exactly the URI that was signed
                 # (yarl would otherwise decode %3A, %21, %40 and the signature would not match).
-                method, URL(target.base_url + uri, encoded=True), data=data, headers=headers, timeout=req_timeout,
+                method, url, data=data, headers=headers, timeout=req_timeout,
                 allow_redirects=False,
                 # An SRV target: SNI and the certificate check use the server name, not the target.
                 server_hostname=target.server_hostname,
@@ -340,3 +410,17 @@ class FederationClient:
 
     async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
         return await self.request("POST", destination, path, content=content, **kw)
+
+
+class KeyFetchClient:
+    """The client as the key ring sees it (``crypto.keyring.KeyClient``): the same
+    requests, through the key-fetch pool."""
+
+    def __init__(self, client: FederationClient) -> None:
+        self._client = client
+
+    async def get_json(self, destination: str, path: str, **kw: Any) -> Any:
+        return await self._client.request("GET", destination, path, pool=KEY_POOL, **kw)
+
+    async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
+        return await self._client.request("POST", destination, path, content=content, pool=KEY_POOL, **kw)

@@ -35,6 +35,9 @@ TESTBED_CLIENT = {
     "login_rate_limit": {"per_second": 50.0, "burst_count": 200},
 }
 TESTBED_FEDERATION = {"connect_timeout": 5.0, "request_timeout": 20.0, "key_fetch_timeout": 10.0}
+# The outbound IP-range policy denies loopback and private addresses; a testbed's servers
+# live there (one machine: loopback; docker compose: a private bridge network).
+TESTBED_ALLOWED_RANGES = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,10 @@ def config_data(spec: ServerSpec, server_dir: Path, ca_cert: Path) -> dict[str, 
             "metrics": {"enabled": True, "bind": spec.bind, "port": spec.metrics_port},
         },
         "database": database,
-        "federation": {"extra_ca_file": os.path.relpath(ca_cert, server_dir), **TESTBED_FEDERATION},
+        "federation": {
+            "extra_ca_file": os.path.relpath(ca_cert, server_dir), **TESTBED_FEDERATION,
+            "ip_range_allowlist": list(TESTBED_ALLOWED_RANGES),
+        },
         "outbound": dict(TESTBED_OUTBOUND),
         # Open registration (the dummy stage), said explicitly: testbed users are throwaway.
         "client": {"enable_registration": True, "enable_registration_without_verification": True,

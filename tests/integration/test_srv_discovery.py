@@ -28,7 +28,7 @@ from homeserver.crypto.tls import issue_certificate
 from homeserver.net.client import FederationClient, FederationRequestError, Target
 from homeserver.net.dns import SrvResolver
 from tests.conftest import DatabaseFactory
-from tests.servers import free_port, make_config, running_server
+from tests.servers import LOOPBACK_RANGES, free_port, make_config, running_server
 
 
 class FakeDns(asyncio.DatagramProtocol):
@@ -79,6 +79,7 @@ def make_client(tmp_path: Path, dns: FakeDns, ca: Path | None = None, **kw: Any)
     key_path = tmp_path / "client.key"
     if not key_path.exists():
         write_new_key_file(key_path)
+    kw.setdefault("ip_range_allowlist", list(LOOPBACK_RANGES))  # its peers are on loopback
     config = FederationConfig(
         extra_ca_file=str(ca) if ca else None, dns_server=f"127.0.0.1:{dns.port}",
         connect_timeout=5.0, request_timeout=10.0, **kw,
@@ -164,14 +165,14 @@ async def test_discovery_order_and_fallbacks(tmp_path: Path, dns: FakeDns) -> No
     log: list[str] = []
     real_well_known = client._well_known_lookup
 
-    async def well_known(host: str) -> str | None:
+    async def well_known(host: str, *args: Any) -> str | None:
         log.append(f"well-known {host}")
         log.extend(dns.queries)  # nothing asked of DNS before this point
         if host == "deleg.test":
             return "delegate.test"  # a delegated hostname without port: SRV on it (3.3)
         if host == "deleg-port.test":
             return "delegate.test:9000"  # with a port: no SRV (3.2)
-        return await real_well_known(host)
+        return await real_well_known(host, *args)
 
     client._well_known_lookup = well_known  # type: ignore[method-assign]
     try:
