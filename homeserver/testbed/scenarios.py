@@ -248,12 +248,15 @@ async def ban(state: TestbedState, progress: Progress) -> ScenarioResult:
         if not await settle(session, servers, progress):
             raise TestbedError("federation did not settle after the join")
         before = (await scrape_all(session, [servers[1]]))[0]
+        # The banned user learns of the ban from an incremental /sync (a banned user reads
+        # nothing of the room: /messages answers 403).
+        since = str((await target.sync()).get("next_batch") or "")
         started = time.monotonic()
         await admin.ban(room.room_id, target.user_id, "testbed ban scenario")
 
         async def seen() -> bool:
             try:
-                if _ban_in(await target.sync(), room.room_id, target.user_id):
+                if _ban_in(await target.sync(since or None), room.room_id, target.user_id):
                     return True
             except ClientError:
                 pass
