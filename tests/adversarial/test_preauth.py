@@ -221,7 +221,8 @@ async def test_unverified_bodies_share_one_budget(
             return registry.get_sample_value("hs_inbound_unverified_body_bytes") or 0.0
 
         async def put(size: int) -> tuple[int, Any]:
-            async with s.put(f"https://localhost:{fed_port}/_matrix/federation/v1/send/t", data=io.BytesIO(padded_json(size)),
+            url = f"https://localhost:{fed_port}/_matrix/federation/v1/send/t"
+            async with s.put(url, data=io.BytesIO(padded_json(size)),
                              headers={"Authorization": forged, "Content-Type": "application/json"}) as r:
                 return r.status, await r.json()
 
