@@ -8,7 +8,8 @@ injection, nothing reaches into a global registry.
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from homeserver.config import Config
 from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.errors import forbidden
-from homeserver.federation.auth import ORIGIN, make_auth_middleware
+from homeserver.federation.auth import ORIGIN, BodyLimits, make_auth_middleware
 from homeserver.federation.directory_api import FederationDirectoryAPI
 from homeserver.federation.keys_api import key_routes
 from homeserver.federation.pipeline import InboundProcessor
@@ -105,7 +106,7 @@ class Services:
         )
         stack.push_async_callback(db.close)
         await migrate(db)
-        metrics = Metrics()
+        metrics = Metrics(config.federation_limits.max_labelled_peers)
         notifier = Notifier(clock)
         client = FederationClient(config.server_name, key, config.federation, metrics, clock=clock)
         stack.push_async_callback(client.close)
@@ -118,6 +119,9 @@ class Services:
             config.federation.key_servers,
             config.federation.key_fetch_timeout,
             clock=clock,
+            max_concurrent_fetches=config.federation_limits.max_concurrent_key_fetches,
+            failure_cache_size=config.federation_limits.key_fetch_memory,
+            warnings_per_minute=config.federation_limits.key_fetch_warnings_per_minute,
         )
         event_store = EventStore(db)
         persister = EventPersister(event_store, clock=clock, notifier=notifier)
@@ -162,9 +166,13 @@ def create_federation_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             error_middleware,
-            answer_first_middleware(services.inbound_worker),
             make_auth_middleware(
-                services.config.server_name, services.keyring, services.sender.notify_destination_up
+                services.config.server_name, services.keyring, services.sender.notify_destination_up,
+                limits=BodyLimits.from_config(
+                    services.config.federation_limits, services.config.inbound.max_transaction_bytes
+                ),
+                metrics=services.metrics,
+                once_key_found=answer_first(services.inbound_worker),
             ),
             acl_middleware(services.acl),
         ],
@@ -219,19 +227,22 @@ def acl_middleware(acl: AclChecker) -> Middleware:
     return middleware
 
 
-def answer_first_middleware(worker: InboundWorker) -> Middleware:
+def answer_first(worker: InboundWorker) -> Callable[[web.Request], AbstractContextManager[None]]:
     """While a /send is being answered (its signature checked, its body staged), the
     inbound worker holds back and the garbage collector waits, so the remote server gets
-    its 200 as soon as possible."""
+    its 200 as soon as possible. Entered by the auth middleware once the origin's key is
+    found, not before: a request naming a server that never answers would otherwise hold
+    the worker back and the collector off for the whole key fetch."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    @contextmanager
+    def answering(request: web.Request) -> Iterator[None]:
         if request.method == "PUT" and request.path.startswith("/_matrix/federation/v1/send/"):
             with worker.answering(), collections_paused():
-                return await handler(request)
-        return await handler(request)
+                yield
+        else:
+            yield
 
-    return middleware
+    return answering
 
 
 def create_client_app(services: Services) -> web.Application:

@@ -247,6 +247,29 @@ class InvitesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FederationLimitsConfig:
+    # What an inbound federation request may cost before its X-Matrix signature is verified,
+    # and what naming a new server may cost (docs/security.md). Largest body of send_join,
+    # send_leave, send_knock (one event) and get_missing_events, of invite (the event and its
+    # stripped state), and of every other endpoint but /send (inbound.max_transaction_bytes).
+    event_body_bytes: int = 256 * 1024
+    invite_body_bytes: int = 1024 * 1024
+    default_body_bytes: int = 64 * 1024
+    # Bytes of request bodies read and checked at once before their signature is verified;
+    # a request that cannot get its share within unverified_body_wait_seconds gets 429.
+    unverified_body_bytes: int = 16 * 1024 * 1024
+    unverified_body_wait_seconds: float = 10.0
+    # Key fetches running at once (one per server at most), and servers whose last fetch
+    # time (for the backoff after a failure) is remembered.
+    max_concurrent_key_fetches: int = 32
+    key_fetch_memory: int = 10_000
+    # "key fetch failed" warnings written per minute at most (the rest counted in a summary).
+    key_fetch_warnings_per_minute: int = 10
+    # Server names used as metric labels at most (others are counted as "(other)").
+    max_labelled_peers: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "json"
@@ -268,6 +291,7 @@ class Config:
     invites: InvitesConfig = field(default_factory=InvitesConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    federation_limits: FederationLimitsConfig = field(default_factory=FederationLimitsConfig)
 
 
 _PATH_KEYS = {
@@ -483,6 +507,23 @@ def _validate(config: Config) -> None:
     _validate_client_security(cl)
     if config.key_validity_period_ms <= 0:
         raise ConfigError("key_validity_period_ms: must be positive")
+    _validate_federation_limits(config.federation_limits)
+
+
+def _validate_federation_limits(lim: FederationLimitsConfig) -> None:
+    for key_name, number in (
+        ("event_body_bytes", lim.event_body_bytes),
+        ("invite_body_bytes", lim.invite_body_bytes),
+        ("default_body_bytes", lim.default_body_bytes),
+        ("unverified_body_bytes", lim.unverified_body_bytes),
+        ("unverified_body_wait_seconds", lim.unverified_body_wait_seconds),
+        ("max_concurrent_key_fetches", lim.max_concurrent_key_fetches),
+        ("key_fetch_memory", lim.key_fetch_memory),
+        ("key_fetch_warnings_per_minute", lim.key_fetch_warnings_per_minute),
+        ("max_labelled_peers", lim.max_labelled_peers),
+    ):
+        if number <= 0:
+            raise ConfigError(f"federation_limits.{key_name}: must be positive")
 
 
 def _validate_client_security(cl: ClientConfig) -> None:

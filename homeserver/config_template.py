@@ -215,6 +215,31 @@ invites:
   max_pending_per_server: 1000
   max_pending_per_server_per_user: 50
 
+federation_limits:
+  # What an inbound federation request may cost before its signature is verified, and
+  # what naming a new server may cost (see docs/security.md). The Authorization header is
+  # checked and the origin's key found before any body is read. Largest body, in bytes, of
+  # send_join, send_leave, send_knock (one event) and get_missing_events, of invite (the
+  # event and its stripped state), and of every other endpoint except /send (see
+  # inbound.max_transaction_bytes); a larger declared body gets 413 M_TOO_LARGE at once.
+  event_body_bytes: 262144
+  invite_body_bytes: 1048576
+  default_body_bytes: 65536
+  # Bytes of request bodies read and checked at once before their signatures are verified
+  # (all requests together); a request that cannot get its share within the wait gets 429.
+  unverified_body_bytes: 16777216
+  unverified_body_wait_seconds: 10.0
+  # Key fetches running at once (never more than one per server), and how many servers'
+  # last fetch times are remembered (a server is not asked again for 30 s).
+  max_concurrent_key_fetches: 32
+  key_fetch_memory: 10000
+  # "key fetch failed" warnings written per minute at most; the rest are counted in one
+  # summary line.
+  key_fetch_warnings_per_minute: 10
+  # Server names that may label metrics (servers that authenticated to us or that we send
+  # to), at most; any other server is counted under "(other)".
+  max_labelled_peers: 1000
+
 client:
   # Client-server API. Registration is off by default. Turning it on needs either a
   # registration_token (given to the people you invite; clients ask for it at sign-up) or

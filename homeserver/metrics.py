@@ -1,29 +1,92 @@
 """Prometheus metrics of one server, in its own registry (several servers may share a
 process in tests). Components receive the ``Metrics`` object by constructor injection.
+
+Label series per remote server are bounded: a server name becomes a label value only once
+it is a peer (it authenticated a request to us, or we sent it a transaction, so it shares a
+room with us), and at most ``max_labelled_peers`` names ever do; every other name is
+counted under ``OTHER_PEER``. Anyone can name a server in a request, so a label per name
+seen would let a stranger grow the registry (and the /metrics page) without end.
 """
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+# The label value of every server that is not (or not yet) a labelled peer: not a valid
+# server name, so it never collides with one.
+OTHER_PEER = "(other)"
+DEFAULT_MAX_LABELLED_PEERS = 1000
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class PeerLabels:
+    """The server names that may appear as label values, at most ``max_peers`` of them,
+    first come first kept (never evicted: a label series, once created, stays)."""
+
+    def __init__(self, max_peers: int = DEFAULT_MAX_LABELLED_PEERS) -> None:
+        self.max_peers = max_peers
+        self._names: set[str] = set()
+
+    def admit(self, server_name: str) -> None:
+        """``server_name`` is a peer: label it, while there is room."""
+        if len(self._names) < self.max_peers:
+            self._names.add(server_name)
+
+    def label(self, server_name: str) -> str:
+        return server_name if server_name in self._names else OTHER_PEER
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class PeerLabelled(Generic[M]):
+    """A metric whose first label is a server name, given through ``PeerLabels``.
+    ``admits``: recording under a name makes it a peer (for call sites that only ever see
+    peers: authenticated origins, destinations of our transactions)."""
+
+    def __init__(self, metric: M, peers: PeerLabels, *, admits: bool) -> None:
+        self.metric: M = metric
+        self._peers = peers
+        self._admits = admits
+
+    def labels(self, server_name: str, *rest: str) -> M:
+        if self._admits:
+            self._peers.admit(server_name)
+        child: M = self.metric.labels(self._peers.label(server_name), *rest)
+        return child
+
+    def clear(self) -> None:
+        self.metric.clear()
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, max_labelled_peers: int = DEFAULT_MAX_LABELLED_PEERS) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.peers = PeerLabels(max_labelled_peers)
+
+        def peer(metric: M) -> PeerLabelled[M]:  # labelled only with peers' names
+            return PeerLabelled(metric, self.peers, admits=True)
+
+        def any_server(metric: M) -> PeerLabelled[M]:  # any name: labelled if a peer
+            return PeerLabelled(metric, self.peers, admits=False)
+
         # ---- inbound federation
-        self.inbound_transactions = Counter(
+        self.inbound_transactions = peer(Counter(
             "hs_inbound_transactions", "Transactions received, per origin", ["origin"], registry=r
-        )
-        self.inbound_pdus = Counter(
+        ))
+        self.inbound_pdus = peer(Counter(
             "hs_inbound_pdus", "PDUs received, per origin", ["origin"], registry=r
-        )
-        self.inbound_pdus_dropped = Counter(
+        ))
+        self.inbound_pdus_dropped = peer(Counter(
             "hs_inbound_pdus_dropped", "PDUs dropped at the door, per reason", ["origin", "reason"], registry=r
-        )
-        self.inbound_duplicate_pdus = Counter(
+        ))
+        self.inbound_duplicate_pdus = peer(Counter(
             "hs_inbound_duplicate_pdus", "PDUs received that we already held, per origin", ["origin"], registry=r
-        )
+        ))
         self.send_latency = Histogram(
             "hs_send_reply_seconds", "Time to answer /send", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
@@ -33,13 +96,23 @@ class Metrics:
         )
         self.inbox_depth = Gauge("hs_inbox_depth", "Inbox entries waiting", registry=r)
         # ---- inbound federation: door and worker (federation/transport.py, worker.py, inbound.py)
-        self.inbound_repeated_transactions = Counter(
+        self.inbound_repeated_transactions = peer(Counter(
             "hs_inbound_repeated_transactions", "Transactions received again (same origin and txnId)",
             ["origin"], registry=r,
-        )
-        self.inbound_edus_dropped = Counter(
+        ))
+        self.inbound_edus_dropped = peer(Counter(
             "hs_inbound_edus_dropped", "EDUs dropped at the door, per reason", ["origin", "reason"],
             registry=r,
+        ))
+        # (federation/auth.py) requests refused before their signature was verified, and the
+        # bytes of bodies being read and checked before it is
+        self.inbound_requests_refused = Counter(
+            "hs_inbound_requests_refused", "Federation requests refused before authentication, per reason"
+            " (too_large, busy, unauthorized)", ["reason"], registry=r,
+        )
+        self.inbound_unverified_body_bytes = Gauge(
+            "hs_inbound_unverified_body_bytes", "Bytes reserved for request bodies whose signature is"
+            " not yet verified", registry=r,
         )
         self.inbound_event_seconds = Histogram(
             "hs_inbound_event_seconds", "Worker time per inbound PDU", registry=r,
@@ -67,21 +140,21 @@ class Metrics:
             registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0),
         )
         # ---- outbound federation
-        self.outbound_pdus = Counter(
+        self.outbound_pdus = peer(Counter(
             "hs_outbound_pdus", "PDUs sent, per destination", ["destination"], registry=r
-        )
-        self.outbound_transactions = Counter(
+        ))
+        self.outbound_transactions = peer(Counter(
             "hs_outbound_transactions", "Transactions sent, per destination and result",
             ["destination", "result"], registry=r,
-        )
+        ))
         self.refused_relays = Counter(
             "hs_outbound_refused_relays", "Events refused by the sender because another server created them",
             registry=r,
         )
         # (federation/sender.py, net/client.py)
-        self.outbound_edus = Counter(
+        self.outbound_edus = peer(Counter(
             "hs_outbound_edus", "EDUs sent, per destination", ["destination"], registry=r
-        )
+        ))
         self.refused_edus = Counter(
             "hs_outbound_refused_edus", "EDUs refused by the sender (not about our own users)", registry=r
         )
@@ -115,14 +188,14 @@ class Metrics:
             "hs_outbound_destination_queue_depth", "Queued outbound items per destination and kind"
             " (read from the queue tables when /metrics is scraped)", ["destination", "kind"], registry=r,
         )
-        self.outbound_destination_request_seconds = Histogram(
+        self.outbound_destination_request_seconds = any_server(Histogram(
             "hs_outbound_destination_request_seconds", "Outbound federation request latency, per destination",
             ["destination"], registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-        )
-        self.outbound_destination_request_failures = Counter(
+        ))
+        self.outbound_destination_request_failures = any_server(Counter(
             "hs_outbound_destination_request_failures", "Outbound federation requests failed, per destination",
             ["destination"], registry=r,
-        )
+        ))
         self.inbox_oldest_age = Gauge(
             "hs_inbox_oldest_age_seconds", "Age of the oldest inbox entry (0 when empty; read when scraped)",
             registry=r,

@@ -4,8 +4,11 @@ event-loop lag probe.
 ``/health`` answers 200 ``{"status": "ok"}`` while the database answers a trivial query
 within a second, else 503: a container health check needs no more. ``/metrics`` refreshes
 the figures that live in the database (inbox age, per-destination queue depths) with one
-bounded query each, then renders the server's own registry; a slow database makes the
-scrape show the last values, never hang. The lag probe sleeps a fixed interval and records
+bounded query each, then renders the server's own registry in a worker thread (one
+scrape at a time), so a large page never holds the event loop for more than a switch
+interval of the interpreter; a slow database makes the scrape show the last values, never
+hang. The series per remote server are bounded where they are made
+(``metrics.PeerLabels``). The lag probe sleeps a fixed interval and records
 how late it woke up, so a blocked loop shows in ``hs_event_loop_lag_seconds``.
 """
 
@@ -63,14 +66,17 @@ async def refresh_database_gauges(db: Database, metrics: Metrics, clock: Clock =
 def create_metrics_app(db: Database, metrics: Metrics, clock: Clock = SYSTEM_CLOCK) -> web.Application:
     """The app of the metrics listener: ``GET /metrics`` and ``GET /health``."""
     app = web.Application()
+    one_at_a_time = asyncio.Lock()
 
     async def scrape(request: web.Request) -> web.Response:
-        try:
-            async with asyncio.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
-                await refresh_database_gauges(db, metrics, clock)
-        except Exception as e:
-            log.warning("metrics: database gauges not refreshed", extra={"error": str(e) or type(e).__name__})
-        body = generate_latest(metrics.registry)
+        async with one_at_a_time:
+            try:
+                async with asyncio.timeout(SCRAPE_DB_TIMEOUT_SECONDS):
+                    await refresh_database_gauges(db, metrics, clock)
+            except Exception as e:
+                log.warning("metrics: database gauges not refreshed", extra={"error": str(e) or type(e).__name__})
+            # Off the loop: the registry's own locks make reading it from a thread safe.
+            body = await asyncio.to_thread(generate_latest, metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.add_routes([web.get("/metrics", scrape), health_route(db)])

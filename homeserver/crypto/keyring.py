@@ -6,6 +6,14 @@ validity checked), or, when that fails, from the configured notary servers
 (``POST /_matrix/key/v2/query``, which must carry both the origin's and the notary's
 signature). Concurrent look-ups for one server share a single fetch, and every fetch has
 a timeout: a dead server costs one bounded request, not one per caller.
+
+Anyone can name any server in an Authorization header, so what a name costs is bounded:
+at most ``max_concurrent_fetches`` fetches run at once (others wait, within the fetch
+timeout); a server is not asked again within ``REFETCH_INTERVAL_MS`` of a successful
+fetch (a made-up key ID cannot make us fetch on every request) nor within
+``FAILED_FETCH_BACKOFF_MS`` of a failed one; those times are kept for at most
+``failure_cache_size`` servers (least recently used dropped, expired ones skipped); and
+the warning for a failed fetch is rate-limited.
 """
 
 from __future__ import annotations
@@ -24,12 +32,19 @@ from homeserver.events.canonical import decode_b64
 from homeserver.storage.keys import KeyStore, StoredKey
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 from homeserver.util.lru import LruCache
+from homeserver.util.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 MEMORY_CACHE_SIZE = 10_000
 # After a failed fetch, do not ask the same server again for this long.
 FAILED_FETCH_BACKOFF_MS = 30_000
+# After a successful fetch, do not ask the same server again (for a key ID it did not
+# publish) for this long.
+REFETCH_INTERVAL_MS = 30_000
+DEFAULT_MAX_CONCURRENT_FETCHES = 32
+DEFAULT_FAILURE_CACHE_SIZE = 10_000
+DEFAULT_WARNINGS_PER_MINUTE = 10
 
 
 class KeyClient(Protocol):
@@ -98,6 +113,10 @@ class KeyRing:
         key_servers: list[KeyServerConfig],
         fetch_timeout: float,
         clock: Clock = SYSTEM_CLOCK,
+        *,
+        max_concurrent_fetches: int = DEFAULT_MAX_CONCURRENT_FETCHES,
+        failure_cache_size: int = DEFAULT_FAILURE_CACHE_SIZE,
+        warnings_per_minute: int = DEFAULT_WARNINGS_PER_MINUTE,
     ) -> None:
         self.server_name = server_name
         self._own_key = own_key
@@ -108,7 +127,10 @@ class KeyRing:
         self._clock = clock
         self._memory: LruCache[tuple[str, str], StoredKey] = LruCache(MEMORY_CACHE_SIZE)
         self._inflight: dict[str, asyncio.Future[None]] = {}
-        self._failed_until: dict[str, int] = {}
+        # server name -> time (ms) before which it is not fetched again
+        self._next_fetch: LruCache[str, int] = LruCache(failure_cache_size)
+        self._fetch_slots = asyncio.Semaphore(max_concurrent_fetches)
+        self._failure_log = RateLimitedLog(log, warnings_per_minute, 60.0, clock)
         self.fetches = 0  # number of remote fetches started (observability, tests)
 
     async def get_verify_key(
@@ -142,8 +164,17 @@ class KeyRing:
     def _remember(self, key: StoredKey) -> None:
         self._memory[(key.server_name, key.key_id)] = key
 
+    def _recently_fetched(self, server_name: str) -> bool:
+        until = self._next_fetch.peek(server_name)
+        if until is None:
+            return False
+        if until <= self._clock.time_ms():
+            self._next_fetch.pop(server_name)  # expired: forget it
+            return False
+        return True
+
     async def _fetch_coalesced(self, server_name: str, key_id: str) -> None:
-        if self._failed_until.get(server_name, 0) > self._clock.time_ms():
+        if self._recently_fetched(server_name):
             return
         fut = self._inflight.get(server_name)
         if fut is None:
@@ -155,15 +186,30 @@ class KeyRing:
             fut = asyncio.get_running_loop().create_future()
             self._inflight[server_name] = fut
             try:
-                await self._fetch(server_name)
+                await self._fetch_in_slot(server_name)
+            except _NoFetchSlot:
+                pass  # not tried: no backoff for the server, the callers get no key
             except Exception as e:
-                log.warning("key fetch failed", extra={"server": server_name, "error": str(e)})
-                self._failed_until[server_name] = self._clock.time_ms() + FAILED_FETCH_BACKOFF_MS
+                self._failure_log.warning("key fetch failed", extra={"server": server_name, "error": str(e)})
+                self._next_fetch[server_name] = self._clock.time_ms() + FAILED_FETCH_BACKOFF_MS
             finally:
                 del self._inflight[server_name]
                 fut.set_result(None)
             return
         await asyncio.shield(fut)
+
+    async def _fetch_in_slot(self, server_name: str) -> None:
+        """``_fetch`` once one of the ``max_concurrent_fetches`` slots is free (waiting
+        at most the fetch timeout for one)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._fetch_slots.acquire()
+        except TimeoutError:
+            raise _NoFetchSlot() from None
+        try:
+            await self._fetch(server_name)
+        finally:
+            self._fetch_slots.release()
 
     async def _fetch(self, server_name: str) -> None:
         self.fetches += 1
@@ -227,4 +273,13 @@ class KeyRing:
         await self._store.store_document(server_name, doc, keys, self._clock.time_ms())
         for key in keys:
             self._remember(key)
-        self._failed_until.pop(server_name, None)
+        self._next_fetch[server_name] = self._clock.time_ms() + REFETCH_INTERVAL_MS
+
+    @property
+    def fetch_times_kept(self) -> int:
+        """Servers whose last fetch time is remembered (bounded by failure_cache_size)."""
+        return len(self._next_fetch)
+
+
+class _NoFetchSlot(Exception):
+    """Every fetch slot stayed busy for the whole fetch timeout."""
