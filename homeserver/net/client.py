@@ -38,9 +38,11 @@ from homeserver.metrics import Metrics
 from homeserver.net.addresses import AddressDenied, AddressPolicy
 from homeserver.net.dns import SrvResolver, parse_nameserver
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.lru import LruCache
 
 WELL_KNOWN_CACHE_MS = 24 * 3600 * 1000
 WELL_KNOWN_ERROR_CACHE_MS = 3600 * 1000
+WELL_KNOWN_CACHE_SIZE = 10_000
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Redirects followed for one .well-known look-up (each to an allowed https URL).
 MAX_WELL_KNOWN_REDIRECTS = 5
@@ -111,7 +113,8 @@ class FederationClient:
         self._key_session: aiohttp.ClientSession | None = None
         self.policy = AddressPolicy(config.ip_range_allowlist, config.ip_range_denylist)
         self.keys = KeyFetchClient(self)  # what the key ring fetches keys with
-        self._well_known: dict[str, tuple[str | None, float]] = {}
+        # Bounded: one entry per server name we tried to reach (names come from remote parties).
+        self._well_known: LruCache[str, tuple[str | None, float]] = LruCache(WELL_KNOWN_CACHE_SIZE)
         if dns is None:
             nameserver = parse_nameserver(config.dns_server) if config.dns_server else None  # None: resolv.conf
             dns = SrvResolver(nameserver, timeout=min(2.0, config.connect_timeout))

@@ -65,6 +65,10 @@ async def test_silent_origins_do_not_slow_delivery_to_a_real_peer(
     config = make_config(tmp_path / "a", await db_factory.new_settings(), test_ca, extra={
         "federation": {"key_fetch_timeout": KEY_FETCH_TIMEOUT, "connect_timeout": KEY_FETCH_TIMEOUT,
                        "request_timeout": 10.0},
+        # The attack of finding 5 as it was: every silent origin's key fetch in flight at once
+        # (finding 2's cap on concurrent fetches would otherwise hide what the separate key
+        # pool guarantees).
+        "federation_limits": {"max_concurrent_key_fetches": ORIGINS},
     })
     # Each delivery measured goes to a peer not yet connected to (an idle keep-alive
     # connection would be reused without waiting for a pool slot): one before, one during.
