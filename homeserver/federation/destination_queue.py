@@ -94,10 +94,12 @@ class DestinationQueue:
     async def _run(self) -> None:
         me = asyncio.current_task()
         dest = self.destination
+        ended_cleanly = False
         try:
             while not self._stopping:
                 state = await self.store.load_state(dest)
                 if state.dead:
+                    ended_cleanly = True
                     return
                 wait_ms = state.next_attempt_ts - self.clock.time_ms()
                 if wait_ms > 0:
@@ -115,6 +117,7 @@ class DestinationQueue:
                         continue
                     self.depth = (0, 0)
                     self._changed()
+                    ended_cleanly = True
                     return
                 await self._send(state, batch)
         except asyncio.CancelledError:
@@ -124,6 +127,12 @@ class DestinationQueue:
         finally:
             if self._task is me:
                 self._task = None
+                # A wake-up that came while this worker was deciding to end (a read that saw
+                # the destination dead just before notify_destination_up revived it, or items
+                # queued after the last look) starts a worker again: none may be lost. Not
+                # after a failure, which would otherwise spin.
+                if ended_cleanly and self._wake.is_set() and not self._stopping and not self.dead:
+                    self._task = asyncio.create_task(self._run(), name=f"outbound:{dest}")
 
     async def _wait_for_kick(self, seconds: float) -> None:
         kicked = asyncio.ensure_future(self._kick.wait())

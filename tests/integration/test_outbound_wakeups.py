@@ -209,6 +209,46 @@ async def test_a_dead_destination_costs_nothing_until_it_calls(db_factory: Datab
         await db.close()
 
 
+async def test_a_revival_during_the_workers_last_read_is_not_lost(db_factory: DatabaseFactory) -> None:
+    """The worker reads the destination dead, and before it ends the destination contacts
+    us (notify_destination_up): the wake-up must start a worker again, not be lost."""
+    db = await db_factory.open()
+    ob = await open_outbox(db, dead_after_days=1.5 / 86_400)
+    sender, client, clock = ob.sender, ob.client, ob.clock
+    try:
+        client.fail = 500
+        async with db.transaction() as conn:
+            await sender.enqueue_event(conn, our_event("first"), [B])
+        for attempt, wait in ((1, 1.0), (2, 2.0)):
+            await eventually(lambda a=attempt: len(client.attempts) == a, timeout=10)  # type: ignore[misc]
+            await eventually(lambda: clock.sleepers == 2, timeout=10)
+            await clock.advance(wait)
+        # Hold the worker's next read (after the third failure makes B dead) once it has
+        # read B dead, until B has been revived.
+        real_load = sender.store.load_state
+        read_dead, release = asyncio.Event(), asyncio.Event()
+
+        async def held_load(destination: str) -> Any:
+            state = await real_load(destination)
+            if state.dead and not release.is_set():
+                read_dead.set()
+                await release.wait()
+            return state
+
+        sender.store.load_state = held_load  # type: ignore[method-assign]
+        await eventually(lambda: len(client.attempts) == 3, timeout=10)
+        await asyncio.wait_for(read_dead.wait(), 10)
+        async with db.transaction() as conn:
+            await sender.enqueue_event(conn, our_event("second"), [B])  # replaces the marker
+        client.fail = None
+        await sender.notify_destination_up(B)  # revived while the worker holds a stale read
+        release.set()
+        await eventually(lambda: client.pdu_ids(B) == ["second"], timeout=10)
+    finally:
+        await sender.stop()
+        await db.close()
+
+
 # ---------------------------------------------------------------- the builder's path
 
 
