@@ -33,8 +33,8 @@ from homeserver.ops import create_metrics_app
 from homeserver.server import RunningServer
 from homeserver.storage.database import Database
 from homeserver.storage.migrations import migrate
-from tests.adversarial.procs import Probe, rss_bytes, server_process, tail, wait_ready, write_config
 from tests.conftest import DatabaseFactory
+from tests.procs import Probe, rss_bytes, server_process, tail, wait_ready, write_config
 from tests.servers import free_port, make_config, running_server
 
 MB = 1024 * 1024

@@ -22,7 +22,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ import yaml
 
 from homeserver.connections import BACKLOG
 from tests.conftest import DatabaseFactory
+from tests.procs import server_process
 from tests.servers import free_port, make_config
 
 ATTACK = 2000
@@ -63,19 +63,6 @@ def own_fd_limit(needed: int) -> Iterator[None]:
 def _lower_soft_limit() -> None:  # runs in the child before exec
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(CHILD_SOFT_LIMIT, soft), hard))
-
-
-@contextmanager
-def server_process(cfg_file: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "homeserver", "run", "-c", str(cfg_file)],
-                                stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=_lower_soft_limit)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def get_health(port: int, timeout: float = 5.0) -> tuple[bytes, float]:
@@ -220,7 +207,7 @@ async def test_slowloris_of_2000_connections(
     log = tmp_path / "server.log"
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
-    with own_fd_limit(ATTACK + 500), server_process(cfg_file, log) as proc:
+    with own_fd_limit(ATTACK + 500), server_process(cfg_file, log, _lower_soft_limit) as proc:
         wait_ready(port, proc, log)
         # The server raised its soft limit from 1,024 to the hard limit.
         if hard != resource.RLIM_INFINITY:

@@ -20,10 +20,7 @@ import dataclasses
 import json
 import ssl
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +31,7 @@ import yaml
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.storage.database import Database, open_database
 from tests.conftest import DatabaseFactory
+from tests.procs import server_process
 from tests.remote import fake_remote
 from tests.servers import free_port, make_config, running_server
 
@@ -41,20 +39,6 @@ EVENTS = 400
 BATCH = 50
 START_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 60.0
-
-
-@contextmanager
-def server_process(cfg_file: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m homeserver run`` with stderr appended to ``log``; always killed and reaped."""
-    with log.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "homeserver", "run", "-c", str(cfg_file)],
-                                stdout=subprocess.DEVNULL, stderr=log_file)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 async def wait_ready(s: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,11 +26,14 @@ def write_config(config: Config, path: Path) -> Path:
 
 
 @contextmanager
-def server_process(cfg_file: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m homeserver run`` with stderr appended to ``log``; always killed and reaped."""
+def server_process(
+    cfg_file: Path, log: Path, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m homeserver run`` with stderr appended to ``log``; always killed and reaped.
+    ``preexec_fn`` runs in the child before exec (e.g. to lower its open-file limit)."""
     with log.open("ab") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "homeserver", "run", "-c", str(cfg_file)],
-                                stdout=subprocess.DEVNULL, stderr=log_file)
+                                stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=preexec_fn)
     try:
         yield proc
     finally:
