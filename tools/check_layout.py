@@ -57,7 +57,7 @@ ENGINE_CLASS = re.compile(r"(Postgres|Postgre|Sqlite|SQLite)\w*(Database|Engine|
 # server logs it. Keyed by (path under the root, enclosing function's qualified name).
 ENGINE_ALLOWED: dict[tuple[str, str], str] = {
     ("homeserver/config.py", "_validate"): "validates the configured database.engine",
-    ("homeserver/cli.py", "_migrate"): "passes config.database.engine to open_database",
+    ("homeserver/cli/common.py", "config_database"): "passes config.database.engine to open_database",
     ("homeserver/app.py", "Services._build"): "passes config.database.engine to open_database",
     ("homeserver/server.py", "start_server"): "logs the configured engine at start-up",
 }

@@ -25,6 +25,10 @@ ENGINES = ("sqlite", "postgres")
 _NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<engine>sqlite|postgres))?\.sql$")
 
 
+class MissingMigrationsError(DatabaseError):
+    """The package holds no migration scripts (installed without its package data)."""
+
+
 class SchemaTooNewError(DatabaseError):
     """The database was migrated by a newer version of the code."""
 
@@ -76,7 +80,13 @@ async def current_version(db: Database) -> int:
 async def migrate(db: Database, directory: Traversable = MIGRATIONS_DIR) -> list[int]:
     """Apply pending migrations in order; return the versions applied."""
     migrations = discover(db.dialect.name, directory)
-    latest = migrations[-1].version if migrations else 0
+    if not migrations:
+        # A package installed without its data would otherwise call an empty schema "up to date".
+        raise MissingMigrationsError(
+            f"no schema migrations found in {directory}: the package is installed without its "
+            "data files; reinstall it (pip install homeserver, not a copy of the .py files)"
+        )
+    latest = migrations[-1].version
     current = await current_version(db)
     if current > latest:
         raise SchemaTooNewError(

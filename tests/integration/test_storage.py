@@ -11,6 +11,7 @@ import homeserver.storage
 from homeserver.storage.database import Database, DatabaseError
 from homeserver.storage.migrations import (
     MIGRATIONS_DIR,
+    MissingMigrationsError,
     SchemaTooNewError,
     current_version,
     discover,
@@ -69,6 +70,15 @@ def test_migration_file_names_checked(tmp_path: Path) -> None:
     (tmp_path / "1_bad.sql").write_text("")
     with pytest.raises(DatabaseError, match="bad name"):
         discover("sqlite", tmp_path)
+
+
+async def test_no_migrations_is_an_error_not_up_to_date(db: Database, tmp_path: Path) -> None:
+    """A package installed without its data finds no scripts: that refuses to start rather
+    than calling an empty schema up to date."""
+    (tmp_path / "README").write_text("no scripts here")
+    with pytest.raises(MissingMigrationsError, match="no schema migrations found"):
+        await migrate(db, tmp_path)
+    assert await current_version(db) == 0
 
 
 def test_shipped_migrations_found_as_package_data() -> None:

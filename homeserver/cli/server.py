@@ -1,20 +1,16 @@
-"""Command line: ``homeserver run | migrate | generate-config | generate-key | testbed``.
-
-Every expected failure (bad config, bad key file, unreachable database) prints one line
-to stderr and exits with status 1; no traceback.
-"""
+"""Setting up and running one server: ``run``, ``migrate``, ``generate-config``,
+``generate-key``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import stat
 import sys
 from pathlib import Path
 
-from homeserver.config import Config, ConfigError, load_config
+from homeserver.cli.common import CliError, config_database, load, private_dir, write_private
+from homeserver.config import Config
 from homeserver.config_template import REGISTRATION_MODES, render
 from homeserver.crypto.keys import (
     KeyFileError,
@@ -26,21 +22,8 @@ from homeserver.crypto.tls import issue_certificate
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.logsetup import setup_logging
 from homeserver.net.client import split_server_name
-from homeserver.storage.database import DatabaseError, open_database
+from homeserver.storage.database import DatabaseError
 from homeserver.storage.migrations import migrate
-from homeserver.testbed.commands import add_testbed_commands
-from homeserver.testbed.state import TestbedError
-
-
-class CliError(Exception):
-    """A failure reported as one line and exit status 1."""
-
-
-def _load(path: str) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise CliError(f"invalid config: {e}") from None
 
 
 def _check_files(config: Config) -> None:
@@ -55,39 +38,18 @@ def _check_files(config: Config) -> None:
                 raise CliError(f"TLS {label} file not found: {path}")
 
 
-def _private_dir(path: Path) -> None:
-    """Create ``path`` (and its parents) with the new directory itself 0700; an existing
-    directory is kept as it is, with a warning when others may read it."""
-    if path.is_dir():
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            print(f"warning: {path} is accessible to other users; `chmod 700 {path}` keeps the "
-                  "database and keys private", file=sys.stderr)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.mkdir(mode=0o700)
-    os.chmod(path, 0o700)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``path`` readable by the owner only (0600), also when it existed (--force)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text)
-
-
 def cmd_generate_config(args: argparse.Namespace) -> None:
     if not is_valid_server_name(args.server_name):
         raise CliError(f"{args.server_name!r} is not a valid server name")
     data_dir = Path(args.data_dir)
-    _private_dir(data_dir)
+    private_dir(data_dir)
     out = Path(args.output) if args.output else data_dir / "homeserver.yaml"
     if out.exists() and not args.force:
         print(f"config exists, kept: {out}")
     else:
         rel = Path(".") if out.parent.resolve() == data_dir.resolve() else data_dir.resolve()
         token = secrets.token_urlsafe(24) if args.registration == "token" else None
-        _write_private(
+        write_private(
             out,
             render(
                 args.server_name, str(rel), args.client_port, args.federation_port, args.metrics_port,
@@ -125,23 +87,12 @@ def cmd_generate_key(args: argparse.Namespace) -> None:
 
 
 async def _migrate(config: Config) -> list[int]:
-    db = await open_database(
-        config.database.engine,
-        path=config.database.path,
-        dsn=config.database.dsn,
-        sqlite_sync=config.database.sqlite_sync,
-        min_size=1,
-        max_size=2,
-        timeout=config.database.connect_timeout,
-    )
-    try:
+    async with config_database(config) as db:
         return await migrate(db)
-    finally:
-        await db.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    config = _load(args.config)
+    config = load(args.config)
     try:
         applied = asyncio.run(_migrate(config))
     except DatabaseError as e:
@@ -152,7 +103,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from homeserver.server import run_forever
 
-    config = _load(args.config)
+    config = load(args.config)
     _check_files(config)
     setup_logging(args.log_level or config.logging.level, config.logging.format)
     try:
@@ -165,9 +116,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="homeserver", description="A small Matrix homeserver")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_server_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("run", help="run the homeserver")
     p.add_argument("-c", "--config", required=True, help="config file")
@@ -196,15 +145,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_generate_key)
 
-    add_testbed_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        status = args.func(args)
-    except (CliError, TestbedError) as e:
-        print(f"homeserver: {e}", file=sys.stderr)
-        return 1
-    return status if isinstance(status, int) else 0
