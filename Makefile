@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 REGISTRATION ?= off
 STAMP := $(VENV)/.installed
 
-.PHONY: run test interop lint install config clean
+.PHONY: run test interop lint install config clean compose-test
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -35,6 +35,12 @@ test: $(STAMP)
 # A real Synapse beside two of ours; the first run installs it into ~/.cache/homeserver-interop.
 interop: $(STAMP)
 	$(BIN)/pytest -m interop tests/interop $(PYTEST_ARGS)
+
+# The docker-compose stack started for real: engine, locally built base images, the image,
+# `up --wait`, the amplification and ban scenarios, `down -v` (docs/testbed.md). Needs root
+# when it must install the engine.
+compose-test:
+	bash tools/compose/compose-test.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check homeserver tests bench tools

@@ -44,7 +44,8 @@ def compose_spec(index: int, admin_dsn: str = POSTGRES_ADMIN_DSN) -> ServerSpec:
 def generate(
     directory: Path, servers: int, *, admin_dsn: str = POSTGRES_ADMIN_DSN, create_databases: bool = False,
 ) -> list[Config]:
-    """Write CA, keys, certificates, configs and ``testbed.json``; with
+    """Write CA, keys, certificates, configs and ``testbed.json``, keeping every file that
+    exists (a second run changes nothing under running servers); with
     ``create_databases`` also create each server's database (idempotent)."""
     configs: list[Config] = []
     state = TestbedState(directory)
@@ -52,7 +53,7 @@ def generate(
         spec = compose_spec(index, admin_dsn)
         if create_databases:
             asyncio.run(create_database(admin_dsn, spec.name))
-        configs.append(write_server_files(directory, spec, overwrite_config=True))
+        configs.append(write_server_files(directory, spec))
         state.servers.append(ServerEntry(
             name=spec.name, server_name=spec.server_name,
             client_url=f"http://{spec.name}:{CLIENT_PORT}",

@@ -27,10 +27,11 @@ def compose() -> dict[str, Any]:
 
 
 def _container_ports(service: dict[str, Any]) -> dict[int, int]:
-    """container port -> host port."""
+    """container port -> host port; every port is published on the host's loopback only."""
     out = {}
     for mapping in service["ports"]:
-        host, container = str(mapping).split(":")
+        address, host, container = str(mapping).split(":")
+        assert address == "127.0.0.1", mapping
         out[int(container)] = int(host)
     return out
 
@@ -45,12 +46,16 @@ def test_services_and_volumes(compose: dict[str, Any]) -> None:
     # The scenario runner is a tool, not part of `docker compose up`.
     assert services["scenario"]["profiles"] == ["tools"]
     assert (ROOT / "Dockerfile").is_file()
-    assert services["init"]["build"] == "."
+    for name in ["init", "scenario", *HOMESERVERS]:
+        assert services[name]["build"]["context"] == ".", name
+        assert services[name]["image"] == "homeserver:dev", name
 
 
 def test_start_order_and_health_checks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    # Over TCP: during the image's first-start init PostgreSQL answers on its Unix socket only.
+    check = services["postgres"]["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"] and check[check.index("-h") + 1] == "127.0.0.1"
     assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["init"]["restart"] == "no"
     for name in HOMESERVERS:
@@ -60,8 +65,11 @@ def test_start_order_and_health_checks(compose: dict[str, Any]) -> None:
         check = " ".join(s["healthcheck"]["test"])
         assert "/health" in check and "127.0.0.1:8008" in check
         assert s["stop_signal"] == "SIGTERM"
-    for name in HOMESERVERS:
-        assert compose["services"]["scenario"]["depends_on"][name]["condition"] == "service_healthy"
+    # A scenario starts nothing: `docker compose run` would otherwise re-run init under the
+    # running servers. One-shot containers have no health check of the image's.
+    assert "depends_on" not in services["scenario"]
+    for name in ("init", "scenario"):
+        assert services[name]["healthcheck"] == {"disable": True}, name
 
 
 def test_ports_are_published_once(compose: dict[str, Any]) -> None:
@@ -75,11 +83,11 @@ def test_ports_are_published_once(compose: dict[str, Any]) -> None:
 
 
 def test_init_step_writes_valid_configs(compose: dict[str, Any], tmp_path: Path) -> None:
-    init = compose["services"]["init"]["command"]
-    assert init[:4] == ["homeserver", "testbed", "gen-configs", "--compose"]
+    init = compose["services"]["init"]["command"]  # the image's entrypoint is `homeserver`
+    assert init[:3] == ["testbed", "gen-configs", "--compose"]
     # Run the init command here, with the shared volume replaced by a temporary directory
     # and without creating databases (no PostgreSQL server named "postgres" here).
-    args = [a for a in init[1:] if a != "--create-databases"]
+    args = [a for a in init if a != "--create-databases"]
     args[args.index("--dir") + 1] = str(tmp_path)
     assert main(args) == 0, shlex.join(args)
     assert (tmp_path / "ca.crt").is_file()
@@ -87,8 +95,8 @@ def test_init_step_writes_valid_configs(compose: dict[str, Any], tmp_path: Path)
     for name in HOMESERVERS:
         service = compose["services"][name]
         command = service["command"]
-        assert command[:3] == ["homeserver", "run", "-c"]
-        config_path = tmp_path / Path(command[3]).relative_to("/testbed")
+        assert command[:2] == ["run", "-c"]
+        config_path = tmp_path / Path(command[2]).relative_to("/testbed")
         config = load_config(config_path)
         assert config.server_name == f"{name}:8448"
         listeners = config.listeners
@@ -109,10 +117,11 @@ def test_init_step_writes_valid_configs(compose: dict[str, Any], tmp_path: Path)
     assert [(s.name, s.client_url, s.managed) for s in state.servers] == [
         (n, f"http://{n}:8008", False) for n in HOMESERVERS
     ]
-    # Running the init step again (a restarted `docker compose up`) keeps the keys.
-    key = (tmp_path / "hs1" / "signing.key").read_text()
+    # Running the init step again (a restarted `docker compose up`) keeps the keys and
+    # leaves the configs under the running servers untouched.
+    kept = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.glob("hs*/*") if p.is_file()}
     assert main(args) == 0
-    assert (tmp_path / "hs1" / "signing.key").read_text() == key
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept} == kept
 
 
 def test_local_testbed_writes_the_same_config_shape(tmp_path: Path) -> None:
@@ -127,3 +136,16 @@ def test_local_testbed_writes_the_same_config_shape(tmp_path: Path) -> None:
     b = config_data(compose_spec(1), tmp_path / "hs1", tmp_path / "ca.crt")
     differing = {k for k in a if a[k] != b[k]}
     assert differing == {"server_name", "listeners", "database"}
+
+
+def test_dockerfile_builds_a_wheel_and_runs_unprivileged() -> None:
+    """The image holds a wheel install (not editable), a non-root user and a health check;
+    `make compose-test` builds and starts it for real."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) == 2 and stages[0].endswith(" AS build")
+    assert "pip wheel" in text and " -e " not in text and "--editable" not in text
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert any(line.startswith("HEALTHCHECK") for line in lines) and "/health" in text
