@@ -32,7 +32,7 @@ old_verify_keys: {}
 listeners:
   # Client-server API (plain HTTP; put a TLS proxy in front for the internet).
   client:
-    bind: "127.0.0.1"
+    bind: "$bind"
     port: $client_port
     # Connection limits (each listener has its own; docs/security.md): connections open at
     # once (past it a new one evicts the oldest idle or slow one, or is closed at once when
@@ -48,7 +48,7 @@ listeners:
   # Server-server API. With tls: false it serves plain HTTP, for a server behind a
   # TLS-terminating reverse proxy.
   federation:
-    bind: "127.0.0.1"
+    bind: "$bind"
     port: $federation_port
     tls: true
     tls_certificate_path: "$data_dir/tls.crt"
@@ -315,6 +315,7 @@ def render(
     federation_port: int = 8448,
     metrics_port: int = 9009,
     *,
+    bind: str = "127.0.0.1",
     registration: str = "off",
     registration_token: str | None = None,
 ) -> str:
@@ -325,6 +326,7 @@ def render(
     return TEMPLATE.substitute(
         server_name=server_name,
         data_dir=data_dir,
+        bind=bind,
         client_port=client_port,
         federation_port=federation_port,
         metrics_port=metrics_port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import secrets
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def cmd_generate_config(args: argparse.Namespace) -> None:
             out,
             render(
                 args.server_name, str(rel), args.client_port, args.federation_port, args.metrics_port,
-                registration=args.registration, registration_token=token,
+                bind=args.bind, registration=args.registration, registration_token=token,
             ),
         )
         print(f"wrote config: {out}")
@@ -73,6 +74,13 @@ def cmd_generate_config(args: argparse.Namespace) -> None:
         hosts = [host.strip("[]")] + [h for h in ("localhost", "127.0.0.1") if h != host]
         issue_certificate(cert, key, hosts)
         print(f"wrote self-signed TLS certificate: {cert}")
+
+
+def _bind_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
 
 
 def cmd_generate_key(args: argparse.Namespace) -> None:
@@ -135,6 +143,9 @@ def add_server_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--client-port", type=int, default=8008)
     p.add_argument("--federation-port", type=int, default=8448)
     p.add_argument("--metrics-port", type=int, default=9009)
+    p.add_argument("--bind", default="127.0.0.1", type=_bind_address,
+                   help="address of the client and federation listeners (default 127.0.0.1; 0.0.0.0 in a "
+                        "container, whose ports are published); metrics stay on 127.0.0.1")
     p.add_argument("--force", action="store_true", help="overwrite an existing config")
     p.add_argument("--registration", choices=REGISTRATION_MODES, default="off",
                    help="off (default); token: registration needs a random token, written to the config "

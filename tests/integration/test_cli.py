@@ -54,6 +54,31 @@ def test_generate_config_writes_config_key_and_certificate(tmp_path: Path) -> No
     assert (data / "signing.key").read_text() == before
 
 
+def test_version() -> None:
+    from homeserver import __version__
+
+    result = hs("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"homeserver {__version__}"
+
+
+def test_generate_config_bind_address(tmp_path: Path) -> None:
+    """--bind sets the client and federation listeners (a container publishes them); the
+    metrics listener stays on loopback; the default is loopback everywhere."""
+    from homeserver.config import load_config
+
+    default = load_config(generate(tmp_path / "a"))
+    assert {default.listeners.client.bind, default.listeners.federation.bind} == {"127.0.0.1"}
+    data = tmp_path / "b"
+    result = hs("generate-config", "--server-name", "example.test", "--data-dir", str(data), "--bind", "0.0.0.0")
+    assert result.returncode == 0, result.stderr
+    config = load_config(data / "homeserver.yaml")
+    assert (config.listeners.client.bind, config.listeners.federation.bind) == ("0.0.0.0", "0.0.0.0")
+    assert config.listeners.metrics.bind == "127.0.0.1"
+    bad = hs("generate-config", "--server-name", "example.test", "--data-dir", str(tmp_path / "c"), "--bind", "all")
+    assert bad.returncode == 2 and "not an IP address" in bad.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def test_generate_config_refuses_bad_server_name(tmp_path: Path) -> None:
     result = hs("generate-config", "--server-name", "not a name", "--data-dir", str(tmp_path))
     assert result.returncode == 1
