@@ -84,7 +84,8 @@ async def migrate(db: Database, directory: Traversable = MIGRATIONS_DIR) -> list
         # A package installed without its data would otherwise call an empty schema "up to date".
         raise MissingMigrationsError(
             f"no schema migrations found in {directory}: the package is installed without its "
-            "data files; reinstall it (pip install homeserver, not a copy of the .py files)"
+            "data files; reinstall it from its wheel or source tree (docs/deploy.md), not a copy of "
+            "the .py files"
         )
     latest = migrations[-1].version
     current = await current_version(db)
