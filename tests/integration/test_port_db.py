@@ -87,6 +87,10 @@ async def pg_max(dsn: str, table: str, column: str) -> int | None:
         await conn.close()
 
 
+def left_behind(db: Path, suffix: str) -> bool:
+    return Path(f"{db}{suffix}").exists()
+
+
 def hs(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HS, *args], capture_output=True, text=True, timeout=120)
 
@@ -289,10 +293,11 @@ async def test_port_db_refuses_while_the_server_runs(tmp_path: Path, test_ca: tu
             await wait_ready(s, f"http://127.0.0.1:{client_port}/health", proc)
         one_line_failure(hs("port-db", "-c", str(config_file), "--to", pg_target),
                          "is open in another process: stop the server")
-        proc.terminate()
+        proc.kill()  # a crash: the -wal and -shm stay behind, unlocked
         proc.wait(timeout=30)
     assert await pg_counts(pg_target) == {}
-    # Stopped, the same database ports.
+    assert left_behind(source, "-shm")
+    # Stopped (even by a crash), the same database ports.
     result = hs("port-db", "-c", str(config_file), "--to", pg_target)
     assert result.returncode == 0, result.stderr
     assert "every table's row count matches" in result.stdout
