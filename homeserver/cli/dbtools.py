@@ -141,8 +141,25 @@ def cmd_backup(args: argparse.Namespace) -> int:
     for _, path in files:
         if not path.is_file():
             raise CliError(f"cannot back up {path}: no such file")
+    created = not out.exists()
     _new_private_dir(out)
     out = out.resolve()
+    try:
+        database, written = _write_backup(config, out, files)
+    except BaseException:
+        # Nothing half-made is left to pass for a backup: the directory was new or empty.
+        for child in out.iterdir():
+            child.unlink()
+        if created:
+            out.rmdir()
+        raise
+    _report(out, written, database, notes)
+    return 0
+
+
+def _write_backup(
+    config: Config, out: Path, files: list[tuple[str, Path]]
+) -> tuple[SqliteSnapshot | PostgresDump, list[tuple[Path, Path]]]:
     try:
         database = backup_database(config.database, out)
     except BackupError as e:
@@ -164,8 +181,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         restore.append("# The database: restore the dump made by pg_dump (it replaces what is there):")
         restore.append(database.restore_command)
     write_private(out / RESTORE_NAME, "\n".join(restore) + "\n")
-    _report(out, written, database, notes)
-    return 0
+    return database, written
 
 
 def _report(out: Path, written: list[tuple[Path, Path]], database: SqliteSnapshot | PostgresDump,

@@ -155,6 +155,11 @@ def test_backup_refuses_an_output_that_is_not_empty(tmp_path: Path, test_ca: tup
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "is not empty" in hs("backup", "-c", str(config_file), "-o", str(out)).stderr
     assert [p.name for p in out.iterdir()] == ["keep"] and (out / "keep").read_text() == "mine"
+    # A failure leaves nothing behind that could pass for a backup.
+    missing = make_config(tmp_path / "other", {"engine": "sqlite", "path": str(tmp_path / "none.db")}, test_ca)
+    result = hs("backup", "-c", str(write_config(missing, tmp_path / "other.yaml")), "-o", str(tmp_path / "new"))
+    assert result.returncode == 1 and "no SQLite database" in result.stderr
+    assert not (tmp_path / "new").exists()
     # An empty directory is taken, and made private.
     empty = tmp_path / "empty"
     empty.mkdir(mode=0o755)
