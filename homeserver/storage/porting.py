@@ -242,7 +242,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _convert_rows(
+def convert_rows(
     table: str, columns: Sequence[str], types: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
     converters = [_CONVERTERS.get(t, _keep) for t in types]
@@ -412,18 +412,19 @@ async def _port(
             raise PortError(f"column {table}.{missing[0]} of the SQLite database has no counterpart "
                             "in the PostgreSQL schema")
         plan[table] = (columns, [c.lower() for c in columns], [have[c.lower()] for c in columns])
-    # 4. Rows a migration may have written on the target are the source's to give.
-    for table in plan:
-        await target.execute(f"DELETE FROM {_ident(table.lower())}")
-    # 5. Copy, in an order that satisfies foreign keys.
+    # 4. An order that satisfies foreign keys; rows a migration may have written on the
+    # target are the source's to give (removed in the reverse order).
     by_lower = {t.lower(): t for t in tables}
     order = copy_order(list(by_lower), await _foreign_keys(target))
+    for lower in reversed(order):
+        await target.execute(f"DELETE FROM {_ident(lower)}")
+    # 5. Copy.
     for lower in order:
         table = by_lower[lower]
         columns, target_names, types = plan[table]
         copied = 0
         for batch in source.batches(table, columns, batch_size):
-            await target.copy_rows(lower, target_names, _convert_rows(table, columns, types, batch))
+            await target.copy_rows(lower, target_names, convert_rows(table, columns, types, batch))
             copied += len(batch)
         if progress is not None:
             progress(table, copied)
