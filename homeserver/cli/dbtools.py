@@ -37,7 +37,8 @@ RESTORE_NAME = "RESTORE.txt"
 # ---------------------------------------------------------------------- port-db
 
 
-def _print_counts(counts: list[TableCount], out: TextIO = sys.stdout) -> None:
+def _print_counts(counts: list[TableCount], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     width = max((len(c.table) for c in counts), default=5)
     print(f"{'table':<{width}}  {'sqlite':>10}  {'postgres':>10}", file=out)
     for c in counts:
