@@ -13,7 +13,13 @@ from homeserver.storage.engine.base import (
     Statement,
     split_statements,
 )
-from homeserver.storage.engine.postgres import POSTGRES, PostgresDatabase, to_postgres
+from homeserver.storage.engine.postgres import (
+    POSTGRES,
+    OneTransaction,
+    PostgresDatabase,
+    one_transaction,
+    to_postgres,
+)
 from homeserver.storage.engine.sqlite import SQLITE, SqliteDatabase
 
 
@@ -45,10 +51,12 @@ __all__ = [
     "DatabaseError",
     "DeferredWriteError",
     "Dialect",
+    "OneTransaction",
     "PostgresDatabase",
     "Row",
     "SqliteDatabase",
     "Statement",
+    "one_transaction",
     "open_database",
     "split_statements",
     "to_postgres",

@@ -34,6 +34,12 @@ from homeserver.storage.engine.base import (
 T = TypeVar("T")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class PostgresDialect(Dialect):
     """Lists go as one array parameter (``= ANY(?)``): one statement text for any length."""
 
@@ -171,8 +177,7 @@ class PostgresDatabase(DeferredWrites, Database):
         except Exception as e:
             if pool is not None:
                 await pool.close()
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DatabaseError(f"cannot connect to PostgreSQL: {reason}") from None
+            raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(e)}") from None
         return cls(pool, dsn, timeout, prepared)
 
     # ------------------------------------------------------------------ deferred writes
@@ -276,3 +281,60 @@ class PostgresDatabase(DeferredWrites, Database):
             if self._prepared_pool is not None:
                 await self._prepared_pool.close()
             await self._pool.close()
+
+
+class OneTransaction(Database):
+    """A PostgreSQL database seen through one connection and one open transaction: every
+    statement runs in it, ``transaction()`` is a savepoint inside it, and nothing is
+    visible to anyone else until ``one_transaction`` commits it. For a tool that must
+    leave nothing behind when it fails (``homeserver port-db``): PostgreSQL's DDL is
+    transactional, so even the tables the migrations create vanish on a rollback."""
+
+    engine = "postgres"
+    dialect: Dialect = POSTGRES
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._conn = _PgConn(raw)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self._conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        return await self._conn.fetchall(sql, *args)
+
+    async def executescript(self, script: str) -> None:
+        await self._conn.executescript(script)
+
+    async def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Append ``rows`` to ``table`` with a binary COPY (values typed as the columns)."""
+        await self._raw.copy_records_to_table(table, records=rows, columns=list(columns))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        # Callbacks of a savepoint are not run: nothing is committed before the outer
+        # transaction is, and the tools that use this register none.
+        async with self._raw.transaction():
+            yield self._conn
+
+    async def close(self) -> None:
+        """The connection belongs to ``one_transaction``, which closes it."""
+
+
+@asynccontextmanager
+async def one_transaction(dsn: str, timeout: float = 10.0) -> AsyncIterator[OneTransaction]:
+    """Connect to ``dsn`` and open a transaction, committed when the block ends normally
+    and rolled back when it raises; the connection is closed either way."""
+    try:
+        raw = await asyncpg.connect(dsn, timeout=timeout)
+    except Exception as e:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {first_line(e)}") from None
+    try:
+        async with raw.transaction():
+            yield OneTransaction(raw)
+    finally:
+        with contextlib.suppress(Exception):
+            await raw.close(timeout=5)

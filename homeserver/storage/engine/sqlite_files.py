@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import sqlite3
@@ -14,6 +16,36 @@ log = logging.getLogger("homeserver.storage.database")
 # Group commits wait this long at most for a checkpoint (its thread is idle-class: on a
 # saturated machine it may not run for a while; the WAL then grows until it does).
 CHECKPOINT_WAIT_SECONDS = 1.0
+
+
+# SQLite's unix VFS: every connection to a WAL database holds a read lock on this byte of
+# the -shm file for as long as it is open (the "dead man switch", UNIX_SHM_DMS in os_unix.c).
+_SHM_DMS_OFFSET = 128
+
+
+def open_elsewhere(path: str) -> bool:
+    """Whether another process has the SQLite database ``path`` open (a running server):
+    a write lock on the -shm file's dead-man-switch byte is refused while any other
+    process's connection holds its read lock. No -shm file: no connection in WAL mode.
+
+    Caveats: connections of this very process are not seen (POSIX locks are per process),
+    and closing the descriptor opened here drops this process's own locks on the file, so
+    call it before opening the database in this process, never while it is open here."""
+    try:
+        fd = os.open(path + "-shm", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_OFFSET, os.SEEK_SET)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                return True
+            raise
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _SHM_DMS_OFFSET, os.SEEK_SET)
+        return False
+    finally:
+        os.close(fd)
 
 
 class WalSync:
