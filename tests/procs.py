@@ -8,7 +8,7 @@ import dataclasses
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,12 +27,20 @@ def write_config(config: Config, path: Path) -> Path:
 
 @contextmanager
 def server_process(
-    cfg_file: Path, log: Path, preexec_fn: Callable[[], None] | None = None
+    cfg_file: Path,
+    log: Path,
+    preexec_fn: Callable[[], None] | None = None,
+    *,
+    program: Sequence[str] = (sys.executable, "-m", "homeserver"),
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m homeserver run`` with stderr appended to ``log``; always killed and reaped.
-    ``preexec_fn`` runs in the child before exec (e.g. to lower its open-file limit)."""
+    ``preexec_fn`` runs in the child before exec (e.g. to lower its open-file limit);
+    ``program`` replaces ``python -m homeserver`` (e.g. an installed ``homeserver`` script),
+    ``cwd`` and ``env`` are the child's (default: this process's)."""
     with log.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "homeserver", "run", "-c", str(cfg_file)],
+        proc = subprocess.Popen([*program, "run", "-c", str(cfg_file)], cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=preexec_fn)
     try:
         yield proc
