@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,8 @@ import pytest
 import yaml
 
 from homeserver.cli import main
+from homeserver.config import ConfigError, parse_config
+from homeserver.config_template import SAMPLE_VALUES, TEMPLATE
 from homeserver.server import RunningServer
 from homeserver.storage.migrations import migrate
 from homeserver.storage.registration_tokens import RegistrationTokenStore
@@ -337,3 +341,63 @@ async def test_commands_on_a_fresh_database_without_a_server(tmp_path: Path, db_
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "not a user of this server" in bad.stderr
     listed = json.loads(run("user", "list", "--json").stdout)
     assert [(u["user_id"], u["admin"]) for u in listed] == [("@admin:example.org", True)]
+
+
+def _on_terminal(args: list[str], answers: list[str]) -> tuple[int, str]:
+    """Run ``python -m homeserver ARGS`` with a new pseudo-terminal as its standard streams
+    (in a session of its own, so getpass uses that terminal), typing ``answers`` one per
+    prompt; (exit status, what it printed)."""
+    fd, child_end = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "homeserver", *args], stdin=child_end, stdout=child_end,
+                            stderr=child_end, start_new_session=True)
+    os.close(child_end)
+    seen, pending = b"", list(answers)
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"no output from the command: {seen!r}"
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the command closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            # A prompt comes in one write, after getpass has flushed the terminal's input
+            # (an answer typed earlier would be lost).
+            if pending and chunk.rstrip().endswith(b":"):
+                os.write(fd, pending.pop(0).encode() + b"\n")
+    finally:
+        os.close(fd)
+        status = proc.wait(timeout=60)
+    return status, seen.decode(errors="replace")
+
+
+async def test_password_prompt_on_a_terminal(tmp_path: Path, db_factory: DatabaseFactory) -> None:
+    data = tmp_path / "data"
+    assert _hs("generate-config", "--server-name", "example.org", "--data-dir", str(data)).returncode == 0
+    config = data / "homeserver.yaml"
+    settings = yaml.safe_load(config.read_text())
+    settings["database"].update(await db_factory.new_settings())
+    settings["client"]["password_scrypt_log_n"] = TEST_SCRYPT_LOG_N
+    config.write_text(yaml.safe_dump(settings))
+    status, shown = _on_terminal(["user", "add", "alice", "-c", str(config)], [PW, PW + "x"])
+    assert status == 1 and "do not match" in shown
+    status, shown = _on_terminal(["user", "add", "alice", "-c", str(config)], [PW, PW])
+    assert status == 0 and "@alice:example.org" in shown and PW not in shown  # no echo
+    status, shown = _on_terminal(["user", "reset-password", "alice", "-c", str(config)], [PW2, PW2])
+    assert status == 0 and "changed" in shown
+
+
+def test_database_tokens_need_registration_turned_on() -> None:
+    """``registration_requires_token`` is a way to turn registration on; database tokens
+    alone never are: registration stays off unless ``enable_registration`` says so."""
+    data: dict[str, Any] = yaml.safe_load(TEMPLATE.substitute(SAMPLE_VALUES))
+    assert data["client"]["registration_requires_token"] is False
+    data["client"]["enable_registration"] = True
+    with pytest.raises(ConfigError, match="registration_requires_token"):
+        parse_config(data, Path("."))
+    data["client"]["registration_requires_token"] = True
+    assert parse_config(data, Path(".")).client.registration_requires_token
+    data["client"]["enable_registration"] = False
+    assert not parse_config(data, Path(".")).client.enable_registration
