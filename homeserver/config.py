@@ -192,10 +192,13 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    # Off by default; on needs registration_token or enable_registration_without_verification.
+    # Off by default; on needs registration_token, registration_requires_token or
+    # enable_registration_without_verification (database tokens alone never turn it on).
     enable_registration: bool = False
-    # When set, registering needs the m.login.registration_token stage with this token.
+    # When set, registering needs the token stage with this token (or a database token).
     registration_token: str | None = None
+    # The token stage with a database token (``homeserver registration-token create``).
+    registration_requires_token: bool = False
     # Base URL advertised in /.well-known/matrix/client (default: from the request).
     public_baseurl: str | None = None
     max_body_bytes: int = 1024 * 1024
@@ -528,11 +531,15 @@ def _validate_federation_limits(lim: FederationLimitsConfig) -> None:
 
 def _validate_client_security(cl: ClientConfig) -> None:
     """Registration, passwords, login limits and proxies (docs/security.md)."""
-    if cl.enable_registration and not cl.registration_token and not cl.enable_registration_without_verification:
+    if (
+        cl.enable_registration and not cl.registration_token and not cl.registration_requires_token
+        and not cl.enable_registration_without_verification
+    ):
         raise ConfigError(
-            "client.enable_registration: true needs client.registration_token, or "
-            "client.enable_registration_without_verification: true to let anyone register "
-            "without any verification"
+            "client.enable_registration: true needs client.registration_token or "
+            "client.registration_requires_token: true (tokens made with `homeserver "
+            "registration-token create`), or client.enable_registration_without_verification: "
+            "true to let anyone register without any verification"
         )
     if not 1 <= cl.password_min_length <= 512:
         raise ConfigError("client.password_min_length: must be between 1 and 512")

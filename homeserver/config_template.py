@@ -241,13 +241,21 @@ federation_limits:
   max_labelled_peers: 1000
 
 client:
-  # Client-server API. Registration is off by default. Turning it on needs either a
-  # registration_token (given to the people you invite; clients ask for it at sign-up) or
-  # enable_registration_without_verification: true (below), which lets anyone who reaches
-  # this port create accounts. `generate-config --registration token|open` writes either.
+  # Client-server API. Registration is off by default; `homeserver user add` creates
+  # accounts whatever this says. Turning registration on needs a registration_token (given
+  # to the people you invite; clients ask for it at sign-up), registration_requires_token:
+  # true, or enable_registration_without_verification: true (below), which lets anyone who
+  # reaches this port create accounts. `generate-config --registration token|open` writes
+  # the first or the last.
   enable_registration: $enable_registration
-  # When set, registering needs the m.login.registration_token stage with this token.
+  # When set, registering needs the m.login.registration_token stage with this token (a
+  # valid database token is accepted too).
   registration_token: $registration_token
+  # Registering needs the m.login.registration_token stage with a token made by
+  # `homeserver registration-token create` (limited uses, expiry; `list`, `revoke`) or the
+  # registration_token above. Database tokens count only while enable_registration is
+  # true: creating one never opens registration by itself.
+  registration_requires_token: false
   # Base URL given to clients in /.well-known/matrix/client (null: from the request).
   public_baseurl: null
   # Largest client request body accepted, in bytes (larger: 413 M_TOO_LARGE).

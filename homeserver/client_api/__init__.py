@@ -40,6 +40,7 @@ from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
@@ -73,7 +74,8 @@ def create_client_api_app(
     # inbound pipeline tell it what happened): /sync long-polls wait on it.
     notifier = notifier if notifier is not None else persister.notifier
     app[NOTIFIER] = notifier
-    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, clock=clock).routes())
+    tokens = RegistrationTokenStore(users.db)
+    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, tokens=tokens, clock=clock).routes())
     app.add_routes(DevicesAPI(cc, auth, users, clock=clock).routes())
     app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory, clock=clock).routes())
     if directory is not None:

@@ -4,7 +4,11 @@ whoami, password change and account deactivation (user-interactive auth with the
 current password).
 
 Guarantees: registration is off unless the config turns it on (with a token, or open on
-explicit request); registration and login are rate-limited per client IP (the address
+explicit request; tokens in the database never turn it on by themselves); the token stage
+takes the config's token or a valid database token, whose use is counted in the
+transaction that creates the account (a token with uses left for one more account
+registers exactly one, however many registrations race for it); registration and login
+are rate-limited per client IP (the address
 behind a trusted proxy, ``client.trusted_proxies``), and failed logins per account too
 (from any address); new passwords have a minimum length (400 M_WEAK_PASSWORD); a user ID
 is registered at most once (M_USER_IN_USE); a wrong password and an unknown user give
@@ -18,6 +22,7 @@ import logging
 import re
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +44,11 @@ from homeserver.http import json_response, read_json_object
 from homeserver.net.client import FederationRequestError
 from homeserver.rooms.errors import RoomError
 from homeserver.rooms.service import RoomService
+from homeserver.storage.registration_tokens import (
+    RegistrationTokenStore,
+    TokenUnusableError,
+    is_valid_token_text,
+)
 from homeserver.storage.users import SCRYPT_LOG_N, UserExistsError, UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -56,6 +66,14 @@ TOKEN = "m.login.registration_token"
 PASSWORD = "m.login.password"
 
 
+@dataclass(slots=True)
+class UiaSession:
+    created: float
+    completed: set[str] = field(default_factory=set)
+    # A database registration token that passed the token stage: used when the account is made.
+    registration_token: str | None = None
+
+
 class UiaSessions:
     """User-interactive auth sessions: id -> (created, stages completed). Bounded, expiring."""
 
@@ -63,20 +81,21 @@ class UiaSessions:
         self._clock = clock
         # Oldest first: pruning stops at the first session young enough (not an LRU: a
         # session read does not become younger).
-        self._sessions: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()
+        self._sessions: OrderedDict[str, UiaSession] = OrderedDict()
 
     def new(self) -> str:
         self._prune()
         sid = secrets.token_urlsafe(16)
-        self._sessions[sid] = (self._clock.monotonic(), set())
+        self._sessions[sid] = UiaSession(self._clock.monotonic())
         return sid
 
-    def completed(self, sid: str | None) -> set[str] | None:
+    def get(self, sid: str | None) -> UiaSession | None:
         self._prune()
-        if sid is None:
-            return None
-        hit = self._sessions.get(sid)
-        return None if hit is None else hit[1]
+        return None if sid is None else self._sessions.get(sid)
+
+    def completed(self, sid: str | None) -> set[str] | None:
+        hit = self.get(sid)
+        return None if hit is None else hit.completed
 
     def drop(self, sid: str | None) -> None:
         if sid is not None:
@@ -85,8 +104,8 @@ class UiaSessions:
     def _prune(self) -> None:
         now = self._clock.monotonic()
         while self._sessions:
-            sid, (created, _) = next(iter(self._sessions.items()))
-            if now - created < UIA_SESSION_TTL and len(self._sessions) < UIA_MAX_SESSIONS:
+            sid, session = next(iter(self._sessions.items()))
+            if now - session.created < UIA_SESSION_TTL and len(self._sessions) < UIA_MAX_SESSIONS:
                 break
             self._sessions.pop(sid)
 
@@ -100,11 +119,12 @@ def check_new_password(password: str, min_length: int) -> None:
 class AccountsAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, users: UserStore, auth: Authenticator,
-        rooms: RoomService, *, clock: Clock = SYSTEM_CLOCK,
+        rooms: RoomService, *, tokens: RegistrationTokenStore | None = None, clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.server_name = server_name
         self.config = config
         self.users = users
+        self.tokens = tokens if tokens is not None else RegistrationTokenStore(users.db)
         self.auth = auth
         self.rooms = rooms
         self.login_limiter = RateLimiter(config.login_rate_limit, clock=clock)
@@ -129,7 +149,8 @@ class AccountsAPI:
             web.get("/.well-known/matrix/client", self.well_known),
             web.post(f"{p}/register", self.register),
             web.get(f"{p}/register/available", self.register_available),
-            web.get(f"{p}/register/{TOKEN}/validity", self.token_validity),
+            web.get(f"/_matrix/client/v1/register/{TOKEN}/validity", self.token_validity),
+            web.get(f"{p}/register/{TOKEN}/validity", self.token_validity),  # before v1 (kept)
             web.get(f"{p}/login", self.login_flows),
             web.post(f"{p}/login", self.login),
             web.post(f"{p}/logout", self.logout),
@@ -161,7 +182,10 @@ class AccountsAPI:
     def _stages(self) -> list[str]:
         # With a token, the token stage and then the dummy one (as Synapse, which
         # matrix-nio's token registration expects).
-        return [TOKEN, DUMMY] if self.config.registration_token else [DUMMY]
+        return [TOKEN, DUMMY] if self._token_required() else [DUMMY]
+
+    def _token_required(self) -> bool:
+        return bool(self.config.registration_token) or self.config.registration_requires_token
 
     def _flows(self) -> list[dict[str, Any]]:
         return [{"stages": self._stages()}]
@@ -196,21 +220,27 @@ class AccountsAPI:
         display = require_limited_str(body, "initial_device_display_name", MAX_DEVICE_DISPLAY_NAME, optional=True,
                                       in_bytes=False)
         inhibit = body.get("inhibit_login") is True
-        # 3. User-interactive auth: the one stage this server requires must be complete.
-        self._check_uia(body.get("auth"))
-        # 4. Create the account (the unique key decides a race) and log it in.
+        # 3. User-interactive auth: the stages this server requires must be complete.
+        db_token = await self._check_uia(body.get("auth"))
+        # 4. Create the account (the unique key decides a race; a database token's use is
+        # counted in the same transaction) and log it in.
         try:
-            await self.users.create_user(user_id, password, localpart)
+            await self.users.create_user(user_id, password, localpart, registration_token=db_token)
         except UserExistsError:
             raise MatrixError(400, "M_USER_IN_USE", "User ID already taken") from None
+        except TokenUnusableError:
+            raise self._uia_challenge(
+                self._sessions.new(), set(), MatrixError(401, "M_FORBIDDEN", "Invalid registration token")
+            ) from None
         log.info("user registered", extra={"user_id": user_id})
         if inhibit:
             return json_response({"user_id": user_id})
         device_id, token = await self.users.create_session(user_id, device_id, display)
         return json_response({"user_id": user_id, "access_token": token, "device_id": device_id})
 
-    def _check_uia(self, auth: Any) -> None:
-        """Return when every stage of the flow is complete; otherwise raise the 401."""
+    async def _check_uia(self, auth: Any) -> str | None:
+        """Return when every stage of the flow is complete (with the database registration
+        token to use, if the token stage took one); otherwise raise the 401."""
         stages = self._stages()
         if auth is None:
             raise self._uia_challenge(self._sessions.new(), set())
@@ -219,9 +249,10 @@ class AccountsAPI:
         sid = auth.get("session") if isinstance(auth.get("session"), str) else None
         if sid is None:
             sid = self._sessions.new()
-        done = self._sessions.completed(sid)
-        if done is None:
+        session = self._sessions.get(sid)
+        if session is None:
             raise MatrixError(400, "M_UNKNOWN", "Unknown or expired session")
+        done = session.completed
         stage = auth.get("type")
         if stage is None:
             raise self._uia_challenge(sid, done)
@@ -232,14 +263,24 @@ class AccountsAPI:
         if stage == TOKEN:
             # The spec names the field "token"; older matrix-nio sends "registration_token".
             token = auth.get("token", auth.get("registration_token"))
-            expected = self.config.registration_token or ""
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+            if not isinstance(token, str) or not await self._token_valid(token):
                 raise self._uia_challenge(sid, done, MatrixError(401, "M_FORBIDDEN", "Invalid registration token"))
+            session.registration_token = None if self._is_config_token(token) else token
         done.add(stage)
         if all(s in done for s in stages):
             self._sessions.drop(sid)
-            return
+            return session.registration_token
         raise self._uia_challenge(sid, done)
+
+    def _is_config_token(self, token: str) -> bool:
+        expected = self.config.registration_token
+        return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+    async def _token_valid(self, token: str) -> bool:
+        """The config's token, or a database token not expired and with uses left."""
+        if self._is_config_token(token):
+            return True
+        return is_valid_token_text(token) and await self.tokens.is_valid(token)
 
     def _uia_challenge(self, sid: str, done: set[str], err: MatrixError | None = None) -> MatrixError:
         extra: dict[str, Any] = {"flows": self._flows(), "params": {}, "session": sid, "completed": sorted(done)}
@@ -265,9 +306,7 @@ class AccountsAPI:
             raise MatrixError(400, "M_MISSING_PARAM", "Missing token")
         if not self.config.enable_registration:
             raise forbidden("Registration is disabled")
-        expected = self.config.registration_token
-        valid = expected is not None and hmac.compare_digest(token.encode(), expected.encode())
-        return json_response({"valid": valid})
+        return json_response({"valid": await self._token_valid(token)})
 
     # ------------------------------------------------------------------ login
 

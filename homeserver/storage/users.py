@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from homeserver.storage.database import Connection, Database
+from homeserver.storage.registration_tokens import RegistrationTokenStore
 
 T = TypeVar("T")
 
@@ -69,6 +70,14 @@ class UserExistsError(Exception):
 class TokenOwner:
     user_id: str
     device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user_id: str
+    admin: bool
+    deactivated: bool
+    created_ts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +178,21 @@ class UserStore:
     async def user_exists(self, user_id: str) -> bool:
         return await self.db.fetchval("SELECT 1 FROM users WHERE user_id = ?", user_id) is not None
 
-    async def create_user(self, user_id: str, password: str | None, displayname: str | None) -> None:
-        """Register ``user_id``; raises UserExistsError when taken."""
+    async def create_user(
+        self, user_id: str, password: str | None, displayname: str | None, *, admin: bool = False,
+        registration_token: str | None = None,
+    ) -> None:
+        """Register ``user_id`` with its profile; raises UserExistsError when taken. With
+        ``registration_token``, one use of that database token is counted in the same
+        transaction (TokenUnusableError, and no account, when it is no longer usable)."""
         hashed = await self.hash_password(password) if password is not None else None
         async with self.db.transaction() as conn:
+            if registration_token is not None:
+                await RegistrationTokenStore.use(conn, registration_token)
             inserted = await conn.fetchval(
-                "INSERT INTO users (user_id, password_hash, created_ts) VALUES (?, ?, ?)"
+                "INSERT INTO users (user_id, password_hash, created_ts, admin) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
-                user_id, hashed, _now_ms(),
+                user_id, hashed, _now_ms(), int(admin),
             )
             if inserted is None:
                 raise UserExistsError(user_id)
@@ -185,6 +201,22 @@ class UserStore:
                 " ON CONFLICT (user_id) DO NOTHING",
                 user_id, displayname,
             )
+
+    async def get_account(self, user_id: str) -> Account | None:
+        row = await self.db.fetchone(
+            "SELECT user_id, admin, deactivated, created_ts FROM users WHERE user_id = ?", user_id
+        )
+        return None if row is None else Account(row[0], bool(row[1]), bool(row[2]), int(row[3]))
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self.db.fetchall(
+            "SELECT user_id, admin, deactivated, created_ts FROM users ORDER BY user_id"
+        )
+        return [Account(r[0], bool(r[1]), bool(r[2]), int(r[3])) for r in rows]
+
+    async def set_admin(self, user_id: str, admin: bool) -> bool:
+        """False when there is no such user."""
+        return await self.db.execute("UPDATE users SET admin = ? WHERE user_id = ?", int(admin), user_id) > 0
 
     async def set_password(self, user_id: str, password: str, *, keep_device: str | None = None,
                            logout_others: bool = False) -> None:
@@ -201,10 +233,12 @@ class UserStore:
                 await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id <> ?", user_id, keep)
 
     async def deactivate(self, user_id: str) -> None:
-        """Close the account for good: no login, every device and token gone, the profile
-        emptied. The user ID stays taken."""
+        """Close the account for good: no login (the password hash is removed), every device
+        and token gone, the profile emptied. The user ID stays taken."""
         async with self.db.transaction() as conn:
-            await conn.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)
+            await conn.execute(
+                "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?", user_id
+            )
             await conn.execute("DELETE FROM access_tokens WHERE user_id = ?", user_id)
             await conn.execute("DELETE FROM devices WHERE user_id = ?", user_id)
             await conn.execute(
