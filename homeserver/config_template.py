@@ -303,6 +303,7 @@ logging:
 SAMPLE_VALUES = {
     "server_name": "localhost:8448",
     "data_dir": "./data",
+    "bind": "127.0.0.1",
     "client_port": "8008",
     "federation_port": "8448",
     "metrics_port": "9009",
