@@ -5,18 +5,23 @@ that accepted the event, announces it to B: B's user sees it in /sync within 2 s
 B's next message reaches C's user before C has sent anything. Each handshake is announced
 once to each other server (counted on A and on B), never to C, and a retried send_join
 announces nothing more. A restricted join that A authorises is announced with A's
-countersignature. A stopped between accepting a join and sending it announces it after a
-restart: the announcement was queued in the transaction that stored the join."""
+countersignature. A stopped between accepting a join and sending it (its sender stopped,
+or the process killed with SIGKILL while B is down) announces it after a restart: the
+announcement was queued in the transaction that stored the join."""
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
+import yaml
 from nio import AsyncClient
 
 from homeserver.config import Config
@@ -25,6 +30,7 @@ from homeserver.storage.events import Outcome
 from tests.clients import eventually, msg, nio_user, raw
 from tests.clients import server_name as name
 from tests.conftest import DatabaseFactory
+from tests.procs import server_process, wait_ready
 from tests.servers import make_config
 
 V3 = "/_matrix/client/v3"
@@ -64,11 +70,22 @@ class Trio:
     def __init__(self, configs: list[Config]) -> None:
         self.configs = configs
         self.servers: list[RunningServer] = []
+        self.stopped: set[int] = set()
+
+    async def stop(self, index: int) -> None:
+        if index not in self.stopped:
+            self.stopped.add(index)
+            await self.servers[index].stop()
+
+    async def start(self, index: int) -> RunningServer:
+        assert index in self.stopped
+        self.servers[index] = await start_server(self.configs[index])
+        self.stopped.discard(index)
+        return self.servers[index]
 
     async def restart(self, index: int) -> RunningServer:
-        await self.servers[index].stop()
-        self.servers[index] = await start_server(self.configs[index])
-        return self.servers[index]
+        await self.stop(index)
+        return await self.start(index)
 
 
 @pytest.fixture
@@ -83,8 +100,8 @@ async def trio(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path,
             t.servers.append(await start_server(config))
         yield t
     finally:
-        for server in t.servers:
-            await server.stop()
+        for index in range(len(t.servers)):
+            await t.stop(index)
 
 
 async def raw_sync(server: RunningServer, client: AsyncClient, since: str | None, timeout_ms: int) -> dict[str, Any]:
@@ -303,3 +320,39 @@ async def test_join_accepted_before_a_stops_is_announced_after_restart(trio: Tri
         await eventually(lambda: quiet(a, b, c), attempts=600)
         assert metric(b, "hs_inbound_duplicate_pdus_total") == 0
         assert inbound_from(c, a) == 0  # never to the joiner's server
+
+
+async def test_join_accepted_before_a_is_killed_is_announced_after_restart(
+    trio: Trio, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    a, b, c = trio.servers
+    alice, bob, carol = f"@alice:{name(a)}", f"@bob:{name(b)}", f"@carol:{name(c)}"
+    room = await a.services.rooms.create_room(alice, room_version="11", preset="public_chat")
+    await b.services.rooms.join(bob, room, via=[name(a)])
+    await eventually(lambda: quiet(a, b, c), attempts=600)
+    # A goes on in a process of its own (same database, name and key); B goes down.
+    await trio.stop(0)
+    await trio.stop(1)
+    cfg_file = tmp_path / "a.yaml"
+    cfg_file.write_text(yaml.safe_dump(dataclasses.asdict(trio.configs[0])))
+    log = tmp_path / "a.log"
+    health = f"https://localhost:{trio.configs[0].listeners.federation.port}/_matrix/federation/v1/version"
+    ctx = ssl.create_default_context(cafile=str(test_ca[0]))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, force_close=True)) as http:
+        with server_process(cfg_file, log) as proc:
+            await wait_ready(http, health, proc)
+            # C's user joins through A; A accepts (the reply comes after the commit) and
+            # cannot reach B. SIGKILL at once.
+            await c.services.rooms.join(carol, room, via=[name(a)])
+            proc.kill()
+            assert proc.wait(timeout=10) == -9
+        _, join_id = await c.services.rooms.get_membership(carol, room)
+        assert join_id is not None
+        # B comes back, then A: A announces the join it had accepted.
+        b = await trio.start(1)
+        with server_process(cfg_file, log) as proc:
+            await wait_ready(http, health, proc)
+            await eventually(lambda: has_accepted(b, join_id), attempts=600)
+            assert await b.services.rooms.get_membership(carol, room) == ("join", join_id)
+            assert metric(b, "hs_inbound_pdus_total", origin=name(a)) == 1
+            assert metric(b, "hs_inbound_duplicate_pdus_total") == 0
