@@ -337,6 +337,7 @@ class FederationRoomsAPI:
             "state": await served_pdus(self._store, state),
             "auth_chain": await served_pdus(self._store, [events[e].event for e in sorted(chain) if e in events]),
             "event": event.pdu,
+            "origin": self.server_name,
             "members_omitted": False,
             "servers_in_room": sorted(await self._store.joined_servers(state_before) | {self.server_name}),
         }
@@ -347,7 +348,7 @@ class FederationRoomsAPI:
     async def on_send_join_v1(self, request: web.Request) -> web.Response:
         """The v1 form: the same answer (without the v2 keys) as ``[200, body]``."""
         body = await self._send_join(request)
-        return json_response([200, {k: body[k] for k in ("state", "auth_chain", "event")}])
+        return json_response([200, {k: body[k] for k in ("state", "auth_chain", "event", "origin")}])
 
     async def on_send_leave(self, request: web.Request) -> web.Response:
         event, version = await self._received_member(request, "leave")

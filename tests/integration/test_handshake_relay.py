@@ -118,7 +118,8 @@ async def test_each_handshake_reaches_each_peer_once(setup: Setup) -> None:
     # Retries of send_join (v2 then v1: [200, {...}]) answer again and send nothing.
     assert (await send(s.c, s.a, join, "v2"))["members_omitted"] is False
     v1 = await send(s.c, s.a, join, "v1")
-    assert v1[0] == 200 and set(v1[1]) == {"state", "auth_chain", "event"}
+    assert v1[0] == 200 and set(v1[1]) == {"state", "auth_chain", "event", "origin"}
+    assert v1[1]["origin"] == s.a.services.config.server_name
     # C's user leaves through A (v1 send_leave): each peer gets it once.
     leave, reply = await handshake(s.c, s.a, room.room_id, "carol", "leave", "v1")
     assert reply == [200, {}]
