@@ -151,6 +151,13 @@ class Metrics:
             "hs_outbound_refused_relays", "Events refused by the sender because another server created them",
             registry=r,
         )
+        self.handshake_announcements = Counter(
+            "hs_outbound_handshake_announcements", "Remote joins, leaves and knocks accepted through our"
+            " send_join/send_leave/send_knock and queued for the room's other servers, per membership",
+            ["membership"], registry=r,
+        )
+        for membership in ("join", "leave", "knock"):
+            self.handshake_announcements.labels(membership)
         # (federation/sender.py, net/client.py)
         self.outbound_edus = peer(Counter(
             "hs_outbound_edus", "EDUs sent, per destination", ["destination"], registry=r

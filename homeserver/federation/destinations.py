@@ -73,6 +73,25 @@ def other_servers(destinations: Iterable[str], server_name: str) -> list[str]:
     return sorted({d for d in destinations if d != server_name and is_valid_server_name(d)})
 
 
+# The memberships a remote server may hand us through our own send_* handshakes.
+HANDSHAKE_MEMBERSHIPS = frozenset({"join", "leave", "knock"})
+
+
+def handshake_refusal(event: Event, origin: str | None, server_name: str) -> str | None:
+    """Why a remote event accepted through our send_* handshake may not be announced
+    (None: it may). Only an ``m.room.member`` join, leave or knock that a user of the
+    handshake's ``origin`` (another server) sent about themself."""
+    if origin is None or origin == server_name or not is_valid_server_name(origin):
+        return "no handshake origin"
+    if event.type != "m.room.member" or event.membership not in HANDSHAKE_MEMBERSHIPS:
+        return "not a join, leave or knock"
+    if event.state_key != event.sender:
+        return "the state_key is not the sender"
+    if server_name_of(event.sender) != origin:
+        return "the sender is not a user of the handshake's origin"
+    return None
+
+
 def is_local_user(user_id: object, server_name: str) -> bool:
     return isinstance(user_id, str) and user_id.startswith("@") and server_name_of(user_id) == server_name
 

@@ -4,13 +4,18 @@
 (prev_events from our forward extremities, auth events from our state) after checking
 that the membership would pass the auth rules (join rules, bans: 403 M_FORBIDDEN) and
 that the joining or knocking server implements the room's version (400
-M_INCOMPATIBLE_ROOM_VERSION). ``send_join``/``send_leave`` (v2) and ``send_knock`` (v1)
-check the signed event (signatures through the keyring, hash, shape), authorise it
+M_INCOMPATIBLE_ROOM_VERSION). ``send_join``/``send_leave`` (v1 and v2) and ``send_knock``
+(v1) check the signed event (signatures through the keyring, hash, shape), authorise it
 against its auth events, the state before it and the current state, and persist it;
-``send_knock`` answers the room's stripped state (``knock_room_state``). The joining or
-knocking server's event is not queued for the room's other servers: only our own events
-leave (the architecture's invariant 2); they fetch it with ``get_missing_events`` when
-our next event cites it, and our own joins are sent by their joining server.
+``send_knock`` answers the room's stripped state (``knock_room_state``). In the same
+database transaction the event is queued for the room's other servers (those joined at
+the event or now, and for a leave those joined just before it; never the requesting
+server nor us): the spec asks the resident to announce what it accepted, nobody else
+will, and it is the one exception to "only our own events leave" (the architecture's
+invariant 2). The handlers pass ``Accepted.HANDSHAKE`` with the request's origin, and
+this module is the only one that may: the sender admits only a join, leave or knock of
+that origin's user for themself. A retried ``send_*`` of an event we already hold is
+answered again and queues nothing.
 ``PUT /v2/invite`` checks and countersigns an invite for one of our users and stores it
 with its stripped state, within the caps of ``RoomService.invite_limits`` (entries and
 bytes of the stripped state: 400 M_TOO_LARGE; invites pending from the origin: 403
@@ -43,9 +48,11 @@ from homeserver.http import json_response
 from homeserver.rooms.builder import CREATE, EventBuilder
 from homeserver.rooms.checks.receipt import Dropped, PduChecker
 from homeserver.rooms.errors import NotAllowed
+from homeserver.rooms.outbox import Accepted
 from homeserver.rooms.persist import PersistError
 from homeserver.rooms.redactions import served_pdus
 from homeserver.rooms.service import InviteRefused, RoomService
+from homeserver.storage.database import Connection
 from homeserver.storage.events import Outcome
 from homeserver.storage.users import UserStore
 
@@ -96,6 +103,7 @@ class FederationRoomsAPI:
         self._builder: EventBuilder = rooms.builder
         self._store = rooms.store
         self._persister = rooms.persister
+        self._outbox = rooms.builder.outbox
         self._checker = checker
         self._profiles = profiles
 
@@ -103,8 +111,10 @@ class FederationRoomsAPI:
         return [
             web.get(V1 + "/make_join/{roomId}/{userId}", self.on_make_join),
             web.put(V2 + "/send_join/{roomId}/{eventId}", self.on_send_join),
+            web.put(V1 + "/send_join/{roomId}/{eventId}", self.on_send_join_v1),
             web.get(V1 + "/make_leave/{roomId}/{userId}", self.on_make_leave),
             web.put(V2 + "/send_leave/{roomId}/{eventId}", self.on_send_leave),
+            web.put(V1 + "/send_leave/{roomId}/{eventId}", self.on_send_leave_v1),
             web.get(V1 + "/make_knock/{roomId}/{userId}", self.on_make_knock),
             web.put(V1 + "/send_knock/{roomId}/{eventId}", self.on_send_knock),
             web.put(V2 + "/invite/{roomId}/{eventId}", self.on_invite),
@@ -148,7 +158,10 @@ class FederationRoomsAPI:
                         room_id, "m.room.member", user_id, content, user_id
                     )
             # 4. The membership must pass the auth rules against our current state.
-            provisional = Event.from_pdu({**template, "hashes": {}, "signatures": {}}, version,
+            # (A join we authorise will carry our signature: stand in for it here.)
+            signatures = {self.server_name: {"ed25519:provisional": ""}} if "join_authorised_via_users_server" \
+                in content else {}
+            provisional = Event.from_pdu({**template, "hashes": {}, "signatures": signatures}, version,
                                          event_id="$provisional")
             try:
                 check_auth_rules(provisional, await self._builder.auth_state(provisional, state_before))
@@ -227,6 +240,13 @@ class FederationRoomsAPI:
         try:
             if compute_event_id(pdu, version) != event_id:
                 raise invalid("The event ID does not match the event")
+            content = pdu.get("content")
+            via = content.get("join_authorised_via_users_server") if isinstance(content, dict) else None
+            if membership == "join" and isinstance(via, str) and server_name_of(via) == self.server_name:
+                # A restricted join we authorise: we sign it before it is checked (our
+                # signature is one it needs), stored or sent anywhere; the auth rules
+                # still decide whether the user named may authorise it.
+                pdu = sign_event(pdu, version, self.server_name, self._key.signing_key)
             event = await self._checker.check(pdu, version, event_id)
         except Dropped as e:
             raise invalid(f"The event does not verify: {e}") from None
@@ -244,9 +264,11 @@ class FederationRoomsAPI:
             raise invalid("The state_key is not the sender")
         return event, version
 
-    async def _accept_member(self, event: Event, version: RoomVersion) -> dict[StateKey, str]:
-        """Authorise and persist a remote member event; return the state before it.
-        Idempotent: an event we already accepted is answered again."""
+    async def _accept_member(self, event: Event, version: RoomVersion, origin: str) -> dict[StateKey, str]:
+        """Authorise and persist a remote member event received through our send_*
+        handshake from ``origin``, and announce it to the room's other servers in the same
+        transaction; return the state before it. Idempotent: an event we already accepted
+        is answered again and not announced again."""
         async with self._persister.room_lock(event.room_id):
             stored = await self._store.get_event(event.event_id)
             if stored is not None and stored.outcome is not Outcome.OUTLIER:
@@ -267,7 +289,18 @@ class FederationRoomsAPI:
                         await self._builder.check_auth(event, current)
                 except NotAllowed as e:
                     raise forbidden(f"The event is not allowed: {e}") from None
-                await self._persister.persist_event(event, Outcome.ACCEPTED, state_before)
+                # The servers in the room at the event (for a join, with the joiner; for a
+                # leave, those there just before it) and those in it now.
+                dests = await self._builder.destinations(event, state_before)
+                if current != state_before:
+                    dests |= await self._builder.destinations(event, current)
+                outbox = self._outbox
+
+                async def announce(conn: Connection) -> None:
+                    await outbox.enqueue_event(conn, event, dests, Accepted.HANDSHAKE, handshake_origin=origin)
+
+                # The hook runs only if this call stores the event (never for one held).
+                await self._persister.persist_event(event, Outcome.ACCEPTED, state_before, in_transaction=announce)
             before = await self._store.get_state_ids_before(event.event_id)
         if before is None:
             raise not_found("The state before the event is not known")
@@ -291,42 +324,46 @@ class FederationRoomsAPI:
         except AuthError as e:
             raise forbidden(f"The event is not allowed by its auth events: {e}") from None
 
-    def _countersign(self, event: Event) -> Event:
-        """Add our signature (restricted joins we authorised)."""
-        pdu = sign_event(event.pdu, event.room_version, self.server_name, self._key.signing_key)
-        return Event.from_pdu(pdu, event.room_version, event_id=event.event_id)
-
-    async def on_send_join(self, request: web.Request) -> web.Response:
+    async def _send_join(self, request: web.Request) -> dict[str, Any]:
         event, version = await self._received_member(request, "join")
-        via = event.content.get("join_authorised_via_users_server")
-        if isinstance(via, str) and server_name_of(via) == self.server_name:
-            # The authorising server signs before the event is stored or sent anywhere.
-            event = self._countersign(event)
-        state_before = await self._accept_member(event, version)
+        state_before = await self._accept_member(event, version, request[ORIGIN])
         stored = await self._store.get_event(event.event_id)
         if stored is not None:
             event = stored.event
         chain = await self._store.get_auth_chain_ids([*state_before.values(), event.event_id])
         events = await self._store.get_events([*state_before.values(), *chain])
         state = [events[e].event for e in sorted(state_before.values()) if e in events]
-        return json_response({
+        return {
             "state": await served_pdus(self._store, state),
             "auth_chain": await served_pdus(self._store, [events[e].event for e in sorted(chain) if e in events]),
             "event": event.pdu,
+            "origin": self.server_name,
             "members_omitted": False,
             "servers_in_room": sorted(await self._store.joined_servers(state_before) | {self.server_name}),
-        })
+        }
+
+    async def on_send_join(self, request: web.Request) -> web.Response:
+        return json_response(await self._send_join(request))
+
+    async def on_send_join_v1(self, request: web.Request) -> web.Response:
+        """The v1 form: the same answer (without the v2 keys) as ``[200, body]``."""
+        body = await self._send_join(request)
+        return json_response([200, {k: body[k] for k in ("state", "auth_chain", "event", "origin")}])
 
     async def on_send_leave(self, request: web.Request) -> web.Response:
         event, version = await self._received_member(request, "leave")
-        await self._accept_member(event, version)
+        await self._accept_member(event, version, request[ORIGIN])
         return json_response({})
 
+    async def on_send_leave_v1(self, request: web.Request) -> web.Response:
+        await self.on_send_leave(request)
+        return json_response([200, {}])
+
     async def on_send_knock(self, request: web.Request) -> web.Response:
-        """Accept a knock into the room (not relayed: only our own events leave) and answer
-        the stripped state the knocking user's client shows."""
+        """Accept a knock into the room (announced to its other servers) and answer the
+        stripped state the knocking user's client shows."""
         event, version = await self._received_member(request, "knock")
-        await self._accept_member(event, version)
+        await self._accept_member(event, version, request[ORIGIN])
         state = await self._store.get_current_state_ids(event.room_id)
         return json_response({"knock_room_state": await self._rooms.stripped_state(state)})
 

@@ -2,10 +2,21 @@
 
 Guarantees:
 
-* Only our own events leave. ``OutboundSender.enqueue_event`` is the single entry point
-  for PDUs; it refuses any event whose ``sender`` is not a user of this server (logged
-  once per event, counted in ``hs_outbound_refused_relays``). ``enqueue_edu`` likewise
-  accepts only typing, receipts, presence and device EDUs about our own users.
+* Only our own events leave, and the joins, leaves and knocks we accept as the resident
+  server through our own handshake. ``OutboundSender.enqueue_event`` is the single entry
+  point for PDUs. With ``Accepted.LOCAL`` (every caller but one) it refuses any event whose
+  ``sender`` is not a user of this server. With ``Accepted.HANDSHAKE``, which only
+  ``federation/rooms_api.py``'s ``send_join``/``send_leave``/``send_knock`` pass (never
+  derived from the event), it takes an ``m.room.member`` join, leave or knock whose sender
+  is a user of the handshake's origin acting for themself, and queues it for the room's
+  other servers but never for that origin (counted in
+  ``hs_outbound_handshake_announcements{membership}``); the resident announces it because
+  nobody else will, once, since an event already stored is not persisted (nor queued)
+  again. Every refusal is logged once per event and counted in
+  ``hs_outbound_refused_relays``: what we received through ``/send``, backfill,
+  ``get_missing_events``, state fetches or invites is never offered with ``HANDSHAKE``,
+  and offered as ``LOCAL`` it is refused. ``enqueue_edu`` accepts only typing, receipts,
+  presence and device EDUs about our own users.
 * Durable per-destination queues: an event is queued inside the database transaction that
   persists it (the persister's ``in_transaction`` hook), so a crash or restart loses
   nothing; its destinations are woken by that transaction's after-commit callback. Each
@@ -39,11 +50,13 @@ from homeserver.federation.destinations import (
     MemberState,
     destinations_for_event,
     edu_is_ours,
+    handshake_refusal,
     is_local_user,
     other_servers,
 )
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
+from homeserver.rooms.outbox import Accepted
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.outbox import DestinationState, OutboxStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
@@ -113,22 +126,34 @@ class OutboundSender:
         """The servers our ``event`` goes to (``destinations.destinations_for_event``)."""
         return destinations_for_event(event, state_before, state_after, server_name=self.server_name)
 
-    async def enqueue_event(self, conn: Connection, event: Event, destinations: Iterable[str]) -> None:
-        """Queue our event for ``destinations``, inside the caller's database transaction;
+    async def enqueue_event(
+        self, conn: Connection, event: Event, destinations: Iterable[str],
+        accepted: Accepted = Accepted.LOCAL, *, handshake_origin: str | None = None,
+    ) -> None:
+        """Queue an event for ``destinations``, inside the caller's database transaction;
         the destinations are woken once that transaction has committed.
 
-        The one entry point for outbound PDUs. An event whose sender is not a user of this
-        server is refused (another server's event is never relayed).
+        The one entry point for outbound PDUs. ``Accepted.LOCAL``: an event whose sender
+        is not a user of this server is refused (another server's event is never relayed).
+        ``Accepted.HANDSHAKE`` (only from our send_join/send_leave/send_knock handlers): a
+        join, leave or knock by a user of ``handshake_origin`` for themself, queued for
+        every destination but that origin; anything else is refused. Refusals are counted.
         """
-        if not is_local_user(event.sender, self.server_name):
-            self.metrics.refused_relays.inc()
-            if self._refused_logged.add(event.event_id, None):
-                log.warning(
-                    "refused to send an event created by another server",
-                    extra={"event_id": event.event_id, "sender": event.sender, "room_id": event.room_id},
-                )
+        if accepted is Accepted.HANDSHAKE:
+            reason = handshake_refusal(event, handshake_origin, self.server_name)
+            if reason is not None:
+                self._refuse(event, f"refused to announce a handshake event: {reason}")
+                return
+            assert handshake_origin is not None
+            excluded = {handshake_origin, self.server_name}
+            membership = str(event.membership)
+        elif accepted is Accepted.LOCAL and is_local_user(event.sender, self.server_name):
+            excluded = {self.server_name}
+            membership = None
+        else:
+            self._refuse(event, "refused to send an event created by another server")
             return
-        dests = other_servers(destinations, self.server_name)
+        dests = [d for d in other_servers(destinations, self.server_name) if d not in excluded]
         if not dests:
             return
         catching_up = {d for d in dests if (q := self._queues.get(d)) is not None and q.catch_up}
@@ -136,6 +161,14 @@ class OutboundSender:
             conn, event.event_id, event.room_id, event.pdu, self.clock.time_ms(), dests, catching_up
         )
         conn.call_after(lambda: self._queued(dests, pdus=1))
+        if membership is not None:
+            counter = self.metrics.handshake_announcements.labels(membership)
+            conn.call_after(counter.inc)
+
+    def _refuse(self, event: Event, message: str) -> None:
+        self.metrics.refused_relays.inc()
+        if self._refused_logged.add(event.event_id, None):
+            log.warning(message, extra={"event_id": event.event_id, "sender": event.sender, "room_id": event.room_id})
 
     async def enqueue_edu(
         self,

@@ -55,6 +55,11 @@ class EventBuilder:
         self._sender = sender
         self._clock = clock
 
+    @property
+    def outbox(self) -> Outbox:
+        """The outbound sender our events are queued with."""
+        return self._sender
+
     # ------------------------------------------------------------------ public
 
     async def send(
@@ -147,18 +152,16 @@ class EventBuilder:
         return {k: found[i].event for k, i in ids.items() if i in found}
 
     async def persist_local(
-        self, event: Event, state_before: Mapping[StateKey, str], *, exclude_destinations: set[str] | None = None,
+        self, event: Event, state_before: Mapping[StateKey, str], *, send: bool = True,
         also: AlsoInTransaction | None = None,
     ) -> int:
         """Persist ``event`` as accepted with ``state_before``; queue it for its
-        destinations in the same transaction (and run ``also`` there). The caller holds
-        the room lock."""
-        before = await self.member_contents(event.room_id, state_before)
-        after = dict(before)
-        if event.type == "m.room.member" and event.state_key is not None:
-            after[event.state_tuple] = {"membership": event.membership}
-        dests = self._sender.destinations_for_event(event, before, after)
-        dests -= exclude_destinations or set()
+        destinations in the same transaction (and run ``also`` there). ``send=False``: our
+        join made through another server's send_join, which that resident announces to
+        the room. The caller holds the room lock."""
+        dests: set[str] = set()
+        if send:
+            dests = await self.destinations(event, state_before)
         sender = self._sender
 
         async def hook(conn: Connection) -> None:
@@ -170,6 +173,14 @@ class EventBuilder:
         return await self.persister.persist_event(
             event, Outcome.ACCEPTED, state_before, in_transaction=hook if dests or also is not None else None
         )
+
+    async def destinations(self, event: Event, state_before: Mapping[StateKey, str]) -> set[str]:
+        """The servers ``event`` goes to, given the state before it (``Outbox.destinations_for_event``)."""
+        before = await self.member_contents(event.room_id, state_before)
+        after = dict(before)
+        if event.type == "m.room.member" and event.state_key is not None:
+            after[event.state_tuple] = {"membership": event.membership}
+        return self._sender.destinations_for_event(event, before, after)
 
     async def member_contents(
         self, room_id: str, state: Mapping[StateKey, str]

@@ -5,7 +5,8 @@
   returned state and auth chain are verified event by event (format, signatures through
   the keyring, content hashes, the auth rules against each event's own auth events) and
   stored as outliers; the join is checked against the returned state and persisted with
-  it as the state before it. From then on the room is ours like any other.
+  it as the state before it, and not queued for anyone: the resident announces it to the
+  room's other servers, as the spec asks of it. From then on the room is ours like any other.
 * Leave of a room we are not in (rejecting a remote invite): ``make_leave``/``send_leave``.
 * Knock (spec: server-server "Knocking upon a room"): ``make_knock``/``send_knock`` like
   a leave; the resident's ``knock_room_state`` (stripped state, bounded) comes back for
@@ -170,7 +171,7 @@ class RemoteMembership:
             except (Dropped, EventError):
                 raise RemoteJoinFailed("the resident's copy of the join does not verify") from None
         # 5. Verify the state and auth chain; 6. persist them and the join.
-        await self._take_state(join, resp["state"], resp["auth_chain"], exclude={server})
+        await self._take_state(join, resp["state"], resp["auth_chain"])
         return join
 
     def _fill(self, template: dict[str, Any], content: Mapping[str, Any], version: RoomVersion) -> Event:
@@ -182,9 +183,7 @@ class RemoteMembership:
         pdu["origin_server_ts"] = self._builder.now_ms()
         return self._builder.sign(pdu, version)
 
-    async def _take_state(
-        self, join: Event, state_pdus: list[Any], chain_pdus: list[Any], *, exclude: set[str]
-    ) -> None:
+    async def _take_state(self, join: Event, state_pdus: list[Any], chain_pdus: list[Any]) -> None:
         room_id, version = join.room_id, join.room_version
         good = await self.verify_events(room_id, version, [*chain_pdus, *state_pdus])
         state: dict[StateKey, str] = {}
@@ -207,8 +206,10 @@ class RemoteMembership:
             [e for e in good.values() if e.event_id != join.event_id]
         )
         async with self._persister.room_lock(room_id):
-            # Our join goes to every server in the room but the resident, which has it.
-            await self._builder.persist_local(join, state, exclude_destinations=exclude)
+            # Not queued: the resident that accepted it through send_join announces it to
+            # the room's other servers (the spec's rule; ours and Synapse do), so each
+            # server receives it once.
+            await self._builder.persist_local(join, state, send=False)
 
     async def verify_events(self, room_id: str, version: RoomVersion, pdus: Sequence[Any]) -> dict[str, Event]:
         """The events of ``pdus`` that pass the checks on receipt (format, signatures,

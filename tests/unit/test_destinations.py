@@ -10,6 +10,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.federation.destinations import (
     destinations_for_event,
     edu_is_ours,
+    handshake_refusal,
     is_dead,
     joined_servers,
     next_interval_ms,
@@ -140,3 +141,18 @@ def test_backoff_and_transaction_ids() -> None:
     assert next_txn_id(5, 1_000) == 1_000  # never below the clock
     assert next_txn_id(2_000, 1_000) == 2_001  # never repeating
     assert other_servers(["c.test", US, "b.test", "c.test", "bad host"], US) == ["b.test", "c.test"]
+
+
+def test_handshake_refusal_admits_only_the_origins_own_join_leave_or_knock() -> None:
+    room = room_with({})
+    for membership in ("join", "leave", "knock"):
+        event = room.member(BOB, membership, BOB)
+        assert handshake_refusal(event, "b.test", US) is None
+    assert handshake_refusal(room.member(BOB, "join", BOB), "c.test", US) is not None  # not its origin
+    assert handshake_refusal(room.member(BOB, "join", BOB), None, US) is not None
+    assert handshake_refusal(room.member(ALICE, "leave", ALICE), US, US) is not None  # ours: not a handshake
+    assert handshake_refusal(room.member(DAVE, "leave", BOB), "b.test", US) is not None  # a kick
+    for membership in ("invite", "ban"):
+        assert handshake_refusal(room.member(DAVE, membership, BOB), "b.test", US) is not None
+    message = room.make("m.room.message", BOB, {"msgtype": "m.text", "body": "hi"})
+    assert handshake_refusal(message, "b.test", US) is not None
