@@ -12,7 +12,7 @@ Who may see a room (the spec's "could feasibly peek/join"):
 
 - anyone, when its join rule is ``public``, ``knock`` or ``knock_restricted``, or its
   history is ``world_readable``;
-- a user who is joined or invited; a server with a user joined or invited;
+- a user who is joined or invited; a server with a user joined;
 - for a ``restricted`` (or ``knock_restricted``) room, a user joined to one of the
   allowed rooms, a server with a user joined to one of them.
 
@@ -24,11 +24,11 @@ out. At most ``MAX_CHILDREN`` children are considered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from homeserver.events.event import Event, StateKey
-from homeserver.events.identifiers import is_valid_server_name, server_name_of
+from homeserver.events.identifiers import is_valid_server_name
 from homeserver.rooms.directory import CHUNK_KEYS, plain_topic, sanitize_chunk_entry
 from homeserver.rooms.errors import RoomNotFound
 from homeserver.rooms.redactions import applied_redactions, served
@@ -39,6 +39,8 @@ SPACE_CHILD = "m.space.child"
 SPACE = "m.space"
 MAX_CHILDREN = 500
 MAX_VIA = 10
+# Allowed rooms of a restricted join rule looked at, at most, to decide who may see a room.
+MAX_ALLOWED_CHECKED = 50
 MAX_ORDER = 50
 MEGOLM = "m.megolm.v1.aes-sha2"
 OPEN_JOIN_RULES = frozenset({"public", "knock", "knock_restricted"})
@@ -170,17 +172,13 @@ class SpaceHierarchy:
     # ------------------------------------------------------------------ who may see
 
     async def server_may_see(self, server: str, room_id: str, summary: Mapping[str, Any]) -> bool:
-        if open_to_all(summary) or await self._server_member(server, room_id, ("join", "invite")):
+        if open_to_all(summary) or await self._store.has_joined_member_of(room_id, server):
             return True
         if summary.get("join_rule") in RESTRICTED:
-            for allowed in summary.get("allowed_room_ids", ()):
-                if await self._server_member(server, allowed, ("join",)):
+            for allowed in list(summary.get("allowed_room_ids", ()))[:MAX_ALLOWED_CHECKED]:
+                if await self._store.has_joined_member_of(allowed, server):
                     return True
         return False
-
-    async def _server_member(self, server: str, room_id: str, memberships: Sequence[str]) -> bool:
-        rows = await self._store.member_memberships(room_id)
-        return any(m in memberships and server_name_of(user) == server for user, _, m in rows)
 
     async def user_may_see(self, user_id: str, room_id: str, summary: Mapping[str, Any]) -> bool:
         """Whether a user of ours may see a room (held here or summarised by another
@@ -191,7 +189,7 @@ class SpaceHierarchy:
         if membership in ("join", "invite"):
             return True
         if summary.get("join_rule") in RESTRICTED:
-            for allowed in summary.get("allowed_room_ids", ()):
+            for allowed in list(summary.get("allowed_room_ids", ()))[:MAX_ALLOWED_CHECKED]:
                 if isinstance(allowed, str) and (await self.rooms.get_membership(user_id, allowed))[0] == "join":
                     return True
         return False

@@ -13,7 +13,7 @@ import pytest
 
 from homeserver.net.client import FederationRequestError
 from homeserver.server import RunningServer
-from tests.clients import nio_user, raw, server_name
+from tests.clients import eventually, nio_user, raw, server_name
 
 V1 = "/_matrix/client/v1"
 V3 = "/_matrix/client/v3"
@@ -145,7 +145,7 @@ async def test_federation_hierarchy(pair: tuple[RunningServer, RunningServer]) -
                                     creation_content={"type": "m.space"})
         await add_child(a, tok, space, open_room, [a_name], suggested=True)
         await add_child(a, tok, space, secret, [a_name])
-        await add_child(a, tok, space, "!gone:unknown.invalid", ["unknown.invalid"])
+        await add_child(a, tok, space, "!gone:unknown.invalid", ["127.0.0.1:1"])
 
         reply = await ask(space)
         assert reply["room"]["room_id"] == space and reply["room"]["room_type"] == "m.space"
@@ -158,6 +158,33 @@ async def test_federation_hierarchy(pair: tuple[RunningServer, RunningServer]) -
         reply = await ask(space, suggested_only="true")
         assert [c["state_key"] for c in reply["room"]["children_state"]] == [open_room]
         assert reply["inaccessible_children"] == []
+
+        # A room restricted to the space's members: visible to B once a user of B joined the space.
+        restricted = await create(a, tok, name="Members", preset="private_chat", initial_state=[{
+            "type": "m.room.join_rules", "state_key": "",
+            "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]},
+        }])
+        await add_child(a, tok, space, restricted, [a_name])
+        reply = await ask(space)
+        assert set(reply["inaccessible_children"]) == {secret, restricted}
+        async with nio_user(b, "bob") as bob:
+            status, joined = await raw(b, "POST", f"{V3}/join/{space}?server_name={a_name}",
+                                       token=bob.access_token, json={})
+            assert status == 200, joined
+
+            async def sees_restricted() -> bool:
+                reply = await ask(space)
+                return restricted in [c["room_id"] for c in reply["children"]]
+            await eventually(sees_restricted)
+            # Bob's own server walks the space it now holds and asks A for the rest: Bob,
+            # a member of the space, sees the restricted room; not the secret one.
+            status, walked = await raw(b, "GET", hierarchy_path(space), token=bob.access_token)
+            assert status == 200, walked
+            assert [r["room_id"] for r in walked["rooms"]] == [space, open_room, restricted]
+        reply = await ask(space)
+        members = next(c for c in reply["children"] if c["room_id"] == restricted)
+        assert members["join_rule"] == "restricted" and members["allowed_room_ids"] == [space]
+        assert reply["inaccessible_children"] == [secret]
 
         for room_id in (hidden_space, secret, "!unknown:elsewhere.invalid"):
             with pytest.raises(FederationRequestError) as info:
