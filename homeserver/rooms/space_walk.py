@@ -16,7 +16,8 @@ inaccessible are not asked about again.
 Pagination: the rest of the walk is kept in memory under a random ``next_batch`` token
 (at most ``MAX_SESSIONS``, each for ``SESSION_SECONDS``) tied to the user, the room and
 the parameters; a token that is unknown, expired or given with other parameters is
-refused (``BadPaginationToken``). One page visits at most ``MAX_VISITS`` rooms.
+refused (``BadPaginationToken``). One page visits at most ``MAX_VISITS`` rooms; one walk
+holds at most ``MAX_STACK`` rooms to visit and visits at most ``MAX_WALK_ROOMS``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ REMOTE_CACHE_SIZE = 1000
 MAX_SESSIONS = 1000
 SESSION_SECONDS = 300.0
 MAX_VISITS = 500
+# One walk, over all its pages: rooms waiting to be visited, rooms visited. Past these the
+# walk ends (a parked walk costs bounded memory).
+MAX_STACK = 2000
+MAX_WALK_ROOMS = 5000
 
 
 class BadPaginationToken(RoomError):
@@ -131,13 +136,13 @@ class SpaceWalker:
             if max_depth is not None and entry.depth >= max_depth:
                 continue
             remote = self._cached_children(entry.room_id, suggested_only)
-            for child in reversed(children):
-                child_id = child["state_key"]
-                if child_id not in walk.processed:
-                    walk.stack.append(_Entry(child_id, tuple(valid_via(child["content"])), entry.depth + 1,
-                                             remote.get(child_id)))
+            pending = [_Entry(c["state_key"], tuple(valid_via(c["content"])), entry.depth + 1,
+                              remote.get(c["state_key"]))
+                       for c in children if c["state_key"] not in walk.processed]
+            # Depth first: the first child is visited next (the first ones kept at the bound).
+            walk.stack.extend(reversed(pending[:max(0, MAX_STACK - len(walk.stack))]))
         out: dict[str, Any] = {"rooms": rooms}
-        if walk.stack:
+        if walk.stack and len(walk.processed) < MAX_WALK_ROOMS:
             out["next_batch"] = self._park(walk)
         return out
 
