@@ -22,8 +22,10 @@ from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.errors import forbidden
 from homeserver.federation.auth import ORIGIN, BodyLimits, make_auth_middleware
 from homeserver.federation.directory_api import FederationDirectoryAPI
+from homeserver.federation.hierarchy_api import FederationHierarchyAPI
 from homeserver.federation.keys_api import key_routes
 from homeserver.federation.pipeline import InboundProcessor
+from homeserver.federation.query_api import FederationQueryAPI
 from homeserver.federation.rooms_api import FederationRoomsAPI, user_store_profiles
 from homeserver.federation.sender import OutboundSender
 from homeserver.federation.transport import FederationTransport
@@ -39,16 +41,20 @@ from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.checks.receipt import PduChecker
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.fetcher import RemoteFetcher
+from homeserver.rooms.hierarchy import SpaceHierarchy
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.remote import RemoteMembership
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import RoomMembershipStore
+from homeserver.rooms.timestamps import TimestampLookup
 from homeserver.storage.database import Database, open_database
 from homeserver.storage.directory import DirectoryStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.inbox import InboxStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
+from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.timestamps import TimestampStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -198,6 +204,14 @@ def create_federation_app(services: Services) -> web.Application:
     )
     app.add_routes(rooms_api.routes())
     app.add_routes(FederationDirectoryAPI(services.directory).routes())
+    app.add_routes(FederationHierarchyAPI(
+        SpaceHierarchy(services.config.server_name, services.rooms),
+        TimestampLookup(services.event_store, TimestampStore(services.db)), services.event_store,
+    ).routes())
+    # After the known query types (profile: rooms_api, directory: directory_api).
+    app.add_routes(FederationQueryAPI(
+        rooms_api, services.event_store, OpenIdStore(services.db), clock=services.clock
+    ).routes())
     return app
 
 

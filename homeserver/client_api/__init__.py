@@ -5,7 +5,8 @@ log in, create and join rooms, talk, moderate and /sync.
 membership and state reads, events.py sending and pagination, sync.py, profile.py,
 ephemeral.py typing, receipts and read markers, account_data.py account data,
 capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
-the published room directory)
+the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
+tokens)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
@@ -22,6 +23,8 @@ from homeserver.client_api.devices import DevicesAPI
 from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
+from homeserver.client_api.hierarchy import HierarchyAPI
+from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
@@ -34,14 +37,19 @@ from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
+from homeserver.rooms.hierarchy import SpaceHierarchy
 from homeserver.rooms.outbox import Outbox
 from homeserver.rooms.persist import EventPersister
 from homeserver.rooms.service import RoomService
+from homeserver.rooms.space_walk import SpaceWalker
+from homeserver.rooms.timestamps import TimestampLookup
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.timeline import TimelineStore
+from homeserver.storage.timestamps import TimestampStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -99,5 +107,9 @@ def create_client_api_app(
     app.add_routes(CapabilitiesAPI(auth).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(auth).routes())
+    walker = SpaceWalker(SpaceHierarchy(config.server_name, rooms), federation, clock=clock)
+    timestamps = TimestampLookup(events, TimestampStore(events.db), rooms.remote.fetcher, backfiller.servers)
+    app.add_routes(HierarchyAPI(auth, walker, timestamps, timeline).routes())
+    app.add_routes(OpenIdAPI(config.server_name, cc, auth, OpenIdStore(events.db), clock=clock).routes())
 
     return app

@@ -1,6 +1,7 @@
 """Inbound request authentication: every federation request is X-Matrix verified.
 
-Only the key endpoints and ``/_matrix/federation/v1/version`` are open. A missing or
+Only the key endpoints, ``/_matrix/federation/v1/version`` and ``/openid/userinfo``
+(which takes an OpenID token instead) are open. A missing or
 malformed header, an unknown key, a bad signature or a destination that is not this
 server is answered 401 M_UNAUTHORIZED before any handler runs. The verified origin is
 stored on the request as ``request[ORIGIN]``.
@@ -47,7 +48,9 @@ FLOAT_FREE: web.RequestKey[bool] = web.RequestKey("float_free", bool)
 # /send's body limit when none is configured (inbound.max_transaction_bytes).
 DEFAULT_SEND_BODY = 4 * 1024 * 1024
 
-OPEN_PATHS = ("/_matrix/key/", "/_matrix/federation/v1/version", "/.well-known/")
+# /openid/userinfo is called by integration managers with an OpenID token, not by servers.
+OPEN_PATHS = ("/_matrix/key/", "/_matrix/federation/v1/version", "/.well-known/",
+              "/_matrix/federation/v1/openid/userinfo")
 # Endpoints whose body is one event, or lists of event IDs (get_missing_events names the
 # sender's forward extremities, as many as its room has forks).
 _EVENT_ENDPOINTS = frozenset({"send_join", "send_leave", "send_knock", "get_missing_events"})

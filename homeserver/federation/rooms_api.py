@@ -380,7 +380,16 @@ class FederationRoomsAPI:
             version = get_room_version(raw_version)
         except UnsupportedRoomVersion:
             raise incompatible(str(raw_version)) from None
-        pdu = dict(body["event"])
+        signed = await self.accept_invite(
+            room_id, event_id, origin, version, dict(body["event"]), body.get("invite_room_state", [])
+        )
+        return json_response({"event": signed})
+
+    async def accept_invite(
+        self, room_id: str, event_id: str, origin: str, version: RoomVersion, pdu: dict[str, Any], state: Any
+    ) -> dict[str, Any]:
+        """Check an invite for one of our users (v1 and v2 alike), store it with its
+        stripped state ``state`` and return it countersigned."""
         # 1. Signature, format and hash of the invite.
         try:
             if compute_event_id(pdu, version) != event_id:
@@ -402,7 +411,6 @@ class FederationRoomsAPI:
         if not is_valid_user_id(event.state_key) or server_name_of(event.state_key) != self.server_name:
             raise invalid("The invited user is not a user of this server")
         # 3. The stripped state: entries of the room, with its create event (room v12).
-        state = body.get("invite_room_state", [])
         if not isinstance(state, list):
             raise invalid("invite_room_state must be a list")
         limits = self._rooms.invite_limits
@@ -426,7 +434,7 @@ class FederationRoomsAPI:
             await self._rooms.receive_invite(event.state_key, room_id, signed, event_id, version.identifier, entries)
         except InviteRefused as e:
             raise (too_large(e.reason) if e.too_large else forbidden(e.reason)) from None
-        return json_response({"event": signed})
+        return signed
 
     @staticmethod
     def _same_room(entry: dict[str, Any], room_id: str, version: RoomVersion) -> bool:

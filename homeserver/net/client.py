@@ -297,9 +297,11 @@ class FederationClient:
         timeout: float | None = None,
         signed: bool = True,
         pool: str = FEDERATION_POOL,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> Any:
         """Send a (signed) JSON request; return the parsed JSON reply or raise. ``pool``:
-        ``KEY_POOL`` for key fetches, which have a pool of their own."""
+        ``KEY_POOL`` for key fetches, which have a pool of their own; ``max_bytes``: a
+        smaller bound than ``MAX_RESPONSE_BYTES`` on the reply's body."""
         uri = path
         if query:
             pairs = []
@@ -322,7 +324,7 @@ class FederationClient:
         try:
             return await self._send_to_any(
                 session, method, destination, path, targets, uri, data, headers,
-                timeout or self._config.request_timeout,
+                timeout or self._config.request_timeout, min(max_bytes, MAX_RESPONSE_BYTES),
             )
         except FederationRequestError as e:
             if self._metrics is not None:
@@ -339,7 +341,7 @@ class FederationClient:
 
     async def _send_to_any(
         self, session: aiohttp.ClientSession, method: str, destination: str, path: str, targets: list[Target],
-        uri: str, data: bytes | None, headers: dict[str, str], total: float,
+        uri: str, data: bytes | None, headers: dict[str, str], total: float, max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> Any:
         """Send to the first target; to the next only when no connection could be made to
         one (the request was not sent), all within one ``total`` timeout."""
@@ -349,7 +351,9 @@ class FederationClient:
                 total=max(deadline - time.monotonic(), 0.001), connect=self._config.connect_timeout
             )
             try:
-                return await self._send(session, method, destination, path, target, uri, data, headers, req_timeout)
+                return await self._send(
+                    session, method, destination, path, target, uri, data, headers, req_timeout, max_bytes
+                )
             except FederationRequestError as e:
                 if e.status is None:
                     self._close_idle(target, session)
@@ -360,6 +364,7 @@ class FederationClient:
     async def _send(
         self, session: aiohttp.ClientSession, method: str, destination: str, path: str, target: Target, uri: str,
         data: bytes | None, headers: dict[str, str], req_timeout: aiohttp.ClientTimeout,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> Any:
         url = URL(target.base_url + uri, encoded=True)
         try:
@@ -376,8 +381,8 @@ class FederationClient:
                 # An SRV target: SNI and the certificate check use the server name, not the target.
                 server_hostname=target.server_hostname,
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(raw) > MAX_RESPONSE_BYTES:
+                raw = await _read_at_most(resp.content, max_bytes + 1)
+                if len(raw) > max_bytes:
                     raise FederationRequestError(destination, "response too large", resp.status)
                 try:
                     body = loads(raw) if raw else None
@@ -413,6 +418,20 @@ class FederationClient:
 
     async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
         return await self.request("POST", destination, path, content=content, **kw)
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, until its end or ``limit`` bytes (``StreamReader.read(n)`` alone answers
+    only what has arrived so far, which cuts a body that comes in several chunks)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 class KeyFetchClient:

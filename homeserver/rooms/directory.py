@@ -114,7 +114,7 @@ def _required_level(power_levels: Event | None, event_type: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 50
 
 
-def _plain_topic(content: Mapping[str, Any]) -> str | None:
+def plain_topic(content: Mapping[str, Any]) -> str | None:
     """The plain-text topic: ``m.topic``'s text/plain body, else ``topic``."""
     rich = content.get("m.topic")
     texts = rich.get("m.text") if isinstance(rich, dict) else None
@@ -391,7 +391,7 @@ class RoomDirectory:
         }
         fields = {
             "name": content("m.room.name").get("name"),
-            "topic": _plain_topic(content("m.room.topic")),
+            "topic": plain_topic(content("m.room.topic")),
             "canonical_alias": content(ALIAS_EVENT).get("alias"),
             "avatar_url": content("m.room.avatar").get("url"),
             "join_rule": content("m.room.join_rules").get("join_rule"),
