@@ -1,6 +1,9 @@
 """One destination's side of the outbound sender: its flags (backoff, dead, catch-up),
 and the worker task that sends its durable queue as /send transactions, one in flight at a
-time, retrying with backoff and collapsing the queue to catch-up markers when it must.
+time (at most ``max_pdus_per_transaction`` PDUs read from the database for each), retrying
+with backoff. After an outage the whole queue is replayed in order; it is collapsed to
+catch-up markers only past the replay bound (``catch_up_max_pdus`` queued PDUs, or the
+oldest older than ``catch_up_max_age_hours``) or when the destination is dead.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class DestinationQueue:
                     continue
                 self._wake.clear()
                 if state.failure_count and not state.catch_up:
-                    await self._catch_up_if_needed("threshold")
+                    await self._catch_up_if_needed()
                     state = await self.store.load_state(dest)
                 batch = await self._next_batch(state)
                 if batch is None:
@@ -220,15 +223,16 @@ class DestinationQueue:
         next_attempt = now + int(interval * jitter)
         first = state.first_failure_ts if state.first_failure_ts is not None else now
         dead = is_dead(first, now, cfg)
-        pdus, edus = await self.store.queue_depth(dest)
-        collapse = dead or pdus > cfg.catch_up_threshold
+        # Dead: collapsed whatever its size; already in catch-up: one marker per room.
+        past = "dead" if dead else None if state.catch_up else await self._past_replay_bound()
+        collapse = past is not None
         if collapse:
             # Before the collapse commits, as in _catch_up_if_needed.
             self.catch_up = True
         await self.store.failed(dest, first, interval, next_attempt, dead, collapse)
-        if collapse:
-            self.metrics.outbound_catch_ups.labels("dead" if dead else "threshold").inc()
-            pdus, edus = await self.store.queue_depth(dest)
+        if past is not None:
+            self.metrics.outbound_catch_ups.labels(past).inc()
+        pdus, edus = await self.store.queue_depth(dest)
         self.depth = (pdus, edus)
         self.backoff = True
         if dead:
@@ -245,9 +249,21 @@ class DestinationQueue:
             )
         self._changed()
 
-    async def _catch_up_if_needed(self, reason: str) -> None:
-        pdus, _ = await self.store.queue_depth(self.destination)
-        if pdus <= self.config.catch_up_threshold:
+    async def _past_replay_bound(self) -> str | None:
+        """Why the queue is past what a recovering destination is replayed ("threshold":
+        more than ``catch_up_max_pdus`` PDUs; "age": the oldest queued longer than
+        ``catch_up_max_age_hours`` ago), or None: it is replayed in full, in order."""
+        pdus, oldest_ts = await self.store.pdu_queue_extent(self.destination)
+        if pdus > self.config.replay_max_pdus:
+            return "threshold"
+        max_age_ms = self.config.catch_up_max_age_hours * 3_600_000
+        if oldest_ts is not None and self.clock.time_ms() - oldest_ts > max_age_ms:
+            return "age"
+        return None
+
+    async def _catch_up_if_needed(self) -> None:
+        reason = await self._past_replay_bound()
+        if reason is None:
             return
         # In catch-up before the collapse commits: an event enqueued meanwhile already
         # replaces its room's marker instead of growing the queue.
@@ -255,4 +271,4 @@ class DestinationQueue:
         await self.store.collapse(self.destination)
         self.metrics.outbound_catch_ups.labels(reason).inc()
         log.info("catching destination up instead of replaying its queue",
-                 extra={"destination": self.destination, "queued": pdus})
+                 extra={"destination": self.destination, "reason": reason})
