@@ -3,7 +3,9 @@ and the worker task that sends its durable queue as /send transactions, one in f
 time (at most ``max_pdus_per_transaction`` PDUs read from the database for each), retrying
 with backoff. After an outage the whole queue is replayed in order; it is collapsed to
 catch-up markers only past the replay bound (``catch_up_max_pdus`` queued PDUs, or the
-oldest older than ``catch_up_max_age_hours``) or when the destination is dead.
+oldest older than ``catch_up_max_age_hours``) or when the destination is dead. A backlog
+is paced: after a full transaction the next waits until the destination holds the last
+event sent (``_pace``), so a receiver that stages before it processes is not flooded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from homeserver.storage.outbox import Batch, DestinationState, OutboxStore
 from homeserver.util.clock import Clock
 
 log = logging.getLogger("homeserver.federation.sender")
+
+# Replay pacing (``DestinationQueue._pace``): first poll interval, doubling up to the max.
+PACE_FIRST_POLL_SECONDS = 0.05
+PACE_MAX_POLL_SECONDS = 1.0
 
 
 class DestinationQueue:
@@ -203,6 +209,34 @@ class DestinationQueue:
                         extra={"destination": dest, "event_id": event_id, "error": str(result["error"])[:200]},
                     )
         await self._succeeded(state, batch)
+        if len(batch.pdu_rows) >= self.config.max_pdus_per_transaction and (await self.store.queue_depth(dest))[0]:
+            await self._pace(dest, batch)
+
+    async def _pace(self, dest: str, batch: Batch) -> None:
+        """A full transaction went and more are queued behind it (a replay, or a burst the
+        destination is slow to take): wait until the destination holds the transaction's
+        last event before sending the next, polling ``GET /event`` (404: not yet) for at
+        most ``send_timeout``. Synapse acknowledges a transaction once its PDUs are staged,
+        processes them afterwards, and cuts a room's staging area down to its forward
+        extremities once it holds 100 events: a backlog sent as fast as it is acknowledged
+        would mostly be lost to a gap that it fetches only 10 events at a time."""
+        path = f"/_matrix/federation/v1/event/{quote(batch.pdu_rows[-1][1], safe='')}"
+        deadline = self.clock.time_ms() + self.config.send_timeout * 1000
+        delay = PACE_FIRST_POLL_SECONDS
+        while True:
+            try:
+                await self.client.get_json(dest, path, timeout=self.config.send_timeout)
+                return
+            except FederationRequestError as e:
+                if e.status != 404:
+                    return  # not a "not yet": pacing cannot tell, send on
+            left = (deadline - self.clock.time_ms()) / 1000
+            if left <= 0:
+                log.info("destination still lacks the last event sent; sending on",
+                         extra={"destination": dest, "event_id": batch.pdu_rows[-1][1]})
+                return
+            await self.clock.sleep(min(delay, left))
+            delay = min(2 * delay, PACE_MAX_POLL_SECONDS)
 
     async def _succeeded(self, state: DestinationState, batch: Batch) -> None:
         await self.store.delivered(state.destination, batch, self.clock.time_ms())

@@ -158,6 +158,45 @@ async def test_everything_queued_during_an_outage_is_replayed_in_order(
         assert b.pdu_ids()[before:] == [e.event_id for e in sent]
 
 
+async def test_a_backlog_waits_for_each_transaction_to_be_held_before_the_next(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
+) -> None:
+    """A receiver that acknowledges /send before it holds the events (Synapse stages them,
+    and prunes a room's staging area past 100): after each full transaction of a backlog,
+    the next is sent only once GET /event shows the last event of the one before."""
+    _, c = peers
+    c.event_hidden_polls = 2
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca)
+    async with running_server(cfg) as a:
+        sender = a.services.sender
+        room = await room_with(a, c)
+        await c.go_down()
+        sent = [await room.message(f"m{i}") for i in range(120)]
+
+        async def failing() -> bool:
+            st = await sender.get_state(c.server_name)
+            return st is not None and st.failure_count >= 1
+
+        await eventually(failing)
+        await c.start()
+        await c.wait_for(lambda r: len(r.pdu_ids()) >= 120)
+        assert c.pdu_ids() == [e.event_id for e in sent]
+    sends = [i for i, entry in enumerate(c.requests_log) if entry[0] == "send"]
+    sizes = [c.requests_log[i][2] for i in sends]
+    # (The first is the transaction that failed, retried as it was: what was queued then.)
+    assert sum(sizes) == 120 and sizes.count(50) >= 2
+    for n, (this, following) in enumerate(zip(sends, sends[1:], strict=False)):
+        last = c.pdu_ids()[sum(sizes[: n + 1]) - 1]
+        polls = [e for e in c.requests_log[this:following] if e[0] == "event"]
+        if sizes[n] == 50:
+            # Asked about its last event until it was there (two 404s, then 200), then sent on.
+            assert polls == [("event", last, 404), ("event", last, 404), ("event", last, 200)]
+        else:
+            assert polls == []  # not a full transaction: not waited for
+    # The tail (nothing behind it) is not waited for.
+    assert not [e for e in c.requests_log[sends[-1]:] if e[0] == "event"]
+
+
 async def test_queue_older_than_the_age_bound_is_caught_up(
     db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
 ) -> None:
