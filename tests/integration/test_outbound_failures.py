@@ -7,6 +7,7 @@ bound (catch_up_max_pdus, catch_up_max_age_hours) or it was past the dead horizo
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ async def test_a_backlog_waits_for_each_transaction_to_be_held_before_the_next(
     sizes = [c.requests_log[i][2] for i in sends]
     # (The first is the transaction that failed, retried as it was: what was queued then.)
     assert sum(sizes) == 120 and sizes.count(50) >= 2
-    for n, (this, following) in enumerate(zip(sends, sends[1:], strict=False)):
+    for n, (this, following) in enumerate(itertools.pairwise(sends)):
         last = c.pdu_ids()[sum(sizes[: n + 1]) - 1]
         polls = [e for e in c.requests_log[this:following] if e[0] == "event"]
         if sizes[n] == 50:
