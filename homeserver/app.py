@@ -20,10 +20,11 @@ from homeserver.config import Config
 from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
 from homeserver.errors import forbidden
+from homeserver.events.versions import get_room_version
 from homeserver.federation.auth import ORIGIN, BodyLimits, make_auth_middleware
 from homeserver.federation.directory_api import FederationDirectoryAPI
 from homeserver.federation.hierarchy_api import FederationHierarchyAPI
-from homeserver.federation.keys_api import key_routes
+from homeserver.federation.keys_api import key_routes, well_known_server_route
 from homeserver.federation.pipeline import InboundProcessor
 from homeserver.federation.query_api import FederationQueryAPI
 from homeserver.federation.rooms_api import FederationRoomsAPI, user_store_profiles
@@ -131,6 +132,12 @@ class Services:
         )
         event_store = EventStore(db)
         persister = EventPersister(event_store, clock=clock, notifier=notifier)
+        if config.outbound.catch_up_threshold is not None:
+            log.warning(
+                "outbound.catch_up_threshold is deprecated: it overrides outbound.catch_up_max_pdus "
+                "(queued PDUs replayed to a recovering destination); remove it to replay up to "
+                "catch_up_max_pdus", extra={"catch_up_threshold": config.outbound.catch_up_threshold},
+            )
         sender = OutboundSender(config.server_name, db, client, config.outbound, metrics, clock=clock)
         stack.push_async_callback(sender.stop)
         await sender.start()
@@ -157,6 +164,7 @@ class Services:
         directory = RoomDirectory(config.server_name, DirectoryStore(db), rooms, client)
         rooms.alias_resolver = directory.resolve  # joins by alias
         rooms.invite_limits = config.invites  # caps on other servers' invites
+        rooms.default_room_version = get_room_version(config.rooms.default_room_version)
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, clock,
@@ -184,8 +192,10 @@ def create_federation_app(services: Services) -> web.Application:
         ],
         client_max_size=8 * 1024 * 1024,
     )
-    app.add_routes(key_routes(services.config, services.signing_key, services.clock))
-    app.add_routes([health_route(services.db)])
+    app.add_routes(key_routes(
+        services.config, services.signing_key, services.clock, keyring=services.keyring, metrics=services.metrics
+    ))
+    app.add_routes([health_route(services.db), well_known_server_route(services.config)])
     transport = FederationTransport(
         services.config.server_name,
         services.config.inbound,
@@ -273,5 +283,6 @@ def create_client_app(services: Services) -> web.Application:
         clock=services.clock,
         notifier=services.notifier,
     )
-    app.add_routes([health_route(services.db)])
+    # Where a reverse proxy sends the server name's https://<name>/.well-known/ requests.
+    app.add_routes([health_route(services.db), well_known_server_route(services.config)])
     return app

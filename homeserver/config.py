@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from homeserver.events.identifiers import is_valid_server_name
+from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from homeserver.util.hostport import parse_nameserver
 
 
 class ConfigError(Exception):
@@ -169,9 +171,14 @@ class OutboundConfig:
     # A destination failing for longer than this stops being tried; its queue shrinks to
     # our newest event of each room until it contacts us again.
     dead_after_days: float = 7.0
-    # Queued PDUs past which a recovering destination is caught up (newest event of each
-    # room, the receiver fetches the gap) instead of replayed.
-    catch_up_threshold: int = 100
+    # A recovering destination gets its whole queue replayed, in order, while the queue
+    # holds at most catch_up_max_pdus PDUs, the oldest queued at most catch_up_max_age_hours
+    # ago; past either bound it is caught up instead (our newest event of each room, the
+    # receiver fetches the gap). catch_up_threshold: the older name of catch_up_max_pdus
+    # (generated configs held 100); when set it overrides catch_up_max_pdus.
+    catch_up_max_pdus: int = 10_000
+    catch_up_max_age_hours: float = 24.0
+    catch_up_threshold: int | None = None
     max_pdus_per_transaction: int = 50
     max_edus_per_transaction: int = 100
     # EDUs kept per destination while it is unreachable (oldest dropped past this).
@@ -180,6 +187,33 @@ class OutboundConfig:
     send_timeout: float = 30.0
     # Seconds between sweeps that pick up queues whose wake-up was missed.
     sweep_interval: float = 30.0
+
+
+    @property
+    def replay_max_pdus(self) -> int:
+        """The PDU bound in force (the deprecated catch_up_threshold wins when set)."""
+        return self.catch_up_max_pdus if self.catch_up_threshold is None else self.catch_up_threshold
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    # Version of rooms created without one, and capabilities' m.room_versions.default.
+    default_room_version: str = DEFAULT_ROOM_VERSION.identifier
+
+    def __post_init__(self) -> None:
+        if self.default_room_version not in KNOWN_ROOM_VERSIONS:
+            raise ConfigError(f"rooms.default_room_version: must be one of {', '.join(KNOWN_ROOM_VERSIONS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class WellKnownConfig:
+    # Delegation: served as /.well-known/matrix/server ({"m.server": server}, host[:port]
+    # of our federation listener) on both listeners; null: 404 there.
+    server: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.server is not None and not is_valid_server_name(self.server):
+            raise ConfigError(f"well_known.server: {self.server!r} is not a valid server name (host[:port])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +305,11 @@ class FederationLimitsConfig:
     # Server names used as metric labels at most (others are counted as "(other)").
     max_labelled_peers: int = 1000
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ConfigError(f"federation_limits.{f.name}: must be positive")
+
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
@@ -295,6 +334,8 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     federation_limits: FederationLimitsConfig = field(default_factory=FederationLimitsConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    well_known: WellKnownConfig = field(default_factory=WellKnownConfig)
 
 
 _PATH_KEYS = {
@@ -401,18 +442,13 @@ def _validate(config: Config) -> None:
             "listeners.federation.tls_certificate_path: required (with tls_private_key_path) "
             "when listeners.federation.tls is true"
         )
-    for name, listener in (
-        ("listeners.client", config.listeners.client),
-        ("listeners.federation", fed),
-        ("listeners.metrics", config.listeners.metrics),
-    ):
-        if not 0 <= listener.port <= 65535:
-            raise ConfigError(f"{name}.port: must be between 0 and 65535")
     for name, limits in (
         ("listeners.client", config.listeners.client),
         ("listeners.federation", fed),
         ("listeners.metrics", config.listeners.metrics),
     ):
+        if not 0 <= limits.port <= 65535:
+            raise ConfigError(f"{name}.port: must be between 0 and 65535")
         for key_name, number in (
             ("max_connections", limits.max_connections),
             ("header_timeout", limits.header_timeout),
@@ -470,7 +506,9 @@ def _validate(config: Config) -> None:
         ("outbound.backoff_initial_seconds", out.backoff_initial_seconds),
         ("outbound.backoff_ceiling_seconds", out.backoff_ceiling_seconds),
         ("outbound.dead_after_days", out.dead_after_days),
-        ("outbound.catch_up_threshold", out.catch_up_threshold),
+        ("outbound.catch_up_max_pdus", out.catch_up_max_pdus),
+        ("outbound.catch_up_max_age_hours", out.catch_up_max_age_hours),
+        ("outbound.catch_up_threshold", 1 if out.catch_up_threshold is None else out.catch_up_threshold),
         ("outbound.max_queued_edus", out.max_queued_edus),
         ("outbound.send_timeout", out.send_timeout),
         ("outbound.sweep_interval", out.sweep_interval),
@@ -510,23 +548,6 @@ def _validate(config: Config) -> None:
     _validate_client_security(cl)
     if config.key_validity_period_ms <= 0:
         raise ConfigError("key_validity_period_ms: must be positive")
-    _validate_federation_limits(config.federation_limits)
-
-
-def _validate_federation_limits(lim: FederationLimitsConfig) -> None:
-    for key_name, number in (
-        ("event_body_bytes", lim.event_body_bytes),
-        ("invite_body_bytes", lim.invite_body_bytes),
-        ("default_body_bytes", lim.default_body_bytes),
-        ("unverified_body_bytes", lim.unverified_body_bytes),
-        ("unverified_body_wait_seconds", lim.unverified_body_wait_seconds),
-        ("max_concurrent_key_fetches", lim.max_concurrent_key_fetches),
-        ("key_fetch_memory", lim.key_fetch_memory),
-        ("key_fetch_warnings_per_minute", lim.key_fetch_warnings_per_minute),
-        ("max_labelled_peers", lim.max_labelled_peers),
-    ):
-        if number <= 0:
-            raise ConfigError(f"federation_limits.{key_name}: must be positive")
 
 
 def _validate_client_security(cl: ClientConfig) -> None:
@@ -579,22 +600,3 @@ def load_config(path: str | Path) -> Config:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {p} is not valid YAML{where}") from None
     return parse_config(data, p.resolve().parent)
-
-
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
-    spec = spec.strip()
-    if not spec:
-        raise ValueError("empty nameserver address")
-    if spec.startswith("["):
-        end = spec.index("]")
-        host, rest = spec[1:end], spec[end + 1 :]
-        port = int(rest[1:]) if rest.startswith(":") else 53
-    elif spec.count(":") == 1:
-        host, port_text = spec.split(":")
-        port = int(port_text)
-    else:
-        host, port = spec, 53
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"invalid nameserver address {spec!r}")
-    return host, port

@@ -177,10 +177,16 @@ outbound:
   # A destination failing for longer than this many days stops being tried, and its queue
   # shrinks to our newest event of each room, until it contacts us again.
   dead_after_days: 7.0
-  # When more PDUs than this are queued for a destination that is failing, it is caught
-  # up instead of replayed: only our newest event of each room is sent, and the receiver
-  # fetches the gap with /get_missing_events.
-  catch_up_threshold: 100
+  # A destination that comes back after failing gets everything queued meanwhile, in
+  # order (Synapse fetches only 10 missed events and shows the rest as a gap). Past
+  # catch_up_max_pdus queued PDUs, or when the oldest was queued more than
+  # catch_up_max_age_hours ago, it is caught up instead: only our newest event of each
+  # room is sent, and the receiver fetches the gap with /get_missing_events.
+  catch_up_max_pdus: 10000
+  catch_up_max_age_hours: 24.0
+  # The older name of catch_up_max_pdus (earlier generated configs held 100): when set,
+  # it overrides catch_up_max_pdus. Leave it null.
+  catch_up_threshold: null
   # Size of one transaction (the spec allows at most 50 PDUs and 100 EDUs).
   max_pdus_per_transaction: 50
   max_edus_per_transaction: 100
@@ -190,6 +196,19 @@ outbound:
   send_timeout: 30.0
   # Seconds between sweeps that pick up queues whose wake-up was missed.
   sweep_interval: 30.0
+
+rooms:
+  # Version of rooms created without one (createRoom's room_version), also advertised as
+  # the default in the client capabilities: "10", "11" or "12".
+  default_room_version: "12"
+
+well_known:
+  # Delegation: when other servers should reach this server somewhere else than its
+  # server name says (e.g. server_name example.org, federation on matrix.example.org:443),
+  # host[:port] served as GET /.well-known/matrix/server ({"m.server": ...}) on both
+  # listeners; route https://<server_name>/.well-known/matrix/ to one of them. null: 404.
+  # (/.well-known/matrix/client answers client.public_baseurl.)
+  server: null
 
 backfill:
   # History from before we joined a room: when a client pages /messages back past the

@@ -139,6 +139,11 @@ class Metrics:
             "hs_missing_events_seconds", "Time spent filling a gap (get_missing_events, state_ids)",
             registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0),
         )
+        self.key_notary_servers = Counter(
+            "hs_key_notary_servers", "Servers named in queries to our notary endpoints (/key/v2/query),"
+            " by answer: own, cached, fetched, stale (cached, not valid as long as asked), none",
+            ["result"], registry=r,
+        )
         # ---- outbound federation
         self.outbound_pdus = peer(Counter(
             "hs_outbound_pdus", "PDUs sent, per destination", ["destination"], registry=r

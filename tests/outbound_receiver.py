@@ -3,7 +3,8 @@
 ``Receiver`` is a small HTTPS federation server: it serves its own signed key document,
 verifies every ``PUT /send`` X-Matrix header with the origin's published key (fetched over
 HTTPS, checked with the project's verifier), records transactions, answers a repeated
-txnId as the spec asks (same reply, no second effect), and can be told to fail (500),
+txnId as the spec asks (same reply, no second effect), answers ``GET /event`` for the PDUs
+it received (optionally only after some polls), and can be told to fail (500),
 hang (accept and never answer) or go down (stop listening) and come back on the same port.
 
 ``Blackhole`` accepts TCP connections and never sends a byte; it counts the sockets held.
@@ -69,6 +70,12 @@ class Receiver:
     attempts: int = 0
     room_version: str = "10"
     attempt_txn_ids: list[str] = field(default_factory=list)
+    event_requests: int = 0  # GET /event (the sender's pacing of a backlog)
+    # GET /event answers 404 to this many requests for an event before it shows it (as a
+    # receiver that acknowledges /send before it has processed the PDUs).
+    event_hidden_polls: int = 0
+    # ("send", txn_id, number of PDUs) and ("event", event_id, status), in arrival order.
+    requests_log: list[tuple[str, str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -95,6 +102,7 @@ class Receiver:
         app.add_routes([
             web.get("/_matrix/key/v2/server", self._keys_handler),
             web.put("/_matrix/federation/v1/send/{txn_id}", self._send_handler),
+            web.get("/_matrix/federation/v1/event/{event_id}", self._event_handler),
         ])
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -196,10 +204,26 @@ class Receiver:
         txn = ReceivedTxn(auth.origin, txn_key[1], body.get("pdus", []), body.get("edus", []), time.monotonic())
         reply: dict[str, Any] = {"pdus": {self._event_id(p): {} for p in txn.pdus}}
         self._replies[txn_key] = reply
+        self.requests_log.append(("send", txn.txn_id, len(txn.pdus)))
         async with self.changed:
             self.transactions.append(txn)
             self.changed.notify_all()
         return web.json_response(reply)
+
+
+    async def _event_handler(self, request: web.Request) -> web.Response:
+        """GET /event: a PDU received (unauthenticated here), else 404 (the sender's pacing
+        of a backlog asks whether the last event of a transaction arrived)."""
+        self.event_requests += 1
+        wanted = request.match_info["event_id"]
+        asked = sum(1 for kind, event_id, _ in self.requests_log if kind == "event" and event_id == wanted)
+        for t in self.transactions:
+            for p in t.pdus:
+                if self._event_id(p) == wanted and asked >= self.event_hidden_polls:
+                    self.requests_log.append(("event", wanted, 200))
+                    return web.json_response({"origin": self.server_name, "origin_server_ts": 0, "pdus": [p]})
+        self.requests_log.append(("event", wanted, 404))
+        return web.json_response({"errcode": "M_NOT_FOUND", "error": "not here"}, status=404)
 
 
 class Blackhole:

@@ -104,7 +104,7 @@ def create_client_api_app(
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
-    app.add_routes(CapabilitiesAPI(auth).routes())
+    app.add_routes(CapabilitiesAPI(auth, config.rooms.default_room_version).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(auth).routes())
     walker = SpaceWalker(SpaceHierarchy(config.server_name, rooms), federation, clock=clock)

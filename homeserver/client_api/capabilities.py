@@ -1,8 +1,9 @@
-"""GET /capabilities: the room versions this server creates and supports (events/versions.py)
-and which optional account features exist here (password change; no 3PIDs, no login
-tokens; display name and avatar may be set). And the listings of optional features this
-server does not have, answered as the spec's shapes say a server without them answers:
-no pushers, no third-party identifiers, no third-party protocols (bridges), no TURN server."""
+"""GET /capabilities: the room versions this server supports (events/versions.py), the one
+it creates by default (``rooms.default_room_version``), and which optional account features
+exist here (password change; no 3PIDs, no login tokens; display name and avatar may be
+set). And the listings of optional features this server does not have, answered as the
+spec's shapes say a server without them answers: no pushers, no third-party identifiers,
+no third-party protocols (bridges), no TURN server."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from homeserver.http import json_response
 class CapabilitiesAPI:
     """``GET /capabilities``: what this server offers of the optional client API."""
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, default_room_version: str = DEFAULT_ROOM_VERSION.identifier) -> None:
         self.auth = auth
+        self.default_room_version = default_room_version  # rooms.default_room_version
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -46,7 +48,7 @@ class CapabilitiesAPI:
         await self.auth.requester(request)
         versions = {v.identifier: "stable" if v.stable else "unstable" for v in KNOWN_ROOM_VERSIONS.values()}
         return json_response({"capabilities": {
-            "m.room_versions": {"default": DEFAULT_ROOM_VERSION.identifier, "available": versions},
+            "m.room_versions": {"default": self.default_room_version, "available": versions},
             # POST /account/password exists; no 3PID endpoints, no /login/get_token.
             "m.change_password": {"enabled": True},
             "m.3pid_changes": {"enabled": False},

@@ -152,6 +152,18 @@ class KeyRing:
             raise KeyNotFoundError(f"key {key_id} of {server_name} is not valid at {at}")
         return decode_verify_key_bytes(key_id, decode_b64(key.verify_key))
 
+    async def cached_document(self, server_name: str) -> dict[str, Any] | None:
+        """The last verified key document of ``server_name`` as it was received (the
+        server's own signature, and a notary's if it came through one), or None."""
+        return await self._store.get_document(server_name)
+
+    async def refresh(self, server_name: str) -> None:
+        """Fetch the server's keys now (for the notary endpoints), bounded like every other
+        fetch: shared with one already in flight, within the concurrency limit, and not
+        at all within ``REFETCH_INTERVAL_MS`` of the last fetch or the failure backoff."""
+        if server_name != self.server_name:
+            await self._fetch_coalesced(server_name, None)
+
     async def _lookup(self, server_name: str, key_id: str) -> StoredKey | None:
         mem = self._memory.get((server_name, key_id))
         if mem is not None:
@@ -173,14 +185,14 @@ class KeyRing:
             return False
         return True
 
-    async def _fetch_coalesced(self, server_name: str, key_id: str) -> None:
+    async def _fetch_coalesced(self, server_name: str, key_id: str | None) -> None:
         if self._recently_fetched(server_name):
             return
         fut = self._inflight.get(server_name)
         if fut is None:
             # A fetch that finished while this caller was reading the database may
             # already have brought the key.
-            known = self._memory.peek((server_name, key_id))
+            known = None if key_id is None else self._memory.peek((server_name, key_id))
             if known is not None and known.valid_until_ts >= self._clock.time_ms():
                 return
             fut = asyncio.get_running_loop().create_future()

@@ -1,6 +1,11 @@
 """One destination's side of the outbound sender: its flags (backoff, dead, catch-up),
 and the worker task that sends its durable queue as /send transactions, one in flight at a
-time, retrying with backoff and collapsing the queue to catch-up markers when it must.
+time (at most ``max_pdus_per_transaction`` PDUs read from the database for each), retrying
+with backoff. After an outage the whole queue is replayed in order; it is collapsed to
+catch-up markers only past the replay bound (``catch_up_max_pdus`` queued PDUs, or the
+oldest older than ``catch_up_max_age_hours``) or when the destination is dead. A backlog
+is paced: after a full transaction the next waits until the destination holds the last
+event sent (``_pace``), so a receiver that stages before it processes is not flooded.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from homeserver.storage.outbox import Batch, DestinationState, OutboxStore
 from homeserver.util.clock import Clock
 
 log = logging.getLogger("homeserver.federation.sender")
+
+# Replay pacing (``DestinationQueue._pace``): first poll interval, doubling up to the max.
+PACE_FIRST_POLL_SECONDS = 0.05
+PACE_MAX_POLL_SECONDS = 1.0
 
 
 class DestinationQueue:
@@ -109,7 +118,7 @@ class DestinationQueue:
                     continue
                 self._wake.clear()
                 if state.failure_count and not state.catch_up:
-                    await self._catch_up_if_needed("threshold")
+                    await self._catch_up_if_needed()
                     state = await self.store.load_state(dest)
                 batch = await self._next_batch(state)
                 if batch is None:
@@ -200,6 +209,34 @@ class DestinationQueue:
                         extra={"destination": dest, "event_id": event_id, "error": str(result["error"])[:200]},
                     )
         await self._succeeded(state, batch)
+        if len(batch.pdu_rows) >= self.config.max_pdus_per_transaction and (await self.store.queue_depth(dest))[0]:
+            await self._pace(dest, batch)
+
+    async def _pace(self, dest: str, batch: Batch) -> None:
+        """A full transaction went and more are queued behind it (a replay, or a burst the
+        destination is slow to take): wait until the destination holds the transaction's
+        last event before sending the next, polling ``GET /event`` (404: not yet) for at
+        most ``send_timeout``. Synapse acknowledges a transaction once its PDUs are staged,
+        processes them afterwards, and cuts a room's staging area down to its forward
+        extremities once it holds 100 events: a backlog sent as fast as it is acknowledged
+        would mostly be lost to a gap that it fetches only 10 events at a time."""
+        path = f"/_matrix/federation/v1/event/{quote(batch.pdu_rows[-1][1], safe='')}"
+        deadline = self.clock.time_ms() + self.config.send_timeout * 1000
+        delay = PACE_FIRST_POLL_SECONDS
+        while True:
+            try:
+                await self.client.get_json(dest, path, timeout=self.config.send_timeout)
+                return
+            except FederationRequestError as e:
+                if e.status != 404:
+                    return  # not a "not yet": pacing cannot tell, send on
+            left = (deadline - self.clock.time_ms()) / 1000
+            if left <= 0:
+                log.info("destination still lacks the last event sent; sending on",
+                         extra={"destination": dest, "event_id": batch.pdu_rows[-1][1]})
+                return
+            await self.clock.sleep(min(delay, left))
+            delay = min(2 * delay, PACE_MAX_POLL_SECONDS)
 
     async def _succeeded(self, state: DestinationState, batch: Batch) -> None:
         await self.store.delivered(state.destination, batch, self.clock.time_ms())
@@ -220,15 +257,16 @@ class DestinationQueue:
         next_attempt = now + int(interval * jitter)
         first = state.first_failure_ts if state.first_failure_ts is not None else now
         dead = is_dead(first, now, cfg)
-        pdus, edus = await self.store.queue_depth(dest)
-        collapse = dead or pdus > cfg.catch_up_threshold
+        # Dead: collapsed whatever its size; already in catch-up: one marker per room.
+        past = "dead" if dead else None if state.catch_up else await self._past_replay_bound()
+        collapse = past is not None
         if collapse:
             # Before the collapse commits, as in _catch_up_if_needed.
             self.catch_up = True
         await self.store.failed(dest, first, interval, next_attempt, dead, collapse)
-        if collapse:
-            self.metrics.outbound_catch_ups.labels("dead" if dead else "threshold").inc()
-            pdus, edus = await self.store.queue_depth(dest)
+        if past is not None:
+            self.metrics.outbound_catch_ups.labels(past).inc()
+        pdus, edus = await self.store.queue_depth(dest)
         self.depth = (pdus, edus)
         self.backoff = True
         if dead:
@@ -245,9 +283,21 @@ class DestinationQueue:
             )
         self._changed()
 
-    async def _catch_up_if_needed(self, reason: str) -> None:
-        pdus, _ = await self.store.queue_depth(self.destination)
-        if pdus <= self.config.catch_up_threshold:
+    async def _past_replay_bound(self) -> str | None:
+        """Why the queue is past what a recovering destination is replayed ("threshold":
+        more than ``catch_up_max_pdus`` PDUs; "age": the oldest queued longer than
+        ``catch_up_max_age_hours`` ago), or None: it is replayed in full, in order."""
+        pdus, oldest_ts = await self.store.pdu_queue_extent(self.destination)
+        if pdus > self.config.replay_max_pdus:
+            return "threshold"
+        max_age_ms = self.config.catch_up_max_age_hours * 3_600_000
+        if oldest_ts is not None and self.clock.time_ms() - oldest_ts > max_age_ms:
+            return "age"
+        return None
+
+    async def _catch_up_if_needed(self) -> None:
+        reason = await self._past_replay_bound()
+        if reason is None:
             return
         # In catch-up before the collapse commits: an event enqueued meanwhile already
         # replaces its room's marker instead of growing the queue.
@@ -255,4 +305,4 @@ class DestinationQueue:
         await self.store.collapse(self.destination)
         self.metrics.outbound_catch_ups.labels(reason).inc()
         log.info("catching destination up instead of replaying its queue",
-                 extra={"destination": self.destination, "queued": pdus})
+                 extra={"destination": self.destination, "reason": reason})

@@ -26,9 +26,12 @@ Guarantees:
 * A failing destination backs off exponentially with jitter; the retry state lives in the
   database. Any authenticated request from it (``notify_destination_up``) retries it at
   once. Past ``outbound.dead_after_days`` of failures it is not tried at all and its queue
-  shrinks to a catch-up marker: our newest event of each room. A destination whose queue
-  grew past ``outbound.catch_up_threshold`` while failing is caught up the same way; the
-  receiver fetches the gap with /get_missing_events.
+  shrinks to a catch-up marker: our newest event of each room, from which the receiver
+  fetches the gap with /get_missing_events. Short of that, a recovering destination gets its
+  whole queue replayed in order (receivers such as Synapse fetch only a few missing events
+  and show the rest as a gap), read from the database one transaction at a time; only a
+  queue past ``outbound.catch_up_max_pdus`` PDUs, or whose oldest PDU is older than
+  ``outbound.catch_up_max_age_hours``, is caught up the same way.
 * A slow or dead destination costs one worker task and at most one pooled connection for
   /send; it never delays any other destination.
 

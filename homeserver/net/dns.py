@@ -25,8 +25,8 @@ import dns.resolver
 import dns.rrset
 from dns.rdtypes.IN.SRV import SRV
 
-from homeserver.config import parse_nameserver
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.hostport import parse_nameserver
 from homeserver.util.lru import LruCache
 
 __all__ = ["SrvRecord", "SrvResolver", "parse_nameserver", "srv_records"]

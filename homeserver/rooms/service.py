@@ -25,7 +25,7 @@ from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
 from homeserver.events.power import get_power_level, named_level
-from homeserver.events.versions import DEFAULT_ROOM_VERSION, get_room_version
+from homeserver.events.versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room_version
 from homeserver.net.client import FederationRequestError
 from homeserver.notifier import Notifier
 from homeserver.rooms.builder import AlsoInTransaction, EventBuilder
@@ -114,6 +114,8 @@ class RoomService:
         self._member_locks: KeyedLock[tuple[str, str]] = KeyedLock()
         # Caps on what other servers' invites may hold here (set by the app factory).
         self.invite_limits = InvitesConfig()
+        # Version of rooms created without one (``rooms.default_room_version``, set likewise).
+        self.default_room_version: RoomVersion = DEFAULT_ROOM_VERSION
 
     # ------------------------------------------------------------------ helpers
 
@@ -158,7 +160,7 @@ class RoomService:
         sent as the m.room.canonical_alias event. Invites that fail are logged, not fatal."""
         self._require_local(creator)
         try:
-            version = get_room_version(room_version) if room_version is not None else DEFAULT_ROOM_VERSION
+            version = get_room_version(room_version) if room_version is not None else self.default_room_version
         except UnsupportedRoomVersion:
             raise UnsupportedVersion(room_version) from None
         if creation_content is not None and not isinstance(creation_content, Mapping):

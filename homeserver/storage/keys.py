@@ -33,6 +33,17 @@ class KeyStore:
             return None
         return StoredKey(server_name, key_id, row[0], int(row[1]), row[2])
 
+    async def get_document(self, server_name: str) -> dict[str, Any] | None:
+        """The server's last verified key document as received (both ``store_document``
+        callers verified it), or None."""
+        raw = await self._db.fetchval(
+            "SELECT key_json FROM server_key_documents WHERE server_name = ?", server_name
+        )
+        if raw is None:
+            return None
+        doc = json.loads(raw)
+        return doc if isinstance(doc, dict) else None
+
     async def store_document(
         self, server_name: str, document: dict[str, Any], keys: list[StoredKey], now_ms: int
     ) -> None:

@@ -172,6 +172,16 @@ class OutboxStore:
         )
         return int(pdus), int(edus)
 
+    async def pdu_queue_extent(self, destination: str) -> tuple[int, int | None]:
+        """(queued PDUs, when the oldest of them was queued, or None) of the destination."""
+        row = await self.db.fetchone(
+            "SELECT COUNT(*), MIN(p.queued_ts) FROM outbound_pdu_queue q"
+            " JOIN outbound_pdus p ON p.event_id = q.event_id WHERE q.destination = ?",
+            destination,
+        )
+        assert row is not None
+        return int(row[0]), None if row[1] is None else int(row[1])
+
     async def drop_unqueued_events(self) -> None:
         """Forget our events no destination waits for any more (collapsed queues leave some)."""
         await self.db.execute(

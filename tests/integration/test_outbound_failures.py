@@ -1,11 +1,13 @@
 """A destination that is down or dead: its queue waits in the database (surviving a
 restart), backoff grows, others are served meanwhile; it drains when the destination
-comes back, retried at once when it contacts us, caught up (newest event of each room)
-when its queue grew past the threshold or it was past the dead horizon."""
+comes back (all of it, in order: 500 messages after an outage), retried at once when it
+contacts us, caught up (newest event of each room) when its queue grew past the replay
+bound (catch_up_max_pdus, catch_up_max_age_hours) or it was past the dead horizon."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ async def test_down_destination_queues_backs_off_and_drains_after_restart(
     db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
 ) -> None:
     b, c = peers
-    cfg = config(tmp_path, await db_factory.new_settings(), test_ca, catch_up_threshold=1000)
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca, catch_up_max_pdus=1000)
     async with running_server(cfg) as a:
         sender = a.services.sender
         room = await room_with(a, b, c)
@@ -127,11 +129,103 @@ async def test_contact_from_a_backed_off_destination_retries_it_at_once(
         assert await b.signed_get(a.services.config.server_name, PROBE) == 404
 
 
-async def test_queue_past_threshold_is_caught_up(
+async def test_everything_queued_during_an_outage_is_replayed_in_order(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
+) -> None:
+    """500 of our messages sent while c is dark: when it is back it gets all 500 by push,
+    in order, each once, in transactions of at most 50; nothing is collapsed."""
+    b, c = peers
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca)  # the default bounds
+    async with running_server(cfg) as a:
+        sender = a.services.sender
+        room = await room_with(a, b, c)
+        before = len(c.pdu_ids())
+        await c.go_down()
+        sent = [await room.message(f"m{i}") for i in range(500)]
+
+        async def failing() -> bool:
+            st = await sender.get_state(c.server_name)
+            return st is not None and st.failure_count >= 1
+
+        await eventually(failing)
+        assert await sender.queue_depth(c.server_name) == (500, 0)
+        await c.start()
+        await c.wait_for(lambda r: len(r.pdu_ids()) >= before + 500, timeout=60)
+        assert c.pdu_ids()[before:] == [e.event_id for e in sent]  # all, in order, once
+        assert max(len(t.pdus) for t in c.transactions) <= 50
+        assert metric(a, "hs_outbound_catch_ups_total", {"reason": "threshold"}) == 0
+        assert metric(a, "hs_outbound_catch_ups_total", {"reason": "age"}) == 0
+        await b.wait_for(lambda r: len(r.pdu_ids()) >= before + 500)
+        assert b.pdu_ids()[before:] == [e.event_id for e in sent]
+
+
+async def test_a_backlog_waits_for_each_transaction_to_be_held_before_the_next(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
+) -> None:
+    """A receiver that acknowledges /send before it holds the events (Synapse stages them,
+    and prunes a room's staging area past 100): after each full transaction of a backlog,
+    the next is sent only once GET /event shows the last event of the one before."""
+    _, c = peers
+    c.event_hidden_polls = 2
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca)
+    async with running_server(cfg) as a:
+        sender = a.services.sender
+        room = await room_with(a, c)
+        await c.go_down()
+        sent = [await room.message(f"m{i}") for i in range(120)]
+
+        async def failing() -> bool:
+            st = await sender.get_state(c.server_name)
+            return st is not None and st.failure_count >= 1
+
+        await eventually(failing)
+        await c.start()
+        await c.wait_for(lambda r: len(r.pdu_ids()) >= 120)
+        assert c.pdu_ids() == [e.event_id for e in sent]
+    sends = [i for i, entry in enumerate(c.requests_log) if entry[0] == "send"]
+    sizes = [c.requests_log[i][2] for i in sends]
+    # (The first is the transaction that failed, retried as it was: what was queued then.)
+    assert sum(sizes) == 120 and sizes.count(50) >= 2
+    for n, (this, following) in enumerate(itertools.pairwise(sends)):
+        last = c.pdu_ids()[sum(sizes[: n + 1]) - 1]
+        polls = [e for e in c.requests_log[this:following] if e[0] == "event"]
+        if sizes[n] == 50:
+            # Asked about its last event until it was there (two 404s, then 200), then sent on.
+            assert polls == [("event", last, 404), ("event", last, 404), ("event", last, 200)]
+        else:
+            assert polls == []  # not a full transaction: not waited for
+    # The tail (nothing behind it) is not waited for.
+    assert not [e for e in c.requests_log[sends[-1]:] if e[0] == "event"]
+
+
+async def test_queue_older_than_the_age_bound_is_caught_up(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
+) -> None:
+    _, c = peers
+    # 0.0002 h: the oldest queued PDU is past the bound 0.72 s after it was queued.
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca, catch_up_max_age_hours=0.0002)
+    async with running_server(cfg) as a:
+        sender = a.services.sender
+        room = await room_with(a, c)
+        await c.go_down()
+        sent = [await room.message(f"m{i}") for i in range(4)]
+
+        async def collapsed() -> bool:
+            return await sender.queue_depth(c.server_name) == (1, 0)
+
+        await eventually(collapsed)
+        assert metric(a, "hs_outbound_catch_ups_total", {"reason": "age"}) >= 1
+        before = len(c.pdu_ids())
+        await c.start()
+        await c.wait_for(lambda r: len(r.pdu_ids()) > before)
+        assert c.pdu_ids()[before:] == [sent[-1].event_id]  # the marker only
+
+
+async def test_queue_past_the_pdu_bound_is_caught_up(
     db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
 ) -> None:
     b, c = peers
-    cfg = config(tmp_path, await db_factory.new_settings(), test_ca, catch_up_threshold=5)
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca, catch_up_max_pdus=5)
     async with running_server(cfg) as a:
         sender = a.services.sender
         r1 = await room_with(a, b, c)

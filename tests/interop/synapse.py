@@ -7,7 +7,8 @@ stamp) is rebuilt, and a file lock keeps two test sessions from building it at o
 
 ``SynapseServer`` writes a complete ``homeserver.yaml`` for a server named ``localhost:PORT``
 that federates over TLS with a certificate from the test CA, trusts that CA for outbound
-federation, may reach loopback peers, trusts no key server and barely rate-limits; it runs
+federation, may reach loopback peers, trusts no key server (unless ``extra`` says
+``trusted_key_servers``) and barely rate-limits; it runs
 ``python -m synapse.app.homeserver`` with its log in the server's directory, waits (bounded)
 for ``/_matrix/client/versions`` and stops with SIGTERM, then SIGKILL after a bound.
 """
@@ -151,7 +152,9 @@ def _free_port() -> int:
 class SynapseServer:
     """One Synapse process on loopback; ``start``/``stop`` may be called again (same data)."""
 
-    def __init__(self, python: Path, directory: Path, ca: tuple[Path, Path]) -> None:
+    def __init__(self, python: Path, directory: Path, ca: tuple[Path, Path],
+                 extra: dict[str, Any] | None = None) -> None:
+        """``extra``: top-level keys of homeserver.yaml replaced (e.g. ``trusted_key_servers``)."""
         self.python = python
         self.directory = directory
         self.fed_port = _free_port()
@@ -165,7 +168,8 @@ class SynapseServer:
         write_new_key_file(directory / "signing.key")
         issue_certificate(directory / "tls.crt", directory / "tls.key", ["localhost", "127.0.0.1"], ca[0], ca[1])
         self.config_path = directory / "homeserver.yaml"
-        self.config_path.write_text(yaml.safe_dump(synapse_config(directory, self.fed_port, self.client_port, ca)))
+        config = {**synapse_config(directory, self.fed_port, self.client_port, ca), **(extra or {})}
+        self.config_path.write_text(yaml.safe_dump(config))
 
     @property
     def running(self) -> bool:

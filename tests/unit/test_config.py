@@ -84,6 +84,14 @@ def test_render_roundtrip(tmp_path: Path) -> None:
         (lambda d: d["listeners"]["federation"].update(tls_certificate_path=None), "tls_certificate_path"),
         (lambda d: d["logging"].update(level="LOUD"), "logging.level"),
         (lambda d: d.update(listeners=5), "listeners: must be a mapping"),
+        (lambda d: d["rooms"].update(default_room_version="9"), "rooms.default_room_version: must be one of 10"),
+        (lambda d: d["rooms"].update(default_room_version=12), "rooms.default_room_version: must be a string"),
+        (lambda d: d["well_known"].update(server="not a name!"), "well_known.server: 'not a name!' is not a valid"),
+        (lambda d: d["well_known"].update(server="example.org:99999"), "well_known.server:"),
+        (lambda d: d["outbound"].update(catch_up_max_pdus=0), "outbound.catch_up_max_pdus: must be positive"),
+        (lambda d: d["outbound"].update(catch_up_max_age_hours=-1), "outbound.catch_up_max_age_hours: must be"),
+        (lambda d: d["outbound"].update(catch_up_threshold=0), "outbound.catch_up_threshold: must be positive"),
+        (lambda d: d["federation_limits"].update(key_fetch_memory=0), "federation_limits.key_fetch_memory: must be"),
     ],
 )
 def test_invalid_config_names_the_key(mutate: Any, key_in_message: str) -> None:
@@ -92,6 +100,32 @@ def test_invalid_config_names_the_key(mutate: Any, key_in_message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(data, ROOT)
     assert key_in_message in str(e.value)
+
+
+def test_new_keys_defaults_and_values() -> None:
+    data = sample()
+    config = parse_config(data, ROOT)
+    assert config.rooms.default_room_version == "12"
+    assert config.well_known.server is None
+    assert (config.outbound.catch_up_max_pdus, config.outbound.catch_up_max_age_hours) == (10_000, 24.0)
+    assert config.outbound.replay_max_pdus == 10_000
+    data["rooms"]["default_room_version"] = "10"
+    data["well_known"]["server"] = "matrix.example.org:443"
+    data["outbound"]["catch_up_max_pdus"] = 500
+    config = parse_config(data, ROOT)
+    assert config.rooms.default_room_version == "10"
+    assert config.well_known.server == "matrix.example.org:443"
+    assert config.outbound.replay_max_pdus == 500
+
+
+def test_old_catch_up_threshold_still_loads_as_the_pdu_bound() -> None:
+    """A config generated before catch_up_max_pdus holds ``catch_up_threshold: 100``: it
+    loads, and keeps its meaning (queued PDUs past which a destination is caught up)."""
+    data = sample()
+    del data["outbound"]["catch_up_max_pdus"], data["outbound"]["catch_up_max_age_hours"]
+    data["outbound"]["catch_up_threshold"] = 100
+    config = parse_config(data, ROOT)
+    assert config.outbound.catch_up_threshold == 100 and config.outbound.replay_max_pdus == 100
 
 
 def test_plain_http_federation_needs_no_certificate() -> None:
