@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from homeserver.config_typed import ConfigError as ConfigError
+from homeserver.config_typed import build_dataclass
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from homeserver.util.hostport import parse_nameserver
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the key and the problem."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,84 +343,6 @@ _PATH_KEYS = {
     "federation.extra_ca_file",
 }
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-
-
-def _describe(tp: Any) -> str:
-    if tp in _TYPE_NAMES:
-        return _TYPE_NAMES[tp]
-    origin = typing.get_origin(tp)
-    if origin is dict:
-        return "a mapping"
-    if origin is list:
-        return "a list"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return str(tp)
-
-
-def _convert(value: Any, tp: Any, key: str, base: Path) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], key, base)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
-        if key in _PATH_KEYS:
-            return str((base / value).resolve()) if not Path(value).is_absolute() else value
-        return value
-    if origin is dict:
-        _, vtype = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
-        return {str(k): _convert(v, vtype, f"{key}.{k}", base) for k, v in value.items()}
-    if origin is list:
-        (itype,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: must be a list, got {value!r}")
-        return [_convert(v, itype, f"{key}[{i}]", base) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, base)
-    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
-
-
-def _build(cls: Any, data: Any, prefix: str, base: Path) -> Any:
-    where = prefix or "config"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for unknown in sorted(set(map(str, data)) - names):
-        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown}: unknown key")
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], key, base)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key}: required key is missing")
-        elif key in _PATH_KEYS and isinstance(f.default, str):
-            kwargs[f.name] = str((base / f.default).resolve())
-    return cls(**kwargs)
-
-
 def _validate(config: Config) -> None:
     if not is_valid_server_name(config.server_name):
         raise ConfigError(f"server_name: {config.server_name!r} is not a valid server name")
@@ -581,7 +499,7 @@ def _validate_client_security(cl: ClientConfig) -> None:
 
 def parse_config(data: Any, base_dir: Path) -> Config:
     """Build a Config from parsed YAML; raises ConfigError naming the offending key."""
-    config: Config = _build(Config, data, "", base_dir)
+    config: Config = build_dataclass(Config, data, "", base_dir, _PATH_KEYS)
     _validate(config)
     return config
 
