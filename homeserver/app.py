@@ -19,10 +19,12 @@ from homeserver.client_api import create_client_api_app
 from homeserver.config import Config
 from homeserver.crypto.keyring import KeyRing
 from homeserver.crypto.keys import ServerSigningKey, load_key_file
+from homeserver.e2e.service import E2eKeys
 from homeserver.errors import forbidden
 from homeserver.events.versions import get_room_version
 from homeserver.federation.auth import ORIGIN, BodyLimits, make_auth_middleware
 from homeserver.federation.directory_api import FederationDirectoryAPI
+from homeserver.federation.e2e_api import FederationKeysAPI
 from homeserver.federation.hierarchy_api import FederationHierarchyAPI
 from homeserver.federation.keys_api import key_routes, well_known_server_route
 from homeserver.federation.pipeline import InboundProcessor
@@ -155,6 +157,10 @@ class Services:
             config.inbound, event_store, persister, fetcher, metrics, memberships, acl,
             clock=clock, notifier=notifier,
         )
+        # The device-list EDUs go to the end-to-end keys (e2e/service.py).
+        e2e = E2eKeys(config.server_name, db, notifier, sender, client.request)
+        processor.handle_edus("m.device_list_update", e2e.on_device_list_update)
+        processor.handle_edus("m.signing_key_update", e2e.on_signing_key_update)
         worker = InboundWorker(inbox, processor, config.inbound, metrics)
         stack.push_async_callback(worker.stop)
         await worker.start()  # drains what a previous run left in the inbox
@@ -217,6 +223,11 @@ def create_federation_app(services: Services) -> web.Application:
     app.add_routes(FederationHierarchyAPI(
         SpaceHierarchy(services.config.server_name, services.rooms),
         TimestampLookup(services.event_store, TimestampStore(services.db)), services.event_store,
+    ).routes())
+    app.add_routes(FederationKeysAPI(
+        E2eKeys(services.config.server_name, services.db, services.notifier, services.sender,
+                services.federation_client.request),
+        UserStore(services.db),
     ).routes())
     # After the known query types (profile: rooms_api, directory: directory_api).
     app.add_routes(FederationQueryAPI(

@@ -24,6 +24,7 @@ from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.hierarchy import HierarchyAPI
+from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
@@ -31,6 +32,7 @@ from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
+from homeserver.e2e.service import E2eKeys
 from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
@@ -69,6 +71,7 @@ def create_client_api_app(
     metrics: Metrics | None = None,
     clock: Clock = SYSTEM_CLOCK,
     notifier: Notifier | None = None,
+    e2e: E2eKeys | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -84,7 +87,10 @@ def create_client_api_app(
     app[NOTIFIER] = notifier
     tokens = RegistrationTokenStore(users.db)
     app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, tokens=tokens, clock=clock).routes())
-    app.add_routes(DevicesAPI(cc, auth, users, clock=clock).routes())
+    # End-to-end keys (e2e/service.py): one E2eKeys per server, made here when not given.
+    e2e = e2e if e2e is not None else E2eKeys(config.server_name, events.db, notifier, sender, federation.request)
+    app.add_routes(DevicesAPI(cc, auth, users, clock=clock, e2e=e2e).routes())
+    app.add_routes(KeysAPI.build(cc, auth, e2e, users, clock).routes())
     app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory, clock=clock).routes())
     if directory is not None:
         app.add_routes(DirectoryAPI(config.server_name, cc, auth, directory).routes())
@@ -99,7 +105,7 @@ def create_client_api_app(
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
-                           visibility=visibility, account_data=account_data.store, clock=clock).routes())
+                           visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock).routes())

@@ -16,6 +16,7 @@ from homeserver.client_api.auth import PasswordStage
 from homeserver.client_api.common import MAX_DEVICE_DISPLAY_NAME, Authenticator
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
+from homeserver.e2e.service import E2eKeys
 from homeserver.errors import MatrixError, not_found
 from homeserver.http import json_response, read_json_object
 from homeserver.storage.users import Device, UserStore
@@ -33,9 +34,11 @@ def _device_json(device: Device) -> dict[str, Any]:
 
 class DevicesAPI:
     def __init__(
-        self, config: ClientConfig, auth: Authenticator, users: UserStore, *, clock: Clock = SYSTEM_CLOCK
+        self, config: ClientConfig, auth: Authenticator, users: UserStore, *, clock: Clock = SYSTEM_CLOCK,
+        e2e: E2eKeys | None = None,
     ) -> None:
         self.config = config
+        self.e2e = e2e  # a deleted device's keys go too, and its owner's device list changes
         self.auth = auth
         self.users = users
         self.password = PasswordStage(users, RateLimiter(config.login_rate_limit, clock=clock), clock=clock)
@@ -82,7 +85,7 @@ class DevicesAPI:
         req = await self.auth.requester(request)
         body = await self._optional_body(request)
         await self.password.check(req, body.get("auth"))
-        await self.users.delete_devices(req.user_id, [request.match_info["device_id"]])
+        await self._delete(req.user_id, [request.match_info["device_id"]])
         return json_response({})
 
     async def delete_devices(self, request: web.Request) -> web.Response:
@@ -94,8 +97,14 @@ class DevicesAPI:
         if len(devices) > MAX_DEVICES_PER_REQUEST:
             raise MatrixError(400, "M_INVALID_PARAM", f"At most {MAX_DEVICES_PER_REQUEST} devices at once")
         await self.password.check(req, body.get("auth"))
-        await self.users.delete_devices(req.user_id, devices)
+        await self._delete(req.user_id, devices)
         return json_response({})
+
+    async def _delete(self, user_id: str, device_ids: list[str]) -> None:
+        known = {d.device_id for d in await self.users.devices(user_id)}
+        await self.users.delete_devices(user_id, device_ids)
+        if self.e2e is not None:
+            await self.e2e.devices_deleted(user_id, [d for d in device_ids if d in known])
 
     async def _optional_body(self, request: web.Request) -> dict[str, Any]:
         # DELETE /devices/{id}: the first request of the auth flow may come without a body.

@@ -17,6 +17,8 @@ What a response holds, per the spec's /sync:
    sync only with ``include_leave``), with the timeline up to the leave.
 4. ``account_data``: the user's global account data changed since ``since`` (all of it,
    and the default ``m.push_rules``, on an initial sync).
+4b. ``device_lists``, ``device_one_time_keys_count``, ``device_unused_fallback_key_types``:
+   ``E2eKeys.sync_section`` (e2e/service.py); a device-list change wakes the long-poll.
 5. ``next_batch``: the position to pass as ``since`` next time (tokens.py).
 
 Long-poll: with ``since`` and ``timeout``, an empty answer waits on the Notifier (woken by
@@ -40,6 +42,7 @@ from homeserver.client_api.common import Authenticator, Requester, query_bool, q
 from homeserver.client_api.events import serialize_events
 from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
 from homeserver.config import ClientConfig
+from homeserver.e2e.service import E2eKeys
 from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
 from homeserver.notifier import Notifier, Waiter
@@ -96,9 +99,10 @@ class SyncAPI:
         self, config: ClientConfig, auth: Authenticator, users: UserStore, events: EventStore,
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
         *, visibility: HistoryVisibility | None = None, account_data: AccountDataStore | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock = SYSTEM_CLOCK, e2e: E2eKeys | None = None,
     ) -> None:
         self.clock = clock
+        self.e2e = e2e  # device lists and one-time key counts (e2e/service.py)
         self.config = config
         self.visibility = visibility or HistoryVisibility(events)
         self.account_data = account_data or AccountDataStore(events.db)
@@ -187,6 +191,7 @@ class SyncAPI:
         token = SyncToken(
             await self.events.max_stream_ordering(), await self.invites.max_stream_id(), now_ms,
             await self.account_data.max_stream_id(),
+            await self.e2e.lists.max_stream_id() if self.e2e is not None else 0,
         )
         since_pos = since.events if since is not None else 0
         since_ms = since.ephemeral_ms if since is not None else 0
@@ -295,7 +300,14 @@ class SyncAPI:
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
-        return body, bool(join or invite or leave or knock or global_data)
+        e2e_changed = False
+        if self.e2e is not None and req.device_id is not None:
+            section = await self.e2e.sync_section(
+                user, req.device_id, since.device_lists if since is not None else None, token.device_lists
+            )
+            body.update(section)
+            e2e_changed = bool(section["device_lists"]["changed"])
+        return body, bool(join or invite or leave or knock or global_data or e2e_changed)
 
     async def _room_section(
         self, req: Requester, room_id: str, since_pos: int, upto: int, limit: int, *, full: bool

@@ -97,8 +97,8 @@ def is_local_user(user_id: object, server_name: str) -> bool:
 
 
 def edu_is_ours(edu_type: str, content: Mapping[str, Any], server_name: str) -> bool:
-    """Whether an EDU may leave: m.typing, m.receipt, m.presence, m.direct_to_device or
-    m.device_list_update whose users are all of ``server_name``."""
+    """Whether an EDU may leave: m.typing, m.receipt, m.presence, m.direct_to_device,
+    m.device_list_update or m.signing_key_update whose users are all of ``server_name``."""
     if edu_type == "m.typing":
         return is_local_user(content.get("user_id"), server_name)
     if edu_type == "m.receipt":
@@ -118,7 +118,7 @@ def edu_is_ours(edu_type: str, content: Mapping[str, Any], server_name: str) -> 
         return all(isinstance(p, Mapping) and is_local_user(p.get("user_id"), server_name) for p in push)
     if edu_type == "m.direct_to_device":
         return is_local_user(content.get("sender"), server_name)
-    if edu_type == "m.device_list_update":
+    if edu_type in ("m.device_list_update", "m.signing_key_update"):
         return is_local_user(content.get("user_id"), server_name)
     return False
 

@@ -16,6 +16,7 @@ redacted. What they return is a reply, never a relay: nothing here sends anythin
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -55,7 +56,10 @@ ECHO_WARNING_INTERVAL_SECONDS = 60.0
 MAX_MISSING_EVENTS = 100
 MAX_BACKFILL = 100
 # EDU types the worker keeps; other types are acknowledged and ignored.
-KEPT_EDU_TYPES = ("m.typing", "m.receipt")
+KEPT_EDU_TYPES = ("m.typing", "m.receipt", "m.device_list_update", "m.signing_key_update")
+# The device-list EDUs (e2e/service.py applies them), kept whole below this size.
+DEVICE_EDU_TYPES = ("m.device_list_update", "m.signing_key_update")
+MAX_DEVICE_EDU_BYTES = 64 * 1024
 # Receipts one m.receipt EDU may carry; the rest are dropped (counted as malformed).
 MAX_RECEIPTS_PER_EDU = 500
 
@@ -294,6 +298,14 @@ class FederationTransport:
         if not isinstance(content, dict):
             self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
             return None
+        if edu_type in DEVICE_EDU_TYPES:
+            if _server_of(content.get("user_id")) != origin:
+                self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc()
+                return None
+            if len(json.dumps(content)) > MAX_DEVICE_EDU_BYTES:
+                self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
+                return None
+            return {"edu_type": edu_type, "content": content}
         if edu_type == "m.typing":
             room_id, user_id = content.get("room_id"), content.get("user_id")
             if _server_of(user_id) != origin or not isinstance(room_id, str):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from homeserver.config import InboundConfig
@@ -108,6 +108,11 @@ class InboundProcessor:
     def close(self) -> None:
         """Stop the check helpers (the worker calls this when it stops)."""
         self._checker.close()
+
+    def handle_edus(self, edu_type: str, handler: Callable[[str, Mapping[str, Any]], Awaitable[None]]) -> None:
+        """Have ``handler(origin, content)`` take in EDUs of ``edu_type`` (app.py wires the
+        device-list EDUs to e2e/service.py)."""
+        self._edus.handlers[edu_type] = handler
 
     # ------------------------------------------------------------------ entry point
 

@@ -12,7 +12,7 @@ typing in a room at once."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from homeserver.metrics import Metrics
@@ -73,6 +73,9 @@ class EduHandler:
         # Called with a room ID after typing or receipts of that room were stored (wakes
         # /sync long-polls). Listeners must be quick and must not raise.
         self._notifier = notifier  # woken for a room once its typing or receipts are stored
+        # Other EDU types (the door kept only the origin's own users): type -> handler
+        # (origin, content), registered by app.py (the device-list EDUs: e2e/service.py).
+        self.handlers: dict[str, Callable[[str, Mapping[str, Any]], Awaitable[None]]] = {}
 
     async def _room_allows(self, origin: str, room_id: str) -> bool:
         """The origin may speak for ``room_id``: its server ACL allows the origin, and the
@@ -91,6 +94,10 @@ class EduHandler:
         origin has no joined member."""
         content = edu.get("content")
         if not isinstance(content, dict):
+            return
+        handler = self.handlers.get(str(edu.get("edu_type")))
+        if handler is not None:
+            await handler(origin, content)
             return
         now = self._clock.time_ms()
         if edu.get("edu_type") == "m.typing":
