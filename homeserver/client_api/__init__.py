@@ -86,9 +86,10 @@ def create_client_api_app(
     notifier = notifier if notifier is not None else persister.notifier
     app[NOTIFIER] = notifier
     tokens = RegistrationTokenStore(users.db)
-    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, tokens=tokens, clock=clock).routes())
     # End-to-end keys (e2e/service.py): one E2eKeys per server, made here when not given.
     e2e = e2e if e2e is not None else E2eKeys(config.server_name, events.db, notifier, sender, federation.request)
+    app.add_routes(AccountsAPI(config.server_name, cc, users, auth, rooms, tokens=tokens, clock=clock,
+                               e2e=e2e).routes())
     app.add_routes(DevicesAPI(cc, auth, users, clock=clock, e2e=e2e).routes())
     app.add_routes(KeysAPI.build(cc, auth, e2e, users, clock).routes())
     app.add_routes(RoomsAPI(cc, auth, rooms, events, timeline, directory, clock=clock).routes())

@@ -39,6 +39,7 @@ from homeserver.client_api.common import (
 )
 from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.config import ClientConfig
+from homeserver.e2e.service import E2eKeys
 from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
 from homeserver.net.client import FederationRequestError
@@ -120,11 +121,13 @@ class AccountsAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, users: UserStore, auth: Authenticator,
         rooms: RoomService, *, tokens: RegistrationTokenStore | None = None, clock: Clock = SYSTEM_CLOCK,
+        e2e: E2eKeys | None = None,
     ) -> None:
         self.server_name = server_name
         self.config = config
         self.users = users
         self.tokens = tokens if tokens is not None else RegistrationTokenStore(users.db)
+        self.e2e = e2e  # logging out deletes the device: its keys go too
         self.auth = auth
         self.rooms = rooms
         self.login_limiter = RateLimiter(config.login_rate_limit, clock=clock)
@@ -350,11 +353,16 @@ class AccountsAPI:
     async def logout(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         await self.users.delete_device(req.user_id, req.device_id)
+        if self.e2e is not None and req.device_id is not None:
+            await self.e2e.devices_deleted(req.user_id, [req.device_id])
         return json_response({})
 
     async def logout_all(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
+        devices = [d.device_id for d in await self.users.devices(req.user_id)]
         await self.users.delete_all_devices(req.user_id)
+        if self.e2e is not None:
+            await self.e2e.devices_deleted(req.user_id, devices)
         return json_response({})
 
     async def change_password(self, request: web.Request) -> web.Response:

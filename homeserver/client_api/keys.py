@@ -114,8 +114,9 @@ class KeysAPI:
         if not raw_from or not raw_to:
             raise MatrixError(400, "M_MISSING_PARAM", "from and to are required")
         since, upto = parse_sync_token(raw_from), parse_sync_token(raw_to)
-        changed = await self.e2e.lists.changed(req.user_id, since.device_lists, upto.device_lists)
-        return json_response({"changed": changed, "left": []})
+        return json_response(await self.e2e.changes(
+            req.user_id, (since.device_lists, since.events), (upto.device_lists, upto.events)
+        ))
 
     async def device_signing_upload(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)

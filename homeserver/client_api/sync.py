@@ -303,10 +303,11 @@ class SyncAPI:
         e2e_changed = False
         if self.e2e is not None and req.device_id is not None:
             section = await self.e2e.sync_section(
-                user, req.device_id, since.device_lists if since is not None else None, token.device_lists
+                user, req.device_id, (since.device_lists, since.events) if since is not None else None,
+                (token.device_lists, token.events),
             )
             body.update(section)
-            e2e_changed = bool(section["device_lists"]["changed"])
+            e2e_changed = bool(section["device_lists"]["changed"] or section["device_lists"]["left"])
         return body, bool(join or invite or leave or knock or global_data or e2e_changed)
 
     async def _room_section(

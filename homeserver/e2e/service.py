@@ -291,10 +291,29 @@ class E2eKeys:
 
     # ------------------------------------------------------------------ sync and changes
 
-    async def sync_section(self, user_id: str, device_id: str, since: int | None, upto: int) -> dict[str, Any]:
-        changed = await self.lists.changed(user_id, since, upto) if since is not None else []
+    async def changes(self, user_id: str, since: tuple[int, int], upto: tuple[int, int]) -> dict[str, list[str]]:
+        """Users whose device lists changed between two (device-list, events) positions, or
+        who started sharing a room with ``user_id`` (``changed``); users who no longer share
+        any room with them (``left``)."""
+        changed = set(await self.lists.changed(user_id, since[0], upto[0]))
+        if since[1] < upto[1]:
+            sharing = await self.lists.users_sharing_a_room(user_id)
+            joined = await self.lists.membership_moves(user_id, since[1], upto[1], leaving=False)
+            changed |= (joined & sharing) - {user_id}
+            gone = await self.lists.membership_moves(user_id, since[1], upto[1], leaving=True)
+            left = sorted(gone - sharing - {user_id})
+        else:
+            left = []
+        return {"changed": sorted(changed - set(left)), "left": left}
+
+    async def sync_section(
+        self, user_id: str, device_id: str, since: tuple[int, int] | None, upto: tuple[int, int]
+    ) -> dict[str, Any]:
+        """/sync's part: device_lists (positions: (device lists, events)), the device's
+        one-time key counts and unused fallback key types."""
         out: dict[str, Any] = {
-            "device_lists": {"changed": changed, "left": []},
+            "device_lists": await self.changes(user_id, since, upto) if since is not None
+            else {"changed": [], "left": []},
             "device_one_time_keys_count": await self.keys.one_time_key_counts(user_id, device_id),
         }
         out["device_one_time_keys_count"].setdefault("signed_curve25519", 0)

@@ -99,6 +99,28 @@ class DeviceListStore:
         )
         return sorted(r[0] for r in rows)
 
+    async def membership_moves(self, user_id: str, since: int, upto: int, leaving: bool) -> set[str]:
+        """Users whose membership moved in (since, upto] (events stream orderings) in a room
+        ``user_id`` is (or was) in: members who left (``leaving``) or joined such a room;
+        and when ``user_id`` itself left (or joined) a room then, that room's joined members."""
+        memberships = ("leave", "ban") if leaving else ("join",)
+        marks = ", ".join("?" for _ in memberships)
+        others = await self.db.fetchall(
+            "SELECT DISTINCT e.state_key FROM events e JOIN current_state me ON me.room_id = e.room_id"
+            " AND me.type = 'm.room.member' AND me.state_key = ?"
+            f" WHERE e.type = 'm.room.member' AND e.membership IN ({marks})"
+            " AND e.stream_ordering > ? AND e.stream_ordering <= ?",
+            user_id, *memberships, since, upto,
+        )
+        mine = await self.db.fetchall(
+            "SELECT DISTINCT cs.state_key FROM events e JOIN current_state cs ON cs.room_id = e.room_id"
+            " AND cs.type = 'm.room.member' AND cs.membership = 'join'"
+            f" WHERE e.type = 'm.room.member' AND e.state_key = ? AND e.membership IN ({marks})"
+            " AND e.stream_ordering > ? AND e.stream_ordering <= ?",
+            user_id, *memberships, since, upto,
+        )
+        return {r[0] for r in others} | {r[0] for r in mine}
+
     async def local_devices(self, user_id: str) -> list[RemoteDevice]:
         """A local user's devices with their keys (None when none uploaded), for GET
         /user/devices."""

@@ -42,7 +42,11 @@ async def test_upload_query_claim_changes_and_deletion(
             nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
         created = await alice.room_create(name="Secret", invite=[bob.user_id])
         assert isinstance(created, RoomCreateResponse), created
+        before_join = (await _sync(server, alice.access_token))["next_batch"]
         assert isinstance(await bob.join(created.room_id), JoinResponse)
+        # Bob now shares a room with Alice: he is in her device_lists.changed.
+        synced = await _sync(server, alice.access_token, before_join)
+        assert synced["device_lists"] == {"changed": [bob.user_id], "left": []}
         a_sk = SigningKey.generate()
         upload = {"device_keys": device_keys(alice.user_id, alice.device_id, a_sk),
                   "one_time_keys": one_time_keys(alice.user_id, alice.device_id, a_sk, 3),
@@ -127,6 +131,14 @@ async def test_upload_query_claim_changes_and_deletion(
         assert status == 200 and body["one_time_keys"] == {}
         synced = await _sync(server, bob.access_token, since)
         assert alice.user_id in synced["device_lists"]["changed"]
+
+        # Bob leaves the only room they shared: he is in Alice's device_lists.left.
+        since = (await _sync(server, alice.access_token))["next_batch"]
+        status, _ = await raw(server, "POST", f"{V3}/rooms/{created.room_id}/leave", token=bob.access_token, json={})
+        assert status == 200
+        synced = await _sync(server, alice.access_token, since)
+        assert synced["device_lists"]["left"] == [bob.user_id]
+        assert bob.user_id not in synced["device_lists"]["changed"]
 
 
 async def test_bad_input(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:

@@ -129,6 +129,8 @@ def test_edus_only_about_our_users() -> None:
     assert edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {}}, US)
     assert edu_is_ours("m.device_list_update", {"user_id": ALICE}, US)
     assert not edu_is_ours("m.device_list_update", {"user_id": "alice"}, US)  # not a user ID
+    assert edu_is_ours("m.signing_key_update", {"user_id": ALICE, "master_key": {}}, US)
+    assert not edu_is_ours("m.signing_key_update", {"user_id": "@bob:elsewhere.test"}, US)
     assert not edu_is_ours("m.unknown", {"user_id": ALICE}, US)
 
 
