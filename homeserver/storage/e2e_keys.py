@@ -22,8 +22,8 @@ from homeserver.storage.device_lists import bump_stream
 from homeserver.storage.engine.base import Connection
 
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
-# Claims retried when concurrent claims take the key we picked.
-_CLAIM_ATTEMPTS = 20
+# A safety bound on the retries of one claim (each retry means a concurrent claim succeeded).
+_CLAIM_ATTEMPTS = 10_000
 
 
 def dumps(value: Any) -> str:
@@ -158,20 +158,25 @@ class E2eKeysStore:
         """Hand out one of the device's one-time keys of ``algorithm`` (deleted: never
         handed out again), else its fallback key (marked used), else None. Returns
         ("algorithm:key_id", key)."""
+        # One statement picks and deletes a key (atomic on SQLite). On PostgreSQL a concurrent
+        # claim may delete the key picked first: the statement then deletes nothing and is run
+        # again while keys are left (each retry means another claim got a key: it ends).
         for _ in range(_CLAIM_ATTEMPTS):
-            key_id = await self.db.fetchval(
-                "SELECT key_id FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
-                " ORDER BY key_id LIMIT 1", user_id, device_id, algorithm,
-            )
-            if key_id is None:
-                break
             async with self.db.transaction() as conn:
-                raw = await conn.fetchval(
+                row = await conn.fetchone(
                     "DELETE FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
-                    " AND key_id = ? RETURNING key_json", user_id, device_id, algorithm, key_id,
+                    " AND key_id = (SELECT key_id FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ?"
+                    " AND algorithm = ? ORDER BY key_id LIMIT 1) RETURNING key_id, key_json",
+                    user_id, device_id, algorithm, user_id, device_id, algorithm,
                 )
-            if raw is not None:
-                return f"{algorithm}:{key_id}", json.loads(raw)
+            if row is not None:
+                return f"{algorithm}:{row[0]}", json.loads(row[1])
+            left = await self.db.fetchval(
+                "SELECT 1 FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ? LIMIT 1",
+                user_id, device_id, algorithm,
+            )
+            if left is None:
+                break
         async with self.db.transaction() as conn:
             row = await conn.fetchone(
                 "UPDATE e2e_fallback_keys SET used = 1 WHERE user_id = ? AND device_id = ? AND algorithm = ?"
