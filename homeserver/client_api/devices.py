@@ -79,6 +79,8 @@ class DevicesAPI:
             found = await self.users.get_device(req.user_id, device_id) is not None
         if not found:
             raise not_found("Device not found")
+        if "display_name" in body and self.e2e is not None:
+            await self.e2e.device_renamed(req.user_id, device_id)
         return json_response({})
 
     async def delete_device(self, request: web.Request) -> web.Response:

@@ -79,6 +79,13 @@ class E2eKeys:
                 await self.announce_device(user_id, device_id, position)
         return await self.keys.one_time_key_counts(user_id, device_id)
 
+    async def device_renamed(self, user_id: str, device_id: str) -> None:
+        """A device with keys was renamed: its display name is part of what others see."""
+        if await self.keys.device_key(user_id, device_id) is None:
+            return
+        position = await self.lists.bump(user_id, device_id)
+        await self.announce_device(user_id, device_id, position)
+
     async def devices_deleted(self, user_id: str, device_ids: Sequence[str]) -> None:
         for device_id in dict.fromkeys(device_ids):
             async with self.keys.db.transaction() as conn:

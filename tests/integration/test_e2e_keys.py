@@ -114,9 +114,20 @@ async def test_upload_query_claim_changes_and_deletion(
                                  json={"device_keys": {alice.user_id: [phone["device_id"]]}})
         assert set(body["device_keys"][alice.user_id]) == {phone["device_id"]}
         assert body["device_keys"][alice.user_id][phone["device_id"]]["unsigned"] == {"device_display_name": "phone"}
+        # Renaming the phone is a device-list change too.
+        since = woken["next_batch"]
+        status, _ = await raw(server, "PUT", f"{V3}/devices/{phone['device_id']}", token=phone["access_token"],
+                              json={"display_name": "new phone"})
+        assert status == 200
+        synced = await _sync(server, bob.access_token, since)
+        assert alice.user_id in synced["device_lists"]["changed"]
+        status, body = await raw(server, "POST", f"{V3}/keys/query", token=bob.access_token,
+                                 json={"device_keys": {alice.user_id: [phone["device_id"]]}})
+        assert body["device_keys"][alice.user_id][phone["device_id"]]["unsigned"] == {
+            "device_display_name": "new phone"}
 
         # Deleting the phone removes its keys and one-time keys, and Bob hears of it.
-        since = woken["next_batch"]
+        since = synced["next_batch"]
         path = f"{V3}/devices/{phone['device_id']}"
         status, flow = await raw(server, "DELETE", path, token=alice.access_token)
         assert status == 401
