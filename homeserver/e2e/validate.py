@@ -25,7 +25,9 @@ MAX_CLAIM_DEVICES = 1000
 MAX_SIGNED_OBJECTS = 100
 # "algorithm:key_id": an algorithm is a short printable name without ":".
 _ALGORITHM = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-_KEY_ID = re.compile(r"^[A-Za-z0-9._\-+/=]{1,128}$")
+# A key ID: device IDs (which clients may choose) appear in them, so any printable text
+# without white space.
+_KEY_ID = re.compile(r"^[^\s]{1,255}$")
 MAX_ID_LENGTH = 255
 
 
@@ -58,7 +60,7 @@ def split_key_id(full: object, what: str) -> tuple[str, str]:
     if not isinstance(full, str) or ":" not in full:
         raise invalid(f"{what}: key IDs must look like algorithm:key_id")
     algorithm, key_id = full.split(":", 1)
-    if not is_algorithm(algorithm) or _KEY_ID.match(key_id) is None:
+    if not is_algorithm(algorithm) or _KEY_ID.match(key_id) is None or not key_id.isprintable():
         raise invalid(f"{what}: bad key ID {full[:80]!r}")
     return algorithm, key_id
 

@@ -169,6 +169,8 @@ async def test_bad_input(db_factory: DatabaseFactory, tmp_path: Path, test_ca: t
              413, "M_TOO_LARGE"),
             ("upload", {"one_time_keys": {"no_colon": "abc"}}, 400, "M_INVALID_PARAM"),
             ("upload", {"one_time_keys": {"bad algo:AAAA": "abc"}}, 400, "M_INVALID_PARAM"),
+            ("upload", {"one_time_keys": {"signed_curve25519:A B": "abc"}}, 400, "M_INVALID_PARAM"),
+            ("upload", {"one_time_keys": {":AAAA": "abc"}}, 400, "M_INVALID_PARAM"),
             ("upload", {"one_time_keys": {"signed_curve25519:X": 5}}, 400, "M_BAD_JSON"),
             ("upload", {"one_time_keys": {"signed_curve25519:BIG": {"key": "x" * 10_000}}}, 413, "M_TOO_LARGE"),
             # The same key ID with another content: refused, the stored key kept.
