@@ -158,7 +158,7 @@ class Services:
             clock=clock, notifier=notifier,
         )
         # The device-list EDUs go to the end-to-end keys (e2e/service.py).
-        e2e = E2eKeys(config.server_name, db, notifier, sender, client.request)
+        e2e = E2eKeys(config.server_name, db, notifier, sender, client.request, metrics=metrics)
         processor.handle_edus("m.device_list_update", e2e.on_device_list_update)
         processor.handle_edus("m.signing_key_update", e2e.on_signing_key_update)
         worker = InboundWorker(inbox, processor, config.inbound, metrics)

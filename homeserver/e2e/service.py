@@ -25,6 +25,7 @@ from urllib.parse import quote
 from homeserver.e2e.validate import MAX_ONE_TIME_KEYS_HELD, bad, is_id, public_key_of, too_large
 from homeserver.errors import FederationRequestError
 from homeserver.events.identifiers import server_name_of
+from homeserver.metrics import Metrics
 from homeserver.notifier import Notifier
 from homeserver.rooms.outbox import Outbox
 from homeserver.storage.database import Database
@@ -44,8 +45,9 @@ RemoteRequest = Callable[..., Awaitable[Any]]
 class E2eKeys:
     def __init__(
         self, server_name: str, db: Database, notifier: Notifier, outbox: Outbox | None,
-        request: RemoteRequest | None, *, timeout: float = REMOTE_TIMEOUT,
+        request: RemoteRequest | None, *, timeout: float = REMOTE_TIMEOUT, metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics  # inbound device-list EDUs dropped, per reason
         self.server_name = server_name
         self.keys = E2eKeysStore(db)
         self.lists = DeviceListStore(db)
@@ -334,9 +336,14 @@ class E2eKeys:
         prev = content.get("prev_id", [])
         if (not is_id(user_id) or not is_id(device_id) or isinstance(stream_id, bool)
                 or not isinstance(stream_id, int) or not isinstance(prev, list)):
+            self._dropped(origin, "malformed")
             return
         assert isinstance(user_id, str) and isinstance(device_id, str)
-        if server_name_of(user_id) != origin or not await self._tracked(user_id):
+        if server_name_of(user_id) != origin:
+            self._dropped(origin, "foreign_user")
+            return
+        if not await self._tracked(user_id):
+            self._dropped(origin, "not_in_room")
             return
         known = await self.lists.remote_list(user_id)
         if known is not None and not known.stale and stream_id <= known.stream_id:
@@ -357,6 +364,10 @@ class E2eKeys:
             keys, content.get("deleted") is True,
         )
         await self._wake_sharing(user_id)
+
+    def _dropped(self, origin: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.inbound_edus_dropped.labels(origin, reason).inc()
 
     async def _tracked(self, user_id: str) -> bool:
         """Whether one of our users shares a room with ``user_id``."""
@@ -401,8 +412,10 @@ class E2eKeys:
     async def on_signing_key_update(self, origin: str, content: Mapping[str, Any]) -> None:
         user_id = content.get("user_id")
         if not is_id(user_id) or not isinstance(user_id, str) or server_name_of(user_id) != origin:
+            self._dropped(origin, "foreign_user")
             return
         if not await self._tracked(user_id):
+            self._dropped(origin, "not_in_room")
             return
         cross = {t: content[f"{t}_key"] for t in ("master", "self_signing")
                  if isinstance(content.get(f"{t}_key"), dict) and content[f"{t}_key"].get("user_id") == user_id}

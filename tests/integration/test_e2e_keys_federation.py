@@ -8,6 +8,7 @@ other servers' users."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,10 @@ from homeserver.server import RunningServer
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeysStore
 from tests.clients import eventually, nio_user, raw, server_name, sync_until
+from tests.conftest import DatabaseFactory
 from tests.e2e_keys_helpers import PASSWORD, V3, cross_signing_key, device_keys, one_time_keys, password_auth
+from tests.remote import fake_remote
+from tests.servers import make_config, running_server
 
 FED = "/_matrix/federation/v1"
 
@@ -140,3 +144,31 @@ async def test_federation_endpoints_refuse_bad_input(pair: tuple[RunningServer, 
         reply = await client.post_json(dest, f"{FED}/user/keys/query",
                                        {"device_keys": {f"@x:{server_name(b)}": [], alice.user_id: []}})
         assert set(reply["device_keys"]) == {alice.user_id}
+
+
+async def test_device_list_edus_only_about_the_origins_users_in_shared_rooms(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    """A (fake) server's device-list EDUs: about another server's user, refused at the door;
+    about its own user who shares no room with ours, dropped; both counted; nothing stored."""
+    config = make_config(tmp_path / "hs", await db_factory.new_settings(), test_ca)
+    async with running_server(config) as server, fake_remote(test_ca, tmp_path / "remote") as remote:
+        own, other = f"@eve:{remote.server_name}", "@mallory:elsewhere.test"
+        edus = [
+            {"edu_type": "m.device_list_update", "content": {"user_id": own, "device_id": "D", "stream_id": 1,
+                                                             "prev_id": [], "deleted": False}},
+            {"edu_type": "m.device_list_update", "content": {"user_id": other, "device_id": "D", "stream_id": 1,
+                                                             "prev_id": []}},
+            {"edu_type": "m.signing_key_update", "content": {"user_id": other, "master_key": {}}},
+            {"edu_type": "m.signing_key_update", "content": {"user_id": own, "master_key": {"user_id": own}}},
+        ]
+        status, _ = await remote.send(server, [], edus)
+        assert status == 200
+        assert await server.services.inbound_worker.wait_idle(30.0)
+
+        def dropped(reason: str) -> float:
+            return server.services.metrics.registry.get_sample_value(
+                "hs_inbound_edus_dropped_total", {"origin": remote.server_name, "reason": reason}) or 0.0
+        assert dropped("foreign_user") == 2 and dropped("not_in_room") == 2
+        assert await DeviceListStore(server.services.db).remote_list(own) is None
+        assert await E2eKeysStore(server.services.db).cross_signing_keys(own) == {}
