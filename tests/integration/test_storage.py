@@ -100,6 +100,7 @@ def test_shipped_migrations_found_as_package_data() -> None:
             10: ("inbox_claims_in_memory", ["0010_inbox_claims_in_memory.sql"]),
             11: ("operators", ["0011_operators.sql"]),
             12: ("openid_and_timestamps", ["0012_openid_and_timestamps.sql"]),
+            13: ("e2e_keys", ["0013_e2e_keys.sql"]),
         }
 
 
