@@ -6,7 +6,7 @@ membership and state reads, events.py sending and pagination, sync.py, profile.p
 ephemeral.py typing, receipts and read markers, account_data.py account data,
 capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
 the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
-tokens)
+tokens, keys.py end-to-end keys)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
