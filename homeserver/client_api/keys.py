@@ -36,6 +36,16 @@ from homeserver.util.clock import SYSTEM_CLOCK, Clock
 P = "/_matrix/client/v3"
 
 
+def _timeout(body: dict[str, Any]) -> float | None:
+    """The request's ``timeout`` (ms) for remote servers, in seconds (the service caps it)."""
+    value = body.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise v.bad("timeout must be a non-negative integer (milliseconds)")
+    return value / 1000
+
+
 def signed_bytes(obj: dict[str, Any]) -> bytes:
     return canonical_json({k: val for k, val in obj.items() if k not in ("signatures", "unsigned")})
 
@@ -101,12 +111,12 @@ class KeysAPI:
     async def query(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         body = await read_json_object(request, self.config.max_body_bytes)
-        return json_response(await self.e2e.query(req.user_id, parse_query(body)))
+        return json_response(await self.e2e.query(req.user_id, parse_query(body), _timeout(body)))
 
     async def claim(self, request: web.Request) -> web.Response:
         await self.auth.requester(request)
         body = await read_json_object(request, self.config.max_body_bytes)
-        return json_response(await self.e2e.claim(parse_claim(body)))
+        return json_response(await self.e2e.claim(parse_claim(body), _timeout(body)))
 
     async def changes(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)

@@ -204,7 +204,9 @@ class E2eKeys:
         if "user_signing" in cross and requester == user_id:
             out["user_signing_keys"][user_id] = cross["user_signing"]
 
-    async def query(self, requester: str, wanted: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    async def query(
+        self, requester: str, wanted: Mapping[str, Sequence[str]], timeout: float | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = await self.local_query(wanted, requester)
         out["failures"] = {}
         by_server: dict[str, dict[str, list[str]]] = {}
@@ -212,7 +214,7 @@ class E2eKeys:
             if not self.is_local(user_id):
                 by_server.setdefault(server_name_of(user_id), {})[user_id] = list(devices)
         replies = await self._ask_all("POST", f"{FED}/user/keys/query",
-                                      {s: {"device_keys": q} for s, q in by_server.items()}, out["failures"])
+                                      {s: {"device_keys": q} for s, q in by_server.items()}, out["failures"], timeout)
         for server, reply in replies.items():
             await self._take_remote_query(server, by_server[server], reply, out, requester)
         return out
@@ -238,17 +240,19 @@ class E2eKeys:
                     out[field][user_id] = key
 
     async def _ask_all(
-        self, method: str, path: str, bodies: Mapping[str, Any], failures: dict[str, Any]
+        self, method: str, path: str, bodies: Mapping[str, Any], failures: dict[str, Any],
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Send each server its body at once; the replies of those that answered, the
-        others named in ``failures``."""
+        """Send each server its body at once (each bounded by ``timeout``, at most the
+        service's); the replies of those that answered, the others named in ``failures``."""
+        limit = self.timeout if timeout is None else max(0.1, min(timeout, self.timeout))
+
         async def ask(server: str, body: Any) -> Any:
             if self._request is None:
                 raise FederationRequestError(server, "federation is not available")
             return await asyncio.wait_for(
-                self._request(method, server, path, content=body, timeout=self.timeout,
-                              max_bytes=MAX_REMOTE_REPLY_BYTES),
-                self.timeout + 1,
+                self._request(method, server, path, content=body, timeout=limit, max_bytes=MAX_REMOTE_REPLY_BYTES),
+                limit + 1,
             )
         servers = list(bodies)
         results = await asyncio.gather(*(ask(s, bodies[s]) for s in servers), return_exceptions=True)
@@ -278,7 +282,7 @@ class E2eKeys:
                     out.setdefault(user_id, {})[device_id] = {claimed[0]: claimed[1]}
         return out
 
-    async def claim(self, wanted: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    async def claim(self, wanted: Mapping[str, Mapping[str, str]], timeout: float | None = None) -> dict[str, Any]:
         one_time = await self.local_claim(wanted)
         failures: dict[str, Any] = {}
         by_server: dict[str, dict[str, Mapping[str, str]]] = {}
@@ -286,7 +290,7 @@ class E2eKeys:
             if not self.is_local(user_id):
                 by_server.setdefault(server_name_of(user_id), {})[user_id] = devices
         replies = await self._ask_all("POST", f"{FED}/user/keys/claim",
-                                      {s: {"one_time_keys": q} for s, q in by_server.items()}, failures)
+                                      {s: {"one_time_keys": q} for s, q in by_server.items()}, failures, timeout)
         for server, reply in replies.items():
             keys = reply.get("one_time_keys") if isinstance(reply, dict) else None
             for user_id, devices in (keys.items() if isinstance(keys, dict) else ()):

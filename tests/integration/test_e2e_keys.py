@@ -181,6 +181,8 @@ async def test_bad_input(db_factory: DatabaseFactory, tmp_path: Path, test_ca: t
             ("query", {"device_keys": {"not-a-user": []}}, 400, "M_INVALID_PARAM"),
             ("query", {"device_keys": {alice.user_id: "all"}}, 400, "M_BAD_JSON"),
             ("query", {}, 400, "M_BAD_JSON"),
+            ("query", {"device_keys": {}, "timeout": "soon"}, 400, "M_BAD_JSON"),
+            ("claim", {"one_time_keys": {}, "timeout": -1}, 400, "M_BAD_JSON"),
             ("claim", {"one_time_keys": {alice.user_id: {alice.device_id: 5}}}, 400, "M_INVALID_PARAM"),
             ("claim", {"one_time_keys": {alice.user_id: {alice.device_id: "bad:algo"}}}, 400, "M_INVALID_PARAM"),
             ("claim", {"one_time_keys": {alice.user_id: []}}, 400, "M_BAD_JSON"),

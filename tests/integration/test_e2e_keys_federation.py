@@ -58,7 +58,7 @@ async def test_remote_query_claim_and_device_list_updates(pair: tuple[RunningSer
         # Alice queries and claims Bob's keys through A; an unreachable server is a failure.
         unreachable = "@x:127.0.0.1:9"
         status, body = await raw(a, "POST", f"{V3}/keys/query", token=alice.access_token,
-                                 json={"device_keys": {bob.user_id: [], unreachable: []}})
+                                 json={"device_keys": {bob.user_id: [], unreachable: []}, "timeout": 5000})
         assert status == 200, body
         assert body["device_keys"][bob.user_id][bob.device_id]["keys"][f"ed25519:{bob.device_id}"]
         assert set(body["failures"]) == {"127.0.0.1:9"}
