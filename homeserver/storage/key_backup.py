@@ -140,7 +140,7 @@ class KeyBackupStore:
             await conn.execute(
                 "DELETE FROM room_key_backup_keys WHERE user_id = ? AND version = ?", user_id, number
             )
-        return changed > 0
+        return bool(changed > 0)
 
     # ------------------------------------------------------------------ keys
 

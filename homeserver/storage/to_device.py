@@ -97,9 +97,9 @@ class ToDeviceStore:
         exist gets nothing."""
         rows: list[tuple[str, str, str]] = []
         for m in messages:
-            devices = await self._existing(conn, m.user_id, m.device_id)
+            found = await self._existing(conn, m.user_id, m.device_id)
             encoded = _encode(m.content)
-            rows.extend((m.user_id, d, encoded) for d in devices)
+            rows.extend((m.user_id, d, encoded) for d in found)
         if not rows:
             return Stored(frozenset(), 0)
         top = int(await conn.fetchval(
