@@ -1,10 +1,12 @@
 """Stream tokens handed to clients.
 
-A sync token ``s<events>_<invites>_<ephemeral ms>_<account data>`` names a position in
-four streams: the events table's stream ordering, the received-invites table's stream id,
-the wall-clock millisecond up to which typing and receipts were delivered, and the
-account data stream id. A token of the older three-part form still parses, with account
-data position 0 (the next sync then gives all account data again, which is harmless). A pagination
+A sync token ``s<events>_<invites>_<ephemeral ms>_<account data>_t<to-device>`` names a
+position in five streams: the events table's stream ordering, the received-invites table's
+stream id, the wall-clock millisecond up to which typing and receipts were delivered, the
+account data stream id, and the last to-device message given to the token's device. Tokens
+of the older three- and four-part forms still parse, with the missing positions 0 (the next
+sync then gives all account data, and every to-device message not yet acknowledged, again,
+which is harmless). A pagination
 token ``p<events>`` (``prev_batch``, ``/messages`` start/end) names a position between two
 events: position P lies between the events with orderings P and P+1. Backfilled history
 has negative orderings (below everything else), so a page position may be negative
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from homeserver.errors import MatrixError
 
-_SYNC = re.compile(r"^s(\d{1,18})_(\d{1,18})_(\d{1,18})(?:_(\d{1,18}))?$")
+_SYNC = re.compile(r"^s(\d{1,18})_(\d{1,18})_(\d{1,18})(?:_(\d{1,18}))?(?:_t(\d{1,18}))?$")
 _PAGE = re.compile(r"^p(-?\d{1,18})$")
 # Below every stream ordering: the start of a room's timeline, backfilled history included.
 FIRST_POSITION = -(10**17)
@@ -30,16 +32,17 @@ class SyncToken:
     invites: int
     ephemeral_ms: int
     account_data: int = 0
+    to_device: int = 0
 
     def encode(self) -> str:
-        return f"s{self.events}_{self.invites}_{self.ephemeral_ms}_{self.account_data}"
+        return f"s{self.events}_{self.invites}_{self.ephemeral_ms}_{self.account_data}_t{self.to_device}"
 
 
 def parse_sync_token(raw: str) -> SyncToken:
     m = _SYNC.match(raw)
     if m is None:
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token")
-    return SyncToken(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4) or 0))
+    return SyncToken(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4) or 0), int(m.group(5) or 0))
 
 
 def page_token(position: int) -> str:
