@@ -24,6 +24,7 @@ from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.hierarchy import HierarchyAPI
+from homeserver.client_api.key_backup import KeyBackupAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
@@ -47,6 +48,7 @@ from homeserver.rooms.timestamps import TimestampLookup
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.timeline import TimelineStore
@@ -105,6 +107,7 @@ def create_client_api_app(
     to_device = to_device or ToDeviceStore(events.db)
     app.add_routes(ToDeviceAPI(config.server_name, cc, auth, to_device, sender, notifier, metrics or Metrics(),
                                clock=clock).routes())
+    app.add_routes(KeyBackupAPI(cc, auth, KeyBackupStore(events.db)).routes())
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
                            visibility=visibility, account_data=account_data.store, clock=clock,
                            to_device=ToDeviceSync(to_device)).routes())
