@@ -18,7 +18,9 @@ def test_round_trip_and_old_form() -> None:
     assert parse_page_token("s12_3_1700000000000_7") == 12 == parse_page_token("s12_3_1700000000000")
 
 
-@pytest.mark.parametrize("raw", ["s1_2", "s1_2_3_4_5", "s1_2_3_", "x1_2_3_4", "s1_2_3_-4", "s1_2_3_4_t", "s1_2_3_4_t-1"])
+@pytest.mark.parametrize(
+    "raw", ["s1_2", "s1_2_3_4_5", "s1_2_3_", "x1_2_3_4", "s1_2_3_-4", "s1_2_3_4_t", "s1_2_3_4_t-1"]
+)
 def test_bad_tokens(raw: str) -> None:
     with pytest.raises(MatrixError):
         parse_sync_token(raw)
