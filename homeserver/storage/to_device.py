@@ -103,7 +103,9 @@ class ToDeviceStore:
         if not rows:
             return Stored(frozenset(), 0)
         top = int(await conn.fetchval(
-            "UPDATE to_device_stream SET position = position + ? WHERE id = 1 RETURNING position", len(rows)
+            "INSERT INTO to_device_stream (id, position) VALUES (1, ?) ON CONFLICT (id)"
+            " DO UPDATE SET position = to_device_stream.position + excluded.position RETURNING position",
+            len(rows),
         ))
         first = top - len(rows) + 1
         await conn.executemany(

@@ -1,14 +1,14 @@
 -- Send-to-device messaging and server-side key backups (docs/to_device_and_backup.md).
 -- The same SQL on both engines.
 
--- The to-device stream: one counter row, taken (UPDATE ... RETURNING) first in every
--- transaction that stores messages, so positions are allocated and committed in order and a
--- /sync that has read position P never later meets a message at or below P.
+-- The to-device stream: one counter row (id 1, made by the first write: a migration seeds
+-- no rows, so port-db copies it like any other), taken first in every transaction that
+-- stores messages, so positions are allocated and committed in order and a /sync that has
+-- read position P never later meets a message at or below P.
 CREATE TABLE to_device_stream (
     id INTEGER PRIMARY KEY,
     position BIGINT NOT NULL
 );
-INSERT INTO to_device_stream (id, position) VALUES (1, 0);
 
 -- Each device's inbox: kept until a /sync since-token past stream_id shows the device
 -- received it, or the device is deleted.
