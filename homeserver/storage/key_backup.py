@@ -70,6 +70,7 @@ def _version_number(version: str) -> int | None:
     return int(version)
 
 
+CREATE_ATTEMPTS = 5
 _KEY_COLUMNS = "room_id, session_id, first_message_index, forwarded_count, is_verified, session_data"
 
 
@@ -80,15 +81,22 @@ class KeyBackupStore:
     # ------------------------------------------------------------------ versions
 
     async def create_version(self, user_id: str, algorithm: str, auth_data: Mapping[str, Any]) -> str:
-        """A new version, which becomes the current one."""
-        async with self.db.transaction() as conn:
-            number = await conn.fetchval(
-                "INSERT INTO room_key_backup_versions (user_id, version, algorithm, auth_data, etag, deleted)"
-                " SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, 0, 0 FROM room_key_backup_versions"
-                " WHERE user_id = ? RETURNING version",
-                user_id, algorithm, _encode(auth_data), user_id,
-            )
-        return str(number)
+        """A new version, which becomes the current one. Two concurrent creations may pick
+        the same number: the loser tries again with the next one."""
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                async with self.db.transaction() as conn:
+                    number = await conn.fetchval(
+                        "INSERT INTO room_key_backup_versions (user_id, version, algorithm, auth_data, etag, deleted)"
+                        " SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, 0, 0 FROM room_key_backup_versions"
+                        " WHERE user_id = ? RETURNING version",
+                        user_id, algorithm, _encode(auth_data), user_id,
+                    )
+                return str(number)
+            except Exception as exc:
+                if attempt + 1 == CREATE_ATTEMPTS or not self.db.dialect.is_unique_violation(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def current_version(self, user_id: str) -> BackupVersion | None:
         row = await self.db.fetchone(

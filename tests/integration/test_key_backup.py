@@ -6,6 +6,7 @@ bad input refused with nothing stored; another user's backup out of reach."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -215,3 +216,8 @@ async def test_key_backup_bad_input(db_factory: DatabaseFactory, tmp_path: Path,
         status, v = await alice("GET", f"{V3}/room_keys/version")
         assert (v["count"], v["etag"]) == (1, r["etag"])
         assert (await alice("GET", keys_path()))[1] == {"rooms": {ROOM: {"sessions": {"kept": key(1)}}}}
+
+        # Concurrent creations each get their own number.
+        created = await asyncio.gather(*(alice("POST", f"{V3}/room_keys/version",
+                                               {"algorithm": ALGORITHM, "auth_data": {}}) for _ in range(5)))
+        assert sorted(int(body["version"]) for status, body in created if status == 200) == [2, 3, 4, 5, 6]
