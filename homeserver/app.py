@@ -58,6 +58,7 @@ from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.timestamps import TimestampStore
+from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -89,6 +90,7 @@ class Services:
     acl: AclChecker
     processor: InboundProcessor
     notifier: Notifier  # the one notifier: what happened, for /sync long-polls
+    to_device: ToDeviceStore  # devices' to-device inboxes (client API and inbound EDUs)
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
@@ -153,9 +155,10 @@ class Services:
             client, checker, event_store, persister, metrics,
             backoff_seconds=config.inbound.fetch_backoff_seconds, clock=clock,
         )
+        to_device = ToDeviceStore(db)
         processor = InboundProcessor(
             config.inbound, event_store, persister, fetcher, metrics, memberships, acl,
-            clock=clock, notifier=notifier,
+            clock=clock, notifier=notifier, to_device=to_device,
         )
         # The device-list EDUs go to the end-to-end keys (e2e/service.py).
         e2e = E2eKeys(config.server_name, db, notifier, sender, client.request, metrics=metrics)
@@ -173,7 +176,7 @@ class Services:
         rooms.default_room_version = get_room_version(config.rooms.default_room_version)
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
-            directory, acl, processor, notifier, clock,
+            directory, acl, processor, notifier, to_device, clock,
         )
 
     async def close(self) -> None:
@@ -293,6 +296,7 @@ def create_client_app(services: Services) -> web.Application:
         metrics=services.metrics,
         clock=services.clock,
         notifier=services.notifier,
+        to_device=services.to_device,
     )
     # Where a reverse proxy sends the server name's https://<name>/.well-known/ requests.
     app.add_routes([health_route(services.db), well_known_server_route(services.config)])

@@ -170,6 +170,11 @@ class Metrics:
         self.refused_edus = Counter(
             "hs_outbound_refused_edus", "EDUs refused by the sender (not about our own users)", registry=r
         )
+        # ---- send-to-device (client_api/to_device.py, federation/pipeline/edus.py)
+        self.to_device_dropped = Counter(
+            "hs_to_device_dropped", "To-device messages dropped, per reason (queue_full: the oldest of a"
+            " device past its queue bound)", ["reason"], registry=r,
+        )
         self.outbound_queue_depth = Gauge(
             "hs_outbound_queue_depth", "Queued outbound PDUs and EDUs (as last seen by the sender)",
             ["kind"], registry=r,

@@ -6,7 +6,8 @@ membership and state reads, events.py sending and pagination, sync.py, profile.p
 ephemeral.py typing, receipts and read markers, account_data.py account data,
 capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
 the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
-tokens, keys.py end-to-end keys)
+tokens, keys.py end-to-end keys, to_device.py send-to-device messages, key_backup.py server-side
+key backups)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
@@ -25,11 +26,13 @@ from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.hierarchy import HierarchyAPI
 from homeserver.client_api.keys import KeysAPI
+from homeserver.client_api.key_backup import KeyBackupAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
+from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
 from homeserver.e2e.service import E2eKeys
@@ -48,10 +51,12 @@ from homeserver.rooms.timestamps import TimestampLookup
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.timestamps import TimestampStore
+from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -72,6 +77,7 @@ def create_client_api_app(
     clock: Clock = SYSTEM_CLOCK,
     notifier: Notifier | None = None,
     e2e: E2eKeys | None = None,
+    to_device: ToDeviceStore | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -105,8 +111,14 @@ def create_client_api_app(
                              clock=clock).routes())
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
+    # Send-to-device messages: stored per device, wake /sync, leave by EDU (the one sender).
+    to_device = to_device or ToDeviceStore(events.db)
+    app.add_routes(ToDeviceAPI(config.server_name, cc, auth, to_device, sender, notifier, metrics or Metrics(),
+                               clock=clock).routes())
+    app.add_routes(KeyBackupAPI(cc, auth, KeyBackupStore(events.db)).routes())
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
-                           visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e).routes())
+                           visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e,
+                           to_device=ToDeviceSync(to_device)).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock).routes())

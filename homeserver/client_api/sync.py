@@ -19,7 +19,9 @@ What a response holds, per the spec's /sync:
    and the default ``m.push_rules``, on an initial sync).
 4b. ``device_lists``, ``device_one_time_keys_count``, ``device_unused_fallback_key_types``:
    ``E2eKeys.sync_section`` (e2e/service.py); a device-list change wakes the long-poll.
-5. ``next_batch``: the position to pass as ``since`` next time (tokens.py).
+5. ``to_device``: the device's send-to-device messages (to_device.py ``ToDeviceSync``; a
+   since-token acknowledges, and deletes, those up to its position).
+6. ``next_batch``: the position to pass as ``since`` next time (tokens.py).
 
 Long-poll: with ``since`` and ``timeout``, an empty answer waits on the Notifier (woken by
 persisted events, local typing and receipts, and the user's account data changes) and is
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +42,7 @@ from homeserver.client_api.access import may_read_after_leaving
 from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
+from homeserver.client_api.to_device import ToDeviceSync
 from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
 from homeserver.config import ClientConfig
 from homeserver.e2e.service import E2eKeys
@@ -99,10 +102,11 @@ class SyncAPI:
         self, config: ClientConfig, auth: Authenticator, users: UserStore, events: EventStore,
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
         *, visibility: HistoryVisibility | None = None, account_data: AccountDataStore | None = None,
-        clock: Clock = SYSTEM_CLOCK, e2e: E2eKeys | None = None,
+        clock: Clock = SYSTEM_CLOCK, e2e: E2eKeys | None = None, to_device: ToDeviceSync | None = None,
     ) -> None:
         self.clock = clock
         self.e2e = e2e  # device lists and one-time key counts (e2e/service.py)
+        self.to_device = to_device
         self.config = config
         self.visibility = visibility or HistoryVisibility(events)
         self.account_data = account_data or AccountDataStore(events.db)
@@ -166,6 +170,8 @@ class SyncAPI:
         full_state = query_bool(request, "full_state")
         flt = await self._resolve_filter(req, request.query.get("filter"))
         deadline = self.clock.monotonic() + timeout_ms / 1000
+        if self.to_device is not None:
+            await self.to_device.acknowledge(req, since)
         while True:
             waiter = self.notifier.waiter(req.user_id)
             try:
@@ -291,12 +297,16 @@ class SyncAPI:
             if row.membership in ("leave", "ban") and room_id not in leave and memberships.get(room_id) != "join":
                 leave[room_id] = _rejected_invite_section(row)
 
+        to_device: list[dict[str, Any]] = []
+        if self.to_device is not None:
+            to_device, position = await self.to_device.section(req, since)
+            token = replace(token, to_device=position)
         body: dict[str, Any] = {
             "next_batch": token.encode(),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "presence": {"events": []},
             "account_data": {"events": global_data},
-            "to_device": {"events": []},
+            "to_device": {"events": to_device},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
@@ -308,7 +318,7 @@ class SyncAPI:
             )
             body.update(section)
             e2e_changed = bool(section["device_lists"]["changed"] or section["device_lists"]["left"])
-        return body, bool(join or invite or leave or knock or global_data or e2e_changed)
+        return body, bool(join or invite or leave or knock or global_data or e2e_changed or to_device)
 
     async def _room_section(
         self, req: Requester, room_id: str, since_pos: int, upto: int, limit: int, *, full: bool

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from homeserver.errors import MatrixError
 
-_SYNC = re.compile(r"^s(\d{1,18})_(\d{1,18})_(\d{1,18})(?:_(\d{1,18})(?:_(\d{1,18}))?)?$")
+_SYNC = re.compile(r"^s(\d{1,18})_(\d{1,18})_(\d{1,18})(?:_(\d{1,18})(?:_(\d{1,18}))?)?(?:_t(\d{1,18}))?$")
 _PAGE = re.compile(r"^p(-?\d{1,18})$")
 # Below every stream ordering: the start of a room's timeline, backfilled history included.
 FIRST_POSITION = -(10**17)
@@ -32,9 +32,11 @@ class SyncToken:
     ephemeral_ms: int
     account_data: int = 0
     device_lists: int = 0
+    to_device: int = 0
 
     def encode(self) -> str:
-        return f"s{self.events}_{self.invites}_{self.ephemeral_ms}_{self.account_data}_{self.device_lists}"
+        return (f"s{self.events}_{self.invites}_{self.ephemeral_ms}_{self.account_data}_{self.device_lists}"
+                f"_t{self.to_device}")
 
 
 def parse_sync_token(raw: str) -> SyncToken:
@@ -42,7 +44,7 @@ def parse_sync_token(raw: str) -> SyncToken:
     if m is None:
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid since token")
     return SyncToken(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4) or 0),
-                     int(m.group(5) or 0))
+                     int(m.group(5) or 0), int(m.group(6) or 0))
 
 
 def page_token(position: int) -> str:

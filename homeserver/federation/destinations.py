@@ -117,10 +117,24 @@ def edu_is_ours(edu_type: str, content: Mapping[str, Any], server_name: str) -> 
             return False
         return all(isinstance(p, Mapping) and is_local_user(p.get("user_id"), server_name) for p in push)
     if edu_type == "m.direct_to_device":
-        return is_local_user(content.get("sender"), server_name)
+        target = to_device_target(content)
+        return is_local_user(content.get("sender"), server_name) and target not in (None, server_name)
     if edu_type in ("m.device_list_update", "m.signing_key_update"):
         return is_local_user(content.get("user_id"), server_name)
     return False
+
+
+def to_device_target(content: Mapping[str, Any]) -> str | None:
+    """The one server whose users an m.direct_to_device EDU addresses (it goes there and
+    nowhere else); None when it names no user or users of several servers."""
+    messages = content.get("messages")
+    if not isinstance(messages, Mapping) or not messages:
+        return None
+    servers = {server_name_of(u) if isinstance(u, str) else "" for u in messages}
+    if len(servers) != 1:
+        return None
+    server = servers.pop()
+    return server if is_valid_server_name(server) else None
 
 
 def next_interval_ms(previous_ms: int, config: OutboundConfig) -> int:

@@ -56,6 +56,7 @@ from homeserver.federation.destinations import (
     handshake_refusal,
     is_local_user,
     other_servers,
+    to_device_target,
 )
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
@@ -183,12 +184,18 @@ class OutboundSender:
         """Queue an EDU about our own users; return False (and count it) if refused.
 
         Accepted: m.typing, m.receipt, m.presence, m.direct_to_device, m.device_list_update
-        whose users are all ours. Runs in ``conn``'s transaction when given; the
+        whose users are all ours; m.direct_to_device only to the one server of its targets.
+        Runs in ``conn``'s transaction when given; the
         destinations are woken once it has committed.
         """
+        destinations = list(destinations)
         if not edu_is_ours(edu_type, content, self.server_name):
             self.metrics.refused_edus.inc()
             log.warning("refused to send an EDU not about our own users", extra={"edu_type": edu_type})
+            return False
+        if edu_type == "m.direct_to_device" and set(destinations) != {to_device_target(content)}:
+            self.metrics.refused_edus.inc()
+            log.warning("refused to send a to-device EDU anywhere but its target's server")
             return False
         # A destination in catch-up is not sent EDUs: stale by the time it is back.
         dests = [d for d in other_servers(destinations, self.server_name) if not self._in_catch_up(d)]

@@ -33,7 +33,7 @@ from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
-from homeserver.federation.pipeline.edus import MAX_EDU_ID_BYTES, receipt_fields
+from homeserver.federation.pipeline.edus import MAX_EDU_ID_BYTES, receipt_fields, to_device_edu
 from homeserver.federation.worker import InboundWorker
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
@@ -56,7 +56,7 @@ ECHO_WARNING_INTERVAL_SECONDS = 60.0
 MAX_MISSING_EVENTS = 100
 MAX_BACKFILL = 100
 # EDU types the worker keeps; other types are acknowledged and ignored.
-KEPT_EDU_TYPES = ("m.typing", "m.receipt", "m.device_list_update", "m.signing_key_update")
+KEPT_EDU_TYPES = ("m.typing", "m.receipt", "m.device_list_update", "m.signing_key_update", "m.direct_to_device")
 # The device-list EDUs (e2e/service.py applies them), kept whole below this size.
 DEVICE_EDU_TYPES = ("m.device_list_update", "m.signing_key_update")
 MAX_DEVICE_EDU_BYTES = 64 * 1024
@@ -306,6 +306,11 @@ class FederationTransport:
                 self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
                 return None
             return {"edu_type": edu_type, "content": content}
+        if edu_type == "m.direct_to_device":
+            kept_to_device, reason = to_device_edu(origin, content)
+            if reason is not None:
+                self._metrics.inbound_edus_dropped.labels(origin, reason).inc()
+            return None if kept_to_device is None else {"edu_type": edu_type, "content": kept_to_device}
         if edu_type == "m.typing":
             room_id, user_id = content.get("room_id"), content.get("user_id")
             if _server_of(user_id) != origin or not isinstance(room_id, str):

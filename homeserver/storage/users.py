@@ -30,6 +30,9 @@ from homeserver.storage.registration_tokens import RegistrationTokenStore
 
 T = TypeVar("T")
 
+# A deleted device's to-device queue goes with it (storage/to_device.py).
+_DROP_TO_DEVICE = "DELETE FROM to_device_inbox WHERE user_id = ? AND device_id = ?"
+
 # scrypt cost of new hashes: N = 2**17, r = 8, p = 1 needs 128 MiB and about 0.2-0.5 s of
 # CPU per hash (current guidance: N >= 2**17). ``client.password_scrypt_log_n`` may lower it
 # for tests only; a stored hash of a lower cost is upgraded at the user's next login.
@@ -328,6 +331,7 @@ class UserStore:
                     "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", user_id, device_id
                 )
                 await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", user_id, device_id)
+                await conn.execute(_DROP_TO_DEVICE, user_id, device_id)
 
     async def delete_device(self, user_id: str, device_id: str) -> None:
         async with self.db.transaction() as conn:
@@ -335,11 +339,13 @@ class UserStore:
                 "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", user_id, device_id
             )
             await conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", user_id, device_id)
+            await conn.execute(_DROP_TO_DEVICE, user_id, device_id)
 
     async def delete_all_devices(self, user_id: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM access_tokens WHERE user_id = ?", user_id)
             await conn.execute("DELETE FROM devices WHERE user_id = ?", user_id)
+            await conn.execute("DELETE FROM to_device_inbox WHERE user_id = ?", user_id)
 
     # ------------------------------------------------------------------ profiles
 

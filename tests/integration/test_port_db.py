@@ -144,12 +144,25 @@ async def test_port_db_round_trip_keeps_users_rooms_and_federation(
                 status, _ = await raw(a, "PUT", f"{V3}/user/{alice.user_id}/account_data/org.example.ported",
                                       token=alice.access_token, json={"kept": True})
                 assert status == 200
+                # A to-device message waiting for Alice's device, and a key backup.
+                status, _ = await raw(a, "PUT", f"{V3}/sendToDevice/m.test/port1", token=alice.access_token,
+                                      json={"messages": {alice.user_id: {alice.device_id: {"ported": 1}}}})
+                assert status == 200
+                status, _ = await raw(a, "POST", f"{V3}/room_keys/version", token=alice.access_token,
+                                      json={"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {}})
+                assert status == 200
+                status, _ = await raw(a, "PUT", f"{V3}/room_keys/keys/{room}/s1?version=1", token=alice.access_token,
+                                      json={"first_message_index": 0, "forwarded_count": 0, "is_verified": False,
+                                            "session_data": {"c": "x"}})
+                assert status == 200
                 alice_id, alice_token = alice.user_id, alice.access_token
             # A is stopped: port its database.
             before = sqlite_counts(a_db)
             for table in ("users", "access_tokens", "devices", "events", "current_state", "state_groups",
                           "state_group_entries", "event_edges", "event_auth", "rooms", "receipts",
-                          "account_data", "federation_transactions", "outbound_destinations", "server_keys"):
+                          "account_data", "federation_transactions", "outbound_destinations", "server_keys",
+                          "to_device_stream", "to_device_inbox", "to_device_txns", "room_key_backup_versions",
+                          "room_key_backup_keys"):
                 assert before[table] > 0, table
             config_file = write_config(a_config, tmp_path / "a.yaml")
             status_code = await asyncio.to_thread(main, ["port-db", "-c", str(config_file), "--to", pg_target,
@@ -171,6 +184,17 @@ async def test_port_db_round_trip_keeps_users_rooms_and_federation(
                 # The old access token still works, and so does the old password.
                 status, body = await raw(a2, "GET", f"{V3}/account/whoami", token=alice_token)
                 assert (status, body["user_id"]) == (200, alice_id)
+                # The to-device message still waits; the backup is there; new messages get
+                # positions past the ported ones.
+                status, body = await raw(a2, "GET", f"{V3}/sync", token=alice_token)
+                assert [e["content"] for e in body["to_device"]["events"]] == [{"ported": 1}]
+                status, _ = await raw(a2, "PUT", f"{V3}/sendToDevice/m.test/port2", token=alice_token,
+                                      json={"messages": {alice_id: {"*": {"ported": 2}}}})
+                assert status == 200
+                status, body = await raw(a2, "GET", f"{V3}/sync?since={body['next_batch']}", token=alice_token)
+                assert [e["content"] for e in body["to_device"]["events"]] == [{"ported": 2}]
+                status, body = await raw(a2, "GET", f"{V3}/room_keys/version", token=alice_token)
+                assert (status, body["version"], body["count"]) == (200, "1", 1)
                 alice2 = AsyncClient(base_url(a2), user=alice_id,
                                      config=AsyncClientConfig(store_sync_tokens=False, encryption_enabled=False))
                 try:

@@ -7,6 +7,7 @@ from typing import Any
 
 from homeserver.config import OutboundConfig
 from homeserver.events.event import Event, StateKey
+from homeserver.events.identifiers import server_name_of
 from homeserver.federation.destinations import (
     destinations_for_event,
     edu_is_ours,
@@ -16,6 +17,7 @@ from homeserver.federation.destinations import (
     next_interval_ms,
     next_txn_id,
     other_servers,
+    to_device_target,
 )
 from tests.unit.events.builders import ALL_VERSIONS, Room
 
@@ -126,7 +128,13 @@ def test_edus_only_about_our_users() -> None:
     assert not edu_is_ours("m.receipt", {"!r:a.test": ["not", "a", "map"]}, US)
     assert edu_is_ours("m.presence", {"push": [{"user_id": ALICE, "presence": "online"}]}, US)
     assert not edu_is_ours("m.presence", {"push": []}, US)
-    assert edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {}}, US)
+    assert edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {BOB: {"D": {}}}}, US)
+    assert not edu_is_ours("m.direct_to_device", {"sender": BOB, "messages": {BOB: {"D": {}}}}, US)
+    assert not edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {}}, US)  # names nobody
+    assert not edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {ALICE: {"D": {}}}}, US)  # ours
+    # one target server per EDU
+    assert not edu_is_ours("m.direct_to_device", {"sender": ALICE, "messages": {BOB: {}, "@c:c.test": {}}}, US)
+    assert to_device_target({"messages": {BOB: {"D": {}}}}) == server_name_of(BOB)
     assert edu_is_ours("m.device_list_update", {"user_id": ALICE}, US)
     assert not edu_is_ours("m.device_list_update", {"user_id": "alice"}, US)  # not a user ID
     assert edu_is_ours("m.signing_key_update", {"user_id": ALICE, "master_key": {}}, US)

@@ -38,6 +38,7 @@ from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.inbox import InboxEntry
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.timeline import TimelineStore
+from homeserver.storage.to_device import ToDeviceStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class InboundProcessor:
         *,
         clock: Clock = SYSTEM_CLOCK,
         notifier: Notifier | None = None,
+        to_device: ToDeviceStore | None = None,
     ) -> None:
         self._store = store
         self._persister = persister
@@ -76,7 +78,8 @@ class InboundProcessor:
         notifier = notifier if notifier is not None else persister.notifier
         self._out_of_band = OutOfBand(memberships, notifier)
         self._edus = EduHandler(
-            TimelineStore(store.db, store), ReceiptStore(store.db), acl, metrics, clock, notifier
+            TimelineStore(store.db, store), ReceiptStore(store.db), acl, metrics, clock, notifier,
+            to_device if to_device is not None else ToDeviceStore(store.db),
         )
         # Deferred writes failed: what the caches say was stored may not be.
         store.db.on_deferred_failure(self._cache.forget_all)
