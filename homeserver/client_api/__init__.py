@@ -25,8 +25,8 @@ from homeserver.client_api.directory import DirectoryAPI
 from homeserver.client_api.ephemeral import EphemeralAPI
 from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.hierarchy import HierarchyAPI
-from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.key_backup import KeyBackupAPI
+from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
