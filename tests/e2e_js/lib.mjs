@@ -197,15 +197,16 @@ export async function createEncryptedRoom(client, invite, { direct = false } = {
 
 // Accepts the invite as Element does, once the invite has come down /sync.
 export async function acceptInvite(sc, client, roomId) {
-    await sc.until(`invite to ${roomId}`, () => {
+    const invite = await sc.until(`invite to ${roomId}`, () => {
         const room = client.getRoom(roomId);
-        return room && room.getMyMembership() === "invite";
+        return room && room.getMyMembership() === "invite" && room.getMember(client.getUserId()).events.member;
     });
     await client.joinRoom(roomId);
     await sc.until(`own join in ${roomId}`, () => {
         const room = client.getRoom(roomId);
         return room && room.getMyMembership() === "join";
     });
+    return { invite_is_direct: Boolean(invite.getContent().is_direct) };
 }
 
 export async function waitJoined(sc, client, roomId, userId) {

@@ -14,9 +14,7 @@ await sc.run(async () => {
         return { room_id: roomId };
     });
     await sc.step("b accepts invite", async () => {
-        await acceptInvite(sc, b, roomId);
-        const invite = b.getRoom(roomId).getMember(b.getUserId());
-        const isDirect = Boolean(invite.events.member && invite.events.member.getPrevContent().is_direct);
+        const { invite_is_direct: isDirect } = await acceptInvite(sc, b, roomId);
         if (direct) await b.setAccountData("m.direct", { [a.getUserId()]: [roomId] });
         // The SDK's own work after the join (device queries of the members) must not fail.
         await b.getCrypto().getUserDeviceInfo([a.getUserId(), b.getUserId()], true);
