@@ -94,7 +94,9 @@ export class Scenario {
         await client.initRustCrypto({ useIndexedDB: false });
         this.clients.push(client);
         const prepared = waitEvent(client, "sync", (state) => state === "PREPARED", this.budget(30000));
-        await client.startClient({ initialSyncLimit: 20 });
+        // Element long-polls for 30 s; 5 s here, because a server stopping at the end of a test
+        // waits for the /sync long-polls still open (their client gone) to time out.
+        await client.startClient({ initialSyncLimit: 20, pollTimeout: 5000 });
         await prepared;
         return client;
     }
