@@ -37,10 +37,11 @@ def ensure_installed() -> Path:
     version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
     if int(version.strip().lstrip("v").split(".")[0]) < NODE_MAJOR_MIN:
         pytest.fail(f"Node >= {NODE_MAJOR_MIN} is required for tests/e2e_js, found {version.strip()}")
-    marker = E2E_JS / "node_modules" / "matrix-js-sdk" / "package.json"
+    # npm ci writes node_modules/.package-lock.json: older than the lock file means stale.
+    marker = E2E_JS / "node_modules" / ".package-lock.json"
     with open(E2E_JS / ".npm-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be installing: wait for it
-        if not marker.exists():
+        if not marker.exists() or marker.stat().st_mtime < (E2E_JS / "package-lock.json").stat().st_mtime:
             done = subprocess.run(
                 [npm, "ci", "--prefix", str(E2E_JS), "--no-audit", "--no-fund", "--prefer-offline"],
                 capture_output=True, text=True, timeout=NPM_TIMEOUT,
