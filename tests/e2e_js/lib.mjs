@@ -199,10 +199,19 @@ export async function createEncryptedRoom(client, invite, { direct = false } = {
 
 // Accepts the invite as Element does, once the invite has come down /sync.
 export async function acceptInvite(sc, client, roomId) {
-    const invite = await sc.until(`invite to ${roomId}`, () => {
+    let invite;
+    try {
+        invite = await sc.until(`invite to ${roomId}`, () => {
+            const room = client.getRoom(roomId);
+            const me = room && room.getMember(client.getUserId());
+            return room && room.getMyMembership() === "invite" && me && me.events.member;
+        });
+    } catch (e) {
         const room = client.getRoom(roomId);
-        return room && room.getMyMembership() === "invite" && room.getMember(client.getUserId()).events.member;
-    });
+        const me = room && room.getMember(client.getUserId());
+        throw new Error(`${e.message} (room known: ${Boolean(room)}, membership: ${room && room.getMyMembership()}, `
+            + `own member event: ${Boolean(me && me.events.member)}, sync state: ${client.getSyncState()})`);
+    }
     await client.joinRoom(roomId);
     await sc.until(`own join in ${roomId}`, () => {
         const room = client.getRoom(roomId);
