@@ -95,4 +95,11 @@ def step(result: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def assert_passed(result: dict[str, Any]) -> None:
+    """Every step passed; no request answered a 5xx; no /keys or /sendToDevice endpoint was
+    missing (a 404 from /room_keys/version only says there is no backup yet)."""
     assert result["ok"], explain(result)
+    unexpected = [
+        (m, p, s) for m, p, s in result["http_errors"]
+        if s >= 500 or (s == 404 and p.startswith(("/_matrix/client/v3/keys/", "/_matrix/client/v3/sendToDevice/")))
+    ]
+    assert not unexpected, f"scenario {result['scenario']}: {unexpected}"
