@@ -69,6 +69,12 @@ from homeserver.util.lru import LruCache
 log = logging.getLogger(__name__)
 
 REFUSED_LOG_MEMORY = 10_000
+# EDUs that must survive an outage: a lost to-device message can be a lost room key, which
+# the recipient could then never decrypt. They are queued for a destination in catch-up
+# too, a catch-up collapse keeps them, and a destination in backoff keeps the newest
+# DURABLE_EDU_KEEP of them (the others: the newest outbound.max_queued_edus).
+DURABLE_EDU_TYPES = ("m.direct_to_device",)
+DURABLE_EDU_KEEP = 10_000
 
 
 class OutboundSender:
@@ -86,7 +92,7 @@ class OutboundSender:
     ) -> None:
         self.server_name = server_name
         self.db = db
-        self.store = OutboxStore(db)
+        self.store = OutboxStore(db, durable_edu_types=DURABLE_EDU_TYPES)
         self.client = client
         self.config = config
         self.metrics = metrics
@@ -197,19 +203,23 @@ class OutboundSender:
             self.metrics.refused_edus.inc()
             log.warning("refused to send a to-device EDU anywhere but its target's server")
             return False
-        # A destination in catch-up is not sent EDUs: stale by the time it is back.
-        dests = [d for d in other_servers(destinations, self.server_name) if not self._in_catch_up(d)]
+        # A destination in catch-up is not sent EDUs, stale by the time it is back, but for
+        # the durable ones.
+        durable = edu_type in DURABLE_EDU_TYPES
+        dests = [d for d in other_servers(destinations, self.server_name) if durable or not self._in_catch_up(d)]
         if not dests:
             return True
-        # A destination in backoff keeps only its newest max_queued_edus EDUs.
+        # A destination in backoff keeps only its newest EDUs (max_queued_edus, or
+        # DURABLE_EDU_KEEP of the durable types).
         trimmed = {d for d in dests if (q := self._queues.get(d)) is not None and q.backoff}
+        keep = DURABLE_EDU_KEEP if durable else self.config.max_queued_edus
         now = self.clock.time_ms()
         if conn is None:
             async with self.db.transaction() as tx:
-                await self.store.add_edu(tx, dests, edu_type, content, now, trimmed, self.config.max_queued_edus)
+                await self.store.add_edu(tx, dests, edu_type, content, now, trimmed, keep)
                 tx.call_after(lambda: self._queued(dests, edus=1))
         else:
-            await self.store.add_edu(conn, dests, edu_type, content, now, trimmed, self.config.max_queued_edus)
+            await self.store.add_edu(conn, dests, edu_type, content, now, trimmed, keep)
             conn.call_after(lambda: self._queued(dests, edus=1))
         return True
 

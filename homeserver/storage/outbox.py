@@ -67,8 +67,11 @@ def _encode(value: Any) -> str:
 
 
 class OutboxStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, durable_edu_types: Sequence[str] = ()) -> None:
+        """``durable_edu_types``: EDU types a catch-up collapse keeps (to-device messages:
+        losing one loses a room key), trimmed only among themselves."""
         self.db = db
+        self.durable_edu_types = tuple(durable_edu_types)
 
     # ------------------------------------------------------------------ enqueueing
 
@@ -102,8 +105,14 @@ class OutboxStore:
         trimmed: Collection[str], keep: int,
     ) -> None:
         """Queue one EDU per destination in ``conn``'s transaction; a destination in
-        ``trimmed`` keeps only its newest ``keep`` EDUs."""
+        ``trimmed`` keeps only its newest ``keep`` EDUs of the same class (durable types
+        and the others are trimmed separately)."""
         body = _encode(content)
+        dialect = self.db.dialect
+        if edu_type in self.durable_edu_types:
+            same_class, class_args = dialect.in_list("edu_type", self.durable_edu_types)
+        else:
+            same_class, class_args = dialect.not_in_list("edu_type", self.durable_edu_types)
         for dest in destinations:
             await conn.execute(
                 "INSERT INTO outbound_edu_queue (destination, edu_type, content, queued_ts) VALUES (?, ?, ?, ?)",
@@ -114,11 +123,13 @@ class OutboxStore:
             )
             if dest in trimmed:
                 await conn.execute(
-                    "DELETE FROM outbound_edu_queue WHERE destination = ? AND queue_id <= ("
-                    "SELECT queue_id FROM outbound_edu_queue WHERE destination = ?"
+                    f"DELETE FROM outbound_edu_queue WHERE destination = ? AND {same_class} AND queue_id <= ("
+                    f"SELECT queue_id FROM outbound_edu_queue WHERE destination = ? AND {same_class}"
                     " ORDER BY queue_id DESC LIMIT 1 OFFSET ?)",
                     dest,
+                    *class_args,
                     dest,
+                    *class_args,
                     keep,
                 )
 
@@ -290,23 +301,24 @@ class OutboxStore:
                 destination,
             )
             if collapse:
-                await self._collapse(conn, destination)
+                await self._collapse(conn, destination, self.durable_edu_types)
 
     async def collapse(self, destination: str) -> None:
         """Put the destination in catch-up (see ``_collapse``)."""
         async with self.db.transaction() as conn:
-            await self._collapse(conn, destination)
+            await self._collapse(conn, destination, self.durable_edu_types)
 
-    @staticmethod
-    async def _collapse(conn: Connection, destination: str) -> None:
-        """Shrink the queue to the catch-up marker: our newest event of each room; drop EDUs."""
+    async def _collapse(self, conn: Connection, destination: str, durable_edu_types: Sequence[str]) -> None:
+        """Shrink the queue to the catch-up marker: our newest event of each room; drop the
+        EDUs but the durable ones."""
         await conn.execute(
             "DELETE FROM outbound_pdu_queue WHERE destination = ? AND queue_id NOT IN"
             " (SELECT MAX(queue_id) FROM outbound_pdu_queue WHERE destination = ? GROUP BY room_id)",
             destination,
             destination,
         )
-        await conn.execute("DELETE FROM outbound_edu_queue WHERE destination = ?", destination)
+        others, args = self.db.dialect.not_in_list("edu_type", durable_edu_types)
+        await conn.execute(f"DELETE FROM outbound_edu_queue WHERE destination = ? AND {others}", destination, *args)
         await conn.execute(
             "UPDATE outbound_destinations SET catch_up = 1, pending_txn_id = NULL, pending_pdu_max = NULL,"
             " pending_edu_max = NULL WHERE destination = ?",

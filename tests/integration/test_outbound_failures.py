@@ -294,3 +294,47 @@ async def test_dead_destination_costs_nothing_until_it_calls(
     async with running_server(cfg) as a2:
         st = await a2.services.sender.get_state(c.server_name)
         assert st is not None and not st.dead and st.failure_count == 0
+
+
+async def test_to_device_messages_survive_backoff_trimming_and_catch_up(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], peers: tuple[Receiver, Receiver]
+) -> None:
+    """A to-device message can carry a room key: an outage that collapses the queue to the
+    catch-up marker, or trims it to max_queued_edus, keeps every to-device EDU (queued for a
+    destination in catch-up too), while the other EDUs are dropped as before."""
+    _, c = peers
+    cfg = config(tmp_path, await db_factory.new_settings(), test_ca, catch_up_max_pdus=5, max_queued_edus=2)
+    async with running_server(cfg) as a:
+        sender = a.services.sender
+        me = f"@alice:{a.services.config.server_name}"
+        room = await room_with(a, c)
+        await c.go_down()
+
+        def to_device(i: int) -> dict[str, Any]:
+            return {"sender": me, "type": "m.room_key", "message_id": f"m{i}",
+                    "messages": {f"@u0:{c.server_name}": {"DEV": {"i": i}}}}
+
+        for i in range(3):
+            assert await sender.enqueue_edu("m.direct_to_device", to_device(i), [c.server_name])
+        for _ in range(8):
+            await room.message("while down")
+
+        async def collapsed() -> bool:
+            st = await sender.get_state(c.server_name)
+            return st is not None and st.catch_up
+
+        await eventually(collapsed)
+        typing = {"room_id": room.room_id, "user_id": me, "typing": True}
+        for i in range(3, 8):  # queued in catch-up and in backoff, past max_queued_edus
+            assert await sender.enqueue_edu("m.direct_to_device", to_device(i), [c.server_name])
+            assert await sender.enqueue_edu("m.typing", typing, [c.server_name])
+        assert (await sender.queue_depth(c.server_name))[1] == 8  # the typing EDUs were not queued
+        await c.start()
+        assert await c.signed_get(a.services.config.server_name, PROBE) == 404
+
+        def edus(r: Receiver, edu_type: str) -> list[dict[str, Any]]:
+            return [e for t in r.transactions for e in t.edus if e.get("edu_type") == edu_type]
+
+        await c.wait_for(lambda r: len(edus(r, "m.direct_to_device")) >= 8)
+        assert [e["content"]["message_id"] for e in edus(c, "m.direct_to_device")] == [f"m{i}" for i in range(8)]
+        assert edus(c, "m.typing") == []
