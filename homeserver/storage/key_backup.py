@@ -54,6 +54,13 @@ def should_replace(new: SessionKey, old: SessionKey | None) -> bool:
     return new.forwarded_count < old.forwarded_count
 
 
+# One version of a user's backup, unless deleted: (version, algorithm, auth_data, etag).
+_LIVE_VERSION = (
+    "SELECT version, algorithm, auth_data, etag FROM room_key_backup_versions"
+    " WHERE user_id = ? AND version = ? AND deleted = 0"
+)
+
+
 def _object(raw: str) -> dict[str, Any]:
     value = json.loads(raw)
     return value if isinstance(value, dict) else {}
@@ -112,9 +119,7 @@ class KeyBackupStore:
         if number is None:
             return None
         row = await self.db.fetchone(
-            "SELECT version, algorithm, auth_data, etag FROM room_key_backup_versions"
-            " WHERE user_id = ? AND version = ? AND deleted = 0",
-            user_id, number,
+            _LIVE_VERSION, user_id, number,
         )
         return None if row is None else await self._with_count(self.db, user_id, row)
 
@@ -162,9 +167,7 @@ class KeyBackupStore:
             return None
         async with self.db.transaction() as conn:
             row = await conn.fetchone(
-                "SELECT version, algorithm, auth_data, etag FROM room_key_backup_versions"
-                " WHERE user_id = ? AND version = ? AND deleted = 0",
-                user_id, number,
+                _LIVE_VERSION, user_id, number,
             )
             if row is None:
                 return None
@@ -233,9 +236,7 @@ class KeyBackupStore:
             return None
         async with self.db.transaction() as conn:
             row = await conn.fetchone(
-                "SELECT version, algorithm, auth_data, etag FROM room_key_backup_versions"
-                " WHERE user_id = ? AND version = ? AND deleted = 0",
-                user_id, number,
+                _LIVE_VERSION, user_id, number,
             )
             if row is None:
                 return None
