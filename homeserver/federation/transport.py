@@ -33,7 +33,7 @@ from homeserver.events.identifiers import server_name_of
 from homeserver.events.redaction import redact
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.federation.auth import BODY, FLOAT_FREE, ORIGIN, PDU_TEXTS
-from homeserver.federation.pipeline.edus import MAX_EDU_ID_BYTES, receipt_fields, to_device_edu
+from homeserver.federation.pipeline.edus import receipt_fields, short_id, to_device_edu
 from homeserver.federation.worker import InboundWorker
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
@@ -62,10 +62,6 @@ DEVICE_EDU_TYPES = ("m.device_list_update", "m.signing_key_update")
 MAX_DEVICE_EDU_BYTES = 64 * 1024
 # Receipts one m.receipt EDU may carry; the rest are dropped (counted as malformed).
 MAX_RECEIPTS_PER_EDU = 500
-
-
-def _edu_id(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_EDU_ID_BYTES
 
 
 def _server_of(user_id: object) -> str | None:
@@ -316,7 +312,7 @@ class FederationTransport:
             if _server_of(user_id) != origin or not isinstance(room_id, str):
                 self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc()
                 return None
-            if not _edu_id(room_id) or not _edu_id(user_id):
+            if not short_id(room_id) or not short_id(user_id):
                 self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc()
                 return None
             return {"edu_type": edu_type,
@@ -325,11 +321,11 @@ class FederationTransport:
         kept: dict[str, Any] = {}
         dropped = malformed = count = 0
         for room_id, by_type in content.items():
-            if not isinstance(by_type, dict) or not _edu_id(room_id):
+            if not isinstance(by_type, dict) or not short_id(room_id):
                 malformed += 1
                 continue
             for receipt_type, by_user in by_type.items():
-                if not isinstance(by_user, dict) or not _edu_id(receipt_type):
+                if not isinstance(by_user, dict) or not short_id(receipt_type):
                     malformed += 1
                     continue
                 for user_id, receipt in by_user.items():
@@ -337,7 +333,7 @@ class FederationTransport:
                         dropped += 1
                         continue
                     fields = receipt_fields(receipt)
-                    if fields is None or not _edu_id(user_id) or count >= MAX_RECEIPTS_PER_EDU:
+                    if fields is None or not short_id(user_id) or count >= MAX_RECEIPTS_PER_EDU:
                         malformed += 1
                         continue
                     event_ids, data = fields

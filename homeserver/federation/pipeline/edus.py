@@ -42,7 +42,8 @@ MAX_TO_DEVICE_BYTES = 64 * 1024
 MAX_TO_DEVICE_TARGETS = 10_000
 
 
-def _short_id(value: object) -> bool:
+def short_id(value: object) -> bool:
+    """A non-empty string of at most ``MAX_EDU_ID_BYTES`` bytes (an ID inside an EDU)."""
     return isinstance(value, str) and 0 < len(value) and len(value.encode("utf-8", "surrogatepass")) <= MAX_EDU_ID_BYTES
 
 
@@ -55,7 +56,7 @@ def receipt_fields(receipt: object) -> tuple[list[str], dict[str, Any]] | None:
     if (
         not isinstance(event_ids, list)
         or not 0 < len(event_ids) <= MAX_RECEIPT_EVENT_IDS
-        or not all(_short_id(e) for e in event_ids)
+        or not all(short_id(e) for e in event_ids)
     ):
         return None
     data = receipt.get("data")
@@ -65,7 +66,7 @@ def receipt_fields(receipt: object) -> tuple[list[str], dict[str, Any]] | None:
         if isinstance(ts, int) and not isinstance(ts, bool):
             kept["ts"] = ts
         thread = data.get("thread_id")
-        if _short_id(thread):
+        if short_id(thread):
             kept["thread_id"] = thread
     return list(event_ids), kept
 
@@ -75,21 +76,21 @@ def to_device_edu(origin: str, content: Mapping[str, Any]) -> tuple[dict[str, An
     bounds), and why anything was dropped (a reason for ``hs_inbound_edus_dropped``).
     Refused whole when its sender is not a user of ``origin``."""
     sender = content.get("sender")
-    if not _short_id(sender) or not isinstance(sender, str) or server_name_of(sender) != origin \
+    if not short_id(sender) or not isinstance(sender, str) or server_name_of(sender) != origin \
             or not sender.startswith("@"):
         return None, "foreign_user"
     event_type, message_id, messages = content.get("type"), content.get("message_id"), content.get("messages")
-    if not _short_id(event_type) or not _short_id(message_id) or not isinstance(messages, Mapping):
+    if not short_id(event_type) or not short_id(message_id) or not isinstance(messages, Mapping):
         return None, "malformed"
     kept: dict[str, dict[str, Any]] = {}
     count = 0
     malformed = False
     for user_id, by_device in messages.items():
-        if not _short_id(user_id) or not isinstance(by_device, Mapping):
+        if not short_id(user_id) or not isinstance(by_device, Mapping):
             malformed = True
             continue
         for device_id, message in by_device.items():
-            if (not _short_id(device_id) or not isinstance(message, dict) or count >= MAX_TO_DEVICE_TARGETS
+            if (not short_id(device_id) or not isinstance(message, dict) or count >= MAX_TO_DEVICE_TARGETS
                     or len(json.dumps(message, separators=(",", ":"), ensure_ascii=False)) > MAX_TO_DEVICE_BYTES):
                 malformed = True
                 continue
@@ -146,7 +147,7 @@ class EduHandler:
             await self._direct_to_device(origin, content, now)
         elif edu.get("edu_type") == "m.typing":
             room_id, user_id = content.get("room_id"), content.get("user_id")
-            if not _short_id(room_id) or not _short_id(user_id):
+            if not short_id(room_id) or not short_id(user_id):
                 return
             assert isinstance(room_id, str) and isinstance(user_id, str)
             if not await self._room_allows(origin, room_id):
@@ -162,16 +163,16 @@ class EduHandler:
         elif edu.get("edu_type") == "m.receipt":
             receipts: list[ReceivedReceipt] = []
             for room_id, by_type in content.items():
-                if not _short_id(room_id) or not isinstance(by_type, dict):
+                if not short_id(room_id) or not isinstance(by_type, dict):
                     continue
                 if not await self._room_allows(origin, room_id):
                     continue
                 for receipt_type, by_user in by_type.items():
-                    if not _short_id(receipt_type) or not isinstance(by_user, dict):
+                    if not short_id(receipt_type) or not isinstance(by_user, dict):
                         continue
                     for user_id, receipt in by_user.items():
                         fields = receipt_fields(receipt)
-                        if fields is None or not _short_id(user_id):
+                        if fields is None or not short_id(user_id):
                             continue
                         event_ids, data = fields
                         receipts.append(ReceivedReceipt(room_id, receipt_type, user_id,
