@@ -1,0 +1,1 @@
+"""The media repository: local store, thumbnails, and media over federation."""
