@@ -21,6 +21,8 @@ import ipaddress
 import json
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -46,6 +48,8 @@ WELL_KNOWN_CACHE_SIZE = 10_000
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Redirects followed for one .well-known look-up (each to an allowed https URL).
 MAX_WELL_KNOWN_REDIRECTS = 5
+# The JSON error body of a streamed GET that failed (``stream``), read at most.
+MAX_ERROR_BYTES = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 FEDERATION_POOL = "federation"
 KEY_POOL = "keys"
@@ -54,6 +58,10 @@ KEY_POOL = "keys"
 class _ConnectFailed(FederationRequestError):
     """No connection to the target could be made (nothing was sent): the next SRV target
     may be tried."""
+
+
+class AddressRefused(_ConnectFailed):
+    """The target's address is denied by the IP-range policy: nothing was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,7 @@ class FederationClient:
         self._ssl = make_ssl_context(config.extra_ca_file, config.verify_tls)
         self._session: aiohttp.ClientSession | None = None
         self._key_session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, aiohttp.ClientSession] = {}  # open_pool's, by name
         self.policy = AddressPolicy(config.ip_range_allowlist, config.ip_range_denylist)
         self.keys = KeyFetchClient(self)  # what the key ring fetches keys with
         # Bounded: one entry per server name we tried to reach (names come from remote parties).
@@ -149,11 +158,20 @@ class FederationClient:
             json_serialize=json.dumps,
         )
 
+    def open_pool(self, name: str, limit: int, per_host: int, total: float) -> None:
+        """A further pool of its own (remote media downloads: ``media/remote.py``), with the
+        same TLS and IP-range policy, its own connection limits and total timeout; closed
+        with the client. ``stream`` and ``stream_url`` use it by ``name``."""
+        if name in (FEDERATION_POOL, KEY_POOL) or name in self._pools:
+            raise ValueError(f"pool {name!r} exists")
+        self._pools[name] = self._new_session(limit, per_host, total, min(self._config.connect_timeout, total))
+
     async def close(self) -> None:
-        for session in (self._session, self._key_session):
+        for session in (self._session, self._key_session, *self._pools.values()):
             if session is not None:
                 await session.close()
         self._session = self._key_session = None
+        self._pools.clear()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -162,6 +180,8 @@ class FederationClient:
         return self._session
 
     def _pool(self, pool: str) -> aiohttp.ClientSession:
+        if pool in self._pools:
+            return self._pools[pool]
         if pool == KEY_POOL:
             if self._key_session is None:
                 raise RuntimeError("FederationClient used before start()")
@@ -412,6 +432,96 @@ class FederationClient:
 
     async def get_json(self, destination: str, path: str, **kw: Any) -> Any:
         return await self.request("GET", destination, path, **kw)
+
+    # ----------------------------------------------------------------- streamed GETs
+
+    @asynccontextmanager
+    async def stream(
+        self, destination: str, path: str, *, query: dict[str, str] | None = None, signed: bool = True,
+        pool: str = FEDERATION_POOL, timeout: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET to a server whose body the caller reads itself, in chunks, from the
+        response given (status < 400: a redirect is the caller's to follow, or not). A
+        status of 400 or more raises FederationRequestError with the ``errcode`` of a JSON body (read within
+        ``MAX_ERROR_BYTES``). ``timeout`` (default ``request_timeout``) bounds connecting,
+        the request and the whole read of the body."""
+        uri = path
+        if query:
+            uri += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query.items())
+        session = self._pool(pool)
+        total = timeout or self._config.request_timeout
+        deadline = time.monotonic() + total
+        targets = await self.resolve_all(destination, session)
+        headers = {"Host": targets[0].host_header}
+        if signed:
+            headers["Authorization"] = authorization_header(self._key, self.server_name, destination, "GET", uri, None)
+        answered = False
+        for i, target in enumerate(targets):
+            url = URL(target.base_url + uri, encoded=True)
+            req_timeout = aiohttp.ClientTimeout(
+                total=max(deadline - time.monotonic(), 0.001), connect=self._config.connect_timeout
+            )
+            try:
+                async with self._open(session, destination, url, headers, req_timeout, target.server_hostname) as resp:
+                    answered = True
+                    yield resp
+                    return
+            except _ConnectFailed:
+                self._close_idle(target, session)
+                if answered or i == len(targets) - 1 or time.monotonic() >= deadline:
+                    raise
+
+    @asynccontextmanager
+    async def stream_url(
+        self, url: str, *, pool: str = FEDERATION_POOL, timeout: float | None = None, label: str = "redirect",
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """As ``stream``, to a URL a remote server named (a media ``Location``): https only,
+        unsigned, its address checked by the IP-range policy (an IP literal before any
+        connection, a name at connect time); no redirect followed. ``label`` names the
+        request in errors (never the URL's host, which anyone may choose)."""
+        target = URL(url)
+        if target.scheme != "https" or not target.host:
+            raise AddressRefused(label, "only an https URL is followed")
+        req_timeout = aiohttp.ClientTimeout(total=timeout or self._config.request_timeout,
+                                            connect=self._config.connect_timeout)
+        async with self._open(self._pool(pool), label, target, {}, req_timeout, None) as resp:
+            yield resp
+
+    @asynccontextmanager
+    async def _open(
+        self, session: aiohttp.ClientSession, destination: str, url: URL, headers: dict[str, str],
+        req_timeout: aiohttp.ClientTimeout, server_hostname: str | None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        try:
+            self.policy.check_host(url.host or "")
+        except AddressDenied as e:
+            raise AddressRefused(destination, f"GET refused: {e.strerror}") from None
+        try:
+            async with session.get(
+                url, headers=headers, timeout=req_timeout, allow_redirects=False, server_hostname=server_hostname,
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await _read_at_most(resp.content, MAX_ERROR_BYTES)
+                    try:
+                        body = loads(raw) if raw else None
+                    except ValueError:
+                        body = None
+                    errcode = body.get("errcode") if isinstance(body, dict) else None
+                    raise FederationRequestError(
+                        destination, f"GET returned {resp.status} {errcode or ''}".strip(), resp.status,
+                        errcode if isinstance(errcode, str) else None, body,
+                    )
+                yield resp
+        except aiohttp.ConnectionTimeoutError:
+            raise _ConnectFailed(destination, "GET timed out") from None
+        except TimeoutError:
+            raise FederationRequestError(destination, "GET timed out") from None
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, AddressDenied):
+                raise AddressRefused(destination, f"GET refused: {e.os_error.strerror}") from None
+            raise _ConnectFailed(destination, f"GET failed: {e}") from None
+        except aiohttp.ClientError as e:
+            raise FederationRequestError(destination, f"GET failed: {e}") from None
 
     async def put_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
         return await self.request("PUT", destination, path, content=content, **kw)
