@@ -1,5 +1,5 @@
 """One download of another server's media, over federation (server-server API, "Content
-Repository"), into a sink, within bounds.
+Repository"), opened as a stream of bounded chunks.
 
 1. ``GET /_matrix/federation/v1/media/download/{mediaId}`` (or ``/thumbnail/{mediaId}``),
    X-Matrix signed, through the one outbound client and its IP-range policy. The answer is
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -33,9 +34,8 @@ from yarl import URL
 from homeserver.errors import FederationRequestError
 from homeserver.media.multipart import (
     Chunk,
-    End,
+    Event,
     MediaHeaders,
-    Metadata,
     MultipartError,
     MultipartParser,
     Redirect,
@@ -52,9 +52,10 @@ _FALLBACK_STATUSES = frozenset({400, 405, 501})
 
 
 class Outcome(enum.Enum):
-    """The label values of ``hs_media_remote_fetches_total``: a bounded set."""
+    """The label values of ``hs_media_remote_fetches_total`` (with "cached": served from the
+    cache, no request made): a bounded set."""
 
-    OK = "ok"
+    FETCHED = "fetched"
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     TIMEOUT = "timeout"
@@ -66,14 +67,6 @@ class DownloadFailed(Exception):
     def __init__(self, outcome: Outcome, message: str) -> None:
         super().__init__(message)
         self.outcome = outcome
-
-
-@dataclass(frozen=True, slots=True)
-class Downloaded:
-    content_type: str
-    upload_name: str | None
-    size: int
-    legacy: bool  # came through the deprecated /_matrix/media/v3 path
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +83,6 @@ class Thumbnail:
         if self.animated is not None:
             q["animated"] = "true" if self.animated else "false"
         return q
-
-
-Sink = Callable[[bytes], Awaitable[None]]
 
 
 def _fallback(e: FederationRequestError) -> bool:
@@ -128,6 +118,17 @@ def filename_of(disposition: str | None) -> str | None:
     return name[:MAX_FILENAME_CHARS] or None
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedMedia:
+    """An answer whose headers are read: the media's bytes follow in ``chunks`` (an
+    iterator that raises DownloadFailed, never gives more than ``max_bytes`` in all)."""
+
+    content_type: str
+    upload_name: str | None
+    legacy: bool  # came through the deprecated /_matrix/media/v3 path
+    chunks: AsyncIterator[bytes]
+
+
 class MediaDownloader:
     """Downloads for ``media/remote.py``; ``pool``: the client's pool media uses."""
 
@@ -135,103 +136,147 @@ class MediaDownloader:
         self._client = client
         self._pool = pool
 
-    async def download(
-        self, origin: str, media_id: str, thumbnail: Thumbnail | None, sink: Sink, *, max_bytes: int,
+    @asynccontextmanager
+    async def open(
+        self, origin: str, media_id: str, thumbnail: Thumbnail | None, *, max_bytes: int, deadline: float,
+    ) -> AsyncIterator[OpenedMedia]:
+        """The media's answer, open until the block ends; raises DownloadFailed (also from
+        ``chunks``). ``deadline``: a ``time.monotonic()`` value it all must end by."""
+        async with AsyncExitStack() as stack:
+            try:
+                opened = await self._open(stack, origin, media_id, thumbnail, max_bytes, deadline)
+            except AddressRefused as e:
+                raise DownloadFailed(Outcome.REFUSED, str(e)) from None
+            except FederationRequestError as e:
+                raise _failure(e) from None
+            except AddressDenied as e:
+                raise DownloadFailed(Outcome.REFUSED, str(e.strerror)) from None
+            except TimeoutError:
+                raise DownloadFailed(Outcome.TIMEOUT, f"{origin}: timed out") from None
+            except (aiohttp.ClientError, OSError) as e:
+                raise DownloadFailed(Outcome.ERROR, f"{origin}: {type(e).__name__}") from None
+            yield opened
+
+    async def _open(
+        self, stack: AsyncExitStack, origin: str, media_id: str, thumbnail: Thumbnail | None, max_bytes: int,
         deadline: float,
-    ) -> Downloaded:
-        """Write the media's bytes to ``sink``; raise DownloadFailed. ``deadline``: a
-        ``time.monotonic()`` value the whole download must end by."""
+    ) -> OpenedMedia:
         kind = "thumbnail" if thumbnail else "download"
         query = thumbnail.query() if thumbnail else {}
         mid = quote(media_id, safe="")
         try:
-            try:
-                async with self._client.stream(
-                    origin, f"/_matrix/federation/v1/media/{kind}/{mid}", query=query or None,
-                    pool=self._pool, timeout=_left(deadline),
-                ) as resp:
-                    return await self._read_multipart(resp, sink, max_bytes, deadline)
-            except FederationRequestError as e:
-                if not _fallback(e):
-                    raise
-            legacy = {**query, "allow_remote": "false", "allow_redirect": "true"}
-            async with self._client.stream(
-                origin, f"/_matrix/media/v3/{kind}/{quote(origin, safe='')}/{mid}", query=legacy,
-                signed=False, pool=self._pool, timeout=_left(deadline),
-            ) as resp:
-                return await self._read_plain(resp, sink, max_bytes, deadline, legacy=True, may_redirect=True)
-        except AddressRefused as e:
-            raise DownloadFailed(Outcome.REFUSED, str(e)) from None
+            resp = await stack.enter_async_context(self._client.stream(
+                origin, f"/_matrix/federation/v1/media/{kind}/{mid}", query=query or None,
+                pool=self._pool, timeout=_left(deadline),
+            ))
         except FederationRequestError as e:
-            raise _failure(e) from None
-        except AddressDenied as e:
-            raise DownloadFailed(Outcome.REFUSED, str(e.strerror)) from None
-        except (aiohttp.ClientError, OSError) as e:  # a read that broke off after the answer began
-            raise DownloadFailed(Outcome.ERROR, f"{origin}: {type(e).__name__}") from None
+            if not _fallback(e):
+                raise
+        else:
+            return await self._multipart(stack, resp, max_bytes, deadline)
+        legacy = {**query, "allow_remote": "false", "allow_redirect": "true"}
+        resp = await stack.enter_async_context(self._client.stream(
+            origin, f"/_matrix/media/v3/{kind}/{quote(origin, safe='')}/{mid}", query=legacy,
+            signed=False, pool=self._pool, timeout=_left(deadline),
+        ))
+        if resp.status in _REDIRECTS:
+            location = resp.headers.get("Location")
+            if not location:
+                raise DownloadFailed(Outcome.ERROR, "a redirect without a Location")
+            return await self._follow(stack, str(resp.url.join(URL(location))), max_bytes, deadline, legacy=True)
+        return _plain(resp, max_bytes, legacy=True)
 
-    async def _read_multipart(
-        self, resp: aiohttp.ClientResponse, sink: Sink, max_bytes: int, deadline: float
-    ) -> Downloaded:
+    async def _multipart(
+        self, stack: AsyncExitStack, resp: aiohttp.ClientResponse, max_bytes: int, deadline: float
+    ) -> OpenedMedia:
+        if resp.status != 200:
+            raise DownloadFailed(Outcome.ERROR, f"answered {resp.status}")
         try:
             boundary = boundary_of(resp.headers.get("Content-Type"))
         except MultipartError as e:
             raise DownloadFailed(Outcome.ERROR, f"not a multipart answer: {e}") from None
         parser = MultipartParser(boundary, max_media_bytes=max_bytes)
-        headers: MediaHeaders | None = None
-        size = 0
-        try:
-            while not parser.done:
-                data = await resp.content.read(READ_CHUNK)
-                if not data:
-                    parser.close()  # raises: the stream ended before the closing delimiter
-                for event in parser.feed(data):
-                    if isinstance(event, Chunk):
-                        size += len(event.data)
-                        await sink(event.data)
-                    elif isinstance(event, MediaHeaders):
-                        headers = event
-                    elif isinstance(event, Redirect):
-                        return await self._follow(event.location, sink, max_bytes, deadline)
-                    elif isinstance(event, End | Metadata):
-                        pass
-        except TooLarge as e:
-            raise DownloadFailed(Outcome.TOO_LARGE, str(e)) from None
-        except MultipartError as e:
-            raise DownloadFailed(Outcome.ERROR, f"bad multipart answer: {e}") from None
-        assert headers is not None  # the parser gives End only after two parts
-        return Downloaded(_content_type(headers.content_type), filename_of(headers.content_disposition), size, False)
+        early: list[bytes] = []  # media bytes that came with the headers
+        while True:  # up to the second part's headers
+            data = await _read(resp)
+            events = _feed(parser, data)
+            for i, event in enumerate(events):
+                if isinstance(event, Redirect):
+                    return await self._follow(stack, event.location, max_bytes, deadline, legacy=False)
+                if isinstance(event, MediaHeaders):
+                    early = [e.data for e in events[i + 1 :] if isinstance(e, Chunk)]
+                    return OpenedMedia(
+                        _content_type(event.content_type), filename_of(event.content_disposition), False,
+                        _multipart_chunks(resp, parser, early),
+                    )
 
-    async def _follow(self, location: str, sink: Sink, max_bytes: int, deadline: float) -> Downloaded:
+    async def _follow(
+        self, stack: AsyncExitStack, location: str, max_bytes: int, deadline: float, *, legacy: bool
+    ) -> OpenedMedia:
         """The media at a ``Location``: once, no further redirect."""
-        async with self._client.stream_url(location, pool=self._pool, timeout=_left(deadline)) as resp:
-            return await self._read_plain(resp, sink, max_bytes, deadline, legacy=False, may_redirect=False)
-
-    async def _read_plain(
-        self, resp: aiohttp.ClientResponse, sink: Sink, max_bytes: int, deadline: float, *, legacy: bool,
-        may_redirect: bool,
-    ) -> Downloaded:
-        if resp.status in _REDIRECTS:
-            location = resp.headers.get("Location")
-            if not may_redirect or not location:
-                raise DownloadFailed(Outcome.ERROR, "a redirect that may not be followed")
-            return await self._follow(str(resp.url.join(URL(location))), sink, max_bytes, deadline)
-        if resp.status != 200:
-            raise DownloadFailed(Outcome.ERROR, f"answered {resp.status}")
-        if resp.content_length is not None and resp.content_length > max_bytes:
-            raise DownloadFailed(Outcome.TOO_LARGE, f"the media is larger than {max_bytes} bytes")
-        size = 0
-        while True:
-            data = await resp.content.read(READ_CHUNK)
-            if not data:
-                break
-            size += len(data)
-            if size > max_bytes:
-                raise DownloadFailed(Outcome.TOO_LARGE, f"the media is larger than {max_bytes} bytes")
-            await sink(data)
-        return Downloaded(
-            _content_type(resp.headers.get("Content-Type")),
-            filename_of(resp.headers.get("Content-Disposition")), size, legacy,
+        resp = await stack.enter_async_context(
+            self._client.stream_url(location, pool=self._pool, timeout=_left(deadline))
         )
+        if resp.status in _REDIRECTS:
+            raise DownloadFailed(Outcome.ERROR, "a second redirect is not followed")
+        return _plain(resp, max_bytes, legacy=legacy)
+
+
+def _plain(resp: aiohttp.ClientResponse, max_bytes: int, *, legacy: bool) -> OpenedMedia:
+    """An answer that is the media itself (legacy path, or a ``Location``'s)."""
+    if resp.status != 200:
+        raise DownloadFailed(Outcome.ERROR, f"answered {resp.status}")
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise DownloadFailed(Outcome.TOO_LARGE, f"the media is larger than {max_bytes} bytes")
+    return OpenedMedia(
+        _content_type(resp.headers.get("Content-Type")), filename_of(resp.headers.get("Content-Disposition")),
+        legacy, _plain_chunks(resp, max_bytes),
+    )
+
+
+async def _plain_chunks(resp: aiohttp.ClientResponse, max_bytes: int) -> AsyncIterator[bytes]:
+    size = 0
+    while data := await _read(resp):
+        size += len(data)
+        if size > max_bytes:
+            raise DownloadFailed(Outcome.TOO_LARGE, f"the media is larger than {max_bytes} bytes")
+        yield data
+    if resp.content_length is not None and size != resp.content_length:
+        raise DownloadFailed(Outcome.ERROR, "the answer ended before its Content-Length")
+
+
+async def _multipart_chunks(
+    resp: aiohttp.ClientResponse, parser: MultipartParser, early: list[bytes]
+) -> AsyncIterator[bytes]:
+    for data in early:
+        yield data
+    while not parser.done:
+        for event in _feed(parser, await _read(resp)):
+            if isinstance(event, Chunk):
+                yield event.data
+
+
+def _feed(parser: MultipartParser, data: bytes) -> list[Event]:
+    """The parser's events for ``data`` (empty: the stream ended); DownloadFailed on a
+    body that breaks the format or its bounds."""
+    try:
+        if not data:
+            parser.close()  # raises unless the closing delimiter was seen
+            return []
+        return parser.feed(data)
+    except TooLarge as e:
+        raise DownloadFailed(Outcome.TOO_LARGE, str(e)) from None
+    except MultipartError as e:
+        raise DownloadFailed(Outcome.ERROR, f"bad multipart answer: {e}") from None
+
+
+async def _read(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.content.read(READ_CHUNK)
+    except TimeoutError:
+        raise DownloadFailed(Outcome.TIMEOUT, "timed out reading the answer") from None
+    except (aiohttp.ClientError, OSError) as e:
+        raise DownloadFailed(Outcome.ERROR, f"the answer broke off: {type(e).__name__}") from None
 
 
 def _left(deadline: float) -> float:
