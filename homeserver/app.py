@@ -35,6 +35,7 @@ from homeserver.federation.transport import FederationTransport
 from homeserver.federation.worker import InboundWorker
 from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
+from homeserver.media.repository import MediaRepository
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
@@ -92,6 +93,7 @@ class Services:
     notifier: Notifier  # the one notifier: what happened, for /sync long-polls
     to_device: ToDeviceStore  # devices' to-device inboxes (client API and inbound EDUs)
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
+    media: MediaRepository | None = None  # the media repository (homeserver/media/)
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @classmethod
@@ -174,9 +176,10 @@ class Services:
         rooms.alias_resolver = directory.resolve  # joins by alias
         rooms.invite_limits = config.invites  # caps on other servers' invites
         rooms.default_room_version = get_room_version(config.rooms.default_room_version)
+        media = MediaRepository.open(config, db, metrics, clock=clock)
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
-            directory, acl, processor, notifier, to_device, clock,
+            directory, acl, processor, notifier, to_device, clock, media,
         )
 
     async def close(self) -> None:
@@ -297,6 +300,7 @@ def create_client_app(services: Services) -> web.Application:
         clock=services.clock,
         notifier=services.notifier,
         to_device=services.to_device,
+        media=services.media,
     )
     # Where a reverse proxy sends the server name's https://<name>/.well-known/ requests.
     app.add_routes([health_route(services.db), well_known_server_route(services.config)])

@@ -20,6 +20,7 @@ from homeserver.config_typed import ConfigError as ConfigError
 from homeserver.config_typed import build_dataclass
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.events.versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from homeserver.util.durations import parse_duration
 from homeserver.util.hostport import parse_nameserver
 
 
@@ -308,6 +309,62 @@ class FederationLimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ThumbnailSizeConfig:
+    width: int
+    height: int
+    method: str  # crop (exactly width x height) or scale (fits inside, aspect kept)
+
+
+def _default_thumbnail_sizes() -> list[ThumbnailSizeConfig]:
+    return [
+        ThumbnailSizeConfig(32, 32, "crop"), ThumbnailSizeConfig(96, 96, "crop"),
+        ThumbnailSizeConfig(320, 240, "scale"), ThumbnailSizeConfig(640, 480, "scale"),
+        ThumbnailSizeConfig(800, 600, "scale"),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """The media repository (docs/media.md)."""
+
+    # Largest upload (and largest remote media cached), in bytes: m.upload.size.
+    max_upload_size: int = 50 * 1024 * 1024
+    # Where the files live (content-addressed); null: <data_dir>/media.
+    store_path: str | None = None
+    # The thumbnail sizes made (a request gets the closest one).
+    thumbnail_sizes: list[ThumbnailSizeConfig] = field(default_factory=_default_thumbnail_sizes)
+    # Images with more pixels than this are not thumbnailed (decompression bombs).
+    max_thumbnail_source_pixels: int = 32_000_000
+    # Remote media not accessed for this long is purged by `homeserver media purge-remote`
+    # when no --before is given: <n>d, <n>h, <n>m or <n>s.
+    remote_retention: str = "90d"
+    # The legacy unauthenticated /_matrix/media/v3/download and /thumbnail (off: 404, as
+    # Synapse's frozen legacy media; clients use the authenticated /client/v1/media).
+    legacy_unauthenticated: bool = False
+    # Uploads per user (token bucket), and asynchronous uploads (POST /media/v1/create)
+    # waiting for their bytes per user, which expire after unused_expiry_seconds.
+    upload_rate_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(per_second=1.0, burst_count=10))
+    max_pending_uploads: int = 10
+    unused_expiry_seconds: int = 24 * 3600
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_size", "max_thumbnail_source_pixels", "max_pending_uploads", "unused_expiry_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"media.{name}: must be positive")
+        if self.upload_rate_limit.per_second <= 0 or self.upload_rate_limit.burst_count <= 0:
+            raise ConfigError("media.upload_rate_limit: per_second and burst_count must be positive")
+        for i, size in enumerate(self.thumbnail_sizes):
+            if size.method not in ("crop", "scale"):
+                raise ConfigError(f"media.thumbnail_sizes[{i}].method: must be crop or scale")
+            if not (1 <= size.width <= 4096 and 1 <= size.height <= 4096):
+                raise ConfigError(f"media.thumbnail_sizes[{i}]: width and height must be between 1 and 4096")
+        try:
+            parse_duration(self.remote_retention)
+        except ValueError:
+            raise ConfigError("media.remote_retention: must be <n>d, <n>h, <n>m or <n>s") from None
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "json"
@@ -332,6 +389,7 @@ class Config:
     federation_limits: FederationLimitsConfig = field(default_factory=FederationLimitsConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     well_known: WellKnownConfig = field(default_factory=WellKnownConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
 
 _PATH_KEYS = {
@@ -341,6 +399,7 @@ _PATH_KEYS = {
     "listeners.federation.tls_private_key_path",
     "database.path",
     "federation.extra_ca_file",
+    "media.store_path",
 }
 
 def _validate(config: Config) -> None:

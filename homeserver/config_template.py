@@ -312,6 +312,38 @@ client:
   # of a lower cost are upgraded at the user's next successful login.
   password_scrypt_log_n: 17
 
+media:
+  # The media repository (docs/media.md). Largest upload in bytes (m.upload.size), also
+  # the largest remote media cached.
+  max_upload_size: 52428800
+  # Where the files live, named by their SHA-256 (identical files stored once); null:
+  # <data_dir>/media.
+  store_path: null
+  # Thumbnail sizes made (on first request, then kept); a request gets the smallest of its
+  # method at least as large as asked. crop: exactly that size; scale: fits inside.
+  thumbnail_sizes:
+    - {width: 32, height: 32, method: crop}
+    - {width: 96, height: 96, method: crop}
+    - {width: 320, height: 240, method: scale}
+    - {width: 640, height: 480, method: scale}
+    - {width: 800, height: 600, method: scale}
+  # Images with more pixels than this get no thumbnail (decompression bombs).
+  max_thumbnail_source_pixels: 32000000
+  # `homeserver media purge-remote` without --before deletes cached remote media not
+  # accessed for this long: <n>d, <n>h, <n>m or <n>s.
+  remote_retention: "90d"
+  # The legacy unauthenticated GET /_matrix/media/v3/download and /thumbnail. Off (as
+  # Synapse freezes legacy media): they answer 404 and clients use /_matrix/client/v1/media.
+  legacy_unauthenticated: false
+  # Uploads per user (token bucket): burst_count at once, refilled at per_second.
+  upload_rate_limit:
+    per_second: 1.0
+    burst_count: 10
+  # Asynchronous uploads (POST /_matrix/media/v1/create) waiting for their bytes per user,
+  # and the seconds an unused one stays reserved.
+  max_pending_uploads: 10
+  unused_expiry_seconds: 86400
+
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.
   level: "INFO"

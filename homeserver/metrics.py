@@ -226,3 +226,18 @@ class Metrics:
             "hs_event_loop_lag_probe_seconds", "Event-loop lag per probe", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
         )
+        # ---- media repository (homeserver/media/): kind is local or remote; the remote
+        # fetch outcome is one of MEDIA_FETCH_OUTCOMES (no server names: bounded labels).
+        self.media_uploads = Counter(
+            "hs_media_uploads", "Media stored (local uploads, remote media cached)", ["kind"], registry=r
+        )
+        self.media_bytes_stored = Counter(
+            "hs_media_stored_bytes", "Bytes of media stored (before deduplication)", ["kind"], registry=r
+        )
+        self.media_remote_fetches = Counter(
+            "hs_media_remote_fetches", "Remote media fetches, per outcome", ["outcome"], registry=r
+        )
+
+
+# The outcomes of a remote media fetch (the label values of hs_media_remote_fetches_total).
+MEDIA_FETCH_OUTCOMES = ("cached", "fetched", "not_found", "too_large", "timeout", "error", "refused")

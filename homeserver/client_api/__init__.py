@@ -37,6 +37,7 @@ from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
 from homeserver.e2e.service import E2eKeys
 from homeserver.http import error_middleware
+from homeserver.media.repository import MediaRepository
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
@@ -78,6 +79,7 @@ def create_client_api_app(
     notifier: Notifier | None = None,
     e2e: E2eKeys | None = None,
     to_device: ToDeviceStore | None = None,
+    media: MediaRepository | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
