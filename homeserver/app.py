@@ -27,6 +27,7 @@ from homeserver.federation.directory_api import FederationDirectoryAPI
 from homeserver.federation.e2e_api import FederationKeysAPI
 from homeserver.federation.hierarchy_api import FederationHierarchyAPI
 from homeserver.federation.keys_api import key_routes, well_known_server_route
+from homeserver.federation.media_api import FederationMediaAPI
 from homeserver.federation.pipeline import InboundProcessor
 from homeserver.federation.query_api import FederationQueryAPI
 from homeserver.federation.rooms_api import FederationRoomsAPI, user_store_profiles
@@ -35,6 +36,7 @@ from homeserver.federation.transport import FederationTransport
 from homeserver.federation.worker import InboundWorker
 from homeserver.gcpolicy import collections_paused
 from homeserver.http import Handler, error_middleware
+from homeserver.media.remote import FederationMediaFetcher
 from homeserver.media.repository import MediaRepository
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
@@ -177,6 +179,7 @@ class Services:
         rooms.invite_limits = config.invites  # caps on other servers' invites
         rooms.default_room_version = get_room_version(config.rooms.default_room_version)
         media = MediaRepository.open(config, db, metrics, clock=clock)
+        FederationMediaFetcher.attach(media, client)  # remote media, over federation (media/remote.py)
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, to_device, clock, media,
@@ -235,6 +238,8 @@ def create_federation_app(services: Services) -> web.Application:
                 services.federation_client.request),
         UserStore(services.db),
     ).routes())
+    if services.media is not None:
+        app.add_routes(FederationMediaAPI(services.media, services.metrics).routes())
     # After the known query types (profile: rooms_api, directory: directory_api).
     app.add_routes(FederationQueryAPI(
         rooms_api, services.event_store, OpenIdStore(services.db), clock=services.clock

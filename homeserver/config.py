@@ -346,9 +346,17 @@ class MediaConfig:
     upload_rate_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(per_second=1.0, burst_count=10))
     max_pending_uploads: int = 10
     unused_expiry_seconds: int = 24 * 3600
+    # Fetching remote media (media/remote.py): seconds one fetch may take in all, fetches
+    # running at once in all and per remote server, and running or waiting in all.
+    remote_fetch_timeout: float = 60.0
+    remote_max_concurrent_fetches: int = 10
+    remote_max_fetches_per_host: int = 2
+    remote_max_pending_fetches: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_size", "max_thumbnail_source_pixels", "max_pending_uploads", "unused_expiry_seconds"):
+        for name in ("max_upload_size", "max_thumbnail_source_pixels", "max_pending_uploads", "unused_expiry_seconds",
+                     "remote_fetch_timeout", "remote_max_concurrent_fetches", "remote_max_fetches_per_host",
+                     "remote_max_pending_fetches"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"media.{name}: must be positive")
         if self.upload_rate_limit.per_second <= 0 or self.upload_rate_limit.burst_count <= 0:

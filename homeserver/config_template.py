@@ -343,6 +343,13 @@ media:
   # and the seconds an unused one stays reserved.
   max_pending_uploads: 10
   unused_expiry_seconds: 86400
+  # Other servers' media, fetched over federation and cached: seconds one fetch may take
+  # in all (then 502), fetches running at once in all and per remote server, and fetches
+  # running or waiting in all (past it a fetch is refused at once).
+  remote_fetch_timeout: 60.0
+  remote_max_concurrent_fetches: 10
+  remote_max_fetches_per_host: 2
+  remote_max_pending_fetches: 100
 
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.

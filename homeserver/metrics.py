@@ -237,6 +237,10 @@ class Metrics:
         self.media_remote_fetches = Counter(
             "hs_media_remote_fetches", "Remote media fetches, per outcome", ["outcome"], registry=r
         )
+        self.federation_media_served = Counter(
+            "hs_federation_media_served", "Our media served to other servers (kind: download or thumbnail)",
+            ["kind"], registry=r,
+        )
 
 
 # The outcomes of a remote media fetch (the label values of hs_media_remote_fetches_total).
