@@ -92,7 +92,7 @@ def test_geometry() -> None:
 def test_durations_and_config() -> None:
     assert parse_duration("30d") == 30 * 86400 and parse_duration("12h") == 43200
     assert parse_duration("5m") == 300 and parse_duration("1.5s") == 1.5
-    for bad in ("30", "d", "-1d", "1w", ""):
+    for bad in ("30", "d", "-1d", "1y", ""):
         with pytest.raises(ValueError):
             parse_duration(bad)
     with pytest.raises(ConfigError, match="remote_retention"):
