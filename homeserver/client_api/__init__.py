@@ -7,7 +7,7 @@ ephemeral.py typing, receipts and read markers, account_data.py account data,
 capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
 the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
 tokens, keys.py end-to-end keys, to_device.py send-to-device messages, key_backup.py server-side
-key backups)
+key backups, media.py the content repository)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
@@ -27,6 +27,7 @@ from homeserver.client_api.events import EventsAPI
 from homeserver.client_api.hierarchy import HierarchyAPI
 from homeserver.client_api.key_backup import KeyBackupAPI
 from homeserver.client_api.keys import KeysAPI
+from homeserver.client_api.media import MediaAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
@@ -132,5 +133,7 @@ def create_client_api_app(
     timestamps = TimestampLookup(events, TimestampStore(events.db), rooms.remote.fetcher, backfiller.servers)
     app.add_routes(HierarchyAPI(auth, walker, timestamps, timeline).routes())
     app.add_routes(OpenIdAPI(config.server_name, cc, auth, OpenIdStore(events.db), clock=clock).routes())
+    if media is not None:  # the media repository (client_api/media.py, homeserver/media/)
+        app.add_routes(MediaAPI(config.server_name, auth, media, clock=clock).routes())
 
     return app

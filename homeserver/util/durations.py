@@ -1,11 +1,11 @@
-"""Durations written as ``<n>d``, ``<n>h``, ``<n>m`` or ``<n>s`` (config keys, CLI options)."""
+"""Durations written as ``<n>w``, ``<n>d``, ``<n>h``, ``<n>m`` or ``<n>s`` (config keys, CLI options)."""
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms])\s*$")
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([wdhms])\s*$")
 
 
 def parse_duration(text: str) -> float:

@@ -5,21 +5,26 @@ once and kept; purging remote media removes rows and the files nothing refers to
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from homeserver.config import MediaConfig
+from homeserver.cli import main
+from homeserver.config import MediaConfig, load_config
 from homeserver.media.errors import MediaExists, MediaNotFound, MediaTooLarge, NotCreator, UploadIncomplete
-from homeserver.media.repository import MediaRepository
-from homeserver.storage.database import Database
+from homeserver.media.repository import MediaRepository, store_path
+from homeserver.storage.database import Database, open_database
 from homeserver.storage.media import MediaStore
 from homeserver.storage.migrations import migrate
-from homeserver.util.clock import FakeClock
+from homeserver.util.clock import FakeClock, now_ms
+from tests.conftest import DatabaseFactory
 
 US = "a.test"
 
@@ -121,3 +126,36 @@ async def test_purge_remote(repo: MediaRepository, tmp_path: Path) -> None:
     local = await repo.get(US, "L")
     assert local is not None and local.path is not None and local.path.read_bytes() == shared
     assert len(files_in(tmp_path / "media" / "content")) == 1
+
+
+async def test_purge_remote_cli(db_factory: DatabaseFactory, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``homeserver media purge-remote``: remote media not accessed for --before goes (rows
+    and files), recently accessed and local media stay; counts printed."""
+    settings = await db_factory.new_settings()
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "server_name": US, "signing_key_path": "signing.key", "data_dir": str(tmp_path), "database": settings,
+        "listeners": {"federation": {"tls": False}},
+    }))
+    config = load_config(config_path)
+    db = await open_database(settings["engine"], path=settings.get("path"), dsn=settings.get("dsn"))
+    try:
+        await migrate(db)
+        old = FakeClock(start_ms=now_ms() - 40 * 86400 * 1000)
+        repo = MediaRepository.open(config, db, clock=old)
+        await repo.store_stream("b.test", "OLD", "a/b", None, chunks(b"old bytes"), 100)
+        await repo.store_stream(US, "LOCAL", "a/b", None, chunks(b"local bytes"), 100)
+        repo.clock = FakeClock(start_ms=now_ms())
+        await repo.store_stream("b.test", "NEW", "a/b", None, chunks(b"new bytes"), 100)
+        for path in files_in(store_path(config)):  # written long ago (the purge spares fresh files)
+            os.utime(path, (0, 0))
+    finally:
+        await db.close()
+    status = await asyncio.to_thread(main, ["media", "purge-remote", "-c", str(config_path), "--before", "30d",
+                                            "--json"])
+    assert status == 0
+    assert json.loads(capsys.readouterr().out) == {"media": 1, "files": 1, "bytes": len(b"old bytes")}
+    names = sorted(p.read_bytes() for p in files_in(store_path(config) / "content"))
+    assert names == [b"local bytes", b"new bytes"]
+    assert await asyncio.to_thread(main, ["media", "purge-remote", "-c", str(config_path), "--before", "soon"]) == 1
