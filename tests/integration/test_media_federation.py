@@ -30,7 +30,9 @@ from homeserver.media.multipart import Chunk, MediaHeaders, MultipartParser, bou
 from homeserver.media.remote import FederationMediaFetcher, RemoteMediaTimeout
 from homeserver.media.repository import MediaRepository
 from homeserver.server import RunningServer
-from tests.clients import client_server
+from tests.clients import client_server, nio_user
+from tests.integration.test_media_client import V1, get, media_id_of
+from tests.integration.test_media_client import upload as client_upload
 from tests.conftest import DatabaseFactory
 from tests.integration.test_outbound_ip_policy import AcceptCounter
 from tests.media_remote import MediaRemote, media_remote
@@ -94,6 +96,43 @@ async def federation_get(frm: RunningServer, to: RunningServer, path: str) -> tu
 
 
 # ---------------------------------------------------------------- two of our servers
+
+
+async def test_user_of_b_downloads_an_upload_of_a(pair: tuple[RunningServer, RunningServer]) -> None:
+    """The issue's "done when": an image uploaded on A, downloaded with a 96x96 thumbnail
+    by a client of B through B's authenticated media API (B fetching over federation)."""
+    a, b = pair
+    data = png(400, 300)
+    async with nio_user(a, "alice") as alice, nio_user(b, "bob") as bob:
+        status, body = await client_upload(a, alice.access_token, data, "image/png", "holiday.png")
+        assert status == 200, body
+        uri = body["content_uri"]
+        assert uri.startswith(f"mxc://{name(a)}/")
+        path = f"/{name(a)}/{media_id_of(uri)}"
+
+        status, headers, got = await get(b, f"{V1}/download{path}", bob.access_token)
+        assert (status, got) == (200, data)
+        assert headers["Content-Type"] == "image/png"
+        assert headers["Content-Disposition"] == 'inline; filename="holiday.png"'
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+        status, headers, thumb = await get(b, f"{V1}/thumbnail{path}?width=96&height=96&method=crop",
+                                           bob.access_token)
+        assert status == 200, thumb
+        with Image.open(io.BytesIO(thumb)) as img:
+            assert img.size == (96, 96)
+
+        # Again: from B's cache; A served the media once.
+        status, _, again = await get(b, f"{V1}/download{path}/other-name.png", bob.access_token)
+        assert (status, again) == (200, data)
+        assert metric(a, "hs_federation_media_served_total", {"kind": "download"}) == 1
+        assert fetches(b, "fetched") == 1 and fetches(b, "cached") >= 2
+
+        # Unknown remote media: 404; unauthenticated: 401.
+        status, _, body_ = await get(b, f"{V1}/download/{name(a)}/doesnotexist", bob.access_token)
+        assert status == 404, body_
+        status, _, _ = await get(b, f"{V1}/download{path}")
+        assert status == 401
 
 
 async def test_remote_media_fetched_once_then_served_from_cache(pair: tuple[RunningServer, RunningServer]) -> None:
@@ -223,6 +262,13 @@ async def test_stalling_server_holds_few_connections_and_times_out(
     assert fetches(ours, "timeout") == 6
     assert fetcher(ours).slots.pending == 0 and fetcher(ours).slots.hosts_tracked() == 0
 
+    # Through the client API: a clean Matrix error, within the timeout.
+    async with nio_user(ours, "carol") as carol:
+        started = time.monotonic()
+        status, _, body = await get(ours, f"{V1}/download/{foreign.server_name}/slow9", carol.access_token)
+        assert status in (502, 504) and b"errcode" in body
+        assert time.monotonic() - started < 4.0
+
 
 @pytest.mark.parametrize("mode", ["federation", "unrecognized", "chunked"])
 async def test_oversize_remote_media_is_refused_and_nothing_cached(
@@ -237,6 +283,10 @@ async def test_oversize_remote_media_is_refused_and_nothing_cached(
     assert await repo(ours).get(foreign.server_name, "big") is None
     assert files_in(repo(ours).files.root) == before
     assert fetches(ours, "too_large") == 1
+    async with nio_user(ours, "dave") as dave:
+        status, _, body = await get(ours, f"{V1}/download/{foreign.server_name}/big", dave.access_token)
+        assert status == 502 and b"M_TOO_LARGE" in body
+    assert files_in(repo(ours).files.root) == before
 
 
 async def test_location_is_followed_once_and_only_to_allowed_addresses(
