@@ -31,9 +31,9 @@ from homeserver.media.remote import FederationMediaFetcher, RemoteMediaTimeout
 from homeserver.media.repository import MediaRepository
 from homeserver.server import RunningServer
 from tests.clients import client_server, nio_user
+from tests.conftest import DatabaseFactory
 from tests.integration.test_media_client import V1, get, media_id_of
 from tests.integration.test_media_client import upload as client_upload
-from tests.conftest import DatabaseFactory
 from tests.integration.test_outbound_ip_policy import AcceptCounter
 from tests.media_remote import MediaRemote, media_remote
 
