@@ -185,7 +185,7 @@ async def test_errors_and_leftovers(db_factory: DatabaseFactory, tmp_path: Path,
             (f"{V1}/download/{name}/bad!id", 400),
             (f"{V1}/download/bad_server!/abc", 400),
             (f"{V1}/download/{name}/unknown", 404),
-            (f"{V1}/download/remote.example/abc", 404),  # no remote fetcher: not found
+            (f"{V1}/download/remote.example/abc", 502),  # unreachable remote (media/remote.py)
             (f"{V1}/thumbnail/{name}/unknown?width=32&height=32", 404),
             (f"{V1}/thumbnail/{name}/unknown?height=32", 400),
             (f"{V1}/thumbnail/{name}/unknown?width=-3&height=32", 400),
