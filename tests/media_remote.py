@@ -28,7 +28,9 @@ class MediaRemote:
         self.media: dict[str, tuple[str, bytes]] = {}  # media ID -> (content type, bytes)
         # federation: multipart answers; "unrecognized": 404 M_UNRECOGNIZED on the federation
         # path (an old server); "stall": accept and never answer; "redirect": a Location
-        # part naming ``location``. chunked: plain answers without a Content-Length.
+        # part naming ``location``; "not_multipart": 200 with the bare bytes; "truncated":
+        # the multipart answer without its closing delimiter; "broken": a 500.
+        # chunked: plain answers without a Content-Length.
         self.mode = "federation"
         self.chunked = False
         self.location = ""
@@ -83,6 +85,13 @@ class MediaRemote:
         if found is None:
             return web.json_response({"errcode": "M_NOT_FOUND", "error": "Not found"}, status=404)
         boundary = "b0undary"
+        if self.mode == "broken":
+            return web.json_response({"errcode": "M_UNKNOWN", "error": "Internal error"}, status=500)
+        if self.mode == "not_multipart":
+            return web.Response(body=found[1], content_type=found[0])
+        if self.mode == "truncated":
+            body = encode_head(boundary, found[0], None) + found[1]
+            return web.Response(body=body, headers={"Content-Type": content_type_header(boundary)})
         if self.mode == "redirect":
             return web.Response(body=encode_redirect(boundary, self.location),
                                 headers={"Content-Type": content_type_header(boundary)})

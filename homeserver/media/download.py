@@ -183,6 +183,7 @@ class MediaDownloader:
             location = resp.headers.get("Location")
             if not location:
                 raise DownloadFailed(Outcome.ERROR, "a redirect without a Location")
+            resp.close()
             return await self._follow(stack, str(resp.url.join(URL(location))), max_bytes, deadline, legacy=True)
         return _plain(resp, max_bytes, legacy=True)
 
@@ -202,6 +203,7 @@ class MediaDownloader:
             events = _feed(parser, data)
             for i, event in enumerate(events):
                 if isinstance(event, Redirect):
+                    resp.close()  # its connection is not held while the Location is fetched
                     return await self._follow(stack, event.location, max_bytes, deadline, legacy=False)
                 if isinstance(event, MediaHeaders):
                     early = [e.data for e in events[i + 1 :] if isinstance(e, Chunk)]

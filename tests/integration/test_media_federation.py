@@ -315,3 +315,16 @@ async def test_location_is_followed_once_and_only_to_allowed_addresses(
         assert denied.accepted == 0
     assert fetches(ours, "refused") == 4
     assert foreign.requests["cdn"] == 1
+
+
+@pytest.mark.parametrize("mode", ["not_multipart", "truncated", "broken"])
+async def test_bad_answers_are_errors_and_nothing_cached(ours: RunningServer, foreign: MediaRemote, mode: str) -> None:
+    foreign.mode = mode
+    foreign.media["bad"] = ("image/png", png(30, 30))
+    before = files_in(repo(ours).files.root)
+    with pytest.raises(RemoteMediaUnavailable):
+        await fetcher(ours).fetch(foreign.server_name, "bad")
+    assert await repo(ours).get(foreign.server_name, "bad") is None
+    assert files_in(repo(ours).files.root) == before
+    assert fetches(ours, "error") == 1
+    assert foreign.requests == {"federation": 1}  # a 500 is not a reason to try the legacy path
