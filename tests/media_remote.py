@@ -26,6 +26,7 @@ class MediaRemote:
         self.port = free_port()
         self.server_name = f"localhost:{self.port}"
         self.media: dict[str, tuple[str, bytes]] = {}  # media ID -> (content type, bytes)
+        self.thumbnails: dict[str, tuple[str, bytes]] = {}  # what the thumbnail paths answer
         # federation: multipart answers; "unrecognized": 404 M_UNRECOGNIZED on the federation
         # path (an old server); "stall": accept and never answer; "redirect": a Location
         # part naming ``location``; "not_multipart": 200 with the bare bytes; "truncated":
@@ -81,7 +82,8 @@ class MediaRemote:
         await self._counted("federation", request)
         if self.mode == "unrecognized":
             return web.json_response({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}, status=404)
-        found = self.media.get(request.match_info["mediaId"])
+        store = self.thumbnails if request.match_info["kind"] == "thumbnail" else self.media
+        found = store.get(request.match_info["mediaId"])
         if found is None:
             return web.json_response({"errcode": "M_NOT_FOUND", "error": "Not found"}, status=404)
         boundary = "b0undary"
@@ -107,7 +109,8 @@ class MediaRemote:
         return await self._plain(request)
 
     async def _plain(self, request: web.Request) -> web.StreamResponse:
-        found = self.media.get(request.match_info["mediaId"])
+        store = self.thumbnails if request.match_info.get("kind") == "thumbnail" else self.media
+        found = store.get(request.match_info["mediaId"])
         if found is None:
             return web.json_response({"errcode": "M_NOT_FOUND", "error": "Not found"}, status=404)
         headers = {"Content-Type": found[0], "Content-Disposition": "attachment; filename=old.bin"}

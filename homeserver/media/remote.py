@@ -131,8 +131,8 @@ class FederationMediaFetcher:
 
     async def _cached(self, origin: str, media_id: str) -> MediaInfo | None:
         info = await self._repo.get(origin, media_id)
-        if info is None or not info.remote or info.path is None:
-            return None
+        if info is None or not info.remote or info.path is None or not info.path.is_file():
+            return None  # not cached (or its file is gone: fetched again, the row replaced)
         await self._repo.touch(origin, media_id)
         self._count("cached")
         return info

@@ -328,3 +328,23 @@ async def test_bad_answers_are_errors_and_nothing_cached(ours: RunningServer, fo
     assert files_in(repo(ours).files.root) == before
     assert fetches(ours, "error") == 1
     assert foreign.requests == {"federation": 1}  # a 500 is not a reason to try the legacy path
+
+
+@pytest.mark.parametrize("mode", ["federation", "unrecognized"])
+async def test_thumbnail_of_media_we_cannot_read_comes_from_the_origin(
+    ours: RunningServer, foreign: MediaRemote, mode: str
+) -> None:
+    foreign.mode = mode
+    foreign.media["clip"] = ("video/mp4", os.urandom(5000))
+    foreign.thumbnails["clip"] = ("image/png", png(96, 54))
+    thumb = await fetcher(ours).fetch_thumbnail(foreign.server_name, "clip", 96, 96, "scale", False)
+    assert thumb is not None and thumb.content_type == "image/png"
+    assert thumb.path.read_bytes() == foreign.thumbnails["clip"][1]
+    asked = sum(foreign.requests.values())
+    again = await fetcher(ours).fetch_thumbnail(foreign.server_name, "clip", 96, 96, "scale", False)
+    assert again is not None and again.sha256 == thumb.sha256
+    assert sum(foreign.requests.values()) == asked  # kept beside the cached media
+    # The purge forgets it with the media.
+    result = await repo(ours).purge_remote(int(time.time() * 1000) + 1000, file_grace_seconds=0)
+    assert result.media == 1
+    assert await repo(ours).store.get_thumbnail(foreign.server_name, "clip", 96, 96, "scale", False) is None
