@@ -41,9 +41,11 @@ class MediaFiles:
         self.tmp = root / "tmp"
 
     def prepare(self) -> None:
-        """Make the directories; remove temporary files a crash left behind."""
-        self.content.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        """Make the directories (the store 0700: users' files are theirs and the
+        operator's); remove temporary files a crash left behind."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.content.mkdir(mode=0o700, exist_ok=True)
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
         cutoff = time.time() - _STALE_TMP_SECONDS
         for entry in self.tmp.iterdir():
             try:

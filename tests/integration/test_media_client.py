@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from nio import DownloadResponse, UploadResponse
+from nio import DownloadResponse, ResizingMethod, ThumbnailResponse, UploadResponse
 from PIL import Image
 
 from homeserver.server import RunningServer
@@ -240,3 +240,16 @@ async def test_nio_upload_and_download(db_factory: DatabaseFactory, tmp_path: Pa
         got = await alice.download(mxc=resp.content_uri)
         assert isinstance(got, DownloadResponse), got
         assert got.body == image and got.content_type == "image/png" and got.filename == "cat.png"
+        origin, media_id = resp.content_uri.removeprefix("mxc://").split("/")
+        thumb = await alice.thumbnail(origin, media_id, 32, 32, ResizingMethod.crop)
+        assert isinstance(thumb, ThumbnailResponse), thumb
+        with Image.open(io.BytesIO(thumb.body)) as im:
+            assert im.size == (32, 32)
+        # HEAD and byte ranges (seeking in a video) work on downloads.
+        path = f"{V1}/download/{origin}/{media_id}"
+        auth = {"Authorization": f"Bearer {alice.access_token}"}
+        async with aiohttp.ClientSession() as s:
+            async with s.head(base_url(server) + path, headers=auth) as r:
+                assert r.status == 200 and r.headers["Content-Length"] == str(len(image))
+            async with s.get(base_url(server) + path, headers={**auth, "Range": "bytes=10-19"}) as r:
+                assert r.status == 206 and await r.read() == image[10:20]

@@ -18,7 +18,14 @@ from PIL import Image
 
 from homeserver.cli import main
 from homeserver.config import MediaConfig, load_config
-from homeserver.media.errors import MediaExists, MediaNotFound, MediaTooLarge, NotCreator, UploadIncomplete
+from homeserver.media.errors import (
+    CannotThumbnail,
+    MediaExists,
+    MediaNotFound,
+    MediaTooLarge,
+    NotCreator,
+    UploadIncomplete,
+)
 from homeserver.media.repository import MediaRepository, store_path
 from homeserver.storage.database import Database, open_database
 from homeserver.storage.media import MediaStore
@@ -159,3 +166,34 @@ async def test_purge_remote_cli(db_factory: DatabaseFactory, tmp_path: Path,
     names = sorted(p.read_bytes() for p in files_in(store_path(config) / "content"))
     assert names == [b"local bytes", b"new bytes"]
     assert await asyncio.to_thread(main, ["media", "purge-remote", "-c", str(config_path), "--before", "soon"]) == 1
+
+
+def gif(frames: int) -> bytes:
+    images = [Image.new("RGB", (120, 80), (i * 40 % 256, 0, 0)) for i in range(frames)]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=50, loop=0)
+    return buf.getvalue()
+
+
+async def test_animated_thumbnails_and_metrics(repo: MediaRepository, tmp_path: Path) -> None:
+    """animated=true on an animated GIF: an animated WebP; animated=false: the first frame
+    as PNG; a JPEG asked animated is a plain JPEG thumbnail. Uploads are counted."""
+    await repo.store_stream(US, "GIF", "image/gif", None, chunks(gif(4)), 10**6)
+    moving = await repo.thumbnail(US, "GIF", 32, 32, "crop", animated=True)
+    assert moving is not None and moving.content_type == "image/webp" and moving.animated
+    with Image.open(moving.path) as im:
+        assert getattr(im, "n_frames", 1) == 4 and im.size == (32, 32)
+    still = await repo.thumbnail(US, "GIF", 32, 32, "crop", animated=False)
+    assert still is not None and still.content_type == "image/png" and not still.animated
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 50)).save(buf, format="JPEG")
+    await repo.store_stream(US, "JPG", "image/jpeg", None, chunks(buf.getvalue()), 10**6)
+    jpeg = await repo.thumbnail(US, "JPG", 32, 32, "scale", animated=True)
+    assert jpeg is not None and jpeg.content_type == "image/jpeg" and not jpeg.animated
+    # A file that claims to be an image but is not: no thumbnail.
+    await repo.store_stream(US, "FAKE", "image/png", None, chunks(b"not a png"), 10**6)
+    with pytest.raises(CannotThumbnail):
+        await repo.thumbnail(US, "FAKE", 32, 32, "crop")
+    uploads = repo.metrics.registry.get_sample_value("hs_media_uploads_total", {"kind": "local"})
+    assert uploads == 3
+    assert oct(os.stat(tmp_path / "media").st_mode & 0o777) == oct(0o700)
