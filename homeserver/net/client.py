@@ -8,6 +8,9 @@ a dead peer costs at most ``request_timeout`` and one pooled connection slot.
 Key fetches (``keys``, what the key ring uses) go through a second, small session of their
 own (``federation.key_fetch_max_connections``, ``..._per_host``, ``key_fetch_timeout``):
 requests naming servers that never answer can fill that pool, never the federation pool.
+Remote media downloads likewise have a pool of their own (``open_pool``, opened by
+``media/remote.py``) and read their bodies themselves, in chunks (``stream``,
+``stream_url``: the latter for a URL a remote server named, https only).
 
 Every socket of both sessions is opened through the outbound IP-range policy
 (``net.addresses``): the address is checked after DNS resolution, at connect time, so
