@@ -324,6 +324,25 @@ def _default_thumbnail_sizes() -> list[ThumbnailSizeConfig]:
 
 
 @dataclass(frozen=True, slots=True)
+class UrlPreviewConfig:
+    """URL previews (media/preview.py): off by default. Fetches go through the outbound
+    client and its IP-range policy (federation.ip_range_allowlist / _denylist)."""
+
+    enabled: bool = False
+    # Seconds one preview may take in all (redirects and image included), bytes of a page
+    # read at most, previews made at once, and seconds an answer is cached.
+    timeout: float = 10.0
+    max_page_bytes: int = 1024 * 1024
+    max_concurrent: int = 4
+    cache_seconds: int = 3600
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "max_page_bytes", "max_concurrent", "cache_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"media.url_preview.{name}: must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConfig:
     """The media repository (docs/media.md)."""
 
@@ -341,6 +360,8 @@ class MediaConfig:
     # The legacy unauthenticated /_matrix/media/v3/download and /thumbnail (off: 404, as
     # Synapse's frozen legacy media; clients use the authenticated /client/v1/media).
     legacy_unauthenticated: bool = False
+    # URL previews (GET /_matrix/client/v1/media/preview_url); off: 404 M_UNRECOGNIZED.
+    url_preview: UrlPreviewConfig = field(default_factory=UrlPreviewConfig)
     # Uploads per user (token bucket), and asynchronous uploads (POST /media/v1/create)
     # waiting for their bytes per user, which expire after unused_expiry_seconds.
     upload_rate_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(per_second=1.0, burst_count=10))

@@ -335,6 +335,17 @@ media:
   # The legacy unauthenticated GET /_matrix/media/v3/download and /thumbnail. Off (as
   # Synapse freezes legacy media): they answer 404 and clients use /_matrix/client/v1/media.
   legacy_unauthenticated: false
+  # URL previews (GET /_matrix/client/v1/media/preview_url), off by default. When on, pages
+  # are fetched through the outbound client, so federation.ip_range_denylist/allowlist
+  # apply (loopback, private and link-local addresses refused unless allowed); one preview
+  # may take timeout seconds in all and read max_page_bytes of a page (an og:image up to
+  # max_upload_size, kept as media); answers are cached for cache_seconds.
+  url_preview:
+    enabled: false
+    timeout: 10.0
+    max_page_bytes: 1048576
+    max_concurrent: 4
+    cache_seconds: 3600
   # Uploads per user (token bucket): burst_count at once, refilled at per_second.
   upload_rate_limit:
     per_second: 1.0

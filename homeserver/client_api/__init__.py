@@ -38,6 +38,7 @@ from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
 from homeserver.e2e.service import E2eKeys
 from homeserver.http import error_middleware
+from homeserver.media.preview import UrlPreviewer
 from homeserver.media.repository import MediaRepository
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
@@ -134,6 +135,8 @@ def create_client_api_app(
     app.add_routes(HierarchyAPI(auth, walker, timestamps, timeline).routes())
     app.add_routes(OpenIdAPI(config.server_name, cc, auth, OpenIdStore(events.db), clock=clock).routes())
     if media is not None:  # the media repository (client_api/media.py, homeserver/media/)
-        app.add_routes(MediaAPI(config.server_name, auth, media, clock=clock).routes())
+        previewer = (UrlPreviewer(config.media.url_preview, media, lambda: federation.session, federation.policy)
+                     if config.media.url_preview.enabled else None)
+        app.add_routes(MediaAPI(config.server_name, auth, media, clock=clock, previewer=previewer).routes())
 
     return app

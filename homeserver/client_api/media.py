@@ -43,6 +43,7 @@ from homeserver.media.policy import (
     served_content_type,
     valid_media_id,
 )
+from homeserver.media.preview import PreviewFailed, PreviewRefused, UrlPreviewer
 from homeserver.media.repository import MediaInfo, MediaRepository, ThumbnailInfo, new_media_id
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
@@ -54,6 +55,7 @@ DEFAULT_WAIT_MS = 20_000
 MAX_WAIT_MS = 60_000
 _POLL_SECONDS = 0.25
 MAX_THUMBNAIL_DIMENSION = 10_000
+MAX_PREVIEW_URL_CHARS = 2048
 
 V1 = "/_matrix/client/v1/media"
 LEGACY = ("/_matrix/media/v3", "/_matrix/media/r0")
@@ -61,9 +63,11 @@ LEGACY = ("/_matrix/media/v3", "/_matrix/media/r0")
 
 class MediaAPI:
     def __init__(
-        self, server_name: str, auth: Authenticator, repo: MediaRepository, *, clock: Clock = SYSTEM_CLOCK
+        self, server_name: str, auth: Authenticator, repo: MediaRepository, *, clock: Clock = SYSTEM_CLOCK,
+        previewer: UrlPreviewer | None = None,
     ) -> None:
         self.server_name = server_name
+        self.previewer = previewer  # None: URL previews are off
         self.auth = auth
         self.repo = repo
         self.config = repo.config
@@ -152,9 +156,23 @@ class MediaAPI:
         return json_response({"m.upload.size": self.config.max_upload_size})
 
     async def preview_url(self, request: web.Request) -> web.Response:
-        """URL previews are not offered (fetching arbitrary URLs for clients is off)."""
-        await self.auth.requester(request)
-        raise MatrixError(404, "M_UNRECOGNIZED", "URL previews are disabled on this server")
+        """The Open Graph data of a URL (media/preview.py), when ``media.url_preview`` is on."""
+        requester = await self.auth.requester(request)
+        if self.previewer is None:
+            raise MatrixError(404, "M_UNRECOGNIZED", "URL previews are disabled on this server")
+        url = request.query.get("url")
+        if not url:
+            raise MatrixError(400, "M_MISSING_PARAM", "url is required")
+        if len(url) > MAX_PREVIEW_URL_CHARS:
+            raise MatrixError(400, "M_INVALID_PARAM", "url is too long")
+        self.upload_limiter.enforce(requester.user_id)
+        try:
+            return json_response(await self.previewer.preview(url))
+        except PreviewRefused as e:
+            raise MatrixError(403, "M_FORBIDDEN", f"Not previewed: {e}") from None
+        except (PreviewFailed, ValueError) as e:
+            log.info("URL preview failed", extra={"reason": str(e)[:200]})
+            raise MatrixError(502, "M_UNKNOWN", "The page could not be fetched") from None
 
     # ------------------------------------------------------------------ downloads
 

@@ -171,6 +171,7 @@ class MediaRepository:
         row = MediaRow(
             origin, media_id, content_type, upload_name, staged.size, staged.sha256, now, now, user_id, remote, None
         )
+        replaced = await self.store.get(origin, media_id) if remote else None
         try:
             self.files.commit(staged)
             if remote:
@@ -180,6 +181,11 @@ class MediaRepository:
         except BaseException:
             self.files.discard(staged)  # a no-op once committed: the file may be shared
             raise
+        if replaced is not None and replaced.sha256 not in (None, staged.sha256):
+            # A cached copy replaced by other bytes: its file, if nothing else refers to it.
+            assert replaced.sha256 is not None
+            if not await self.store.referenced(replaced.sha256):
+                self.files.delete(replaced.sha256, older_than=time.time() - _PURGE_FILE_GRACE_SECONDS)
         self._count_upload(staged.size, remote)
         return self._info(row)
 

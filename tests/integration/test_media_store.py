@@ -197,3 +197,14 @@ async def test_animated_thumbnails_and_metrics(repo: MediaRepository, tmp_path: 
     uploads = repo.metrics.registry.get_sample_value("hs_media_uploads_total", {"kind": "local"})
     assert uploads == 3
     assert oct(os.stat(tmp_path / "media").st_mode & 0o777) == oct(0o700)
+
+
+async def test_recached_remote_media_drops_its_old_file(repo: MediaRepository, tmp_path: Path) -> None:
+    first = await repo.store_stream("b.test", "R", "a/b", None, chunks(b"first copy"), 100)
+    assert first.path is not None
+    os.utime(first.path, (0, 0))  # cached long ago
+    second = await repo.store_stream("b.test", "R", "a/b", None, chunks(b"second copy"), 100)
+    assert second.path is not None and second.path.read_bytes() == b"second copy"
+    assert files_in(tmp_path / "media" / "content") == [second.path]
+    got = await repo.get("b.test", "R")
+    assert got is not None and got.sha256 == second.sha256 and got.remote
