@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from homeserver.config_media_remote import RemoteFetchConfig
 from homeserver.config_typed import ConfigError as ConfigError
 from homeserver.config_typed import build_dataclass
 from homeserver.events.identifiers import is_valid_server_name
@@ -367,17 +368,10 @@ class MediaConfig:
     upload_rate_limit: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(per_second=1.0, burst_count=10))
     max_pending_uploads: int = 10
     unused_expiry_seconds: int = 24 * 3600
-    # Fetching remote media (media/remote.py): seconds one fetch may take in all, fetches
-    # running at once in all and per remote server, and running or waiting in all.
-    remote_fetch_timeout: float = 60.0
-    remote_max_concurrent_fetches: int = 10
-    remote_max_fetches_per_host: int = 2
-    remote_max_pending_fetches: int = 100
+    remote_fetch: RemoteFetchConfig = field(default_factory=RemoteFetchConfig)  # config_media_remote.py
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_size", "max_thumbnail_source_pixels", "max_pending_uploads", "unused_expiry_seconds",
-                     "remote_fetch_timeout", "remote_max_concurrent_fetches", "remote_max_fetches_per_host",
-                     "remote_max_pending_fetches"):
+        for name in ("max_upload_size", "max_thumbnail_source_pixels", "max_pending_uploads", "unused_expiry_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"media.{name}: must be positive")
         if self.upload_rate_limit.per_second <= 0 or self.upload_rate_limit.burst_count <= 0:
@@ -448,11 +442,8 @@ def _validate(config: Config) -> None:
             "listeners.federation.tls_certificate_path: required (with tls_private_key_path) "
             "when listeners.federation.tls is true"
         )
-    for name, limits in (
-        ("listeners.client", config.listeners.client),
-        ("listeners.federation", fed),
-        ("listeners.metrics", config.listeners.metrics),
-    ):
+    for name, limits in (("listeners.client", config.listeners.client), ("listeners.federation", fed),
+                         ("listeners.metrics", config.listeners.metrics)):
         if not 0 <= limits.port <= 65535:
             raise ConfigError(f"{name}.port: must be between 0 and 65535")
         for key_name, number in (

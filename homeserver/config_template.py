@@ -357,10 +357,11 @@ media:
   # Other servers' media, fetched over federation and cached: seconds one fetch may take
   # in all (then 502), fetches running at once in all and per remote server, and fetches
   # running or waiting in all (past it a fetch is refused at once).
-  remote_fetch_timeout: 60.0
-  remote_max_concurrent_fetches: 10
-  remote_max_fetches_per_host: 2
-  remote_max_pending_fetches: 100
+  remote_fetch:
+    timeout: 60.0
+    max_concurrent: 10
+    max_per_host: 2
+    max_pending: 100
 
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.

@@ -8,10 +8,10 @@ the media repository calls for a server name that is not ours (``repository.py``
   (``MediaRepository.store_stream``): nothing is cached unless it arrived whole and within
   ``media.max_upload_size``.
 - Concurrent requests for the same media share that one fetch (``SingleFlight``); fetches
-  run within ``media.remote_max_concurrent_fetches`` in all and
-  ``media.remote_max_fetches_per_host`` per server, at most
-  ``media.remote_max_pending_fetches`` running or waiting (``FetchSlots``), each within
-  ``media.remote_fetch_timeout`` from the moment it is asked for (waiting included), through
+  run within ``media.remote_fetch.max_concurrent`` in all and
+  ``media.remote_fetch.max_per_host`` per server, at most
+  ``media.remote_fetch.max_pending`` running or waiting (``FetchSlots``), each within
+  ``media.remote_fetch.timeout`` from the moment it is asked for (waiting included), through
   a connection pool of their own in the one outbound client, so media never takes the
   sockets that transactions use.
 - Thumbnails are made here from the cached media (``MediaRepository.thumbnail``), as for
@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 
 class RemoteMediaTimeout(RemoteMediaUnavailable):
-    """The fetch did not end within ``media.remote_fetch_timeout``."""
+    """The fetch did not end within ``media.remote_fetch.timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +60,8 @@ class RemoteMediaLimits:
 
     @classmethod
     def from_config(cls, config: MediaConfig) -> RemoteMediaLimits:
-        return cls(
-            config.max_upload_size, config.remote_fetch_timeout, config.remote_max_concurrent_fetches,
-            config.remote_max_fetches_per_host, config.remote_max_pending_fetches,
-        )
+        f = config.remote_fetch
+        return cls(config.max_upload_size, f.timeout, f.max_concurrent, f.max_per_host, f.max_pending)
 
 
 _FetchKey = tuple[str, str, Thumbnail | None]

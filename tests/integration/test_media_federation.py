@@ -213,8 +213,8 @@ async def test_only_our_own_media_and_only_to_servers(pair: tuple[RunningServer,
 @pytest.fixture
 async def ours(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> AsyncIterator[RunningServer]:
     extra = {
-        "media": {"max_upload_size": 20_000, "remote_fetch_timeout": 2.0, "remote_max_fetches_per_host": 2,
-                  "remote_max_concurrent_fetches": 4},
+        "media": {"max_upload_size": 20_000,
+                  "remote_fetch": {"timeout": 2.0, "max_per_host": 2, "max_concurrent": 4}},
         "federation": {"ip_range_denylist": ["127.0.0.2/32"]},
     }
     async with client_server(db_factory, tmp_path / "ours", test_ca, extra) as server:
@@ -253,7 +253,7 @@ async def test_stalling_server_holds_few_connections_and_times_out(
         *(fetcher(ours).fetch(foreign.server_name, f"slow{i}") for i in range(6)), return_exceptions=True
     )
     await asyncio.sleep(1.0)  # half the timeout: four wait for a slot, two hold a connection
-    assert (foreign.in_progress, foreign.peak) == (2, 2)  # remote_max_fetches_per_host
+    assert (foreign.in_progress, foreign.peak) == (2, 2)  # media.remote_fetch.max_per_host
     assert fetcher(ours).slots.pending == 6 and fetcher(ours).slots.running == 2
     results = await gathered
     elapsed = time.monotonic() - started
