@@ -16,71 +16,9 @@ from aiohttp import web
 from homeserver.client_api.common import Authenticator
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.http import json_response
+from homeserver.push.rules import default_push_rules
 
 KINDS = ("override", "content", "room", "sender", "underride")
-
-_SOUND: dict[str, Any] = {"set_tweak": "sound", "value": "default"}
-_HIGHLIGHT: dict[str, Any] = {"set_tweak": "highlight"}
-
-
-def _match(key: str, pattern: str) -> dict[str, Any]:
-    return {"kind": "event_match", "key": key, "pattern": pattern}
-
-
-def _rule(rule_id: str, actions: list[Any], conditions: list[dict[str, Any]] | None = None,
-          *, enabled: bool = True, pattern: str | None = None) -> dict[str, Any]:
-    rule: dict[str, Any] = {"rule_id": rule_id, "default": True, "enabled": enabled, "actions": actions}
-    if conditions is not None:
-        rule["conditions"] = conditions
-    if pattern is not None:
-        rule["pattern"] = pattern
-    return rule
-
-
-def default_push_rules(user_id: str) -> dict[str, list[dict[str, Any]]]:
-    """The spec's default ``global`` rule set for ``user_id``, in priority order per kind."""
-    localpart = user_id[1:].split(":", 1)[0]
-    notify_sound = ["notify", dict(_SOUND)]
-    highlight_sound = ["notify", dict(_SOUND), dict(_HIGHLIGHT)]
-    room_permission = {"kind": "sender_notification_permission", "key": "room"}
-    override = [
-        _rule(".m.rule.master", [], [], enabled=False),
-        _rule(".m.rule.suppress_notices", [], [_match("content.msgtype", "m.notice")]),
-        _rule(".m.rule.invite_for_me", notify_sound, [
-            _match("type", "m.room.member"), _match("content.membership", "invite"), _match("state_key", user_id),
-        ]),
-        _rule(".m.rule.member_event", [], [_match("type", "m.room.member")]),
-        _rule(".m.rule.is_user_mention", highlight_sound, [
-            {"kind": "event_property_contains", "key": "content.m\\.mentions.user_ids", "value": user_id},
-        ]),
-        _rule(".m.rule.contains_display_name", highlight_sound, [{"kind": "contains_display_name"}]),
-        _rule(".m.rule.is_room_mention", ["notify", dict(_HIGHLIGHT)], [
-            {"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": True}, dict(room_permission),
-        ]),
-        _rule(".m.rule.roomnotif", ["notify", dict(_HIGHLIGHT)], [
-            _match("content.body", "@room"), dict(room_permission),
-        ]),
-        _rule(".m.rule.tombstone", ["notify", dict(_HIGHLIGHT)], [
-            _match("type", "m.room.tombstone"), _match("state_key", ""),
-        ]),
-        _rule(".m.rule.reaction", [], [_match("type", "m.reaction")]),
-        _rule(".m.rule.room.server_acl", [], [_match("type", "m.room.server_acl"), _match("state_key", "")]),
-        _rule(".m.rule.suppress_edits", [], [
-            {"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type", "value": "m.replace"},
-        ]),
-    ]
-    content = [_rule(".m.rule.contains_user_name", highlight_sound, pattern=localpart)]
-    one_to_one = {"kind": "room_member_count", "is": "2"}
-    underride = [
-        _rule(".m.rule.call", ["notify", {"set_tweak": "sound", "value": "ring"}], [_match("type", "m.call.invite")]),
-        _rule(".m.rule.encrypted_room_one_to_one", notify_sound, [
-            dict(one_to_one), _match("type", "m.room.encrypted"),
-        ]),
-        _rule(".m.rule.room_one_to_one", notify_sound, [dict(one_to_one), _match("type", "m.room.message")]),
-        _rule(".m.rule.message", ["notify"], [_match("type", "m.room.message")]),
-        _rule(".m.rule.encrypted", ["notify"], [_match("type", "m.room.encrypted")]),
-    ]
-    return {"override": override, "content": content, "room": [], "sender": [], "underride": underride}
 
 
 def push_rules_account_data(user_id: str) -> dict[str, Any]:
