@@ -39,6 +39,7 @@ from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
 from homeserver.ops import health_route
+from homeserver.push.service import PushServices
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.checks.receipt import PduChecker
@@ -92,6 +93,7 @@ class Services:
     notifier: Notifier  # the one notifier: what happened, for /sync long-polls
     to_device: ToDeviceStore  # devices' to-device inboxes (client API and inbound EDUs)
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
+    push: PushServices | None = None  # push rules, notifications, pushers (push/service.py)
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @classmethod
@@ -174,9 +176,15 @@ class Services:
         rooms.alias_resolver = directory.resolve  # joins by alias
         rooms.invite_limits = config.invites  # caps on other servers' invites
         rooms.default_room_version = get_room_version(config.rooms.default_room_version)
+        # Push rules, notifications and pushers (push/service.py): told of every committed event.
+        push = PushServices.build(config.server_name, db, event_store, persister, notifier, clock=clock)
+        notifier.event_listeners.append(push.notifications.on_event)
+        stack.push_async_callback(push.stop)
+        push.start()
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, to_device, clock,
+            push=push,
         )
 
     async def close(self) -> None:
@@ -297,6 +305,7 @@ def create_client_app(services: Services) -> web.Application:
         clock=services.clock,
         notifier=services.notifier,
         to_device=services.to_device,
+        push=services.push,
     )
     # Where a reverse proxy sends the server name's https://<name>/.well-known/ requests.
     app.add_routes([health_route(services.db), well_known_server_route(services.config)])

@@ -11,8 +11,11 @@ lowest priority of their kind), except ``.m.rule.master`` which stays first of o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from homeserver.storage.push import DefaultOverride, UserRule
+
+__all__ = ["DefaultOverride", "UserRule"]  # stored per user by storage/push.py
 
 KINDS = ("override", "content", "room", "sender", "underride")
 
@@ -25,23 +28,6 @@ _HIGHLIGHT: dict[str, Any] = {"set_tweak": "highlight"}
 
 # The deprecated mention rules: they do not apply to an event whose content has m.mentions.
 LEGACY_MENTION_RULES = frozenset({".m.rule.contains_display_name", ".m.rule.roomnotif", ".m.rule.contains_user_name"})
-
-
-@dataclass(frozen=True, slots=True)
-class UserRule:
-    kind: str
-    rule_id: str
-    actions: list[Any]
-    conditions: list[dict[str, Any]] | None = None  # override and underride
-    pattern: str | None = None  # content
-    enabled: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class DefaultOverride:
-    rule_id: str
-    enabled: bool | None = None  # None: as the default
-    actions: list[Any] | None = None
 
 
 def _match(key: str, pattern: str) -> dict[str, Any]:

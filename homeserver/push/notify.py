@@ -1,0 +1,248 @@
+"""The notification pass: every event persisted into a room (created here or received over
+federation) is evaluated against the push rules of each local member it may notify, and a
+notification row is recorded for each one it does (storage/push.py), which /sync's
+``unread_notifications``, ``GET /notifications`` and the pushers (push/sender.py) read.
+
+The persister tells the notifier of each event after its commit; the notifier hands it to
+``on_event`` here, which only queues it: the pass runs in its own task, so neither the
+inbound worker nor a client's send waits for it. The queue is bounded
+(``MAX_QUEUED_EVENTS``; beyond it events are dropped with a warning, never memory). A crash
+between an event's commit and its pass loses that event's notifications, not the event.
+
+Who is evaluated: the room's joined local members but the sender (and a local user an
+invite is for). The room's state comes from the persister's cache (current state after the
+event); member display names and the power levels are read once per member event ID and
+kept (bounded). Receipts mark notifications read (``on_receipt``): an unthreaded receipt all of
+the room's up to its event, a threaded one those of its thread; a local user's own event
+marks theirs read up to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from homeserver.events.event import Event, StateKey
+from homeserver.push.evaluate import DEFAULT_RULES, Decision, EventContext, Member
+from homeserver.push.rulebook import RuleBook
+from homeserver.storage.events import EventStore, Outcome
+from homeserver.storage.push import Notification, PushStore
+from homeserver.util.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_EVENTS = 100_000
+MEMBER_CACHE_SIZE = 200_000
+SETTLE_SECONDS = 0.5
+
+
+class StateSource(Protocol):
+    async def current_state(self, room_id: str) -> Mapping[StateKey, str]: ...
+
+
+class Wakes(Protocol):
+    def wake_user(self, user_id: str) -> None: ...
+
+
+def thread_of(content: Mapping[str, Any]) -> str:
+    """The thread an event belongs to: its root's ID, or ``main``."""
+    relates = content.get("m.relates_to")
+    if isinstance(relates, dict) and relates.get("rel_type") == "m.thread" and isinstance(relates.get("event_id"), str):
+        return str(relates["event_id"])
+    return "main"
+
+
+def sender_power(power_levels: Mapping[str, Any] | None, sender: str) -> tuple[int, Mapping[str, Any]]:
+    """The sender's power level and the ``notifications`` levels of a power levels content."""
+    if power_levels is None:
+        return 0, {}
+    users = power_levels.get("users")
+    level = users.get(sender) if isinstance(users, dict) and sender in users else power_levels.get("users_default", 0)
+    notifications = power_levels.get("notifications")
+    return (level if isinstance(level, int) and not isinstance(level, bool) else 0,
+            notifications if isinstance(notifications, dict) else {})
+
+
+class NotificationPass:
+    def __init__(
+        self, server_name: str, events: EventStore, state: StateSource, store: PushStore, rulebook: RuleBook,
+        wakes: Wakes, *, clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.suffix = ":" + server_name
+        self.events = events
+        self.state = state
+        self.store = store
+        self.rulebook = rulebook
+        self.wakes = wakes
+        self.clock = clock
+        self._queue: deque[tuple[Event, int]] = deque()
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        # member or power levels event ID -> its content (bounded, least recently used out)
+        self._contents: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self.dropped = 0
+        # Told the users notified by each event (the push sender).
+        self.listeners: list[Any] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="push-notification-pass")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def flush(self) -> None:
+        """Wait until every queued event has been through the pass (tests, benchmarks)."""
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    async def unread_counts(
+        self, user_id: str, settle: float = SETTLE_SECONDS
+    ) -> dict[str, dict[str, tuple[int, int]]]:
+        """The user's unread (notification, highlight) counts per room and thread, once the
+        events queued so far have been through the pass (waiting at most ``settle`` seconds):
+        a /sync woken by an event then sees the counts it brought."""
+        if self._task is not None and not self._idle.is_set():
+            try:
+                await asyncio.wait_for(self._idle.wait(), settle)
+            except TimeoutError:
+                pass
+        return await self.store.unread_counts(user_id)
+
+    # ------------------------------------------------------------------ intake
+
+    def on_event(self, event: Event, outcome: Outcome, stream_ordering: int) -> None:
+        """The notifier's listener: queue an accepted event (quick, never raises)."""
+        if outcome is not Outcome.ACCEPTED or stream_ordering <= 0:
+            return
+        if len(self._queue) >= MAX_QUEUED_EVENTS:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("push notification queue full: events dropped", extra={"dropped": self.dropped})
+            return
+        self._queue.append((event, stream_ordering))
+        self._idle.clear()
+        self._ready.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                event, ordering = self._queue.popleft()
+                try:
+                    await self.process(event, ordering)
+                except Exception:
+                    log.exception("push evaluation failed", extra={"event_id": event.event_id})
+            self._idle.set()
+
+    # ------------------------------------------------------------------ the pass
+
+    async def _contents_of(self, event_ids: list[str]) -> dict[str, Mapping[str, Any]]:
+        out: dict[str, Mapping[str, Any]] = {}
+        missing = []
+        for eid in event_ids:
+            found = self._contents.get(eid)
+            if found is None:
+                missing.append(eid)
+            else:
+                out[eid] = found
+        if missing:
+            for eid, stored in (await self.events.get_events(missing)).items():
+                content = dict(stored.event.content)
+                out[eid] = self._contents[eid] = content
+            while len(self._contents) > MEMBER_CACHE_SIZE:
+                self._contents.popitem(last=False)
+        return out
+
+    async def evaluate(self, event: Event) -> dict[str, Decision]:
+        """Which local users ``event`` notifies, and how."""
+        state = await self.state.current_state(event.room_id)
+        member_ids: dict[str, str] = {}
+        for (etype, key), eid in state.items():
+            if etype == "m.room.member":
+                member_ids[key] = eid
+        pl_id = state.get(("m.room.power_levels", ""))
+        contents = await self._contents_of([*member_ids.values(), *([pl_id] if pl_id else [])])
+        joined = 0
+        candidates: list[Member] = []
+        for user, eid in member_ids.items():
+            content = contents.get(eid, {})
+            if content.get("membership") != "join":
+                continue
+            joined += 1
+            if user.endswith(self.suffix) and user != event.sender:
+                name = content.get("displayname")
+                candidates.append(Member(user, name if isinstance(name, str) else None))
+        if (event.type == "m.room.member" and event.state_key and event.state_key.endswith(self.suffix)
+                and event.content.get("membership") == "invite" and event.state_key != event.sender):
+            candidates.append(Member(event.state_key))
+        if not candidates:
+            return {}
+        power, levels = sender_power(contents.get(pl_id) if pl_id else None, event.sender)
+        ctx = EventContext(event.pdu, joined, power, levels)
+        compiled = await self.rulebook.compiled([m.user_id for m in candidates])
+        shared = [m for m in candidates if compiled.get(m.user_id) is None]
+        out = DEFAULT_RULES.evaluate(ctx, shared) if shared else {}
+        for m in candidates:
+            own = compiled.get(m.user_id)
+            if own is not None:
+                out.update(own.evaluate(ctx, [m]))
+        return out
+
+    async def process(self, event: Event, ordering: int) -> None:
+        decisions = await self.evaluate(event)
+        if event.sender.endswith(self.suffix):
+            # Sending is reading: the sender has seen the room up to their own event.
+            await self.store.mark_read(event.sender, event.room_id, None, ordering)
+        if not decisions:
+            return
+        thread = thread_of(event.content)
+        now = self.clock.time_ms()
+        await self.store.add_notifications([
+            Notification(user, event.event_id, event.room_id, ordering, thread, d.highlight, list(d.actions), now)
+            for user, d in decisions.items()
+        ])
+        for user in decisions:
+            self.wakes.wake_user(user)
+        for listener in self.listeners:
+            listener(event, ordering, decisions)
+
+    async def on_receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str) -> None:
+        """A local user's ``m.read`` / ``m.read.private`` receipt: their notifications it covers are read."""
+        if receipt_type not in ("m.read", "m.read.private"):
+            return
+        stored = await self.events.get_event(event_id)
+        if stored is None or stored.event.room_id != room_id:
+            return
+        await self.store.mark_read(user_id, room_id, thread_id or None, stored.stream_ordering)
+
+
+def unread_sections(counts: Mapping[str, tuple[int, int]], by_thread: bool) -> dict[str, Any]:
+    """/sync's ``unread_notifications`` (and, ``by_thread``, ``unread_thread_notifications``)
+    from a room's unread (notification, highlight) counts per thread."""
+    if not by_thread:
+        return {"unread_notifications": {
+            "notification_count": sum(n for n, _ in counts.values()),
+            "highlight_count": sum(h for _, h in counts.values()),
+        }}
+    main = counts.get("main", (0, 0))
+    out: dict[str, Any] = {"unread_notifications": {"notification_count": main[0], "highlight_count": main[1]}}
+    threads = {t: {"notification_count": n, "highlight_count": h} for t, (n, h) in counts.items() if t != "main"}
+    if threads:
+        out["unread_thread_notifications"] = threads
+    return out
