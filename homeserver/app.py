@@ -177,10 +177,12 @@ class Services:
         rooms.invite_limits = config.invites  # caps on other servers' invites
         rooms.default_room_version = get_room_version(config.rooms.default_room_version)
         # Push rules, notifications and pushers (push/service.py): told of every committed event.
-        push = PushServices.build(config.server_name, db, event_store, persister, notifier, clock=clock)
+        push = PushServices.build(
+            config.server_name, db, event_store, persister, notifier, post=client.post_url_json, clock=clock
+        )
         notifier.event_listeners.append(push.notifications.on_event)
         stack.push_async_callback(push.stop)
-        push.start()
+        await push.start()
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, to_device, clock,

@@ -31,6 +31,7 @@ from homeserver.client_api.notifications import NotificationsAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
+from homeserver.client_api.pushers import PushersAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
@@ -133,6 +134,7 @@ def create_client_api_app(
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(cc, auth, push.rulebook, account_data).routes())
     app.add_routes(NotificationsAPI(auth, push.store, users, events, clock=clock).routes())
+    app.add_routes(PushersAPI(cc, auth, push.store, events, push.pushers_changed, clock=clock).routes())
     walker = SpaceWalker(SpaceHierarchy(config.server_name, rooms), federation, clock=clock)
     timestamps = TimestampLookup(events, TimestampStore(events.db), rooms.remote.fetcher, backfiller.servers)
     app.add_routes(HierarchyAPI(auth, walker, timestamps, timeline).routes())

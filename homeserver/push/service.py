@@ -1,7 +1,8 @@
 """The push components of one server, built together: the store, the users' compiled
-rules, the notification pass and (when pushers exist) the push sender. ``Services``
-(app.py) builds one with ``PushServices.build``, starts it and stops it; the client API
-reads and changes it."""
+rules, the notification pass and the push sender (pushers' deliveries to their gateways).
+``Services`` (app.py) builds one with ``PushServices.build``, starts it and stops it; the
+client API reads and changes it. Built without ``post`` (a client API app made on its
+own, in tests), no notification is pushed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 from homeserver.push.notify import NotificationPass, StateSource, Wakes
 from homeserver.push.rulebook import RuleBook
+from homeserver.push.sender import Post, PushSender
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import PushStore
@@ -20,19 +22,31 @@ class PushServices:
     store: PushStore
     rulebook: RuleBook
     notifications: NotificationPass
+    sender: PushSender | None = None
 
     @classmethod
     def build(
         cls, server_name: str, db: Database, events: EventStore, state: StateSource, wakes: Wakes,
-        *, clock: Clock = SYSTEM_CLOCK,
+        *, post: Post | None = None, clock: Clock = SYSTEM_CLOCK,
     ) -> PushServices:
         store = PushStore(db)
         rulebook = RuleBook(store)
         notifications = NotificationPass(server_name, events, state, store, rulebook, wakes, clock=clock)
-        return cls(store, rulebook, notifications)
+        sender = PushSender(store, events, post, clock=clock) if post is not None else None
+        if sender is not None:
+            notifications.listeners.append(sender.on_notified)
+        return cls(store, rulebook, notifications, sender)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.notifications.start()
+        if self.sender is not None:
+            await self.sender.start()
 
     async def stop(self) -> None:
+        if self.sender is not None:
+            await self.sender.stop()
         await self.notifications.stop()
+
+    async def pushers_changed(self) -> None:
+        if self.sender is not None:
+            await self.sender.reload_all()
