@@ -43,14 +43,27 @@ _WORD = re.compile(r"\w+")
 _MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    user_id: str
-    display_name: str | None = None
+@lru_cache(maxsize=65536)
+def _tokens(phrase: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether ``phrase`` is one word, and its lower-cased words."""
+    return _WORD.fullmatch(phrase) is not None, tuple(_WORD.findall(phrase.lower()))
 
-    @property
-    def localpart(self) -> str:
-        return self.user_id[1:].split(":", 1)[0]
+
+class Member:
+    """A user the event may notify, with what the mention rules look for precomputed."""
+
+    __slots__ = ("display_name", "localpart", "localpart_word", "name_tokens", "user_id")
+
+    def __init__(self, user_id: str, display_name: str | None = None) -> None:
+        self.user_id = user_id
+        self.display_name = display_name
+        self.localpart = user_id[1:].split(":", 1)[0]
+        single, tokens = _tokens(self.localpart)
+        self.localpart_word = tokens[0] if single else None  # lower-cased, when one word
+        self.name_tokens = _tokens(display_name) if display_name else None
+
+    def __repr__(self) -> str:
+        return f"Member({self.user_id!r}, {self.display_name!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +168,14 @@ class EventContext:
         """Whether the body holds ``phrase`` at word boundaries, case-insensitively."""
         if self.body is None or not phrase:
             return False
-        if _WORD.fullmatch(phrase):
-            return phrase.lower() in self.words
+        single, tokens = _tokens(phrase)
+        words = self.words
+        if single:
+            return tokens[0] in words
+        # Each word of the phrase is a whole word of the body when the phrase matches: a
+        # set look-up rules most users out before any regex runs.
+        if not all(t in words for t in tokens):
+            return False
         return _phrase_regex(phrase).search(self.body) is not None
 
 
@@ -211,7 +230,11 @@ class _EventMatchUser(Condition):
         if not isinstance(v, str):
             return set()
         if self.path == ("content", "body"):
-            return {u for u, m in members.items() if ctx.contains_words(m.localpart if self.localpart else u)}
+            if self.localpart:
+                words = ctx.words
+                return {u for u, m in members.items() if (m.localpart_word in words if m.localpart_word is not None
+                                                          else ctx.contains_words(m.localpart))}
+            return {u for u in members if ctx.contains_words(u)}
         v = v.lower()
         return {u for u, m in members.items() if (m.localpart if self.localpart else u).lower() == v}
 
@@ -256,7 +279,15 @@ class _DisplayName(Condition):
     def users(self, ctx: EventContext, members: Mapping[str, Member]) -> set[str]:
         if ctx.body is None:
             return set()
-        return {u for u, m in members.items() if m.display_name and ctx.contains_words(m.display_name)}
+        words = ctx.words
+        out = set()
+        for u, m in members.items():
+            tokens = m.name_tokens
+            if tokens is None or not tokens[1] or tokens[1][0] not in words:
+                continue
+            if tokens[0] or ctx.contains_words(m.display_name or ""):
+                out.add(u)
+        return out
 
 
 @dataclass(slots=True)

@@ -85,6 +85,7 @@ class NotificationPass:
         self._task: asyncio.Task[None] | None = None
         # member or power levels event ID -> its content (bounded, least recently used out)
         self._contents: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._members: dict[str, Member] = {}  # member event ID -> Member (cleared when full)
         self.dropped = 0
         # Told the users notified by each event (the push sender).
         self.listeners: list[Any] = []
@@ -186,8 +187,13 @@ class NotificationPass:
                 continue
             joined += 1
             if user.endswith(self.suffix) and user != event.sender:
-                name = content.get("displayname")
-                candidates.append(Member(user, name if isinstance(name, str) else None))
+                member = self._members.get(eid)
+                if member is None:
+                    if len(self._members) >= MEMBER_CACHE_SIZE:
+                        self._members.clear()
+                    name = content.get("displayname")
+                    member = self._members[eid] = Member(user, name if isinstance(name, str) else None)
+                candidates.append(member)
         if (event.type == "m.room.member" and event.state_key and event.state_key.endswith(self.suffix)
                 and event.content.get("membership") == "invite" and event.state_key != event.sender):
             candidates.append(Member(event.state_key))
