@@ -6,7 +6,8 @@ notification row is recorded for each one it does (storage/push.py), which /sync
 The persister tells the notifier of each event after its commit; the notifier hands it to
 ``on_event`` here, which only queues it: the pass runs in its own task, so neither the
 inbound worker nor a client's send waits for it. The queue is bounded
-(``MAX_QUEUED_EVENTS``; beyond it events are dropped with a warning, never memory). A crash
+(``MAX_QUEUED_EVENTS``; beyond it events are dropped with a warning, never memory); it is
+drained in batches of ``BATCH`` events whose notification rows are written together. A crash
 between an event's commit and its pass loses that event's notifications, not the event.
 
 Who is evaluated: the room's joined local members but the sender (and a local user an
@@ -34,7 +35,8 @@ from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_EVENTS = 100_000
+MAX_QUEUED_EVENTS = 20_000
+BATCH = 100  # events evaluated per write of notification rows
 MEMBER_CACHE_SIZE = 200_000
 SETTLE_SECONDS = 0.5
 
@@ -144,11 +146,11 @@ class NotificationPass:
             await self._ready.wait()
             self._ready.clear()
             while self._queue:
-                event, ordering = self._queue.popleft()
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
                 try:
-                    await self.process(event, ordering)
+                    await self.process(batch)
                 except Exception:
-                    log.exception("push evaluation failed", extra={"event_id": event.event_id})
+                    log.exception("push notification batch failed", extra={"events": len(batch)})
             self._idle.set()
 
     # ------------------------------------------------------------------ the pass
@@ -210,23 +212,35 @@ class NotificationPass:
                 out.update(own.evaluate(ctx, [m]))
         return out
 
-    async def process(self, event: Event, ordering: int) -> None:
-        decisions = await self.evaluate(event)
-        if event.sender.endswith(self.suffix):
-            # Sending is reading: the sender has seen the room up to their own event.
-            await self.store.mark_read(event.sender, event.room_id, None, ordering)
-        if not decisions:
-            return
-        thread = thread_of(event.content)
+    async def process(self, batch: list[tuple[Event, int]]) -> None:
+        """Evaluate a batch of events (in stream order) and record their notifications in
+        one write; an event whose evaluation fails is logged and skipped."""
+        rows: list[Notification] = []
+        read: dict[tuple[str, str], int] = {}
+        done: list[tuple[Event, int, dict[str, Decision]]] = []
         now = self.clock.time_ms()
-        await self.store.add_notifications([
-            Notification(user, event.event_id, event.room_id, ordering, thread, d.highlight, list(d.actions), now)
-            for user, d in decisions.items()
-        ])
-        for user in decisions:
-            self.wakes.wake_user(user)
-        for listener in self.listeners:
-            listener(event, ordering, decisions)
+        for event, ordering in batch:
+            try:
+                decisions = await self.evaluate(event)
+            except Exception:
+                log.exception("push evaluation failed", extra={"event_id": event.event_id})
+                continue
+            if event.sender.endswith(self.suffix):
+                # Sending is reading: the sender has seen the room up to their own event.
+                read[(event.sender, event.room_id)] = ordering
+            if decisions:
+                thread = thread_of(event.content)
+                rows.extend(Notification(user, event.event_id, event.room_id, ordering, thread, d.highlight,
+                                         list(d.actions), now) for user, d in decisions.items())
+                done.append((event, ordering, decisions))
+        await self.store.add_notifications(rows)
+        for (user, room), ordering in read.items():
+            await self.store.mark_read(user, room, None, ordering)
+        for event, ordering, decisions in done:
+            for user in decisions:
+                self.wakes.wake_user(user)
+            for listener in self.listeners:
+                listener(event, ordering, decisions)
 
     async def on_receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str) -> None:
         """A local user's ``m.read`` / ``m.read.private`` receipt: their notifications it covers are read."""
