@@ -15,7 +15,8 @@ invite is for). The room's state comes from the persister's cache (current state
 event); member display names and the power levels are read once per member event ID and
 kept (bounded). Receipts mark notifications read (``on_receipt``): an unthreaded receipt all of
 the room's up to its event, a threaded one those of its thread; a local user's own event
-marks theirs read up to it.
+marks theirs read up to it, and so does leaving the room. Read notifications are deleted
+after 30 days, unread ones after 90 (checked hourly).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_EVENTS = 20_000
 BATCH = 100  # events evaluated per write of notification rows
+PRUNE_EVERY_MS = 3600 * 1000
+KEEP_READ_MS = 30 * 24 * 3600 * 1000
+KEEP_UNREAD_MS = 90 * 24 * 3600 * 1000
 MEMBER_CACHE_SIZE = 200_000
 SETTLE_SECONDS = 0.5
 
@@ -89,6 +93,7 @@ class NotificationPass:
         self._contents: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._members: dict[str, Member] = {}  # member event ID -> Member (cleared when full)
         self.dropped = 0
+        self._pruned_at = 0
         # Told the users notified by each event (the push sender).
         self.listeners: list[Any] = []
 
@@ -151,6 +156,13 @@ class NotificationPass:
                     await self.process(batch)
                 except Exception:
                     log.exception("push notification batch failed", extra={"events": len(batch)})
+            now = self.clock.time_ms()
+            if now - self._pruned_at >= PRUNE_EVERY_MS:
+                self._pruned_at = now
+                try:
+                    await self.store.prune(now - KEEP_READ_MS, now - KEEP_UNREAD_MS)
+                except Exception:
+                    log.exception("pruning notifications failed")
             self._idle.set()
 
     # ------------------------------------------------------------------ the pass
@@ -228,6 +240,10 @@ class NotificationPass:
             if event.sender.endswith(self.suffix):
                 # Sending is reading: the sender has seen the room up to their own event.
                 read[(event.sender, event.room_id)] = ordering
+            if (event.type == "m.room.member" and event.state_key and event.state_key.endswith(self.suffix)
+                    and event.content.get("membership") in ("leave", "ban")):
+                # Leaving: what the room notified is no longer unread (pushes' counts).
+                read[(event.state_key, event.room_id)] = ordering
             if decisions:
                 thread = thread_of(event.content)
                 rows.extend(Notification(user, event.event_id, event.room_id, ordering, thread, d.highlight,

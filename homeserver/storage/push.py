@@ -246,6 +246,12 @@ class PushStore:
                     " FROM push_notifications WHERE user_id = ? AND stream_ordering > ?"
                     " ORDER BY stream_ordering LIMIT ?", user_id, after, limit)]
 
+    async def prune(self, read_before_ts: int, all_before_ts: int) -> None:
+        """Delete read notifications recorded before ``read_before_ts`` and all before ``all_before_ts``."""
+        await self.db.execute(
+            "DELETE FROM push_notifications WHERE ts < ? AND (unread = 0 OR ts < ?)", read_before_ts, all_before_ts
+        )
+
     async def unread_total(self, user_id: str) -> int:
         """The user's unread notifications over all rooms (a push's ``counts.unread``)."""
         value = await self.db.fetchval(

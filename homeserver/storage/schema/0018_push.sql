@@ -25,7 +25,8 @@ CREATE TABLE push_rule_defaults (
 );
 
 -- One row per (local user, event) the user's rules made notify. ``unread`` drops to 0 when
--- a receipt of the user covers the event (its thread, or unthreaded).
+-- a receipt of the user covers the event (its thread, or unthreaded). Pruned by age
+-- (push/notify.py: read rows after 30 days, all after 90).
 CREATE TABLE push_notifications (
     user_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -40,6 +41,7 @@ CREATE TABLE push_notifications (
 );
 CREATE INDEX push_notifications_unread ON push_notifications (user_id, room_id, unread, thread_id);
 CREATE INDEX push_notifications_order ON push_notifications (user_id, stream_ordering);
+CREATE INDEX push_notifications_ts ON push_notifications (ts);
 
 -- Pushers (POST /pushers/set). The notifications of the user above ``last_stream_ordering``
 -- are the pusher's durable queue; ``retry_at`` / ``failures`` are its backoff.
