@@ -104,7 +104,10 @@ class _Worker:
         if not n.unread or s.clock.time_ms() - n.ts > MAX_AGE_MS:
             return "sent"
         stored = await s.events.get_event(n.event_id)
-        body = notify_body(p, n, stored.event if stored is not None else None, await s.store.unread_total(p.user_id))
+        event = stored.event if stored is not None else None
+        body = notify_body(p, n, event, await s.store.unread_total(p.user_id))
+        if event is not None and p.data.get("format") != "event_id_only":
+            body["notification"].update(await self._names(event))
         try:
             status, reply = await s.post(p.data["url"], body, timeout=REQUEST_TIMEOUT)
         except FederationRequestError as e:
@@ -124,6 +127,21 @@ class _Worker:
                 return "gone"
         s.sent += 1
         return "sent"
+
+
+    async def _names(self, event: Event) -> dict[str, str]:
+        """The room's name and alias and the sender's display name, where set."""
+        events = self.sender.events
+        out: dict[str, str] = {}
+        for key, field, name in ((("m.room.name", ""), "room_name", "name"),
+                                 (("m.room.canonical_alias", ""), "room_alias", "alias"),
+                                 (("m.room.member", event.sender), "sender_display_name", "displayname")):
+            eid = await events.current_state_id(event.room_id, key)
+            stored = await events.get_event(eid) if eid is not None else None
+            value = stored.event.content.get(name) if stored is not None else None
+            if isinstance(value, str) and value:
+                out[field] = value
+        return out
 
 
 class PushSender:

@@ -112,6 +112,7 @@ async def test_gateway_gets_one_notify_per_notifiable_event(pair: tuple[RunningS
         # Two members: the one-to-one rule (sound) decides a plain message.
         assert hello["counts"] == {"unread": 1} and hello["type"] == "m.room.message"
         assert hello["sender"] == bob.user_id and hello["content"]["body"] == "hello"
+        assert hello["room_name"] == "Pushed"
         assert mention["counts"] == {"unread": 2} and mention["prio"] == "high"
         assert mention["devices"][0]["tweaks"] == {"sound": "default", "highlight": True}
         assert mention["devices"][0]["data"] == {}
