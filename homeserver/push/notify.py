@@ -41,7 +41,7 @@ BATCH = 100  # events evaluated per write of notification rows
 PRUNE_EVERY_MS = 3600 * 1000
 KEEP_READ_MS = 30 * 24 * 3600 * 1000
 KEEP_UNREAD_MS = 90 * 24 * 3600 * 1000
-MEMBER_CACHE_SIZE = 200_000
+MEMBER_CACHE_SIZE = 100_000
 SETTLE_SECONDS = 0.5
 
 
@@ -89,7 +89,7 @@ class NotificationPass:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        # member or power levels event ID -> its content (bounded, least recently used out)
+        # member or power levels event ID -> its content (bounded, the oldest entries out)
         self._contents: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._members: dict[str, Member] = {}  # member event ID -> Member (cleared when full)
         self.dropped = 0
@@ -178,7 +178,10 @@ class NotificationPass:
                 out[eid] = found
         if missing:
             for eid, stored in (await self.events.get_events(missing)).items():
-                content = dict(stored.event.content)
+                full = stored.event.content
+                # Of a member event only what the pass reads is kept (memory per cached member).
+                content = ({k: full[k] for k in ("membership", "displayname") if k in full}
+                           if stored.event.type == "m.room.member" else dict(full))
                 out[eid] = self._contents[eid] = content
             while len(self._contents) > MEMBER_CACHE_SIZE:
                 self._contents.popitem(last=False)
