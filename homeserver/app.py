@@ -42,6 +42,7 @@ from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
 from homeserver.ops import health_route
+from homeserver.push.service import PushServices
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.checks.receipt import PduChecker
@@ -96,6 +97,7 @@ class Services:
     to_device: ToDeviceStore  # devices' to-device inboxes (client API and inbound EDUs)
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
     media: MediaRepository | None = None  # the media repository (homeserver/media/)
+    push: PushServices | None = None  # push rules, notifications, pushers (push/service.py)
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @classmethod
@@ -180,9 +182,17 @@ class Services:
         rooms.default_room_version = get_room_version(config.rooms.default_room_version)
         media = MediaRepository.open(config, db, metrics, clock=clock)
         FederationMediaFetcher.attach(media, client)  # remote media, over federation (media/remote.py)
+        # Push rules, notifications and pushers (push/service.py): told of every committed event.
+        push = PushServices.build(
+            config.server_name, db, event_store, persister, notifier, post=client.post_url_json, clock=clock
+        )
+        notifier.event_listeners.append(push.notifications.on_event)
+        stack.push_async_callback(push.stop)
+        await push.start()
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, to_device, clock, media,
+            push=push,
         )
 
     async def close(self) -> None:
@@ -306,6 +316,7 @@ def create_client_app(services: Services) -> web.Application:
         notifier=services.notifier,
         to_device=services.to_device,
         media=services.media,
+        push=services.push,
     )
     # Where a reverse proxy sends the server name's https://<name>/.well-known/ requests.
     app.add_routes([health_route(services.db), well_known_server_route(services.config)])

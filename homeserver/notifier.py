@@ -12,7 +12,7 @@ sleeps until its timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from homeserver.events.event import Event
 from homeserver.storage.events import Outcome
@@ -49,6 +49,8 @@ class Notifier:
         self.clock = clock
         self._by_user: dict[str, set[Waiter]] = {}
         self._by_room: dict[str, set[Waiter]] = {}
+        # Also told of each committed event (the push notification pass): quick, never raising.
+        self.event_listeners: list[Callable[[Event, Outcome, int], None]] = []
 
     def waiter(self, user_id: str) -> Waiter:
         """Register before reading the database, so nothing committed afterwards is missed."""
@@ -76,6 +78,8 @@ class Notifier:
         w.rooms = rooms
 
     def on_event(self, event: Event, outcome: Outcome, stream_ordering: int) -> None:
+        for listener in self.event_listeners:
+            listener(event, outcome, stream_ordering)
         if outcome is Outcome.REJECTED or outcome is Outcome.SOFT_FAILED:
             return
         if outcome is Outcome.ACCEPTED:

@@ -28,9 +28,11 @@ from homeserver.client_api.hierarchy import HierarchyAPI
 from homeserver.client_api.key_backup import KeyBackupAPI
 from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.media import MediaAPI
+from homeserver.client_api.notifications import NotificationsAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
+from homeserver.client_api.pushers import PushersAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
@@ -43,6 +45,7 @@ from homeserver.media.repository import MediaRepository
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
+from homeserver.push.service import PushServices
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.hierarchy import SpaceHierarchy
@@ -82,6 +85,7 @@ def create_client_api_app(
     e2e: E2eKeys | None = None,
     to_device: ToDeviceStore | None = None,
     media: MediaRepository | None = None,
+    push: PushServices | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -115,6 +119,8 @@ def create_client_api_app(
                              clock=clock).routes())
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
+    # Push rules, notifications, pushers (push/service.py; not running when made here).
+    push = push or PushServices.build(config.server_name, events.db, events, persister, notifier, clock=clock)
     # Send-to-device messages: stored per device, wake /sync, leave by EDU (the one sender).
     to_device = to_device or ToDeviceStore(events.db)
     app.add_routes(ToDeviceAPI(config.server_name, cc, auth, to_device, sender, notifier, metrics or Metrics(),
@@ -122,14 +128,17 @@ def create_client_api_app(
     app.add_routes(KeyBackupAPI(cc, auth, KeyBackupStore(events.db)).routes())
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
                            visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e,
-                           to_device=ToDeviceSync(to_device)).routes())
+                           to_device=ToDeviceSync(to_device), push=push.notifications).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
-                                account_data=account_data, clock=clock).routes())
+                                account_data=account_data, clock=clock,
+                                on_receipt=push.notifications.on_receipt).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
     app.add_routes(CapabilitiesAPI(auth, config.rooms.default_room_version).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
-    app.add_routes(PushRulesAPI(auth).routes())
+    app.add_routes(PushRulesAPI(cc, auth, push.rulebook, account_data).routes())
+    app.add_routes(NotificationsAPI(auth, push.store, users, events, clock=clock).routes())
+    app.add_routes(PushersAPI(cc, auth, push.store, events, push.pushers_changed, clock=clock).routes())
     walker = SpaceWalker(SpaceHierarchy(config.server_name, rooms), federation, clock=clock)
     timestamps = TimestampLookup(events, TimestampStore(events.db), rooms.remote.fetcher, backfiller.servers)
     app.add_routes(HierarchyAPI(auth, walker, timestamps, timeline).routes())

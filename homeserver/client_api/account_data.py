@@ -7,8 +7,8 @@ long-polls, which then return it (sync.py). ``AccountDataAPI`` serves
 ``PUT/GET /user/{userId}/rooms/{roomId}/account_data/{type}``.
 
 Guarantees: a user reads and writes only their own account data (M_FORBIDDEN otherwise);
-types the server controls (``m.fully_read``, set by read markers; ``m.push_rules``, the
-read-only default rules) answer 405 M_BAD_JSON when a client sets them directly; an unset
+types the server controls (``m.fully_read``, set by read markers; ``m.push_rules``, set
+through the push rules API) answer 405 M_BAD_JSON when a client sets them directly; an unset
 type answers 404 M_NOT_FOUND.
 """
 
@@ -20,15 +20,15 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.common import Authenticator, Requester
-from homeserver.client_api.push_rules import push_rules_account_data
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.http import json_response, read_json_object
 from homeserver.notifier import Notifier
+from homeserver.push.rules import default_push_rules
 from homeserver.storage.account_data import GLOBAL, AccountDataStore
 
 # Set by the server only: m.fully_read through /read_markers (or a receipt), m.push_rules
-# is the read-only default rule set (push_rules.py).
+# through the push rules API (push_rules.py).
 SERVER_CONTROLLED = ("m.fully_read", "m.push_rules")
 MAX_TYPE_LENGTH = 255
 
@@ -107,6 +107,8 @@ async def account_data_for_sync(
             global_events.append(event)
         else:
             by_room.setdefault(entry.room_id, []).append(event)
-    if since is None:
-        global_events.append(push_rules_account_data(user_id))
+    if since is None and not any(e["type"] == "m.push_rules" for e in global_events):
+        # A user who never changed a rule has the server-default set (client_api/push_rules.py
+        # stores the set as account data on every change).
+        global_events.append({"type": "m.push_rules", "content": {"global": default_push_rules(user_id)}})
     return global_events, by_room

@@ -2,7 +2,7 @@
 it creates by default (``rooms.default_room_version``), and which optional account features
 exist here (password change; no 3PIDs, no login tokens; display name and avatar may be
 set). And the listings of optional features this server does not have, answered as the
-spec's shapes say a server without them answers: no pushers, no third-party identifiers,
+spec's shapes say a server without them answers: no third-party identifiers,
 no third-party protocols (bridges), no TURN server."""
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class CapabilitiesAPI:
         p = "/_matrix/client/v3"
         return [
             web.get(f"{p}/capabilities", self.capabilities),
-            web.get(f"{p}/pushers", self.listing({"pushers": []})),
             web.get(f"{p}/account/3pid", self.listing({"threepids": []})),
             web.get(f"{p}/thirdparty/protocols", self.listing({})),
             # No TURN server configured: an empty object, as Synapse answers then.

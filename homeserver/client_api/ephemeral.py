@@ -12,6 +12,7 @@ server; local /sync long-polls are woken at once.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -36,7 +37,10 @@ class EphemeralAPI:
         self, server_name: str, config: ClientConfig, auth: Authenticator, events: EventStore,
         timeline: TimelineStore, sender: Outbox, notifier: Notifier,
         *, account_data: AccountData | None = None, clock: Clock = SYSTEM_CLOCK,
+        on_receipt: Callable[[str, str, str, str, str], Awaitable[None]] | None = None,
     ) -> None:
+        # Told of each stored receipt (user, room, type, event, thread): push counts reset.
+        self.on_receipt = on_receipt
         self.clock = clock
         self.server_name = server_name
         self.config = config
@@ -136,6 +140,8 @@ class EphemeralAPI:
         if thread_id:
             data["thread_id"] = thread_id
         await self.timeline.store_receipt(room_id, receipt_type, req.user_id, thread_id, event_id, data, now)
+        if self.on_receipt is not None:
+            await self.on_receipt(req.user_id, room_id, receipt_type, event_id, thread_id)
         self.notifier.wake_room(room_id)
         if receipt_type == "m.read":
             content = {room_id: {"m.read": {req.user_id: {"event_ids": [event_id], "data": data}}}}

@@ -1,10 +1,18 @@
-"""Push rules, read-only: every user has the spec's server-default rule set (client-server
-"Push Notifications", Predefined Rules), with their user ID and localpart filled in.
+"""Push rules (client-server "Push Rules: API"): every user has the spec's server-default
+rule set (push/rules.py) plus rules of their own, stored per user (storage/push.py).
 
-``GET /pushrules/`` and ``GET /pushrules/global/`` give the rule set, ``GET
-/pushrules/global/{kind}/{ruleId}[/enabled|/actions]`` one rule. Changing rules (PUT or
-DELETE of a rule, its ``enabled`` or ``actions``) answers 403 M_FORBIDDEN: user rules are
-not kept. No pushers exist, so no push notifications are sent.
+``GET /pushrules/`` and ``GET /pushrules/global/`` give the merged rule set, ``GET
+/pushrules/global/{kind}/{ruleId}[/enabled|/actions]`` one rule. ``PUT`` adds or replaces a
+user rule (``before`` / ``after`` place it among the user's rules of its kind, else a new
+rule comes first), ``DELETE`` removes one, ``PUT .../enabled`` and ``.../actions`` change
+any rule. A server-default rule (ID starting with ``.``) cannot be added, replaced or
+deleted, only enabled, disabled or given other actions. Each change drops the user's compiled
+rules (push/rulebook.py) and stores the new set as their ``m.push_rules`` account data,
+which /sync delivers.
+
+Errors: a bad scope, kind, rule or body is 400 M_INVALID_PARAM (M_BAD_JSON for a body that
+is not the right shape); an unknown rule 404 M_NOT_FOUND; an unknown ``before`` / ``after``
+400 M_UNKNOWN.
 """
 
 from __future__ import annotations
@@ -13,84 +21,85 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.client_api.common import Authenticator
-from homeserver.errors import MatrixError, forbidden, not_found
-from homeserver.http import json_response
+from homeserver.client_api.account_data import AccountData
+from homeserver.client_api.common import MAX_ID_BYTES, Authenticator
+from homeserver.config import ClientConfig
+from homeserver.errors import MatrixError, not_found
+from homeserver.http import json_response, read_json_object
+from homeserver.push.rulebook import RuleBook
+from homeserver.push.rules import KINDS, UserRule, is_default
+from homeserver.storage.account_data import GLOBAL
+from homeserver.storage.push import RuleNotFound
 
-KINDS = ("override", "content", "room", "sender", "underride")
-
-_SOUND: dict[str, Any] = {"set_tweak": "sound", "value": "default"}
-_HIGHLIGHT: dict[str, Any] = {"set_tweak": "highlight"}
-
-
-def _match(key: str, pattern: str) -> dict[str, Any]:
-    return {"kind": "event_match", "key": key, "pattern": pattern}
-
-
-def _rule(rule_id: str, actions: list[Any], conditions: list[dict[str, Any]] | None = None,
-          *, enabled: bool = True, pattern: str | None = None) -> dict[str, Any]:
-    rule: dict[str, Any] = {"rule_id": rule_id, "default": True, "enabled": enabled, "actions": actions}
-    if conditions is not None:
-        rule["conditions"] = conditions
-    if pattern is not None:
-        rule["pattern"] = pattern
-    return rule
+MAX_USER_RULES = 200
+MAX_CONDITIONS = 20
+MAX_ACTIONS = 20
+CONDITION_KINDS = ("event_match", "event_property_is", "event_property_contains", "contains_display_name",
+                   "room_member_count", "sender_notification_permission")
 
 
-def default_push_rules(user_id: str) -> dict[str, list[dict[str, Any]]]:
-    """The spec's default ``global`` rule set for ``user_id``, in priority order per kind."""
-    localpart = user_id[1:].split(":", 1)[0]
-    notify_sound = ["notify", dict(_SOUND)]
-    highlight_sound = ["notify", dict(_SOUND), dict(_HIGHLIGHT)]
-    room_permission = {"kind": "sender_notification_permission", "key": "room"}
-    override = [
-        _rule(".m.rule.master", [], [], enabled=False),
-        _rule(".m.rule.suppress_notices", [], [_match("content.msgtype", "m.notice")]),
-        _rule(".m.rule.invite_for_me", notify_sound, [
-            _match("type", "m.room.member"), _match("content.membership", "invite"), _match("state_key", user_id),
-        ]),
-        _rule(".m.rule.member_event", [], [_match("type", "m.room.member")]),
-        _rule(".m.rule.is_user_mention", highlight_sound, [
-            {"kind": "event_property_contains", "key": "content.m\\.mentions.user_ids", "value": user_id},
-        ]),
-        _rule(".m.rule.contains_display_name", highlight_sound, [{"kind": "contains_display_name"}]),
-        _rule(".m.rule.is_room_mention", ["notify", dict(_HIGHLIGHT)], [
-            {"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": True}, dict(room_permission),
-        ]),
-        _rule(".m.rule.roomnotif", ["notify", dict(_HIGHLIGHT)], [
-            _match("content.body", "@room"), dict(room_permission),
-        ]),
-        _rule(".m.rule.tombstone", ["notify", dict(_HIGHLIGHT)], [
-            _match("type", "m.room.tombstone"), _match("state_key", ""),
-        ]),
-        _rule(".m.rule.reaction", [], [_match("type", "m.reaction")]),
-        _rule(".m.rule.room.server_acl", [], [_match("type", "m.room.server_acl"), _match("state_key", "")]),
-        _rule(".m.rule.suppress_edits", [], [
-            {"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type", "value": "m.replace"},
-        ]),
-    ]
-    content = [_rule(".m.rule.contains_user_name", highlight_sound, pattern=localpart)]
-    one_to_one = {"kind": "room_member_count", "is": "2"}
-    underride = [
-        _rule(".m.rule.call", ["notify", {"set_tweak": "sound", "value": "ring"}], [_match("type", "m.call.invite")]),
-        _rule(".m.rule.encrypted_room_one_to_one", notify_sound, [
-            dict(one_to_one), _match("type", "m.room.encrypted"),
-        ]),
-        _rule(".m.rule.room_one_to_one", notify_sound, [dict(one_to_one), _match("type", "m.room.message")]),
-        _rule(".m.rule.message", ["notify"], [_match("type", "m.room.message")]),
-        _rule(".m.rule.encrypted", ["notify"], [_match("type", "m.room.encrypted")]),
-    ]
-    return {"override": override, "content": content, "room": [], "sender": [], "underride": underride}
+def _invalid(message: str) -> MatrixError:
+    return MatrixError(400, "M_INVALID_PARAM", message)
 
 
-def push_rules_account_data(user_id: str) -> dict[str, Any]:
-    """The ``m.push_rules`` account data event /sync gives on an initial sync."""
-    return {"type": "m.push_rules", "content": {"global": default_push_rules(user_id)}}
+def check_actions(actions: Any) -> list[Any]:
+    if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
+        raise _invalid(f"actions must be a list of at most {MAX_ACTIONS} actions")
+    for a in actions:
+        if a in ("notify", "dont_notify", "coalesce"):
+            continue
+        if isinstance(a, dict) and isinstance(a.get("set_tweak"), str) and set(a) <= {"set_tweak", "value"}:
+            continue
+        raise _invalid(f"unknown action: {a!r}"[:200])
+    return actions
+
+
+def _check_condition(cond: Any) -> dict[str, Any]:
+    if not isinstance(cond, dict) or not isinstance(cond.get("kind"), str):
+        raise _invalid("each condition must be an object with a kind")
+    kind = cond["kind"]
+    if kind in ("event_match", "event_property_is", "event_property_contains", "sender_notification_permission"):
+        if not isinstance(cond.get("key"), str):
+            raise _invalid(f"a {kind} condition needs a key")
+    if kind == "event_match" and not isinstance(cond.get("pattern"), str):
+        raise _invalid("an event_match condition needs a pattern")
+    if kind in ("event_property_is", "event_property_contains"):
+        value = cond.get("value", ...)
+        if value is not None and not isinstance(value, (str, int, bool)):
+            raise _invalid(f"a {kind} condition needs a non-compound value")
+    if kind == "room_member_count" and not isinstance(cond.get("is"), str):
+        raise _invalid("a room_member_count condition needs is")
+    return cond  # unknown kinds are kept: the rule then never matches (spec)
+
+
+def parse_rule(kind: str, rule_id: str, body: dict[str, Any]) -> UserRule:
+    """A user rule from a PUT body (M_INVALID_PARAM when malformed)."""
+    actions = check_actions(body.get("actions"))
+    if kind == "room" and not rule_id.startswith("!"):
+        raise _invalid("a room rule's ID is the room ID")
+    if kind == "sender" and not rule_id.startswith("@"):
+        raise _invalid("a sender rule's ID is the sender's user ID")
+    if kind == "content":
+        pattern = body.get("pattern")
+        if not isinstance(pattern, str) or not pattern:
+            raise _invalid("a content rule needs a pattern")
+        return UserRule(kind, rule_id, actions, pattern=pattern)
+    if kind in ("override", "underride"):
+        conditions = body.get("conditions", [])
+        if not isinstance(conditions, list) or len(conditions) > MAX_CONDITIONS:
+            raise _invalid(f"conditions must be a list of at most {MAX_CONDITIONS} conditions")
+        return UserRule(kind, rule_id, actions, [_check_condition(c) for c in conditions])
+    return UserRule(kind, rule_id, actions)
 
 
 class PushRulesAPI:
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, config: ClientConfig, auth: Authenticator, rulebook: RuleBook,
+                 account_data: AccountData) -> None:
+        self.config = config
         self.auth = auth
+        self.rulebook = rulebook
+        self.store = rulebook.store
+        self.account_data = account_data
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3/pushrules"
@@ -102,44 +111,96 @@ class PushRulesAPI:
             web.get(f"{p}/{{scope}}", self.get_scope),
             web.get(rule, self.get_rule),
             web.get(f"{rule}/{{attr:enabled|actions}}", self.get_rule),
-            web.put(rule, self.change),
-            web.delete(rule, self.change),
-            web.put(f"{rule}/{{attr:enabled|actions}}", self.change),
+            web.put(rule, self.put_rule),
+            web.delete(rule, self.delete_rule),
+            web.put(f"{rule}/{{attr:enabled|actions}}", self.put_attr),
         ]
 
     async def get_all(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
-        return json_response({"global": default_push_rules(req.user_id)})
+        return json_response({"global": await self.rulebook.ruleset(req.user_id)})
 
     async def get_scope(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         _check_scope(request.match_info["scope"])
-        return json_response(default_push_rules(req.user_id))
+        return json_response(await self.rulebook.ruleset(req.user_id))
 
     async def get_rule(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
-        _check_scope(request.match_info["scope"])
-        kind = _check_kind(request.match_info["kind"])
-        rule_id = request.match_info["rule_id"]
-        for rule in default_push_rules(req.user_id)[kind]:
+        kind, rule_id = _target(request)
+        for rule in (await self.rulebook.ruleset(req.user_id))[kind]:
             if rule["rule_id"] == rule_id:
                 attr = request.match_info.get("attr")
                 return json_response(rule if attr is None else {attr: rule[attr]})
         raise not_found("Push rule not found")
 
-    async def change(self, request: web.Request) -> web.Response:
-        await self.auth.requester(request)
-        _check_scope(request.match_info["scope"])
-        _check_kind(request.match_info["kind"])
-        raise forbidden("Push rules are read-only on this server: only the default rules apply")
+    async def put_rule(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        kind, rule_id = _target(request)
+        if rule_id.startswith("."):
+            raise _invalid("Rule IDs starting with '.' are reserved for server-default rules")
+        if len(rule_id.encode()) > MAX_ID_BYTES:
+            raise _invalid("Rule ID too long")
+        body = await read_json_object(request, self.config.max_body_bytes)
+        rule = parse_rule(kind, rule_id, body)
+        before, after = request.query.get("before"), request.query.get("after")
+        if before is not None and after is not None:
+            raise _invalid("Give before or after, not both")
+        current = await self.rulebook.ruleset(req.user_id)
+        exists = any(r["rule_id"] == rule_id for r in current[kind])
+        if not exists and sum(1 for k in KINDS for r in current[k] if not r["default"]) >= MAX_USER_RULES:
+            raise _invalid(f"At most {MAX_USER_RULES} push rules per user")
+        try:
+            await self.store.put_rule(req.user_id, rule, before, after)
+        except RuleNotFound:
+            raise MatrixError(400, "M_UNKNOWN", "The before/after rule does not exist") from None
+        await self._changed(req.user_id)
+        return json_response({})
+
+    async def delete_rule(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        kind, rule_id = _target(request)
+        if is_default(kind, rule_id):
+            raise _invalid("Server-default rules cannot be deleted")
+        if not await self.store.delete_rule(req.user_id, kind, rule_id):
+            raise not_found("Push rule not found")
+        await self._changed(req.user_id)
+        return json_response({})
+
+    async def put_attr(self, request: web.Request) -> web.Response:
+        req = await self.auth.requester(request)
+        kind, rule_id = _target(request)
+        attr = request.match_info["attr"]
+        body = await read_json_object(request, self.config.max_body_bytes)
+        enabled: bool | None = None
+        actions: list[Any] | None = None
+        if attr == "enabled":
+            enabled = body.get("enabled")
+            if not isinstance(enabled, bool):
+                raise _invalid("enabled must be a boolean")
+        else:
+            actions = check_actions(body.get("actions"))
+        if is_default(kind, rule_id):
+            await self.store.override_default(req.user_id, rule_id, enabled=enabled, actions=actions)
+        elif not await self.store.update_rule(req.user_id, kind, rule_id, enabled=enabled, actions=actions):
+            raise not_found("Push rule not found")
+        await self._changed(req.user_id)
+        return json_response({})
+
+    async def _changed(self, user_id: str) -> None:
+        self.rulebook.invalidate(user_id)
+        rules = await self.rulebook.ruleset(user_id)
+        await self.account_data.set(user_id, GLOBAL, "m.push_rules", {"global": rules})
 
 
 def _check_scope(scope: str) -> None:
     if scope != "global":
-        raise MatrixError(400, "M_INVALID_PARAM", "The only push rule scope is global")
+        raise _invalid("The only push rule scope is global")
 
 
-def _check_kind(kind: str) -> str:
+def _target(request: web.Request) -> tuple[str, str]:
+    _check_scope(request.match_info["scope"])
+    kind = request.match_info["kind"]
     if kind not in KINDS:
-        raise MatrixError(400, "M_INVALID_PARAM", f"kind must be one of {', '.join(KINDS)}")
-    return kind
+        raise _invalid(f"kind must be one of {', '.join(KINDS)}")
+    return kind, request.match_info["rule_id"]

@@ -49,6 +49,7 @@ from homeserver.e2e.service import E2eKeys
 from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
 from homeserver.notifier import Notifier, Waiter
+from homeserver.push.notify import NotificationPass, unread_sections
 from homeserver.rooms.redactions import hide_unapplied
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
@@ -68,6 +69,7 @@ MAX_FILTER_BYTES = 64 * 1024
 class SyncFilter:
     timeline_limit: int = DEFAULT_TIMELINE_LIMIT
     include_leave: bool = False
+    unread_thread_notifications: bool = False  # room.timeline's (push/notify.py unread_sections)
 
 
 def parse_filter(value: Any) -> SyncFilter:
@@ -86,7 +88,8 @@ def parse_filter(value: Any) -> SyncFilter:
     include_leave = room.get("include_leave", False)
     if not isinstance(include_leave, bool):
         raise MatrixError(400, "M_BAD_JSON", "filter.room.include_leave must be a boolean")
-    return SyncFilter(max(1, min(MAX_TIMELINE_LIMIT, limit)), include_leave)
+    threads = timeline.get("unread_thread_notifications", False) is True
+    return SyncFilter(max(1, min(MAX_TIMELINE_LIMIT, limit)), include_leave, threads)
 
 
 def _pdu_as_client_event(pdu: dict[str, Any], event_id: str, room_id: str) -> dict[str, Any]:
@@ -103,7 +106,9 @@ class SyncAPI:
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
         *, visibility: HistoryVisibility | None = None, account_data: AccountDataStore | None = None,
         clock: Clock = SYSTEM_CLOCK, e2e: E2eKeys | None = None, to_device: ToDeviceSync | None = None,
+        push: NotificationPass | None = None,
     ) -> None:
+        self.push = push  # unread notification counts (push/notify.py)
         self.clock = clock
         self.e2e = e2e  # device lists and one-time key counts (e2e/service.py)
         self.to_device = to_device
@@ -227,6 +232,7 @@ class SyncAPI:
             self.account_data, user, since.account_data if since is not None else None, token.account_data
         )
         join: dict[str, Any] = {}
+        unread = await self.push.unread_counts(user) if self.push is not None else {}
         for room_id in joined:
             newly = False
             if since is not None and room_id in changes:
@@ -248,6 +254,7 @@ class SyncAPI:
             section["ephemeral"] = {"events": ephemeral}
             section["account_data"] = {"events": room_data.get(room_id, [])}
             section["unread_notifications"] = {}
+            section.update(unread_sections(unread.get(room_id, {}), flt.unread_thread_notifications))
             if (section["timeline"]["events"] or section["state"]["events"] or ephemeral
                     or section["account_data"]["events"] or since is None or newly):
                 join[room_id] = section

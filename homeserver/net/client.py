@@ -532,6 +532,30 @@ class FederationClient:
     async def post_json(self, destination: str, path: str, content: Any, **kw: Any) -> Any:
         return await self.request("POST", destination, path, content=content, **kw)
 
+    async def post_url_json(
+        self, url: str, content: Any, *, timeout: float, max_bytes: int = 64 * 1024
+    ) -> tuple[int, Any]:
+        """POST JSON to a URL a client gave (a push gateway's): unsigned, through the federation
+        pool and so its connection limits and IP-range policy (an IP-literal host is checked
+        before asking), no redirects, at most ``timeout`` seconds and ``max_bytes`` read. The
+        status and the JSON body (None when not JSON); FederationRequestError when it failed."""
+        target = URL(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise FederationRequestError(url[:200], "not an http(s) URL")
+        try:
+            self.policy.check_host(target.host)
+            async with self.session.post(
+                target, json=content, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                raw = await _read_at_most(resp.content, max_bytes)
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                return resp.status, body
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise FederationRequestError(target.host, f"POST failed: {type(e).__name__}") from e
+
 
 async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
     """The body, until its end or ``limit`` bytes (``StreamReader.read(n)`` alone answers
