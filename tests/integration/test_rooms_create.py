@@ -137,7 +137,7 @@ async def test_bad_requests(server: RunningServer) -> None:
     rooms = server.services.rooms
     alice = user(server, "alice")
     with pytest.raises(UnsupportedVersion):
-        await rooms.create_room(alice, room_version="9")
+        await rooms.create_room(alice, room_version="13")
     with pytest.raises(BadRoomRequest):
         await rooms.create_room(alice, preset="party")
     with pytest.raises(BadRoomRequest):
