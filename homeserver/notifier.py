@@ -95,6 +95,10 @@ class Notifier:
         for w in self._by_user.get(user_id, ()):
             w.woken.set()
 
+    def is_waiting(self, user_id: str) -> bool:
+        """Whether a /sync of ``user_id`` is in flight (presence counts it as seen)."""
+        return user_id in self._by_user
+
     @property
     def waiting(self) -> int:
         return sum(len(ws) for ws in self._by_user.values())

@@ -28,6 +28,7 @@ from homeserver.client_api.hierarchy import HierarchyAPI
 from homeserver.client_api.key_backup import KeyBackupAPI
 from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.openid import OpenIdAPI
+from homeserver.client_api.presence import PresenceAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
@@ -40,6 +41,7 @@ from homeserver.http import error_middleware
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
+from homeserver.presence.service import PresenceService
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.hierarchy import SpaceHierarchy
@@ -53,6 +55,7 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.presence import PresenceStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.timestamps import TimestampStore
@@ -78,6 +81,7 @@ def create_client_api_app(
     notifier: Notifier | None = None,
     e2e: E2eKeys | None = None,
     to_device: ToDeviceStore | None = None,
+    presence: PresenceService | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -116,9 +120,14 @@ def create_client_api_app(
     app.add_routes(ToDeviceAPI(config.server_name, cc, auth, to_device, sender, notifier, metrics or Metrics(),
                                clock=clock).routes())
     app.add_routes(KeyBackupAPI(cc, auth, KeyBackupStore(events.db)).routes())
+    # Presence (presence/service.py): one service per server, made here when not given.
+    presence = presence or PresenceService(config.server_name, config.presence, PresenceStore(events.db), sender,
+                                           notifier, metrics or Metrics(), clock)
+    presence_api = PresenceAPI(config.server_name, cc, auth, users, presence)
+    app.add_routes(presence_api.routes())
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
                            visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e,
-                           to_device=ToDeviceSync(to_device)).routes())
+                           to_device=ToDeviceSync(to_device), presence=presence_api).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock).routes())
