@@ -31,7 +31,7 @@ from homeserver.metrics import Metrics, PeerLabelled
 from homeserver.notifier import Notifier
 from homeserver.presence.coalesce import Coalescer
 from homeserver.presence.edus import PresenceFilter, presence_edu
-from homeserver.presence.state import PresenceTracker, UserPresence
+from homeserver.presence.state import FEDERATION_PING_MS, PresenceTracker, UserPresence
 from homeserver.rooms.outbox import Outbox
 from homeserver.storage.presence import PresenceStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
@@ -93,6 +93,7 @@ class PresenceService:
         self._task: asyncio.Task[None] | None = None
         self._evicted = 0
         self._coalesced_dropped = 0
+        self._pushed: dict[str, float] = {}  # our user -> when their presence last went out (monotonic)
 
     @property
     def enabled(self) -> bool:
@@ -122,6 +123,13 @@ class PresenceService:
         """The timeouts, then the coalesced updates now due."""
         changed = self.tracker.tick(self.clock.time_ms(), self.notifier.is_waiting)
         await self._changed(changed)
+        self._count_evictions()
+        # Our users not offline are re-sent now and then: other servers time them out.
+        mono = self.clock.monotonic()
+        pings = [p for p in self.tracker.local.values()
+                 if p.presence != "offline" and mono - self._pushed.get(p.user_id, mono) >= FEDERATION_PING_MS / 1000]
+        if pings:
+            await self._changed(pings, wake=False)
         due = self.coalescer.due(self.clock.monotonic())
         if due:
             await self._send(due)
@@ -219,16 +227,18 @@ class PresenceService:
             self._evicted = self.tracker.evicted
         self.metrics.remote_users.set(len(self.tracker.remote))
 
-    async def _changed(self, changed: Iterable[UserPresence]) -> None:
+    async def _changed(self, changed: Iterable[UserPresence], *, wake: bool = True) -> None:
         """Wake the long-polls that would show the changes; federate our users' changes."""
         by_dest: dict[str, list[str]] = {}
         mono = self.clock.monotonic()
         for presence in changed:
-            for room_id in await self.store.joined_rooms(presence.user_id):
-                self.notifier.wake_room(room_id)
-            self.notifier.wake_user(presence.user_id)
+            if wake:
+                for room_id in await self.store.joined_rooms(presence.user_id):
+                    self.notifier.wake_room(room_id)
+                self.notifier.wake_user(presence.user_id)
             if presence.user_id not in self.tracker.local:
                 continue  # never relayed
+            self._pushed[presence.user_id] = mono
             servers = await self.store.servers_sharing_a_room(presence.user_id)
             servers.discard(self.server_name)
             for dest in self.coalescer.offer(presence.user_id, sorted(servers), mono):

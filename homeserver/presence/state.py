@@ -11,7 +11,10 @@ Local users (``PresenceTracker.set_local``, ``sync``, ``tick``):
   ``offline_ms`` -> ``offline``.
 
 Remote users (``set_remote``): what their server last said, at most ``max_remote`` of
-them; past that the least recently updated is forgotten (counted in ``evicted``).
+them; past that the least recently updated is forgotten (counted in ``evicted``). One not
+heard of for ``remote_timeout_ms`` goes offline (their server re-sends the presence of
+its online users more often than that, ``FEDERATION_PING_MS``), and is forgotten after
+another such period (unknown is shown as offline).
 
 A change that a client or another server would see (presence, status message, whether
 currently active) takes the next position of the presence stream (``position``); a
@@ -30,6 +33,10 @@ from typing import Any
 PRESENCE_STATES = ("online", "unavailable", "offline")
 # Active within this window while online: currently_active (Synapse uses one minute too).
 ACTIVE_WINDOW_MS = 60_000
+# Remote users not heard of for this long go offline; ours are re-sent more often (the
+# figures Synapse uses).
+REMOTE_TIMEOUT_MS = 30 * 60_000
+FEDERATION_PING_MS = 25 * 60_000
 
 
 class KEEP:
@@ -44,7 +51,9 @@ class UserPresence:
     last_active_ms: int = 0  # 0: never seen active
     currently_active: bool = False
     position: int = 0  # of the last visible change
-    last_seen_ms: int = 0  # local users: the last /sync start or PUT (offline timeout)
+    # Local users: the last /sync start or PUT (offline timeout); remote users: the last
+    # update received (remote timeout).
+    last_seen_ms: int = 0
 
     def visible(self) -> tuple[str, str | None, bool]:
         return self.presence, self.status_msg, self.currently_active
@@ -61,7 +70,9 @@ class UserPresence:
 
 
 class PresenceTracker:
-    def __init__(self, *, idle_ms: int, offline_ms: int, max_remote: int) -> None:
+    def __init__(self, *, idle_ms: int, offline_ms: int, max_remote: int,
+                 remote_timeout_ms: int = REMOTE_TIMEOUT_MS) -> None:
+        self.remote_timeout_ms = remote_timeout_ms
         self.idle_ms = idle_ms
         self.offline_ms = offline_ms
         self.max_remote = max_remote
@@ -119,8 +130,9 @@ class PresenceTracker:
         return None
 
     def tick(self, now_ms: int, syncing: Callable[[str], bool]) -> list[UserPresence]:
-        """Apply the timeouts to local users; ``syncing(user)``: a /sync of theirs is in
-        flight (it counts as seen now). The users whose visible presence changed."""
+        """Apply the timeouts to local users (``syncing(user)``: a /sync of theirs is in
+        flight, which counts as seen now) and to remote users. The users whose visible
+        presence changed."""
         changed: list[UserPresence] = []
         for old in list(self.local.values()):
             if old.presence == "offline":
@@ -135,6 +147,19 @@ class PresenceTracker:
             result = self._put_local(old, new, now_ms)
             if result is not None:
                 changed.append(result)
+        # Remote users, least recently heard of first: offline after the timeout, then forgotten.
+        while self.remote:
+            user_id, old = next(iter(self.remote.items()))
+            if now_ms - old.last_seen_ms < self.remote_timeout_ms:
+                break
+            del self.remote[user_id]
+            if old.presence == "offline":
+                self._changes.pop(user_id, None)
+                continue
+            gone = replace(old, presence="offline", currently_active=False, last_seen_ms=now_ms,
+                           position=self._advance(user_id, now_ms))
+            self.remote[user_id] = gone
+            changed.append(gone)
         return changed
 
     def _put_local(self, old: UserPresence, new: UserPresence, now_ms: int) -> UserPresence | None:
@@ -159,7 +184,7 @@ class PresenceTracker:
         old = self.remote.pop(user_id, None)
         last_active = now_ms - max(0, last_active_ago) if last_active_ago is not None else 0
         new = UserPresence(user_id, presence, status_msg, last_active, currently_active,
-                           old.position if old is not None else 0)
+                           old.position if old is not None else 0, now_ms)
         changed = old is None or new.visible() != old.visible()
         if changed:
             new = replace(new, position=self._advance(user_id, now_ms))

@@ -277,3 +277,33 @@ async def test_service_disabled_keeps_and_sends_nothing() -> None:
     await svc.on_edu("b.test", {"push": [{"user_id": BOB, "presence": "online"}]})
     assert sender.sent == [] and svc.status(ALICE) == {"presence": "offline", "currently_active": False}
     assert (await svc.sync_events(ALICE, None, presence_filter({})))[0] == []
+
+
+def test_remote_users_time_out_then_are_forgotten() -> None:
+    t = tracker(max_remote=10)
+    t.set_remote(BOB, "online", T0, currently_active=True)
+    t.set_remote("@carol:b.test", "online", T0 + 20 * MIN)
+    assert t.tick(T0 + 29 * MIN, never) == []
+    [gone] = t.tick(T0 + 30 * MIN, never)
+    assert (gone.user_id, gone.presence, gone.currently_active) == (BOB, "offline", False)
+    # Carol was heard of later; Bob, offline, is forgotten a period later.
+    [carol] = t.tick(T0 + 50 * MIN, never)
+    assert carol.user_id == "@carol:b.test"
+    t.tick(T0 + 60 * MIN, never)
+    assert t.get(BOB) is None and [p.user_id for p in t.changed_since(0)] == ["@carol:b.test"]
+
+
+async def test_service_pings_online_users_to_other_servers() -> None:
+    clock = FakeClock(start_ms=T0)
+    svc, sender = service(clock, offline_timeout_seconds=3600.0, idle_timeout_seconds=3600.0)
+    await svc.set_status(ALICE, "online", None)
+    assert len(sender.sent) == 1
+    for _ in range(25):
+        await clock.advance(60.0)
+        await svc.tick()
+    # The currently_active change after a minute went out; no ping yet.
+    assert len(sender.sent) == 2
+    await clock.advance(60.0)
+    await svc.tick()
+    # A ping 25 minutes after the last update.
+    assert [c["push"][0]["currently_active"] for _, c, _ in sender.sent] == [True, False, False]
