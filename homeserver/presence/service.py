@@ -208,6 +208,8 @@ class PresenceService:
         changed: list[UserPresence] = []
         for entry in kept["push"]:
             user_id = entry["user_id"]
+            if origin == self.server_name or user_id in self.tracker.local:
+                continue  # never about our own users
             if not await self.store.shares_a_room_with_server(user_id, self.server_name):
                 self.metrics.dropped.labels(origin, "not_shared").inc()
                 continue

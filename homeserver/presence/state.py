@@ -51,9 +51,7 @@ class UserPresence:
     last_active_ms: int = 0  # 0: never seen active
     currently_active: bool = False
     position: int = 0  # of the last visible change
-    # Local users: the last /sync start or PUT (offline timeout); remote users: the last
-    # update received (remote timeout).
-    last_seen_ms: int = 0
+    last_seen_ms: int = 0  # remote users: the last update received (remote timeout)
 
     def visible(self) -> tuple[str, str | None, bool]:
         return self.presence, self.status_msg, self.currently_active
@@ -77,6 +75,8 @@ class PresenceTracker:
         self.offline_ms = offline_ms
         self.max_remote = max_remote
         self.local: dict[str, UserPresence] = {}
+        # Local users: the last /sync start, /sync seen in flight, or PUT (offline timeout).
+        self.seen: dict[str, int] = {}
         self.remote: OrderedDict[str, UserPresence] = OrderedDict()  # least recently updated first
         # user -> position of their last visible change, in position order (for /sync).
         self._changes: OrderedDict[str, int] = OrderedDict()
@@ -116,7 +116,7 @@ class PresenceTracker:
         if active:
             new = replace(new, last_active_ms=now_ms)
         if seen:
-            new = replace(new, last_seen_ms=now_ms)
+            self.seen[user_id] = now_ms
         return self._put_local(old, new, now_ms)
 
     def sync(self, user_id: str, set_presence: str, now_ms: int) -> UserPresence | None:
@@ -134,17 +134,21 @@ class PresenceTracker:
         flight, which counts as seen now) and to remote users. The users whose visible
         presence changed."""
         changed: list[UserPresence] = []
-        for old in list(self.local.values()):
+        due: list[tuple[UserPresence, str]] = []
+        seen = self.seen
+        for user_id, old in self.local.items():  # no object made unless a timeout is due
             if old.presence == "offline":
                 continue
-            new = old
-            if syncing(old.user_id):
-                new = replace(new, last_seen_ms=now_ms)
-            if now_ms - new.last_seen_ms >= self.offline_ms:
-                new = replace(new, presence="offline")
-            elif new.presence == "online" and now_ms - new.last_active_ms >= self.idle_ms:
-                new = replace(new, presence="unavailable")
-            result = self._put_local(old, new, now_ms)
+            if syncing(user_id):
+                seen[user_id] = now_ms
+            if now_ms - seen.get(user_id, 0) >= self.offline_ms:
+                due.append((old, "offline"))
+            elif old.presence == "online" and now_ms - old.last_active_ms >= self.idle_ms:
+                due.append((old, "unavailable"))
+            elif old.currently_active and now_ms - old.last_active_ms >= ACTIVE_WINDOW_MS:
+                due.append((old, old.presence))
+        for old, presence in due:
+            result = self._put_local(old, replace(old, presence=presence), now_ms)
             if result is not None:
                 changed.append(result)
         # Remote users, least recently heard of first: offline after the timeout, then forgotten.
