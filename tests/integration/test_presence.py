@@ -5,6 +5,7 @@ each update once (no relay, no amplification); the switch off sends and shows no
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -23,6 +24,10 @@ QUIET = {"presence": {"offline_timeout_seconds": 3600.0}}
 
 def metric(server: RunningServer, name: str, labels: dict[str, str] | None = None) -> float:
     return server.services.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def _waiting(server: RunningServer) -> bool:
+    return server.services.notifier.waiting > 0
 
 
 def presence_of(body: dict[str, Any], user_id: str) -> dict[str, Any] | None:
@@ -92,6 +97,16 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
         events = body["presence"]["events"]
         assert [e["sender"] for e in events] == [alice.user_id], events
         assert events[0]["content"]["presence"] == "unavailable" and events[0]["type"] == "m.presence"
+        # A waiting long-poll is woken by a change.
+        since = body["next_batch"]
+        poll = asyncio.create_task(raw(hs, "GET", f"{V3}/sync?since={since}&timeout=20000", token=b))
+        await eventually(lambda: _waiting(hs))
+        started = time.monotonic()
+        status, _ = await raw(hs, "PUT", path, token=a, json={"presence": "online", "status_msg": "back"})
+        assert status == 200
+        status, body = await poll
+        assert status == 200 and time.monotonic() - started < 5.0
+        assert (presence_of(body, alice.user_id) or {}).get("status_msg") == "back", body
         # The presence filter.
         flt = '{"presence":{"not_senders":["' + alice.user_id + '"]}}'
         status, body = await raw(hs, "GET", f"{V3}/sync?filter={flt}", token=b)
