@@ -12,7 +12,7 @@ sleeps until its timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from homeserver.events.event import Event
 from homeserver.storage.events import Outcome
@@ -49,6 +49,9 @@ class Notifier:
         self.clock = clock
         self._by_user: dict[str, set[Waiter]] = {}
         self._by_room: dict[str, set[Waiter]] = {}
+        # Told of every accepted event after its commit (presence: who joined); must be quick
+        # and must not raise.
+        self.event_listeners: list[Callable[[Event], None]] = []
 
     def waiter(self, user_id: str) -> Waiter:
         """Register before reading the database, so nothing committed afterwards is missed."""
@@ -80,6 +83,8 @@ class Notifier:
             return
         if outcome is Outcome.ACCEPTED:
             self.wake_room(event.room_id)
+            for listener in self.event_listeners:
+                listener(event)
         if event.type == "m.room.member" and event.state_key is not None:
             self.wake_user(event.state_key)
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from homeserver.config import PresenceConfig
+from homeserver.events.event import Event
+from homeserver.events.identifiers import server_name_of
 from homeserver.metrics import Metrics, PeerLabelled
 from homeserver.notifier import Notifier
 from homeserver.presence.coalesce import Coalescer
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 # Users one outbound m.presence EDU names at most.
 MAX_PUSH_PER_EDU = 100
+# Joins waiting for the next tick (their servers are sent our users' presence); past this
+# the oldest are dropped.
+MAX_PENDING_JOINS = 10_000
 
 
 class PresenceMetrics:
@@ -94,6 +100,9 @@ class PresenceService:
         self._evicted = 0
         self._coalesced_dropped = 0
         self._pushed: dict[str, float] = {}  # our user -> when their presence last went out (monotonic)
+        self._joins: deque[tuple[str, str]] = deque(maxlen=MAX_PENDING_JOINS)  # (room, user) joined
+        if self.enabled:
+            notifier.event_listeners.append(self._on_event)
 
     @property
     def enabled(self) -> bool:
@@ -130,9 +139,40 @@ class PresenceService:
                  if p.presence != "offline" and mono - self._pushed.get(p.user_id, mono) >= FEDERATION_PING_MS / 1000]
         if pings:
             await self._changed(pings, wake=False)
+        await self._joined()
         due = self.coalescer.due(self.clock.monotonic())
         if due:
             await self._send(due)
+
+    def _on_event(self, event: Event) -> None:
+        """An accepted event (the notifier, after commit): note joins for the next tick."""
+        if event.type == "m.room.member" and event.membership == "join" and event.state_key:
+            self._joins.append((event.room_id, event.state_key))
+
+    async def _joined(self) -> None:
+        """Servers new to a room with our users get their presence: a remote user who
+        joined gets our members' (not offline); our user who joined, the room's servers get
+        theirs. Through the same rate limit as every update."""
+        by_dest: dict[str, list[str]] = {}
+        mono = self.clock.monotonic()
+        while self._joins:
+            room_id, user_id = self._joins.popleft()
+            if user_id in self.tracker.local or server_name_of(user_id) == self.server_name:
+                state = self.tracker.local.get(user_id)
+                if state is None or state.presence == "offline":
+                    continue
+                servers = {server_name_of(u) for u in await self.store.room_members(room_id)}
+                servers.discard(self.server_name)
+                pairs = [(user_id, dest) for dest in sorted(servers)]
+            else:
+                dest = server_name_of(user_id)
+                pairs = [(u, dest) for u in await self.store.room_members(room_id)
+                         if (s := self.tracker.local.get(u)) is not None and s.presence != "offline"]
+            for local_user, dest in pairs:
+                for due in self.coalescer.offer(local_user, [dest], mono):
+                    by_dest.setdefault(due, []).append(local_user)
+        if by_dest:
+            await self._send(by_dest)
 
     # ------------------------------------------------------------------ local users
 

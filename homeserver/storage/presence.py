@@ -51,6 +51,14 @@ class PresenceStore:
         )
         return any(r[0].partition(":")[2] == server for r in rows)
 
+    async def room_members(self, room_id: str) -> list[str]:
+        rows = await self.db.fetchall(
+            "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND membership = 'join'",
+            room_id,
+        )
+        return [r[0] for r in rows]
+
     async def joined_rooms(self, user_id: str) -> list[str]:
         rows = await self.db.fetchall(
             "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?"

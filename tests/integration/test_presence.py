@@ -150,6 +150,29 @@ async def test_presence_reaches_another_server_within_two_seconds(
         assert status == 200 and body["status_msg"] == "from a"
 
 
+async def test_a_server_joining_later_gets_the_presence_of_the_rooms_users(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    async with client_server(db_factory, tmp_path / "a", test_ca, extra=QUIET) as a, \
+            client_server(db_factory, tmp_path / "b", test_ca, extra=QUIET) as b, \
+            nio_user(a, "alice") as alice, nio_user(b, "bob") as bob:
+        # Both set their presence before they share a room: nothing goes out yet.
+        for server, user, msg in ((a, alice, "alice early"), (b, bob, "bob early")):
+            status, _ = await raw(server, "PUT", f"{V3}/presence/{user.user_id}/status", token=user.access_token,
+                                  json={"presence": "online", "status_msg": msg})
+            assert status == 200
+        assert metric(a, "hs_presence_sent_updates_total") == metric(b, "hs_presence_sent_updates_total") == 0
+        await shared_room((a, alice.access_token), (b, bob.access_token, bob.user_id))
+
+        async def both_seen() -> bool:
+            sa, ba = await raw(a, "GET", f"{V3}/presence/{bob.user_id}/status", token=alice.access_token)
+            sb, bb = await raw(b, "GET", f"{V3}/presence/{alice.user_id}/status", token=bob.access_token)
+            return (sa, sb) == (200, 200) and ba.get("status_msg") == "bob early" \
+                and bb.get("status_msg") == "alice early"
+
+        await eventually(both_seen, attempts=200)
+
+
 async def test_received_presence_only_about_the_origins_users_sharing_a_room(
     db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
 ) -> None:
