@@ -101,6 +101,7 @@ class PresenceService:
         self._coalesced_dropped = 0
         self._pushed: dict[str, float] = {}  # our user -> when their presence last went out (monotonic)
         self._joins: deque[tuple[str, str]] = deque(maxlen=MAX_PENDING_JOINS)  # (room, user) joined
+        self._active: list[UserPresence] = []  # changes by events sent, for the next tick
         if self.enabled:
             notifier.event_listeners.append(self._on_event)
 
@@ -130,7 +131,8 @@ class PresenceService:
 
     async def tick(self) -> None:
         """The timeouts, then the coalesced updates now due."""
-        changed = self.tracker.tick(self.clock.time_ms(), self.notifier.is_waiting)
+        changed, self._active = self._active, []
+        changed += self.tracker.tick(self.clock.time_ms(), self.notifier.is_waiting)
         await self._changed(changed)
         self._count_evictions()
         # Our users not offline are re-sent now and then: other servers time them out.
@@ -145,9 +147,14 @@ class PresenceService:
             await self._send(due)
 
     def _on_event(self, event: Event) -> None:
-        """An accepted event (the notifier, after commit): note joins for the next tick."""
+        """An accepted event (the notifier, after commit): an event sent by our user is
+        activity; a join is noted. Both are dealt with on the next tick."""
         if event.type == "m.room.member" and event.membership == "join" and event.state_key:
             self._joins.append((event.room_id, event.state_key))
+        if event.sender in self.tracker.local and len(self._active) < MAX_PENDING_JOINS:
+            changed = self.tracker.activity(event.sender, self.clock.time_ms())
+            if changed is not None:
+                self._active.append(changed)
 
     async def _joined(self) -> None:
         """Servers new to a room with our users get their presence: a remote user who

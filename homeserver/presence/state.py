@@ -4,7 +4,7 @@ Local users (``PresenceTracker.set_local``, ``sync``, ``tick``):
 
 * ``online``, ``unavailable`` or ``offline``, with an optional ``status_msg``;
   ``last_active`` is bumped by activity (a PUT of ``online``, a /sync with
-  ``set_presence=online``); ``currently_active`` while online and active within the last
+  ``set_presence=online``, an event sent); ``currently_active`` while online and active within the last
   ``ACTIVE_WINDOW_MS``.
 * Idle timeout: online and no activity for ``idle_ms`` -> ``unavailable``.
 * Offline timeout: not offline, no /sync in flight and none started (nor a PUT) for
@@ -128,6 +128,15 @@ class PresenceTracker:
         if set_presence == "unavailable":
             return self.set_local(user_id, "unavailable", now_ms, status_msg=KEEP)
         return None
+
+    def activity(self, user_id: str, now_ms: int) -> UserPresence | None:
+        """A local user did something (sent an event): last_active is bumped, and one who
+        is unavailable comes back online (as Synapse does); an offline or unknown user is
+        left alone."""
+        old = self.local.get(user_id)
+        if old is None or old.presence == "offline":
+            return None
+        return self._put_local(old, replace(old, presence="online", last_active_ms=now_ms), now_ms)
 
     def tick(self, now_ms: int, syncing: Callable[[str], bool]) -> list[UserPresence]:
         """Apply the timeouts to local users (``syncing(user)``: a /sync of theirs is in

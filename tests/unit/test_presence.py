@@ -307,3 +307,16 @@ async def test_service_pings_online_users_to_other_servers() -> None:
     await svc.tick()
     # A ping 25 minutes after the last update.
     assert [c["push"][0]["currently_active"] for _, c, _ in sender.sent] == [True, False, False]
+
+
+def test_an_event_sent_is_activity() -> None:
+    t = tracker()
+    assert t.activity(ALICE, T0) is None  # unknown: left alone
+    t.set_local(ALICE, "unavailable", T0, active=False)
+    back = t.activity(ALICE, T0 + 1000)
+    assert back is not None and back.presence == "online" and back.currently_active
+    assert t.activity(ALICE, T0 + 2000) is None  # a bare bump is no visible change
+    local = t.get(ALICE)
+    assert local is not None and local.last_active_ms == T0 + 2000
+    t.set_local(ALICE, "offline", T0 + 3000)
+    assert t.activity(ALICE, T0 + 4000) is None
