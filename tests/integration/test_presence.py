@@ -79,9 +79,21 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
         assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
         status, body = await raw(hs, "GET", f"{V3}/presence/@nobody:{hs.services.config.server_name}/status", token=b)
         assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
-        await shared_room((hs, a), (hs, b, bob.user_id))
+        room = await shared_room((hs, a), (hs, b, bob.user_id))
         status, body = await raw(hs, "GET", path, token=b)
         assert status == 200 and body["presence"] == "online", body
+        # Sending an event is activity: unavailable -> online (on the next tick).
+        status, _ = await raw(hs, "PUT", path, token=a, json={"presence": "unavailable", "status_msg": "lunch"})
+        assert status == 200
+        status, _ = await raw(hs, "PUT", f"{V3}/rooms/{room}/send/m.room.message/t1", token=a,
+                              json={"msgtype": "m.text", "body": "back"})
+        assert status == 200
+
+        async def online_again() -> bool:
+            status, body = await raw(hs, "GET", path, token=b)
+            return status == 200 and body["presence"] == "online" and body["status_msg"] == "lunch"
+
+        await eventually(online_again)
 
         # /sync: Bob sees Alice (and himself: set_presence defaults to online).
         status, body = await raw(hs, "GET", f"{V3}/sync", token=b)
