@@ -43,6 +43,7 @@ from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
 from homeserver.ops import health_route
 from homeserver.push.service import PushServices
+from homeserver.presence.service import PresenceService
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.checks.receipt import PduChecker
@@ -61,6 +62,7 @@ from homeserver.storage.inbox import InboxStore
 from homeserver.storage.keys import KeyStore
 from homeserver.storage.migrations import migrate
 from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.presence import PresenceStore
 from homeserver.storage.timestamps import TimestampStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.users import UserStore
@@ -98,6 +100,7 @@ class Services:
     clock: Clock = SYSTEM_CLOCK  # the one clock every component reads time from
     media: MediaRepository | None = None  # the media repository (homeserver/media/)
     push: PushServices | None = None  # push rules, notifications, pushers (push/service.py)
+    presence: PresenceService | None = None  # online status (client API, inbound EDUs)
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @classmethod
@@ -170,6 +173,12 @@ class Services:
         e2e = E2eKeys(config.server_name, db, notifier, sender, client.request, metrics=metrics)
         processor.handle_edus("m.device_list_update", e2e.on_device_list_update)
         processor.handle_edus("m.signing_key_update", e2e.on_signing_key_update)
+        # Presence: m.presence EDUs go to the one presence service (presence/service.py).
+        presence = PresenceService(config.server_name, config.presence, PresenceStore(db), sender, notifier,
+                                   metrics, clock)
+        stack.push_async_callback(presence.stop)
+        await presence.start()
+        processor.handle_edus("m.presence", presence.on_edu)
         worker = InboundWorker(inbox, processor, config.inbound, metrics)
         stack.push_async_callback(worker.stop)
         await worker.start()  # drains what a previous run left in the inbox
@@ -192,7 +201,7 @@ class Services:
         return cls(
             config, key, db, client, keyring, metrics, event_store, persister, sender, inbox, worker, rooms,
             directory, acl, processor, notifier, to_device, clock, media,
-            push=push,
+            push=push, presence=presence,
         )
 
     async def close(self) -> None:
@@ -317,6 +326,7 @@ def create_client_app(services: Services) -> web.Application:
         to_device=services.to_device,
         media=services.media,
         push=services.push,
+        presence=services.presence,
     )
     # Where a reverse proxy sends the server name's https://<name>/.well-known/ requests.
     app.add_routes([health_route(services.db), well_known_server_route(services.config)])

@@ -385,6 +385,24 @@ class MediaConfig:
             parse_duration(self.remote_retention)
         except ValueError:
             raise ConfigError("media.remote_retention: must be <n>d, <n>h, <n>m or <n>s") from None
+class PresenceConfig:
+    # Online status (docs/presence.md). Off: PUT /presence is accepted but nothing is kept,
+    # shown or sent; /sync has no presence; received presence is dropped.
+    enabled: bool = True
+    # Online with no activity for this long -> unavailable; no /sync for this long -> offline.
+    idle_timeout_seconds: float = 300.0
+    offline_timeout_seconds: float = 30.0
+    # At most one update per user per destination per this many seconds (the latest wins).
+    federation_interval_seconds: float = 10.0
+    # Remote users whose presence is remembered (the least recently updated is forgotten),
+    # and outbound updates held back by the rate limit (the oldest is dropped).
+    max_remote_users: int = 10_000
+    max_pending_updates: int = 100_000
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "enabled" and getattr(self, f.name) <= 0:
+                raise ConfigError(f"presence.{f.name}: must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +431,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     well_known: WellKnownConfig = field(default_factory=WellKnownConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
 
 
 _PATH_KEYS = {

@@ -362,6 +362,23 @@ media:
     max_concurrent: 10
     max_per_host: 2
     max_pending: 100
+presence:
+  # Online status (docs/presence.md): PUT/GET /presence, presence in /sync, m.presence
+  # EDUs to and from the servers that share a room with the user. false: PUT is accepted
+  # but nothing is kept, shown or sent, and received presence is dropped.
+  enabled: true
+  # An online user with no activity (a /sync with set_presence=online, a PUT of online)
+  # for idle_timeout_seconds becomes unavailable; one with no /sync in flight and none
+  # started (nor a PUT) for offline_timeout_seconds becomes offline.
+  idle_timeout_seconds: 300.0
+  offline_timeout_seconds: 30.0
+  # Another server gets at most one update per user per federation_interval_seconds;
+  # changes in between are coalesced (the latest state is sent when the time comes).
+  federation_interval_seconds: 10.0
+  # Remote users whose presence is kept in memory (past this, the least recently updated
+  # is forgotten), and outbound updates held back by the rate limit (the oldest dropped).
+  max_remote_users: 10000
+  max_pending_updates: 100000
 
 logging:
   # DEBUG, INFO, WARNING, ERROR or CRITICAL.

@@ -51,6 +51,9 @@ class Notifier:
         self._by_room: dict[str, set[Waiter]] = {}
         # Also told of each committed event (the push notification pass): quick, never raising.
         self.event_listeners: list[Callable[[Event, Outcome, int], None]] = []
+        # Told of every accepted event after its commit (presence: who joined); must be quick
+        # and must not raise.
+        self.accepted_listeners: list[Callable[[Event], None]] = []
 
     def waiter(self, user_id: str) -> Waiter:
         """Register before reading the database, so nothing committed afterwards is missed."""
@@ -84,6 +87,8 @@ class Notifier:
             return
         if outcome is Outcome.ACCEPTED:
             self.wake_room(event.room_id)
+            for accepted in self.accepted_listeners:
+                accepted(event)
         if event.type == "m.room.member" and event.state_key is not None:
             self.wake_user(event.state_key)
 
@@ -98,6 +103,10 @@ class Notifier:
     def wake_user(self, user_id: str) -> None:
         for w in self._by_user.get(user_id, ()):
             w.woken.set()
+
+    def is_waiting(self, user_id: str) -> bool:
+        """Whether a /sync of ``user_id`` is in flight (presence counts it as seen)."""
+        return user_id in self._by_user
 
     @property
     def waiting(self) -> int:

@@ -4,10 +4,10 @@ log in, create and join rooms, talk, moderate and /sync.
 ``create_client_app`` wires one handler class per area (auth.py accounts, rooms.py
 membership and state reads, events.py sending and pagination, sync.py, profile.py,
 ephemeral.py typing, receipts and read markers, account_data.py account data,
-capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
+capabilities.py, push_rules.py push rules, directory.py aliases and
 the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
 tokens, keys.py end-to-end keys, to_device.py send-to-device messages, key_backup.py server-side
-key backups, media.py the content repository)
+key backups, media.py the content repository, presence.py online status)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
@@ -30,6 +30,7 @@ from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.media import MediaAPI
 from homeserver.client_api.notifications import NotificationsAPI
 from homeserver.client_api.openid import OpenIdAPI
+from homeserver.client_api.presence import PresenceAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.pushers import PushersAPI
@@ -46,6 +47,7 @@ from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
 from homeserver.push.service import PushServices
+from homeserver.presence.service import PresenceService
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.hierarchy import SpaceHierarchy
@@ -59,6 +61,7 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.presence import PresenceStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.timestamps import TimestampStore
@@ -86,6 +89,7 @@ def create_client_api_app(
     to_device: ToDeviceStore | None = None,
     media: MediaRepository | None = None,
     push: PushServices | None = None,
+    presence: PresenceService | None = None,
 ) -> web.Application:
     cc = config.client
     # aiohttp's own bound sits above ours so that read_body answers M_TOO_LARGE itself.
@@ -126,9 +130,15 @@ def create_client_api_app(
     app.add_routes(ToDeviceAPI(config.server_name, cc, auth, to_device, sender, notifier, metrics or Metrics(),
                                clock=clock).routes())
     app.add_routes(KeyBackupAPI(cc, auth, KeyBackupStore(events.db)).routes())
+    # Presence (presence/service.py): one service per server, made here when not given.
+    presence = presence or PresenceService(config.server_name, config.presence, PresenceStore(events.db), sender,
+                                           notifier, metrics or Metrics(), clock)
+    presence_api = PresenceAPI(config.server_name, cc, auth, users, presence)
+    app.add_routes(presence_api.routes())
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
                            visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e,
-                           to_device=ToDeviceSync(to_device), push=push.notifications).routes())
+                           to_device=ToDeviceSync(to_device), push=push.notifications,
+                           presence=presence_api).routes())
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock,

@@ -42,6 +42,7 @@ from homeserver.client_api.access import may_read_after_leaving
 from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
+from homeserver.client_api.presence import PresenceAPI
 from homeserver.client_api.to_device import ToDeviceSync
 from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
 from homeserver.config import ClientConfig
@@ -106,9 +107,10 @@ class SyncAPI:
         timeline: TimelineStore, invites: RoomMembershipStore, rooms: RoomService, notifier: Notifier,
         *, visibility: HistoryVisibility | None = None, account_data: AccountDataStore | None = None,
         clock: Clock = SYSTEM_CLOCK, e2e: E2eKeys | None = None, to_device: ToDeviceSync | None = None,
-        push: NotificationPass | None = None,
+        push: NotificationPass | None = None, presence: PresenceAPI | None = None,
     ) -> None:
         self.push = push  # unread notification counts (push/notify.py)
+        self.presence = presence  # set_presence and the presence section (client_api/presence.py)
         self.clock = clock
         self.e2e = e2e  # device lists and one-time key counts (e2e/service.py)
         self.to_device = to_device
@@ -175,12 +177,15 @@ class SyncAPI:
         full_state = query_bool(request, "full_state")
         flt = await self._resolve_filter(req, request.query.get("filter"))
         deadline = self.clock.monotonic() + timeout_ms / 1000
+        presence = await self.presence.begin_sync(req.user_id, request.query) if self.presence else None
         if self.to_device is not None:
             await self.to_device.acknowledge(req, since)
         while True:
             waiter = self.notifier.waiter(req.user_id)
             try:
                 body, changed = await self._compute(req, since, full_state, flt, waiter)
+                if presence is not None:
+                    changed = await presence.add_to(body, since) or changed
                 remaining = deadline - self.clock.monotonic()
                 if since is None or changed or full_state or remaining <= 0:
                     return json_response(body)

@@ -37,6 +37,7 @@ from homeserver.federation.pipeline.edus import receipt_fields, short_id, to_dev
 from homeserver.federation.worker import InboundWorker
 from homeserver.http import json_response
 from homeserver.metrics import Metrics
+from homeserver.presence.edus import presence_edu
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.redactions import applied_redactions, served_pdus
 from homeserver.rooms.store import RoomMembershipStore, ended_member
@@ -56,7 +57,9 @@ ECHO_WARNING_INTERVAL_SECONDS = 60.0
 MAX_MISSING_EVENTS = 100
 MAX_BACKFILL = 100
 # EDU types the worker keeps; other types are acknowledged and ignored.
-KEPT_EDU_TYPES = ("m.typing", "m.receipt", "m.device_list_update", "m.signing_key_update", "m.direct_to_device")
+KEPT_EDU_TYPES = (
+    "m.typing", "m.receipt", "m.device_list_update", "m.signing_key_update", "m.direct_to_device", "m.presence",
+)
 # The device-list EDUs (e2e/service.py applies them), kept whole below this size.
 DEVICE_EDU_TYPES = ("m.device_list_update", "m.signing_key_update")
 MAX_DEVICE_EDU_BYTES = 64 * 1024
@@ -307,6 +310,13 @@ class FederationTransport:
             if reason is not None:
                 self._metrics.inbound_edus_dropped.labels(origin, reason).inc()
             return None if kept_to_device is None else {"edu_type": edu_type, "content": kept_to_device}
+        if edu_type == "m.presence":  # the origin's users only, within bounds (presence/edus.py)
+            presence = presence_edu(origin, content)
+            if presence.foreign:
+                self._metrics.inbound_edus_dropped.labels(origin, "foreign_user").inc(presence.foreign)
+            if presence.malformed:
+                self._metrics.inbound_edus_dropped.labels(origin, "malformed").inc(presence.malformed)
+            return None if presence.content is None else {"edu_type": edu_type, "content": presence.content}
         if edu_type == "m.typing":
             room_id, user_id = content.get("room_id"), content.get("user_id")
             if _server_of(user_id) != origin or not isinstance(room_id, str):

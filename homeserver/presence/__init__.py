@@ -1,0 +1,1 @@
+"""Presence: online status of users (docs/presence.md)."""
