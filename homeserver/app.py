@@ -42,8 +42,8 @@ from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
 from homeserver.ops import health_route
-from homeserver.push.service import PushServices
 from homeserver.presence.service import PresenceService
+from homeserver.push.service import PushServices
 from homeserver.rooms.acl import AclChecker
 from homeserver.rooms.builder import EventBuilder
 from homeserver.rooms.checks.receipt import PduChecker

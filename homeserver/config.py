@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from homeserver.config_media_remote import RemoteFetchConfig
+from homeserver.config_presence import PresenceConfig as PresenceConfig
 from homeserver.config_typed import ConfigError as ConfigError
 from homeserver.config_typed import build_dataclass
 from homeserver.events.identifiers import is_valid_server_name
@@ -317,11 +318,8 @@ class ThumbnailSizeConfig:
 
 
 def _default_thumbnail_sizes() -> list[ThumbnailSizeConfig]:
-    return [
-        ThumbnailSizeConfig(32, 32, "crop"), ThumbnailSizeConfig(96, 96, "crop"),
-        ThumbnailSizeConfig(320, 240, "scale"), ThumbnailSizeConfig(640, 480, "scale"),
-        ThumbnailSizeConfig(800, 600, "scale"),
-    ]
+    sizes = ((32, 32, "crop"), (96, 96, "crop"), (320, 240, "scale"), (640, 480, "scale"), (800, 600, "scale"))
+    return [ThumbnailSizeConfig(w, h, m) for w, h, m in sizes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,24 +383,6 @@ class MediaConfig:
             parse_duration(self.remote_retention)
         except ValueError:
             raise ConfigError("media.remote_retention: must be <n>d, <n>h, <n>m or <n>s") from None
-class PresenceConfig:
-    # Online status (docs/presence.md). Off: PUT /presence is accepted but nothing is kept,
-    # shown or sent; /sync has no presence; received presence is dropped.
-    enabled: bool = True
-    # Online with no activity for this long -> unavailable; no /sync for this long -> offline.
-    idle_timeout_seconds: float = 300.0
-    offline_timeout_seconds: float = 30.0
-    # At most one update per user per destination per this many seconds (the latest wins).
-    federation_interval_seconds: float = 10.0
-    # Remote users whose presence is remembered (the least recently updated is forgotten),
-    # and outbound updates held back by the rate limit (the oldest is dropped).
-    max_remote_users: int = 10_000
-    max_pending_updates: int = 100_000
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name != "enabled" and getattr(self, f.name) <= 0:
-                raise ConfigError(f"presence.{f.name}: must be positive")
 
 
 @dataclass(frozen=True, slots=True)

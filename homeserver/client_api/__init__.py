@@ -46,8 +46,8 @@ from homeserver.media.repository import MediaRepository
 from homeserver.metrics import Metrics
 from homeserver.net.client import FederationClient
 from homeserver.notifier import Notifier
-from homeserver.push.service import PushServices
 from homeserver.presence.service import PresenceService
+from homeserver.push.service import PushServices
 from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.hierarchy import SpaceHierarchy
