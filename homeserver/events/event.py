@@ -17,6 +17,16 @@ from homeserver.events.versions import RoomVersion
 StateKey = tuple[str, str]  # (event type, state_key)
 
 
+def _event_ids(refs: Any, room_version: RoomVersion) -> tuple[str, ...]:
+    """The event IDs of ``prev_events``/``auth_events``: the list itself, or in rooms 1
+    and 2 the first element of each ``[event_id, {"sha256": ...}]`` pair."""
+    if not refs:
+        return ()
+    if room_version.origin_event_ids:
+        return tuple(ref[0] if isinstance(ref, (list, tuple)) and ref else ref for ref in refs)
+    return tuple(refs)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Event:
     event_id: str
@@ -41,8 +51,10 @@ class Event:
         """Build an Event from PDU JSON. The caller runs the format checks first
         (``homeserver.events.format.check_pdu_format``): this reads fields without validating.
 
-        ``event_id`` is computed from the reference hash unless given (pass it only when it
-        was computed before, for example when loading from storage). A PDU whose fields
+        ``event_id`` is computed (``compute_event_id``: the reference hash, or in rooms 1
+        and 2 the PDU's own ``event_id``) unless given (pass it only when it was computed
+        before, for example when loading from storage). ``prev_events`` and
+        ``auth_events`` are plain event ID tuples in every room version. A PDU whose fields
         cannot be read as an event (a non-object, a list that is not one, a depth that is
         not a number) raises EventFormatError.
         """
@@ -73,8 +85,8 @@ class Event:
             state_key=pdu.get("state_key") if isinstance(pdu.get("state_key"), str) else None,
             sender=str(pdu.get("sender")),
             content=content if isinstance(content, dict) else {},
-            prev_events=tuple(pdu.get("prev_events") or ()),
-            auth_events=tuple(pdu.get("auth_events") or ()),
+            prev_events=_event_ids(pdu.get("prev_events"), room_version),
+            auth_events=_event_ids(pdu.get("auth_events"), room_version),
             depth=int(pdu.get("depth") or 0),
             origin_server_ts=int(pdu.get("origin_server_ts") or 0),
             pdu=pdu,

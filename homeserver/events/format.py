@@ -37,9 +37,18 @@ def _byte_len(value: str) -> int:
     return len(value.encode("utf-8", "surrogatepass"))
 
 
-def _check_event_id_list(pdu: dict[str, Any], key: str) -> None:
+def _check_event_id_list(pdu: dict[str, Any], key: str, version: RoomVersion) -> None:
+    """A list of event IDs; in rooms 1 and 2 of ``[event_id, {"sha256": hash}]`` pairs."""
     for item in pdu[key]:
-        if not is_valid_event_id(item):
+        if version.origin_event_ids:
+            if not (
+                isinstance(item, list)
+                and len(item) == 2
+                and is_valid_event_id(item[0])
+                and isinstance(item[1], dict)
+            ):
+                raise EventFormatError(f"{key} must be a list of [event_id, hashes] pairs")
+        elif not is_valid_event_id(item):
             raise EventFormatError(f"{key} must be a list of event IDs, got {item!r}")
 
 
@@ -80,8 +89,9 @@ def check_pdu_format(pdu: dict[str, Any], version: RoomVersion) -> None:
     """Raise EventFormatError unless ``pdu`` is a well-formed PDU for ``version``."""
     if not isinstance(pdu, dict):
         raise EventFormatError("a PDU must be a JSON object")
-    # Canonical JSON: no floats, integers within [-(2**53)+1, 2**53-1].
-    check_canonical_values(pdu)
+    # Canonical JSON (room 6 and later): no floats, integers within [-(2**53)+1, 2**53-1].
+    if version.strict_canonical_json:
+        check_canonical_values(pdu)
 
     for key, kind in _REQUIRED:
         if key not in pdu:
@@ -124,9 +134,11 @@ def check_pdu_format(pdu: dict[str, Any], version: RoomVersion) -> None:
         raise EventFormatError("unsigned must be an object")
     if "event_id" in pdu and not is_valid_event_id(pdu["event_id"]):
         raise EventFormatError("event_id must be an event ID of at most 255 bytes")
+    if version.origin_event_ids and ":" not in pdu.get("event_id", ""):
+        raise EventFormatError("a room version 1 or 2 event needs an event_id '$id:server'")
 
-    _check_event_id_list(pdu, "prev_events")
-    _check_event_id_list(pdu, "auth_events")
+    _check_event_id_list(pdu, "prev_events", version)
+    _check_event_id_list(pdu, "auth_events", version)
 
     hashes: dict[str, Any] = pdu["hashes"]
     if not isinstance(hashes.get("sha256"), str):

@@ -1,7 +1,7 @@
-"""Content hashes, reference hashes, event IDs and (room version 12) room IDs.
+"""Content hashes, reference hashes, event IDs (per room version) and (v12) room IDs.
 
 Spec: server-server-api.md "Calculating the content hash for an event" and
-"Calculating the reference hash for an event"; rooms/fragments/v4-event-ids.md.
+"Calculating the reference hash for an event"; rooms/fragments/v1-event-ids.md, v4-event-ids.md.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from homeserver.events.canonical import (
     urlsafe_unpadded_b64,
 )
 from homeserver.events.errors import EventFormatError
+from homeserver.events.identifiers import is_valid_event_id
 from homeserver.events.redaction import redact
-from homeserver.events.versions import RoomVersion
+from homeserver.events.versions import EventIdFormat, RoomVersion
 
 
 def content_hash(pdu: dict[str, Any]) -> bytes:
@@ -56,8 +57,31 @@ def reference_hash(pdu: dict[str, Any], version: RoomVersion, *, float_free: boo
 
 
 def compute_event_id(pdu: dict[str, Any], version: RoomVersion, *, float_free: bool = False) -> str:
-    """``$`` + URL-safe unpadded base64 of the reference hash (room versions 4 and later)."""
-    return "$" + urlsafe_unpadded_b64(reference_hash(pdu, version, float_free=float_free))
+    """The event ID of ``pdu`` in a room of ``version``, the one way every caller gets it:
+
+    - rooms 1 and 2: the ``event_id`` the origin chose, carried in the PDU (EventFormatError
+      if it has none);
+    - room 3: ``$`` + standard unpadded base64 of the reference hash;
+    - rooms 4 and later: ``$`` + URL-safe unpadded base64 of the reference hash.
+    """
+    fmt = version.event_id_format
+    if fmt is EventIdFormat.ORIGIN:
+        if not isinstance(pdu, dict):
+            raise EventFormatError("a PDU must be a JSON object")
+        event_id = pdu.get("event_id")
+        if not isinstance(event_id, str) or not is_valid_event_id(event_id) or ":" not in event_id:
+            raise EventFormatError("a room version 1 or 2 event needs an event_id '$id:server'")
+        return event_id
+    digest = reference_hash(pdu, version, float_free=float_free)
+    if fmt is EventIdFormat.REFERENCE_B64:
+        return "$" + unpadded_b64(digest)
+    return "$" + urlsafe_unpadded_b64(digest)
+
+
+def event_reference(pdu: dict[str, Any], version: RoomVersion) -> list[Any]:
+    """How rooms 1 and 2 cite an event in ``prev_events``/``auth_events``:
+    ``[event_id, {"sha256": reference hash}]``."""
+    return [compute_event_id(pdu, version), {"sha256": unpadded_b64(reference_hash(pdu, version))}]
 
 
 def room_id_for_create(create_pdu: dict[str, Any], version: RoomVersion) -> str:

@@ -6,6 +6,7 @@ Pure helpers shared by the auth rules (``events/auth.py``) and state resolution.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,10 +55,37 @@ def get_creators(auth_state: AuthState) -> set[str]:
     return creators
 
 
-def _int_or(value: object, default: int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
+# rooms/fragments/v1-stringy-power-levels.md: optional whitespace, one sign, base 10 digits
+_STRING_LEVEL = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def parse_level(value: object, version: RoomVersion) -> int | None:
+    """A power level value as an integer, or None if it is not one in ``version``.
+
+    Room 10 and later: integers only. Rooms 1-9 also take a string holding an integer
+    (``" +0100 "``), and rooms 1-5, which do not enforce canonical JSON, a finite float,
+    truncated (``50.57`` is 50). Booleans are never levels.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
         return value
-    return default
+    if version.strict_integer_power_levels:
+        return None
+    if isinstance(value, str):
+        return int(value) if _STRING_LEVEL.fullmatch(value) else None
+    if isinstance(value, float) and not version.strict_canonical_json and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def _level_or(value: object, default: int, version: RoomVersion) -> int:
+    level = parse_level(value, version)
+    return default if level is None else level
+
+
+def _pl_event(auth_state: AuthState) -> Event | None:
+    return auth_state.get(POWER_LEVELS)
 
 
 def _pl_content(auth_state: AuthState) -> Mapping[str, Any] | None:
@@ -72,13 +100,15 @@ def get_power_level(user_id: str, auth_state: AuthState) -> PowerLevel:
     if version is not None and version.creators_have_infinite_power:
         if user_id in get_creators(auth_state):
             return math.inf
-    content = _pl_content(auth_state)
-    if content is None:
+    event = _pl_event(auth_state)
+    if event is None:
         return 100 if user_id in get_creators(auth_state) else 0
+    content, pl_version = event.content, event.room_version
+    default = _level_or(content.get("users_default"), 0, pl_version)
     users = content.get("users")
     if isinstance(users, dict) and user_id in users:
-        return _int_or(users[user_id], _int_or(content.get("users_default"), 0))
-    return _int_or(content.get("users_default"), 0)
+        return _level_or(users[user_id], default, pl_version)
+    return default
 
 
 def named_level(auth_state: AuthState, name: str) -> int:
@@ -88,17 +118,19 @@ def named_level(auth_state: AuthState, name: str) -> int:
 
 def _named_level(auth_state: AuthState, name: str) -> int:
     """``invite``, ``kick``, ``ban``, ``redact``, ``*_default`` with their spec defaults."""
-    content = _pl_content(auth_state) or {}
-    return _int_or(content.get(name), _SCALAR_DEFAULTS[name])
+    pl = _pl_event(auth_state)
+    if pl is None:
+        return _SCALAR_DEFAULTS[name]
+    return _level_or(pl.content.get(name), _SCALAR_DEFAULTS[name], pl.room_version)
 
 
 def _required_level(event: Event, auth_state: AuthState) -> int:
-    content = _pl_content(auth_state) or {}
-    events = content.get("events")
-    if isinstance(events, dict) and event.type in events:
-        value = events[event.type]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    pl = _pl_event(auth_state)
+    events = None if pl is None else pl.content.get("events")
+    if pl is not None and isinstance(events, dict) and event.type in events:
+        level = parse_level(events[event.type], pl.room_version)
+        if level is not None:
+            return level
     if event.is_state:
         return _named_level(auth_state, "state_default")
     return _named_level(auth_state, "events_default")

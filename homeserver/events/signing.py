@@ -53,14 +53,18 @@ def sign_event(
     return out
 
 
-def required_signers(pdu: Mapping[str, Any]) -> set[str]:
-    """Servers whose signature the event must carry: the sender's server, and for member
-    events with ``content.join_authorised_via_users_server`` that user's server."""
+def required_signers(pdu: Mapping[str, Any], version: RoomVersion | None = None) -> set[str]:
+    """Servers whose signature the event must carry: the sender's server; in rooms 1 and 2
+    (``version`` given) the server of the ``event_id`` too; and from room 8, for member
+    events with ``content.join_authorised_via_users_server``, that user's server."""
     if not isinstance(pdu, Mapping):
         raise EventFormatError("a PDU must be a JSON object")
     signers = {server_name_of(str(pdu.get("sender", "")))}
+    if version is not None and version.origin_event_ids:
+        signers.add(server_name_of(str(pdu.get("event_id", ""))))
     content = pdu.get("content")
-    if pdu.get("type") == "m.room.member" and isinstance(content, dict):
+    restricted = version is None or version.restricted_joins
+    if restricted and pdu.get("type") == "m.room.member" and isinstance(content, dict):
         via = content.get("join_authorised_via_users_server")
         if isinstance(via, str):
             signers.add(server_name_of(via))
@@ -78,13 +82,13 @@ def _signed_bytes(pdu: dict[str, Any], version: RoomVersion) -> bytes:
 def verify_event_signatures(
     pdu: dict[str, Any], version: RoomVersion, verify_keys: VerifyKeys
 ) -> None:
-    """Raise SignatureError unless every server of ``required_signers(pdu)`` signed the
+    """Raise SignatureError unless every server of ``required_signers(pdu, version)`` signed the
     redacted event with at least one key of ``verify_keys`` and every such signature verifies.
 
     Signatures by keys not in ``verify_keys`` are ignored (the spec's "unknown keys"); the
     caller passes only keys valid at the event's ``origin_server_ts``.
     """
-    signers = required_signers(pdu)
+    signers = required_signers(pdu, version)
     if not signers:
         raise SignatureError("event has no sender server to check a signature from")
     all_sigs = pdu.get("signatures")

@@ -40,7 +40,7 @@ from homeserver.events.errors import AuthError, EventError, UnsupportedRoomVersi
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
-from homeserver.events.power import JOIN_RULES, get_power_level
+from homeserver.events.power import JOIN_RULES, get_power_level, named_level
 from homeserver.events.signing import HashCheck, check_content_hash, sign_event
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.federation.auth import BODY, ORIGIN
@@ -198,10 +198,7 @@ class FederationRoomsAPI:
         if "join" not in memberships:
             raise forbidden("You are not a member of any room that allows joining this one")
         auth_state = await self._events_of(state)
-        invite_level = 0
-        pl = auth_state.get(("m.room.power_levels", ""))
-        if pl is not None and isinstance(pl.content.get("invite"), int):
-            invite_level = pl.content["invite"]
+        invite_level = named_level(auth_state, "invite")
         for (etype, user), event in sorted(auth_state.items()):
             if etype == "m.room.member" and server_name_of(user) == self.server_name \
                     and event.membership == "join" and get_power_level(user, auth_state) >= invite_level:

@@ -34,7 +34,7 @@ from typing import Any
 
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import MAX_ID_BYTES, is_valid_room_id, is_valid_server_name, server_name_of
-from homeserver.events.power import get_power_level
+from homeserver.events.power import get_power_level, parse_level
 from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.errors import NotAllowed, RemoteJoinFailed, RoomError, RoomNotFound
 from homeserver.rooms.redactions import applied_redactions, served
@@ -104,14 +104,14 @@ def _required_level(power_levels: Event | None, event_type: str) -> int:
     """The power needed to send state event ``event_type`` (0 with no power levels)."""
     if power_levels is None:
         return 0
-    content = power_levels.content
+    content, version = power_levels.content, power_levels.room_version
     events = content.get("events")
     if isinstance(events, dict) and event_type in events:
-        value = events[event_type]
-        if isinstance(value, int) and not isinstance(value, bool):
+        value = parse_level(events[event_type], version)
+        if value is not None:
             return value
-    value = content.get("state_default", 50)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 50
+    value = parse_level(content.get("state_default", 50), version)
+    return 50 if value is None else value
 
 
 def plain_topic(content: Mapping[str, Any]) -> str | None:

@@ -30,7 +30,7 @@ from homeserver.events.signing import (
     required_signers,
     verify_event_signatures,
 )
-from homeserver.events.versions import RoomVersion
+from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.metrics import Metrics
 from homeserver.rooms.checks.pool import CheckItem, CheckPool, Verdict
 
@@ -96,7 +96,7 @@ class PduChecker:
         except EventFormatError as e:
             raise Dropped(f"format: {e}") from None
         # 2. Signatures of every required signer, else dropped.
-        keys = await self.signer_keys(pdu)
+        keys = await self.signer_keys(pdu, version)
         try:
             verify_event_signatures(pdu, version, keys)
         except SignatureError as e:
@@ -108,15 +108,18 @@ class PduChecker:
             event = dataclasses.replace(event, redacted_on_receipt=True)
         return event
 
-    async def signer_keys(self, pdu: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """The verify keys, valid when the event was sent, of every required signer's
-        ed25519 signatures (keys that cannot be had are left out: the check then fails)."""
+    async def signer_keys(self, pdu: dict[str, Any], version: RoomVersion | None = None) -> dict[str, dict[str, Any]]:
+        """The verify keys, valid when the event was sent (from room 5: ``valid_until_ts``
+        is enforced only there), of every required signer's ed25519 signatures (keys that
+        cannot be had are left out: the check then fails)."""
         keys: dict[str, dict[str, Any]] = {}
         sigs = pdu.get("signatures")
         ts = pdu.get("origin_server_ts")
         if not isinstance(sigs, dict) or not isinstance(ts, int):
             return keys
-        for server in required_signers(pdu):
+        if version is not None and not version.enforce_key_validity:
+            ts = 0  # rooms 1-4: any key the server has published counts
+        for server in required_signers(pdu, version):
             by_id = sigs.get(server)
             if not isinstance(by_id, dict):
                 continue
@@ -198,7 +201,7 @@ class PduChecker:
         for n, entry in enumerate(entries):
             if n % 5 == 4:
                 await asyncio.sleep(0)  # parsing a chunk at once would hold the loop
-            keys = await self.signer_keys(entry.body)
+            keys = await self.signer_keys(entry.body, KNOWN_ROOM_VERSIONS.get(entry.room_version or ""))
             raw = {s: {k: bytes(v.encode()) for k, v in by_id.items()} for s, by_id in keys.items()}
             items.append((entry.raw, entry.room_version or "", raw))
         verdicts = await self._pool.check(items)
