@@ -199,7 +199,7 @@ outbound:
 
 rooms:
   # Version of rooms created without one (createRoom's room_version), also advertised as
-  # the default in the client capabilities: "10", "11" or "12".
+  # the default in the client capabilities: any of "1" to "12".
   default_room_version: "12"
 
 well_known:

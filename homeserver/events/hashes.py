@@ -47,11 +47,14 @@ def content_hash_matches(pdu: dict[str, Any]) -> bool:
 
 
 def reference_hash(pdu: dict[str, Any], version: RoomVersion, *, float_free: bool = False) -> bytes:
-    """SHA-256 of the redacted event without ``signatures``, ``unsigned`` and ``age_ts``.
+    """SHA-256 of the redacted event without ``signatures``, ``unsigned`` and ``age_ts``,
+    and from room 3 without ``event_id`` (in rooms 1-2 the origin's event ID is covered).
     ``float_free``: the caller knows the PDU holds no float (a faster encoder is used)."""
     redacted = redact(pdu, version)
-    for key in ("signatures", "unsigned", "age_ts", "event_id"):
+    for key in ("signatures", "unsigned", "age_ts"):
         redacted.pop(key, None)
+    if not version.origin_event_ids:
+        redacted.pop("event_id", None)
     encoded = canonical_json_float_free(redacted) if float_free else canonical_json(redacted)
     return hashlib.sha256(encoded).digest()
 

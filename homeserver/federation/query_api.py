@@ -13,7 +13,7 @@
   {"event": ...}]``. The room version is the room's when we hold it, else the one its
   create event in the stripped state names, else "1" (the spec: v1 invites are for room
   versions 1 and 2, whose create events name no version); a version we do not implement
-  (1 to 9) gets 400 M_INCOMPATIBLE_ROOM_VERSION. The checks and the storing are those of
+  gets 400 M_INCOMPATIBLE_ROOM_VERSION. The checks and the storing are those of
   the v2 invite (``FederationRoomsAPI.accept_invite``).
 """
 

@@ -7,11 +7,17 @@ event, then the content hash and our signature are added. The event is checked a
 the authorization rules with that state (refused with ``NotAllowed`` naming the rule),
 persisted as accepted, and queued for its destinations by the outbound sender in the
 same database transaction: an event is either stored and queued, or neither.
+
+Rooms 1 and 2 (``RoomVersion.origin_event_ids``): we choose the event ID
+(``$<random>:<our server>``, carried in the PDU) and cite prev/auth events as
+``[event_id, {"sha256": reference hash}]`` pairs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import secrets
+import string
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from homeserver.crypto.keys import ServerSigningKey
@@ -19,6 +25,7 @@ from homeserver.events.auth import auth_types_for_event, check_auth_rules
 from homeserver.events.errors import AuthError, EventFormatError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.format import check_pdu_format
+from homeserver.events.hashes import event_reference
 from homeserver.events.signing import sign_event
 from homeserver.events.versions import RoomVersion
 from homeserver.rooms.errors import BadRoomRequest, NotAllowed, RoomNotFound
@@ -31,6 +38,14 @@ from homeserver.util.clock import SYSTEM_CLOCK, Clock
 MAX_PREV_EVENTS = 10
 MAX_DEPTH = 2**63 - 1
 CREATE: StateKey = ("m.room.create", "")
+_OPAQUE_ALPHABET = string.ascii_letters
+OPAQUE_ID_LENGTH = 18
+
+
+def new_origin_event_id(server_name: str) -> str:
+    """A fresh event ID for rooms 1 and 2: ``$`` + 18 random letters + ``:server_name``."""
+    opaque = "".join(secrets.choice(_OPAQUE_ALPHABET) for _ in range(OPAQUE_ID_LENGTH))
+    return f"${opaque}:{server_name}"
 
 
 
@@ -104,8 +119,9 @@ class EventBuilder:
         prev_ids, depth, state_before = await self._prevs_and_state(room_id, version)
         pdu = self._draft(version, room_id, event_type, sender, content, state_key)
         wanted = auth_types_for_event(pdu, version)
-        pdu["auth_events"] = sorted(state_before[k] for k in wanted if k in state_before)
-        pdu["prev_events"] = prev_ids
+        auth_ids = sorted(state_before[k] for k in wanted if k in state_before)
+        pdu["auth_events"] = await self._references(room_id, auth_ids, version)
+        pdu["prev_events"] = await self._references(room_id, prev_ids, version)
         pdu["depth"] = min(depth, MAX_DEPTH)
         return pdu, version, state_before
 
@@ -123,8 +139,11 @@ class EventBuilder:
         return self._clock.time_ms()
 
     def sign(self, pdu: dict[str, Any], version: RoomVersion) -> Event:
-        """Hash and sign a draft with our key; check its format (BadRoomRequest if not)."""
+        """Hash and sign a draft with our key; check its format (BadRoomRequest if not).
+        Rooms 1 and 2: a draft without an ``event_id`` gets a new one of ours."""
         pdu = dict(pdu)
+        if version.origin_event_ids and "event_id" not in pdu:
+            pdu["event_id"] = new_origin_event_id(self.server_name)
         pdu["signatures"] = {}
         pdu.pop("hashes", None)
         signed = sign_event(pdu, version, self.server_name, self._key.signing_key)
@@ -201,6 +220,17 @@ class EventBuilder:
         return out
 
     # ------------------------------------------------------------------ helpers
+
+    async def _references(self, room_id: str, event_ids: Sequence[str], version: RoomVersion) -> list[Any]:
+        """How a new event cites ``event_ids``: the IDs, or in rooms 1 and 2
+        ``[event_id, {"sha256": ...}]`` pairs (each cited event is read for its hash)."""
+        if not version.origin_event_ids:
+            return list(event_ids)
+        found = await self.store.get_events(event_ids)
+        missing = [e for e in event_ids if e not in found]
+        if missing:
+            raise RoomNotFound(room_id, f"events to build on are missing: {missing[:3]}")
+        return [event_reference(found[e].event.pdu, version) for e in event_ids]
 
     def _draft(
         self, version: RoomVersion, room_id: str | None, event_type: str, sender: str,

@@ -14,7 +14,7 @@ from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.migrations import migrate
 from tests.unit.events.builders import ALICE, BOB, standard_room
 
-VERSIONS = [KNOWN_ROOM_VERSIONS[v] for v in ("10", "11", "12")]
+VERSIONS = list(KNOWN_ROOM_VERSIONS.values())  # 1 to 12
 
 
 @pytest.fixture

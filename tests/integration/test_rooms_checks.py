@@ -57,7 +57,7 @@ async def test_inbound_invites(setup: tuple[RunningServer, FakeRemote]) -> None:
     good = room.build("m.room.member", room.creator, {"membership": "invite"}, bob)
     status, reply = await put(good.pdu, "$not-this-event")
     assert (status, reply["errcode"]) == (400, "M_INVALID_PARAM")
-    status, reply = await put(good.pdu, good.event_id, room_version="3")
+    status, reply = await put(good.pdu, good.event_id, room_version="13")
     assert (status, reply["errcode"]) == (400, "M_INCOMPATIBLE_ROOM_VERSION")
     tampered = dict(good.pdu, signatures={remote.server_name: {remote.key.key_id: "AAAA"}})
     status, reply = await put(tampered, good.event_id)

@@ -84,7 +84,7 @@ def test_render_roundtrip(tmp_path: Path) -> None:
         (lambda d: d["listeners"]["federation"].update(tls_certificate_path=None), "tls_certificate_path"),
         (lambda d: d["logging"].update(level="LOUD"), "logging.level"),
         (lambda d: d.update(listeners=5), "listeners: must be a mapping"),
-        (lambda d: d["rooms"].update(default_room_version="9"), "rooms.default_room_version: must be one of 10"),
+        (lambda d: d["rooms"].update(default_room_version="13"), "rooms.default_room_version: must be one of 1, 2"),
         (lambda d: d["rooms"].update(default_room_version=12), "rooms.default_room_version: must be a string"),
         (lambda d: d["well_known"].update(server="not a name!"), "well_known.server: 'not a name!' is not a valid"),
         (lambda d: d["well_known"].update(server="example.org:99999"), "well_known.server:"),

@@ -5,6 +5,7 @@ Signatures are dummies (auth does not check them); ``sign=True`` uses a real key
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -15,6 +16,9 @@ from homeserver.events.hashes import add_content_hash, room_id_for_create
 from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion
 
 ALL_VERSIONS = [KNOWN_ROOM_VERSIONS[v] for v in ("10", "11", "12")]
+EVERY_VERSION = list(KNOWN_ROOM_VERSIONS.values())  # 1 to 12
+_ORIGIN_IDS = itertools.count(1)
+DUMMY_REF_HASH = {"sha256": "aGFzaA"}
 DUMMY_SIG = {"ed25519:dummy": "c2lnbmF0dXJl"}
 
 ALICE = "@alice:a.test"  # the creator
@@ -37,13 +41,20 @@ def make_pdu(
     ts: int = 1_700_000_000_000,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A PDU with every required key, a correct content hash and a dummy signature."""
+    """A PDU with every required key, a correct content hash and a dummy signature.
+    Rooms 1 and 2: an ``event_id`` of the sender's server, and prev/auth events as
+    ``[id, {"sha256": dummy}]`` pairs (IDs given as plain strings are paired)."""
+    prevs: list[Any] = list(prev_events or [])
+    auths: list[Any] = list(auth_events or [])
+    if version.origin_event_ids:
+        prevs = [p if isinstance(p, list) else [p, dict(DUMMY_REF_HASH)] for p in prevs]
+        auths = [a if isinstance(a, list) else [a, dict(DUMMY_REF_HASH)] for a in auths]
     pdu: dict[str, Any] = {
         "type": type,
         "sender": sender,
         "content": content,
-        "prev_events": prev_events or [],
-        "auth_events": auth_events or [],
+        "prev_events": prevs,
+        "auth_events": auths,
         "depth": depth,
         "origin_server_ts": ts,
         "hashes": {},
@@ -51,6 +62,8 @@ def make_pdu(
     }
     if room_id is not None:
         pdu["room_id"] = room_id
+    if version.origin_event_ids:
+        pdu["event_id"] = f"$ev{next(_ORIGIN_IDS)}:{sender.split(':', 1)[1]}"
     if state_key is not None:
         pdu["state_key"] = state_key
     if extra:

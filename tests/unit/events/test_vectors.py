@@ -1,8 +1,8 @@
 """Real events from Synapse as test vectors: IDs, hashes, signatures and the auth rules.
 
-Fixtures: tests/fixtures/synapse-vectors/synapse-room-v{10,11,12}.json (copied from the
-project's shared reference material), made by
-running two Synapse 1.163.2 servers on loopback (see the README next to them). Every
+Fixtures: tests/fixtures/synapse-vectors/synapse-room-v{1..12}.json, made by running two
+Synapse 1.163.2 servers on loopback (see the README next to them; v10-12 copied from the
+project's shared reference material, v1-9 recorded by tools/record_synapse_vectors.py). Every
 event there was accepted by Synapse, so each must pass our auth rules in order.
 """
 
@@ -17,11 +17,17 @@ import pytest
 from signedjson.key import decode_verify_key_bytes
 
 from homeserver.events.auth import check_auth_events_shape, check_auth_rules
-from homeserver.events.canonical import decode_b64
+from homeserver.events.canonical import decode_b64, unpadded_b64
 from homeserver.events.errors import SignatureError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.format import check_pdu_format
-from homeserver.events.hashes import compute_event_id, content_hash_matches, room_id_for_create
+from homeserver.events.hashes import (
+    compute_event_id,
+    content_hash_matches,
+    reference_hash,
+    room_id_for_create,
+)
+from homeserver.events.redaction import redact
 from homeserver.events.signing import (
     HashCheck,
     VerifyKeys,
@@ -32,7 +38,7 @@ from homeserver.events.signing import (
 from homeserver.events.versions import get_room_version
 
 VECTORS = Path(__file__).resolve().parents[2] / "fixtures" / "synapse-vectors"
-FILES = [VECTORS / f"synapse-room-v{v}.json" for v in (10, 11, 12)]
+FILES = [VECTORS / f"synapse-room-v{v}.json" for v in range(1, 13)]
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason="synapse vectors not present")
 
@@ -67,6 +73,56 @@ def test_event_ids_and_content_hashes(room: dict[str, Any]) -> None:
         assert check_content_hash(pdu, version) == (HashCheck.MATCH, pdu)
 
 
+def test_event_id_format_per_version(room: dict[str, Any]) -> None:
+    """v1/v2: the origin's ``$opaque:server``; v3: standard base64 (some with + or /);
+    v4+: URL-safe base64."""
+    version = get_room_version(room["room_version"])
+    ids = [entry["event_id"] for entry in room["events"]]
+    if version.origin_event_ids:
+        assert all(":" in i and entry["pdu"]["event_id"] == i
+                   for i, entry in zip(ids, room["events"], strict=True))
+    else:
+        assert all(":" not in i and len(i) == 44 for i in ids)
+        assert all("event_id" not in entry["pdu"] for entry in room["events"])
+        if version.identifier == "3":
+            assert any("+" in i or "/" in i for i in ids)
+        else:
+            assert not any("+" in i or "/" in i for i in ids)
+
+
+def test_v1_v2_reference_hashes_of_cited_events(room: dict[str, Any]) -> None:
+    """Rooms 1-2 cite events as [id, {"sha256": reference hash}]: each hash given
+    (Synapse sends {} for some) is the cited event's reference hash, bit for bit."""
+    version = get_room_version(room["room_version"])
+    if not version.origin_event_ids:
+        return
+    by_id = {entry["event_id"]: entry["pdu"] for entry in room["events"]}
+    checked = 0
+    for entry in room["events"]:
+        for key in ("prev_events", "auth_events"):
+            for cited, hashes in entry["pdu"][key]:
+                if "sha256" in hashes and cited in by_id:
+                    assert hashes["sha256"] == unpadded_b64(reference_hash(by_id[cited], version))
+                    checked += 1
+    assert checked > 10
+
+
+def test_redacted_events_keep_ids_and_signatures(room: dict[str, Any]) -> None:
+    """Every event redacted under its version's rules keeps its event ID (the reference
+    hash covers the redacted form) and its signatures; the redacted message loses its body."""
+    version = get_room_version(room["room_version"])
+    keys = keys_of(room)
+    for entry in room["events"]:
+        pruned = redact(entry["pdu"], version)
+        assert compute_event_id(pruned, version) == entry["event_id"]
+        verify_event_signatures(pruned, version, keys)
+    redactions = [e["pdu"] for e in room["events"] if e["pdu"]["type"] == "m.room.redaction"]
+    assert redactions
+    target = redactions[0]["content"].get("redacts") or redactions[0]["redacts"]
+    message = next(e["pdu"] for e in room["events"] if e["event_id"] == target)
+    assert message["content"] and redact(message, version)["content"] == {}
+
+
 def test_room_id_is_create_hash_in_v12() -> None:
     data = load(VECTORS / "synapse-room-v12.json")
     version = get_room_version("12")
@@ -83,7 +139,7 @@ def test_signatures_verify(room: dict[str, Any]) -> None:
     servers = set()
     for entry in room["events"]:
         verify_event_signatures(entry["pdu"], version, keys)
-        servers |= required_signers(entry["pdu"])
+        servers |= required_signers(entry["pdu"], version)
     assert servers == set(room["server_keys"])  # both servers' events were checked
 
 
