@@ -2,13 +2,13 @@
 
 For each version, in one test:
 
-1. A room created on Synapse; our user joins over federation; a message each way arrives in
-   /sync on both sides with the same event IDs; both sides agree on the state; Synapse's
-   user sets the topic and ours sees it; then Synapse bans our user and our server
-   receives the ban.
-2. A room created on ours; a Synapse user joins; a message each way; our user sets the
-   topic and Synapse sees it; then our server bans the Synapse user and Synapse receives
-   the ban (and refuses the rejoin).
+1. A room created on Synapse, inviting our user (Synapse's ``/v2/invite`` to us); our user
+   joins over federation; a message each way arrives in /sync on both sides with the same
+   event IDs; both sides agree on the state; Synapse's user sets the topic and ours sees
+   it; then Synapse bans our user and our server receives the ban.
+2. A room created on ours, inviting a Synapse user (our ``/v2/invite``); that user joins;
+   a message each way; our user sets the topic and Synapse sees it; then our server bans
+   the Synapse user and Synapse receives the ban (and refuses the rejoin).
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ async def test_room_version_both_ways(
     # 1. Synapse's room: we join, talk, and are banned.
     s_admin = await new_user(http, synapse.client_url)
     o_user = await new_user(http, a.client_url)
-    room_s = await s_admin.create_room(version, name=f"synapse v{version}")
+    room_s = await s_admin.create_room(version, name=f"synapse v{version}", invite=[o_user.user_id])
     created = await s_admin.state_event(room_s, "m.room.create")
     assert created.get("room_version", "1") == version
+    await o_user.sync_until(lambda: room_s in o_user.invites)  # Synapse's /v2/invite to us
     assert await o_user.join(room_s, [synapse.server_name]) == room_s
     await s_admin.wait_for_membership(room_s, o_user.user_id, "join")
     await talk(room_s, s_admin, o_user, f"synapse v{version}")
@@ -82,8 +83,9 @@ async def test_room_version_both_ways(
     # 2. Our room: Synapse's user joins, talks, and is banned by us.
     o_admin = await new_user(http, a.client_url)
     s_user = await new_user(http, synapse.client_url)
-    room_o = await o_admin.create_room(version, name=f"ours v{version}")
+    room_o = await o_admin.create_room(version, name=f"ours v{version}", invite=[s_user.user_id])
     assert (await o_admin.state_event(room_o, "m.room.create")).get("room_version", "1") == version
+    await s_user.sync_until(lambda: room_o in s_user.invites)  # our /v2/invite to Synapse
     assert await s_user.join(room_o, [a.name]) == room_o
     await o_admin.wait_for_membership(room_o, s_user.user_id, "join")
     await talk(room_o, o_admin, s_user, f"ours v{version}")
