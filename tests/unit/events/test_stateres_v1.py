@@ -306,7 +306,7 @@ def test_a_missing_conflicting_event_is_an_error() -> None:
 _USERS = [ALICE, BOB, CHARLIE, EVE]
 
 
-def _random_branch(rnd: random.Random, base: Branch, tag: str, steps: int) -> Branch:
+def random_branch(rnd: random.Random, base: Branch, tag: str, steps: int) -> Branch:
     """A branch of ``steps`` random state changes (some of which the auth rules would
     refuse later: they are built from the branch's own state, never checked here)."""
     br = base.fork()
@@ -341,7 +341,7 @@ def test_the_result_does_not_depend_on_the_order_of_the_inputs(
 ) -> None:
     rnd = random.Random(seed)
     room, base = make_room()
-    states = [_random_branch(rnd, base, f"b{i}x", steps).state for i in range(branches)]
+    states = [random_branch(rnd, base, f"b{i}x", steps).state for i in range(branches)]
     expected = resolve_state_v1(V1, states, room.events)
     # Shuffle the state sets and the key order inside each, and look events up through a
     # function rather than a mapping: the same state comes out.
