@@ -77,7 +77,7 @@ async def member_state(server: RunningServer, client: AsyncClient, room: str, us
     return str(body["membership"]) if status == 200 else None
 
 
-@pytest.mark.parametrize("version", ["10", "11", "12"])
+@pytest.mark.parametrize("version", ["7", "9", "10", "11", "12"])
 async def test_knock_over_federation_then_invite_and_join(
     pair: tuple[RunningServer, RunningServer], version: str
 ) -> None:

@@ -65,6 +65,37 @@ async def test_steps_1_to_3() -> None:
         await c.check(dict(good, depth="3"), VERSION, "$f")
 
 
+class ExpiredKeys:
+    """The key of a.test stopped being valid at 100 ms (valid_until_ts)."""
+
+    async def get_verify_key(self, server_name: str, key_id: str, *, valid_at_ms: int | None = None) -> Any:
+        if server_name == "a.test" and key_id == "ed25519:k1" and valid_at_ms is not None \
+                and valid_at_ms <= 100:
+            return KEY.verify_key
+        raise KeyNotFoundError(f"{server_name} {key_id} at {valid_at_ms}")
+
+
+@pytest.mark.parametrize("identifier", [str(n) for n in range(1, 13)])
+async def test_key_validity_enforced_from_room_5(identifier: str) -> None:
+    version = get_room_version(identifier)
+    room_id = "!" + "A" * 43 if version.room_id_is_create_hash else "!r:a.test"
+    pdu: dict[str, Any] = {
+        "type": "m.room.message", "room_id": room_id, "sender": "@u:a.test", "depth": 3,
+        "origin_server_ts": 1_000, "content": {"body": "hi"},
+        "prev_events": [["$p:a.test", {}]] if version.origin_event_ids else ["$p"],
+        "auth_events": [["$a:a.test", {}]] if version.origin_event_ids else ["$a"],
+    }
+    if version.origin_event_ids:
+        pdu["event_id"] = "$e:a.test"
+    pdu = sign_event(pdu, version, "a.test", KEY)
+    c = PduChecker(cast(KeyRing, ExpiredKeys()), Metrics())
+    if version.enforce_key_validity:
+        with pytest.raises(Dropped, match=r"^signature"):
+            await c.check(pdu, version, "$e")
+    else:
+        assert (await c.check(pdu, version, "$e")).sender == "@u:a.test"
+
+
 async def test_a_fetched_batch_keeps_what_passes_of_its_room() -> None:
     good, other_room = signed(), signed(room_id="!other:a.test")
     pdus: list[Any] = [good, good, "junk", {"type": 5}, other_room, dict(good, depth=-1)]
