@@ -29,6 +29,7 @@ from homeserver.crypto.tls import issue_certificate
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.events.auth import auth_types_for_event
 from homeserver.events.event import Event, StateKey
+from homeserver.events.hashes import event_reference
 from homeserver.events.signing import sign_event
 from homeserver.events.versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.server import RunningServer
@@ -74,6 +75,11 @@ class RemoteRoom:
             signatures={},
         )
         who = signer or self.remote
+        if self.version.origin_event_ids:  # rooms 1, 2: the origin's ID, [id, hash] references
+            pdu["event_id"] = f"$e{free_port()}x{self.depth}:{who.server_name}"
+            pdu["prev_events"] = [event_reference(self.remote.events[e].pdu, self.version) for e in prev_events]
+            pdu["auth_events"] = [event_reference(self.remote.events[e].pdu, self.version)
+                                  for e in pdu["auth_events"]]
         signed = sign_event(pdu, self.version, who.server_name, who.key.signing_key)
         event = Event.from_pdu(signed, self.version)
         if add:

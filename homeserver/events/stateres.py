@@ -36,6 +36,7 @@ from homeserver.events.auth import auth_types_for_event, check_auth_rules
 from homeserver.events.errors import AuthError, StateResolutionError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.power import get_power_level, is_power_event
+from homeserver.events.stateres_v1 import resolve_state_v1
 from homeserver.events.versions import RoomVersion, StateResAlgorithm
 
 __all__ = ["EventLookup", "resolve_state"]
@@ -62,6 +63,8 @@ def resolve_state(
     first = state_sets[0]
     if all(other == first for other in state_sets[1:]):
         return dict(first)
+    if room_version.state_res is StateResAlgorithm.V1:  # room version 1: stateres_v1.py
+        return resolve_state_v1(room_version, state_sets, event_map)
     return _Resolver(room_version, event_map).resolve(state_sets)
 
 

@@ -63,6 +63,7 @@ async def test_configured_default_room_version(
         assert status == 200
         assert body["capabilities"]["m.room_versions"]["default"] == "10"
         assert set(body["capabilities"]["m.room_versions"]["available"]) == {str(v) for v in range(1, 13)}
+        assert set(body["capabilities"]["m.room_versions"]["available"].values()) == {"stable"}
         status, body = await raw(server, "POST", f"{V3}/createRoom", token=token, json={})
         assert status == 200
         assert await room_version_of(server, token, body["room_id"]) == "10"

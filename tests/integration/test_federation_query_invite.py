@@ -3,7 +3,8 @@ signed by a remote server): an unknown query type gets 404 M_UNRECOGNIZED while 
 ones keep their handlers; ``PUT /v1/invite`` takes the bare event, with its stripped state
 in ``unsigned``, checks it as the v2 invite does and answers ``[200, {"event": ...}]``
 countersigned; a room version we do not implement (a v1 invite names none: "1") gets 400
-M_INCOMPATIBLE_ROOM_VERSION."""
+M_INCOMPATIBLE_ROOM_VERSION. Rooms 1 and 2 (event IDs chosen by the origin; a v1 invite
+naming no version is for room 1) are accepted."""
 
 from __future__ import annotations
 
@@ -95,3 +96,35 @@ async def test_invite_v1(setup: tuple[RunningServer, FakeRemote], version: str) 
     assert await ours.services.rooms.rooms_for_user(bob) == {room.room_id: "invite"}
     invite_state = await ours.services.rooms.get_invite_state(bob, room.room_id)
     assert [e["type"] for e in invite_state] == ["m.room.create", "m.room.member"]
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+async def test_invite_v1_for_rooms_1_and_2(setup: tuple[RunningServer, FakeRemote], version: str) -> None:
+    """The rooms the v1 invite was made for: the event carries the ID its origin chose, and
+    a room 1 invite may come without a create event naming the version."""
+    ours, remote = setup
+    ours_name = ours.services.config.server_name
+    bob = f"@bob:{ours_name}"
+    room = remote.room(version)
+    room.create_room()
+    invite = room.build("m.room.member", room.creator, {"membership": "invite"}, bob)
+    assert invite.event_id == invite.pdu["event_id"] and invite.event_id.endswith(":" + remote.server_name)
+    assert isinstance(invite.pdu["prev_events"][0], list)  # [event_id, {"sha256": ...}]
+    create = room.events[0]
+    stripped = [] if version == "1" else [
+        {"type": "m.room.create", "state_key": "", "sender": create.sender, "content": dict(create.content)}]
+    body = dict(invite.pdu, unsigned={"invite_room_state": stripped})
+    # The path's event ID must be the event's own.
+    status, reply = await remote.get(ours, invite_v1_path(room.room_id, "$other:" + remote.server_name), "PUT", body)
+    assert (status, reply["errcode"]) == (400, "M_INVALID_PARAM")
+    status, reply = await remote.get(ours, invite_v1_path(room.room_id, invite.event_id), "PUT", body)
+    assert status == 200, reply
+    signed = reply[1]["event"]
+    assert signed["event_id"] == invite.event_id
+    key = ours.services.signing_key
+    verify_event_signatures(
+        signed, invite.room_version,
+        {ours_name: {key.key_id: key.signing_key.verify_key},
+         remote.server_name: {remote.key.key_id: remote.key.signing_key.verify_key}},
+    )
+    assert await ours.services.rooms.rooms_for_user(bob) == {room.room_id: "invite"}

@@ -103,6 +103,29 @@ async def test_fork_is_resolved_into_current_state(persister: EventPersister) ->
     assert merged == current
 
 
+@pytest.mark.parametrize("identifier", ["1", "2"])
+async def test_fork_in_room_1_is_resolved_by_state_resolution_v1(persister: EventPersister, identifier: str) -> None:
+    """Room 1 resolves with the original algorithm (the deeper topic wins), room 2 with v2
+    (same mainline: the later timestamp wins): the persister takes the room's own."""
+    version = KNOWN_ROOM_VERSIONS[identifier]
+    room = standard_room(version)
+    await persist_linear(persister, room.events)
+    base = room.events[-1]
+    late = room.make("m.room.topic", ALICE, {"topic": "late"}, "", ts=1_700_000_000_900,
+                     prev_events=[base.event_id])
+    first = room.send("m.room.topic", ALICE, {"topic": "early"}, "", ts=1_700_000_000_100)
+    deeper = room.send("m.room.topic", ALICE, {"topic": "early, deeper"}, "", ts=1_700_000_000_200)
+    assert deeper.depth > late.depth
+    for e in (first, deeper, late):
+        before = await persister.compute_state_before(room.version, e.prev_events)
+        await persister.persist_event(e, Outcome.ACCEPTED, before)
+    current = await persister.store.get_current_state_ids(room.room_id)
+    expected = deeper if identifier == "1" else late
+    assert current[("m.room.topic", "")] == expected.event_id
+    merged = await persister.compute_state_before(room.version, [deeper.event_id, late.event_id])
+    assert merged[("m.room.topic", "")] == expected.event_id
+
+
 async def test_outliers_have_no_state_and_upgrade(persister: EventPersister) -> None:
     room = standard_room(KNOWN_ROOM_VERSIONS["10"])
     await persister.persist_outliers(room.events)
