@@ -29,6 +29,7 @@ from homeserver.client_api.key_backup import KeyBackupAPI
 from homeserver.client_api.keys import KeysAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
+from homeserver.client_api.profile_fanout import ProfileFanout, profile_fields
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
@@ -119,7 +120,11 @@ def create_client_api_app(
     app.add_routes(SyncAPI(cc, auth, users, events, timeline, rooms.memberships, rooms, notifier,
                            visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e,
                            to_device=ToDeviceSync(to_device)).routes())
-    app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
+    # Member events we build carry the user's profile; a profile change follows in the background.
+    rooms.profile_lookup = profile_fields(users)
+    fanout = ProfileFanout(rooms, clock=clock)
+    app.on_cleanup.append(lambda _app: fanout.close())
+    app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation, fanout=fanout).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
