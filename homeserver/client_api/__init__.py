@@ -33,6 +33,7 @@ from homeserver.client_api.profile_fanout import ProfileFanout, profile_fields
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
+from homeserver.client_api.tags import TagsAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
@@ -128,6 +129,7 @@ def create_client_api_app(
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
+    app.add_routes(TagsAPI(cc, auth, account_data).routes())
     app.add_routes(CapabilitiesAPI(auth, config.rooms.default_room_version).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(auth).routes())
