@@ -31,6 +31,7 @@ from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.profile_fanout import ProfileFanout, profile_fields
 from homeserver.client_api.push_rules import PushRulesAPI
+from homeserver.client_api.reports import ReportsAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.tags import TagsAPI
@@ -56,6 +57,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
+from homeserver.storage.reports import ReportStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.timestamps import TimestampStore
 from homeserver.storage.to_device import ToDeviceStore
@@ -130,6 +132,7 @@ def create_client_api_app(
                                 account_data=account_data, clock=clock).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
     app.add_routes(TagsAPI(cc, auth, account_data).routes())
+    app.add_routes(ReportsAPI(cc, auth, events, timeline, visibility, ReportStore(events.db), clock=clock).routes())
     app.add_routes(CapabilitiesAPI(auth, config.rooms.default_room_version).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(auth).routes())
