@@ -7,6 +7,7 @@ the room's state), and invites from them are not shown in /sync.
 
 from __future__ import annotations
 
+from homeserver.rooms.service import RoomService
 from homeserver.storage.account_data import GLOBAL, AccountDataStore
 
 IGNORED_USER_LIST = "m.ignored_user_list"
@@ -22,3 +23,13 @@ async def ignored_users(store: AccountDataStore, user_id: str) -> frozenset[str]
     if not isinstance(listed, dict):
         return frozenset()
     return frozenset(u for u in list(listed)[:MAX_IGNORED] if isinstance(u, str) and u != user_id)
+
+
+async def inviter_of(rooms: RoomService, user_id: str, room_id: str) -> str | None:
+    """Who sent ``user_id``'s invite (or knock answer) to ``room_id``, when known."""
+    invite = await rooms.memberships.get_invite(user_id, room_id)
+    if invite is not None and invite.membership == "invite":
+        return invite.sender
+    _, event_id = await rooms.get_membership(user_id, room_id)
+    stored = await rooms.store.get_event(event_id) if event_id is not None else None
+    return stored.event.sender if stored is not None else None

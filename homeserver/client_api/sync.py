@@ -43,7 +43,7 @@ from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
 from homeserver.client_api.filtering import Filter, filter_events, parse_filter
-from homeserver.client_api.ignored import ignored_users
+from homeserver.client_api.ignored import ignored_users, inviter_of
 from homeserver.client_api.sync_rooms import RoomSections
 from homeserver.client_api.to_device import ToDeviceSync
 from homeserver.client_api.tokens import SyncToken, parse_sync_token
@@ -242,6 +242,8 @@ class SyncAPI:
                 continue
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
+            if ignored and await inviter_of(self.rooms, user, room_id) in ignored:
+                continue  # invites from ignored users are not shown
             invite[room_id] = {"invite_state": {"events": await self._invite_state(user, room_id)}}
 
         # 2b. Knocks: on rooms we are in (member events), and over federation.
