@@ -88,3 +88,36 @@ async def test_names_in_member_events_invites_and_profile_changes(
             m = await _member(b, bob.access_token, room, alice.user_id)
             return m is not None and "avatar_url" not in m and m.get("displayname") == "Alice Liddell"
         await eventually(no_avatar)
+
+
+async def test_hierarchy_of_a_remote_space(pair: tuple[RunningServer, RunningServer]) -> None:
+    """A space held only by the other server: its hierarchy comes over federation."""
+    from tests.clients import server_name
+    from tests.integration.test_spaces import add_child, create, hierarchy_path
+    a, b = pair
+    async with nio_user(a, "alice") as alice, nio_user(b, "bob") as bob:
+        space = await create(b, bob.access_token, name="B space", preset="public_chat",
+                             creation_content={"type": "m.space"})
+        child = await create(b, bob.access_token, name="B child", preset="public_chat")
+        await add_child(b, bob.access_token, space, child, [server_name(b)])
+        assert not await a.services.rooms.participating(space)
+        # Asked with a via hint, then (without) once Alice is invited (Element's invite preview).
+        status, reply = await raw(a, "GET", hierarchy_path(space, via=server_name(b)), token=alice.access_token)
+        assert status == 200, reply
+        assert [(r["room_id"], r.get("name")) for r in reply["rooms"]] == [(space, "B space"), (child, "B child")]
+        hidden = await create(b, bob.access_token, name="B hidden", creation_content={"type": "m.space"})
+        status, reply = await raw(a, "GET", hierarchy_path(hidden, via=server_name(b)), token=alice.access_token)
+        assert (status, reply["errcode"]) == (403, "M_FORBIDDEN")
+        private = await create(b, bob.access_token, name="B private", creation_content={"type": "m.space"})
+        assert (await raw(b, "POST", f"{V3}/rooms/{private}/invite", token=bob.access_token,
+                          json={"user_id": alice.user_id}))[0] == 200
+
+        async def previewed() -> bool:
+            status, reply = await raw(a, "GET", hierarchy_path(private), token=alice.access_token)
+            return status == 200 and [r["room_id"] for r in reply["rooms"]] == [private]
+        await eventually(previewed)
+        # And of a local space, for a local user.
+        local = await create(a, alice.access_token, name="A space", preset="public_chat",
+                             creation_content={"type": "m.space"})
+        status, reply = await raw(a, "GET", hierarchy_path(local), token=alice.access_token)
+        assert status == 200 and [r["room_id"] for r in reply["rooms"]] == [local]
