@@ -189,6 +189,7 @@ class SyncAPI:
         remote_rows = {
             row.room_id: row
             for row in await self.invites.invites_for_user(user, since.invites if since is not None else 0)
+            if flt.room.allows_room(row.room_id)
         }
 
         # 1. Joined rooms.
