@@ -7,7 +7,7 @@ ephemeral.py typing, receipts and read markers, account_data.py account data,
 capabilities.py, push_rules.py the read-only default push rules, directory.py aliases and
 the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
 tokens, keys.py end-to-end keys, to_device.py send-to-device messages, key_backup.py server-side
-key backups)
+key backups, tags.py room tags, reports.py reports to operators; docs/client_api.md)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
