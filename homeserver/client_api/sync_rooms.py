@@ -124,15 +124,19 @@ class RoomSections:
             state_ids = await self.events.get_current_state_ids(room_id) if full else {}
         in_timeline = {se.event.event_id for se in events}
         state: list[StoredEvent] = []
+        state_filter = flt.room.state
         if full or limited:
-            found = await self.events.get_events(state_ids.values())
-            for eid in state_ids.values():
+            wanted_ids = state_ids
+            if state_filter.lazy_load_members:  # other members' events are not even read
+                senders = {se.event.sender for se in events} | {req.user_id}
+                wanted_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders}
+            found = await self.events.get_events(wanted_ids.values())
+            for eid in wanted_ids.values():
                 se = found.get(eid)
                 if se is None or se.outcome is Outcome.REJECTED or eid in in_timeline:
                     continue
                 if full or se.stream_ordering > since_pos:
                     state.append(se)
-        state_filter = flt.room.state
         if state_filter.lazy_load_members:
             state = await self._lazy_members(req, room_id, events, state, state_ids, state_filter, full=full)
         if not state_filter.is_everything:
