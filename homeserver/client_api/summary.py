@@ -2,8 +2,9 @@
 for a room with no name and no canonical alias, ``m.heroes``.
 
 Heroes, as the spec says: up to ``MAX_HEROES`` members other than the syncing user, the
-joined and invited ones first, in the order their member events reached the room (stream
-order); only when there are fewer than that, those who left or were banned. In a room
+joined and invited ones, in the order their member events reached the room (stream
+order); only when there are none, those who left or were banned. With lazy loading, the
+heroes' member events are added to the section's state (``sync_rooms.py``). In a room
 with more than ``MAX_SORTED`` candidates the order is by user ID instead (no member
 events are read), which bounds the work for large unnamed rooms.
 """
@@ -38,9 +39,7 @@ async def room_summary(events: EventStore, room_id: str, user_id: str) -> dict[s
         return summary
     present = [(u, e) for u, e, m in members if m in ("join", "invite") and u != user_id]
     gone = [(u, e) for u, e, m in members if m in ("leave", "ban") and u != user_id]
-    summary["m.heroes"] = await _ordered(events, present) + (
-        await _ordered(events, gone) if len(present) < MAX_HEROES else [])
-    summary["m.heroes"] = summary["m.heroes"][:MAX_HEROES]
+    summary["m.heroes"] = await _ordered(events, present if present else gone)
     return summary
 
 

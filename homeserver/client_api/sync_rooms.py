@@ -139,6 +139,12 @@ class RoomSections:
                     state.append(se)
         if state_filter.lazy_load_members:
             state = await self._lazy_members(req, room_id, events, state, state_ids, state_filter, full=full)
+        summary: dict[str, Any] | None = None
+        if full or any(se.event.type == "m.room.member" for se in (*events, *state)):
+            summary = await room_summary(self.events, room_id, req.user_id)
+            if state_filter.lazy_load_members and summary.get("m.heroes"):
+                state = await self._hero_members(req, room_id, summary["m.heroes"], events, state, state_ids,
+                                                 state_filter)
         if not state_filter.is_everything:
             state = [se for se in state if state_filter.matches(event_view(se))]
         if state_filter.limit is not None:
@@ -157,9 +163,33 @@ class RoomSections:
             },
             "state": {"events": [apply_event_fields(e, fields) for e in state_events] if fields else state_events},
         }
-        if full or any(se.event.type == "m.room.member" for se in (*events, *state)):
-            out["summary"] = await room_summary(self.events, room_id, req.user_id)
+        if summary is not None:
+            out["summary"] = summary
         return out
+
+    async def _hero_members(
+        self, req: Requester, room_id: str, heroes: list[str], timeline: list[StoredEvent],
+        state: list[StoredEvent], state_ids: dict[tuple[str, str], str], flt: RoomEventFilter,
+    ) -> list[StoredEvent]:
+        """Lazy loading: the heroes' member events, unless already in the section or, not
+        asking for redundant ones, already sent to this device (the spec's MUST)."""
+        key = (req.user_id, req.device_id, room_id)
+        have = {se.event.state_key for se in (*timeline, *state) if se.event.type == "m.room.member"}
+        ids: dict[str, str] = {}
+        for hero in heroes:
+            if hero in have:
+                continue
+            eid = state_ids.get(("m.room.member", hero)) or await self.events.current_state_id(
+                room_id, ("m.room.member", hero))
+            if eid is not None and (flt.include_redundant_members or not self.sent_members.was_sent(key, hero, eid)):
+                ids[hero] = eid
+        if not ids:
+            return state
+        found = await self.events.get_events(ids.values())
+        added = [found[e] for e in ids.values() if e in found and found[e].outcome is not Outcome.REJECTED]
+        self.sent_members.record(key, {se.event.state_key: se.event.event_id for se in added
+                                       if se.event.state_key is not None})
+        return [*state, *added]
 
     async def _lazy_members(
         self, req: Requester, room_id: str, timeline: list[StoredEvent], state: list[StoredEvent],
