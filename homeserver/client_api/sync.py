@@ -226,7 +226,8 @@ class SyncAPI:
                                   "content": {"user_ids": await self.timeline.typing_users(room_id, now_ms)}})
             if receipts.get(room_id):
                 ephemeral.append(_receipt_event(receipts[room_id]))
-            section["ephemeral"] = {"events": filter_events(flt.room.ephemeral, ephemeral, room_id)}
+            ephemeral = filter_events(flt.room.ephemeral, ephemeral, room_id)
+            section["ephemeral"] = {"events": ephemeral}
             section["account_data"] = {"events": filter_events(flt.room.account_data, room_data.get(room_id, []),
                                                                room_id)}
             section["unread_notifications"] = {}
@@ -281,6 +282,7 @@ class SyncAPI:
             if row.membership in ("leave", "ban") and room_id not in leave and memberships.get(room_id) != "join":
                 leave[room_id] = _rejected_invite_section(row)
 
+        global_data = filter_events(flt.account_data, global_data)
         to_device: list[dict[str, Any]] = []
         if self.to_device is not None:
             to_device, position = await self.to_device.section(req, since)
@@ -289,7 +291,7 @@ class SyncAPI:
             "next_batch": token.encode(),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "presence": {"events": []},
-            "account_data": {"events": filter_events(flt.account_data, global_data)},
+            "account_data": {"events": global_data},
             "to_device": {"events": to_device},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
