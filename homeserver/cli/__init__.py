@@ -1,5 +1,5 @@
 """Command line: ``homeserver run | migrate | generate-config | generate-key | user |
-registration-token | port-db | backup | testbed | media``.
+registration-token | reports | port-db | backup | testbed | media``.
 
 Every expected failure (bad config, bad key file, unreachable database) prints one line
 to stderr and exits with status 1; no traceback. Each group of commands lives in its own
@@ -15,6 +15,7 @@ from homeserver import __version__
 from homeserver.cli.common import CliError
 from homeserver.cli.dbtools import add_db_commands
 from homeserver.cli.media import add_media_commands
+from homeserver.cli.reports import add_report_commands
 from homeserver.cli.server import add_server_commands
 from homeserver.cli.users import add_user_commands
 from homeserver.storage.database import DatabaseError
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_commands(sub)
     add_db_commands(sub)
     add_media_commands(sub)
+    add_report_commands(sub)
     add_testbed_commands(sub)
     return parser
 

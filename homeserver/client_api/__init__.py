@@ -7,7 +7,8 @@ ephemeral.py typing, receipts and read markers, account_data.py account data,
 capabilities.py, push_rules.py push rules, directory.py aliases and
 the published room directory, hierarchy.py spaces and timestamp_to_event, openid.py OpenID
 tokens, keys.py end-to-end keys, to_device.py send-to-device messages, key_backup.py server-side
-key backups, media.py the content repository, presence.py online status)
+key backups, media.py the content repository, presence.py online status, tags.py room tags,
+reports.py reports to operators; docs/client_api.md)
 onto one aiohttp application, behind the CORS and Matrix-error middlewares; unknown
 endpoints answer 404 M_UNRECOGNIZED.
 """
@@ -32,10 +33,13 @@ from homeserver.client_api.notifications import NotificationsAPI
 from homeserver.client_api.openid import OpenIdAPI
 from homeserver.client_api.presence import PresenceAPI
 from homeserver.client_api.profile import ProfileAPI
+from homeserver.client_api.profile_fanout import ProfileFanout, profile_fields
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.pushers import PushersAPI
+from homeserver.client_api.reports import ReportsAPI
 from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.sync import SyncAPI
+from homeserver.client_api.tags import TagsAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
@@ -63,6 +67,7 @@ from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
+from homeserver.storage.reports import ReportStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.timestamps import TimestampStore
 from homeserver.storage.to_device import ToDeviceStore
@@ -139,11 +144,17 @@ def create_client_api_app(
                            visibility=visibility, account_data=account_data.store, clock=clock, e2e=e2e,
                            to_device=ToDeviceSync(to_device), push=push.notifications,
                            presence=presence_api).routes())
-    app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation).routes())
+    # Member events we build carry the user's profile; a profile change follows in the background.
+    rooms.profile_lookup = profile_fields(users)
+    fanout = ProfileFanout(rooms, clock=clock)
+    app.on_cleanup.append(lambda _app: fanout.close())
+    app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation, fanout=fanout).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock,
                                 on_receipt=push.notifications.on_receipt).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
+    app.add_routes(TagsAPI(cc, auth, account_data).routes())
+    app.add_routes(ReportsAPI(cc, auth, events, timeline, visibility, ReportStore(events.db), clock=clock).routes())
     app.add_routes(CapabilitiesAPI(auth, config.rooms.default_room_version).routes())
     app.add_routes(UserDirectoryAPI(cc, auth, events).routes())
     app.add_routes(PushRulesAPI(cc, auth, push.rulebook, account_data).routes())

@@ -23,9 +23,10 @@ from homeserver.client_api.common import (
     Authenticator,
     Requester,
     client_event,
-    parse_room_event_filter,
     room_errors,
 )
+from homeserver.client_api.ignored import ignored_users
+from homeserver.client_api.paging import FILTER_READ_FACTOR, filtered_page, keep, lazy_member_state, room_event_filter
 from homeserver.client_api.tokens import FIRST_POSITION, page_token, parse_page_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, not_found
@@ -35,6 +36,7 @@ from homeserver.rooms.backfill import Backfiller
 from homeserver.rooms.redactions import applied_redactions, hide_unapplied
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.database import Connection
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import TimelineStore
@@ -79,8 +81,9 @@ class EventsAPI:
         self, config: ClientConfig, auth: Authenticator, rooms: RoomService, events: EventStore,
         timeline: TimelineStore, users: UserStore, *, backfiller: Backfiller | None = None,
         visibility: HistoryVisibility | None = None, backfill_timeout: float = 10.0,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock = SYSTEM_CLOCK, account_data: AccountDataStore | None = None,
     ) -> None:
+        self.account_data = account_data or AccountDataStore(events.db)
         self.clock = clock
         self.config = config
         self.backfiller = backfiller
@@ -173,8 +176,11 @@ class EventsAPI:
             limit = int(request.query.get("limit") or 10)
         except ValueError:
             raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
-        limit = max(1, min(MAX_PAGE, limit))
-        parse_room_event_filter(request.query.get("filter"))  # checked (400 if invalid); not applied
+        want = max(1, min(MAX_PAGE, limit))
+        flt = room_event_filter(request.query.get("filter"))
+        ignored = await ignored_users(self.account_data, req.user_id)
+        # A filter (or ignored senders) reads a larger page and keeps what passes (filtered_page).
+        limit = want if flt.is_everything and not ignored else min(MAX_PAGE, want * FILTER_READ_FACTOR)
         raw_from, raw_to = request.query.get("from"), request.query.get("to")
         from_pos = parse_page_token(raw_from) if raw_from else None
         to_pos = parse_page_token(raw_to) if raw_to else None
@@ -201,6 +207,8 @@ class EventsAPI:
             upto = now if to_pos is None else min(to_pos, now)
             chunk = await self.timeline.room_events(room_id, after=start, upto=upto, limit=limit, newest_first=False)
             end = page_token(chunk[-1].stream_ordering) if len(chunk) == limit else None
+        if limit != want:
+            chunk, end = filtered_page(chunk, want, flt, ignored, end, backwards=direction == "b")
         visible = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, chunk))
         body: dict[str, Any] = {
             "start": raw_from or page_token(start),
@@ -208,6 +216,9 @@ class EventsAPI:
         }
         if end is not None:
             body["end"] = end
+        if flt.lazy_load_members:
+            body["state"] = await serialize_events(
+                self.users, self.events, req, await lazy_member_state(self.events, room_id, visible), clock=self.clock)
         return json_response(body)
 
     async def _backfill(
@@ -271,6 +282,8 @@ class EventsAPI:
         if limit < 0:
             raise MatrixError(400, "M_INVALID_PARAM", "limit must not be negative")
         limit = min(MAX_PAGE, limit)
+        flt = room_event_filter(request.query.get("filter"))
+        ignored = await ignored_users(self.account_data, req.user_id)
         stored, upto = await self._visible_event(req, room_id, request.match_info["event_id"])
         position = stored.stream_ordering
         before: list[StoredEvent] = []
@@ -287,8 +300,13 @@ class EventsAPI:
         end = page_token(after[-1].stream_ordering if after else position)
         before = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, before))
         after = await hide_unapplied(self.events, await self.visibility.filter_for_user(req.user_id, room_id, after))
+        before = [se for se in before if keep(se, flt, ignored)]
+        after = [se for se in after if keep(se, flt, ignored)]
         last = after[-1] if after else stored
         state_ids = await self.events.get_state_ids_after(last.event.event_id) or {}
+        if flt.lazy_load_members:  # only the members of the events' senders
+            senders = {se.event.sender for se in (*before, stored, *after)}
+            state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders}
         found = await self.events.get_events(state_ids.values())
         state = [found[i] for i in state_ids.values() if i in found and found[i].outcome is not Outcome.REJECTED]
         served = await serialize_events(

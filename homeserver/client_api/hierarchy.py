@@ -2,9 +2,10 @@
 
 - ``GET /_matrix/client/v1/rooms/{roomId}/hierarchy`` (``from``, ``limit``, ``max_depth``,
   ``suggested_only``): one page of the space tree (``rooms/space_walk.py``), rooms we do
-  not hold asked of other servers. 403 M_FORBIDDEN when the user may not see the room, 400
-  M_INVALID_PARAM for a bad parameter or a ``from`` token that is unknown, expired or was
-  given with other parameters.
+  not hold asked of other servers (a root we do not hold too: of the servers named by
+  ``via`` query parameters, a non-spec hint, of the inviter's and of the room ID's).
+  403 M_FORBIDDEN when the user may not see the room, 400 M_INVALID_PARAM for a bad
+  parameter or a ``from`` token that is unknown, expired or was given with other parameters.
 - ``GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`` (``ts``, ``dir``): the event
   closest to a time (``rooms/timestamps.py``), other servers of the room asked when our
   answer is not conclusive. The user must be allowed to read the room
@@ -70,7 +71,7 @@ class HierarchyAPI:
             try:
                 page = await self.walker.page(
                     req.user_id, request.match_info["roomId"], suggested_only=suggested_only,
-                    max_depth=max_depth, limit=limit, token=token,
+                    max_depth=max_depth, limit=limit, token=token, hints=request.query.getall("via", []),
                 )
             except BadPaginationToken as e:
                 raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None

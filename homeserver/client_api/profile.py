@@ -1,6 +1,7 @@
 """Profiles: GET a user's displayname and avatar_url (local from the user store, remote
 through the federation profile query), PUT our own, and carry a new name or avatar into
-the member events of the rooms the user is in (best effort, one room at a time).
+the member events of the rooms the user is in (in the background, paced:
+``profile_fanout.py``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.common import Authenticator, server_of
+from homeserver.client_api.profile_fanout import ProfileFanout
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.http import json_response, read_json_object
 from homeserver.net.client import FederationClient, FederationRequestError
-from homeserver.rooms.errors import RoomError
 from homeserver.rooms.service import RoomService
 from homeserver.storage.users import UserStore
 
@@ -29,8 +30,9 @@ REMOTE_PROFILE_TIMEOUT = 10.0
 class ProfileAPI:
     def __init__(
         self, server_name: str, config: ClientConfig, auth: Authenticator, users: UserStore,
-        rooms: RoomService, federation: FederationClient,
+        rooms: RoomService, federation: FederationClient, *, fanout: ProfileFanout | None = None,
     ) -> None:
+        self.fanout = fanout if fanout is not None else ProfileFanout(rooms)
         self.server_name = server_name
         self.config = config
         self.auth = auth
@@ -92,24 +94,5 @@ class ProfileAPI:
         if value is not None and len(value) > MAX_FIELD_LENGTH:
             raise MatrixError(400, "M_TOO_LARGE", f"{field} is too long")
         await self.users.set_profile_field(user_id, field, value or None)
-        await self._update_member_events(user_id, field, value or None)
+        self.fanout.schedule(user_id)  # the member events follow in the background
         return json_response({})
-
-    async def _update_member_events(self, user_id: str, field: str, value: str | None) -> None:
-        rooms = await self.rooms.rooms_for_user(user_id)
-        for room_id, membership in sorted(rooms.items()):
-            if membership != "join":
-                continue
-            try:
-                current = await self.rooms.get_state_event(room_id, "m.room.member", user_id)
-                content: dict[str, Any] = dict(current.content) if current is not None else {"membership": "join"}
-                if content.get(field) == value:
-                    continue
-                if value is None:
-                    content.pop(field, None)
-                else:
-                    content[field] = value
-                content["membership"] = "join"
-                await self.rooms.send_event(user_id, room_id, "m.room.member", content, state_key=user_id)
-            except RoomError as e:
-                log.info("profile change not carried into room", extra={"room_id": room_id, "error": str(e)})

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -42,55 +42,30 @@ from homeserver.client_api.access import may_read_after_leaving
 from homeserver.client_api.account_data import account_data_for_sync
 from homeserver.client_api.common import Authenticator, Requester, query_bool, query_int
 from homeserver.client_api.events import serialize_events
+from homeserver.client_api.filtering import Filter, filter_events, parse_filter
+from homeserver.client_api.ignored import ignored_users, inviter_of
 from homeserver.client_api.presence import PresenceAPI
+from homeserver.client_api.sync_rooms import RoomSections
 from homeserver.client_api.to_device import ToDeviceSync
-from homeserver.client_api.tokens import SyncToken, page_token, parse_sync_token
+from homeserver.client_api.tokens import SyncToken, parse_sync_token
 from homeserver.config import ClientConfig
 from homeserver.e2e.service import E2eKeys
 from homeserver.errors import MatrixError, forbidden
 from homeserver.http import json_response, read_json_object
 from homeserver.notifier import Notifier, Waiter
 from homeserver.push.notify import NotificationPass, unread_sections
-from homeserver.rooms.redactions import hide_unapplied
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.store import ReceivedInvite, RoomMembershipStore
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.storage.account_data import AccountDataStore
-from homeserver.storage.events import EventStore, Outcome, StoredEvent
+from homeserver.storage.events import EventStore
 from homeserver.storage.timeline import MembershipChange, Receipt, TimelineStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
-DEFAULT_TIMELINE_LIMIT = 10
-MAX_TIMELINE_LIMIT = 100
 MAX_FILTER_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class SyncFilter:
-    timeline_limit: int = DEFAULT_TIMELINE_LIMIT
-    include_leave: bool = False
-    unread_thread_notifications: bool = False  # room.timeline's (push/notify.py unread_sections)
-
-
-def parse_filter(value: Any) -> SyncFilter:
-    """The subset of a filter this server honours: room.timeline.limit, room.include_leave."""
-    if not isinstance(value, dict):
-        raise MatrixError(400, "M_BAD_JSON", "A filter must be a JSON object")
-    room = value.get("room", {})
-    if not isinstance(room, dict):
-        raise MatrixError(400, "M_BAD_JSON", "filter.room must be an object")
-    timeline = room.get("timeline", {})
-    if not isinstance(timeline, dict):
-        raise MatrixError(400, "M_BAD_JSON", "filter.room.timeline must be an object")
-    limit = timeline.get("limit", DEFAULT_TIMELINE_LIMIT)
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise MatrixError(400, "M_BAD_JSON", "filter.room.timeline.limit must be an integer")
-    include_leave = room.get("include_leave", False)
-    if not isinstance(include_leave, bool):
-        raise MatrixError(400, "M_BAD_JSON", "filter.room.include_leave must be a boolean")
-    threads = timeline.get("unread_thread_notifications", False) is True
-    return SyncFilter(max(1, min(MAX_TIMELINE_LIMIT, limit)), include_leave, threads)
+# Filters (parsing, matching) live in filtering.py; one room's section in sync_rooms.py.
+SyncFilter = Filter
 
 
 def _pdu_as_client_event(pdu: dict[str, Any], event_id: str, room_id: str) -> dict[str, Any]:
@@ -124,6 +99,7 @@ class SyncAPI:
         self.invites = invites
         self.rooms = rooms
         self.notifier = notifier
+        self.sections = RoomSections(users, events, timeline, self.visibility, clock)
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3"
@@ -201,6 +177,8 @@ class SyncAPI:
         # Memberships first, watched before the positions are read, so that an event
         # committed after the positions were read always wakes the waiter.
         memberships = await self.rooms.rooms_for_user(user)
+        memberships = {r: m for r, m in memberships.items() if flt.room.allows_room(r)}
+        ignored = await ignored_users(self.account_data, user)
         joined = sorted(r for r, m in memberships.items() if m == "join")
         waiter.watch_rooms(joined)
         now_ms = self.clock.time_ms()
@@ -219,6 +197,7 @@ class SyncAPI:
         remote_rows = {
             row.room_id: row
             for row in await self.invites.invites_for_user(user, since.invites if since is not None else 0)
+            if flt.room.allows_room(row.room_id)
         }
 
         # 1. Joined rooms.
@@ -247,8 +226,8 @@ class SyncAPI:
                     or room_id in room_data):
                 continue
             section = await self._room_section(
-                req, room_id, since_pos, token.events, flt.timeline_limit,
-                full=since is None or newly or full_state,
+                req, room_id, since_pos, token.events, flt,
+                full=since is None or newly or full_state, ignored=ignored,
             )
             ephemeral: list[dict[str, Any]] = []
             if room_id in typing_rooms:
@@ -256,8 +235,10 @@ class SyncAPI:
                                   "content": {"user_ids": await self.timeline.typing_users(room_id, now_ms)}})
             if receipts.get(room_id):
                 ephemeral.append(_receipt_event(receipts[room_id]))
+            ephemeral = filter_events(flt.room.ephemeral, ephemeral, room_id)
             section["ephemeral"] = {"events": ephemeral}
-            section["account_data"] = {"events": room_data.get(room_id, [])}
+            section["account_data"] = {"events": filter_events(flt.room.account_data, room_data.get(room_id, []),
+                                                               room_id)}
             section["unread_notifications"] = {}
             section.update(unread_sections(unread.get(room_id, {}), flt.unread_thread_notifications))
             if (section["timeline"]["events"] or section["state"]["events"] or ephemeral
@@ -273,6 +254,8 @@ class SyncAPI:
                 continue
             if since is not None and room_id not in changes and room_id not in remote_rows:
                 continue
+            if ignored and await inviter_of(self.rooms, user, room_id) in ignored:
+                continue  # invites from ignored users are not shown
             invite[room_id] = {"invite_state": {"events": await self._invite_state(user, room_id)}}
 
         # 2b. Knocks: on rooms we are in (member events), and over federation.
@@ -303,12 +286,13 @@ class SyncAPI:
                 leave[room_id] = await self._own_member_section(req, left.event_id)
                 continue
             leave[room_id] = await self._room_section(
-                req, room_id, since_pos, left.stream_ordering, flt.timeline_limit, full=since is None
+                req, room_id, since_pos, left.stream_ordering, flt, full=since is None, ignored=ignored
             )
         for room_id, row in remote_rows.items():
             if row.membership in ("leave", "ban") and room_id not in leave and memberships.get(room_id) != "join":
                 leave[room_id] = _rejected_invite_section(row)
 
+        global_data = filter_events(flt.account_data, global_data)
         to_device: list[dict[str, Any]] = []
         if self.to_device is not None:
             to_device, position = await self.to_device.section(req, since)
@@ -333,50 +317,11 @@ class SyncAPI:
         return body, bool(join or invite or leave or knock or global_data or e2e_changed or to_device)
 
     async def _room_section(
-        self, req: Requester, room_id: str, since_pos: int, upto: int, limit: int, *, full: bool
+        self, req: Requester, room_id: str, since_pos: int, upto: int, flt: SyncFilter, *, full: bool,
+        ignored: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
-        """Timeline (newest ``limit`` events in (since, upto]) and the state at its start."""
-        newest = await self.timeline.room_events(
-            room_id, after=since_pos if not full else 0, upto=upto, limit=limit + 1, newest_first=True
-        )
-        limited = len(newest) > limit
-        events = list(reversed(newest[:limit]))
-        if events:
-            prev_batch = page_token(events[0].stream_ordering - 1)
-            # History visibility: events the user may not see are left out of the timeline;
-            # the state given is then the state at the first event shown (or after the last).
-            visible = await self.visibility.filter_for_user(req.user_id, room_id, events)
-            visible = await hide_unapplied(self.events, visible)
-            if visible:
-                state_ids = await self.events.get_state_ids_before(visible[0].event.event_id) or {}
-            else:
-                state_ids = await self.events.get_state_ids_after(events[-1].event.event_id) or {}
-            events = visible
-        else:
-            prev_batch = page_token(upto)
-            state_ids = await self.events.get_current_state_ids(room_id) if full else {}
-        in_timeline = {se.event.event_id for se in events}
-        state: list[StoredEvent] = []
-        if full or limited:
-            found = await self.events.get_events(state_ids.values())
-            for eid in state_ids.values():
-                se = found.get(eid)
-                if se is None or se.outcome is Outcome.REJECTED or eid in in_timeline:
-                    continue
-                if full or se.stream_ordering > since_pos:
-                    state.append(se)
-        return {
-            "timeline": {
-                "events": await serialize_events(
-                    self.users, self.events, req, events, clock=self.clock, include_room_id=False
-                ),
-                "limited": limited,
-                "prev_batch": prev_batch,
-            },
-            "state": {"events": await serialize_events(
-                self.users, self.events, req, state, clock=self.clock, include_room_id=False
-            )},
-        }
+        """Timeline, state and summary of one room, as the filter asks (sync_rooms.py)."""
+        return await self.sections.section(req, room_id, since_pos, upto, flt, full=full, ignored=ignored)
 
     async def _own_member_section(self, req: Requester, event_id: str) -> dict[str, Any]:
         """A left room the user may not read: the member event that ended their membership."""

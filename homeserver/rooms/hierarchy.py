@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from homeserver.events.event import Event, StateKey
-from homeserver.events.identifiers import is_valid_server_name
+from homeserver.events.identifiers import is_valid_server_name, server_name_of
 from homeserver.rooms.directory import CHUNK_KEYS, plain_topic, sanitize_chunk_entry
 from homeserver.rooms.errors import RoomNotFound
 from homeserver.rooms.redactions import applied_redactions, served
@@ -173,6 +173,10 @@ class SpaceHierarchy:
 
     async def server_may_see(self, server: str, room_id: str, summary: Mapping[str, Any]) -> bool:
         if open_to_all(summary) or await self._store.has_joined_member_of(room_id, server):
+            return True
+        # A server whose user is invited may preview the room (the invite's space preview).
+        if any(m == "invite" and server_name_of(u) == server
+               for u, _, m in await self._store.member_memberships(room_id)):
             return True
         if summary.get("join_rule") in RESTRICTED:
             for allowed in list(summary.get("allowed_room_ids", ()))[:MAX_ALLOWED_CHECKED]:

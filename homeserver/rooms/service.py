@@ -53,6 +53,8 @@ INVITE_STATE_TYPES = (
 # Called after an invite over federation (or its rejection) is stored: (user_id, room_id).
 # Resolves a room alias to (room ID, servers likely in the room); raises RoomError subclasses.
 AliasResolver = Callable[[str], Awaitable[tuple[str, list[str]]]]
+# A local user's current profile fields (displayname, avatar_url; unset ones left out).
+ProfileLookup = Callable[[str], Awaitable[Mapping[str, str]]]
 
 
 def strip_event(pdu: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,6 +118,8 @@ class RoomService:
         self.invite_limits = InvitesConfig()
         # Version of rooms created without one (``rooms.default_room_version``, set likewise).
         self.default_room_version: RoomVersion = DEFAULT_ROOM_VERSION
+        # Set by the app factory: member events we build for our users carry their profile.
+        self.profile_lookup: ProfileLookup | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -128,6 +132,22 @@ class RoomService:
 
     def _member_lock(self, user_id: str, room_id: str) -> AbstractAsyncContextManager[None]:
         return self._member_locks((user_id, room_id))
+
+    async def with_profile(self, user_id: str, content: Mapping[str, Any]) -> dict[str, Any]:
+        """``content`` with ``user_id``'s current displayname and avatar_url (a local user's;
+        unset fields are left out, and what ``content`` already names wins)."""
+        out = dict(content)
+        if self.profile_lookup is not None and self._is_local(user_id):
+            try:
+                profile = await self.profile_lookup(user_id)
+            except Exception:
+                log.exception("profile look-up failed", extra={"user_id": user_id})
+                profile = {}
+            for key in ("displayname", "avatar_url"):
+                value = profile.get(key)
+                if isinstance(value, str) and key not in out:
+                    out[key] = value
+        return out
 
     async def participating(self, room_id: str) -> bool:
         """Whether one of our users is joined to the room (we hold its live state)."""
@@ -180,7 +200,7 @@ class RoomService:
         async with self.persister.room_lock(room_id):
             # 2. The creator's join; 3-7. power levels, canonical alias, preset, initial_state,
             # name, topic.
-            join = {**dict(member_content or {}), "membership": "join"}
+            join = await self.with_profile(creator, {**dict(member_content or {}), "membership": "join"})
             await self.builder.send_locked(room_id, "m.room.member", creator, join, creator)
             for draft in plan.state:
                 await self.builder.send_locked(room_id, draft.type, creator, draft.content, draft.state_key)
@@ -234,7 +254,7 @@ class RoomService:
         alias is resolved first (by its server) and the servers it names are tried first."""
         self._require_local(user_id)
         room_id, via = await self._target(room_id_or_alias, via)
-        body = {**dict(content or {}), "membership": "join"}
+        body = await self.with_profile(user_id, {**dict(content or {}), "membership": "join"})
         async with self._member_lock(user_id, room_id):
             membership, _ = await self._state_membership(user_id, room_id)
             if membership == "join":
@@ -288,6 +308,7 @@ class RoomService:
         content: dict[str, Any] = {"membership": "knock"}
         if reason:
             content["reason"] = reason
+        content = await self.with_profile(user_id, content)
         async with self._member_lock(user_id, room_id):
             if await self.participating(room_id):
                 membership, _ = await self._state_membership(user_id, room_id)
@@ -334,11 +355,12 @@ class RoomService:
         if reason:
             content["reason"] = reason
         if self._is_local(target):
+            content = await self.with_profile(target, content)
             await self.builder.send(room_id, "m.room.member", sender, content, target)
             return
         async with self.persister.room_lock(room_id):
             event, state_before = await self.builder.build_locked(room_id, "m.room.member", sender, content, target)
-            stripped = await self._invite_room_state(state_before, full=True)
+            stripped = await self._invite_room_state(state_before, full=True, inviter=sender)
         # The handshake runs without the room lock: a slow invitee server holds nothing.
         try:
             signed = await self.remote.invite(event, stripped)
@@ -349,8 +371,14 @@ class RoomService:
         async with self.persister.room_lock(room_id):
             await self.builder.persist_local(signed, state_before)
 
-    async def _invite_room_state(self, state: Mapping[StateKey, str], *, full: bool) -> list[dict[str, Any]]:
-        keys = [(t, "") for t in INVITE_STATE_TYPES if (t, "") in state]
+    async def _invite_room_state(
+        self, state: Mapping[StateKey, str], *, full: bool, inviter: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The room's identifying state events (``INVITE_STATE_TYPES``) and the inviter's
+        member event (their name and avatar), stripped unless ``full``."""
+        keys: list[StateKey] = [(t, "") for t in INVITE_STATE_TYPES if (t, "") in state]
+        if inviter is not None and ("m.room.member", inviter) in state:
+            keys.append(("m.room.member", inviter))
         events = await self.store.get_events(state[k] for k in keys)
         found = [events[state[k]].event for k in keys if state[k] in events]
         out = []
@@ -400,12 +428,12 @@ class RoomService:
         if invite is not None and invite.membership == membership:
             return list(invite.invite_room_state)
         state = await self.store.get_current_state_ids(room_id)
-        out = await self._invite_room_state(state, full=False)
         member = state.get(("m.room.member", user_id))
-        if member is not None:
-            stored = await self.store.get_event(member)
-            if stored is not None:
-                out.append(strip_event(stored.event.pdu))
+        stored = await self.store.get_event(member) if member is not None else None
+        inviter = stored.event.sender if stored is not None and stored.event.sender != user_id else None
+        out = await self._invite_room_state(state, full=False, inviter=inviter)
+        if stored is not None:
+            out.append(strip_event(stored.event.pdu))
         return out
 
     async def invites_since(self, user_id: str, stream_id: int = 0) -> list[ReceivedInvite]:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from homeserver.events.identifiers import is_valid_server_name
+from homeserver.events.identifiers import is_valid_server_name, server_name_of
 from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.errors import NotAllowed, RoomError
 from homeserver.rooms.fetcher import Budget
@@ -110,14 +111,22 @@ class SpaceWalker:
 
     async def page(
         self, user_id: str, room_id: str, *, suggested_only: bool, max_depth: int | None, limit: int,
-        token: str | None,
+        token: str | None, hints: Sequence[str] = (),
     ) -> dict[str, Any]:
         walk = self._resume(token, user_id, room_id, suggested_only, max_depth) if token else None
+        first_remote = False
         if walk is None:
             root = await self.hierarchy.local(room_id)
-            if root is None or not await self.hierarchy.user_may_see(user_id, room_id, root[0]):
+            via: tuple[str, ...] = ()
+            if root is None:
+                # A space we do not hold (an invite to it, a link): asked of the servers that
+                # may have it; shown only if the user may see it as that server describes it.
+                via = tuple(await self._root_servers(user_id, room_id, hints))
+                first_remote = bool(via)
+            if (root is None and not via) or (
+                    root is not None and not await self.hierarchy.user_may_see(user_id, room_id, root[0])):
                 raise NotAllowed(f"{user_id} may not see room {room_id}")
-            walk = _Walk(user_id, room_id, suggested_only, max_depth, [_Entry(room_id, (), 0)])
+            walk = _Walk(user_id, room_id, suggested_only, max_depth, [_Entry(room_id, via, 0)])
         rooms: list[dict[str, Any]] = []
         budget = Budget(PAGE_REMOTE_SECONDS, self._clock)
         visits = 0
@@ -129,7 +138,10 @@ class SpaceWalker:
             visits += 1
             found = await self._visit(walk, entry, budget)
             if found is None:
+                if first_remote:
+                    raise NotAllowed(f"{user_id} may not see room {room_id}")
                 continue
+            first_remote = False
             summary, children = found
             children = ordered_children(children, suggested_only)
             rooms.append({**summary, "children_state": children})
@@ -145,6 +157,17 @@ class SpaceWalker:
         if walk.stack and len(walk.processed) < MAX_WALK_ROOMS:
             out["next_batch"] = self._park(walk)
         return out
+
+    async def _root_servers(self, user_id: str, room_id: str, hints: Sequence[str]) -> list[str]:
+        """Servers to ask about a root we do not hold: the client's ``via`` hints, the
+        server of whoever invited the user, and the room ID's server (before room v12)."""
+        servers = [h for h in hints if is_valid_server_name(h)][:MAX_VIA_TRIED]
+        invite = await self.hierarchy.rooms.memberships.get_invite(user_id, room_id)
+        if invite is not None:
+            servers.append(server_name_of(invite.sender))
+        if ":" in room_id:
+            servers.append(room_id.split(":", 1)[1])
+        return [s for s in dict.fromkeys(servers) if s and s != self.server_name]
 
     # ------------------------------------------------------------------ sessions
 

@@ -19,7 +19,7 @@ from nio import (
     SyncResponse,
 )
 
-from tests.clients import client_server, msg, nio_user, raw, sync_until, timeline_bodies
+from tests.clients import client_server, eventually, msg, nio_user, raw, sync_until, timeline_bodies
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
@@ -248,9 +248,11 @@ async def test_profiles(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tu
         status, body = await raw(server, "GET", f"{V3}/profile/@nobody:{server.services.config.server_name}")
         assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
         # The new name is carried into the member event of the joined room.
-        status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.member/{alice.user_id}",
-                                 token=alice.access_token)
-        assert status == 200 and body["displayname"] == "Alice A."
+        async def carried() -> bool:
+            status, body = await raw(server, "GET", f"{V3}/rooms/{room}/state/m.room.member/{alice.user_id}",
+                                     token=alice.access_token)
+            return status == 200 and body["displayname"] == "Alice A."
+        await eventually(carried)
 
 
 async def test_send_and_its_txn_id_are_one_transaction(db_factory: DatabaseFactory, tmp_path: Path,

@@ -8,7 +8,7 @@ from typing import Any
 
 from nio import JoinResponse, RoomCreateResponse, RoomPreset
 
-from tests.clients import client_server, nio_user, raw
+from tests.clients import client_server, eventually, nio_user, raw
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
@@ -39,12 +39,16 @@ async def test_user_directory_search(db_factory: DatabaseFactory, tmp_path: Path
             assert status == 200, found
             return dict(found)
 
-        # Bob shares a room with Alice: found by ID and, case-insensitively, by name.
+        # Bob shares a room with Alice: found by ID and, case-insensitively, by name (once
+        # his rename reached his member event, which happens in the background).
+        async def renamed() -> bool:
+            return (await search("bob"))["results"] == [{"user_id": bob.user_id, "display_name": "Bobby Tables"}]
+        await eventually(renamed)
         assert await search("bob") == {
             "results": [{"user_id": bob.user_id, "display_name": "Bobby Tables"}], "limited": False}
         assert (await search("TABLES"))["results"] == [{"user_id": bob.user_id, "display_name": "Bobby Tables"}]
         # Carol is in a public room; Dave is in neither kind.
-        assert (await search("carol"))["results"] == [{"user_id": carol.user_id}]
+        assert (await search("carol"))["results"] == [{"user_id": carol.user_id, "display_name": "carol"}]
         assert await search("dave") == {"results": [], "limited": False}
         # A term every user ID here matches (the server name), one result at a time.
         everyone = await search(alice.user_id.split(":", 1)[1])

@@ -103,7 +103,7 @@ async def test_knock_over_federation_then_invite_and_join(
         assert by_type[("m.room.name", "")]["content"]["name"] == "Door"
         assert ("m.room.create", "") in by_type
         own = by_type[("m.room.member", bob.user_id)]
-        assert own["content"] == {"membership": "knock", "reason": "let me in"}
+        assert own["content"] == {"membership": "knock", "reason": "let me in", "displayname": "bob"}
         assert set(own) == {"type", "state_key", "content", "sender"}
         assert room not in body["rooms"]["invite"] and room not in body["rooms"]["join"]
         # Knocking again while the knock stands changes nothing.

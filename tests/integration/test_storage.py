@@ -102,6 +102,8 @@ def test_shipped_migrations_found_as_package_data() -> None:
             12: ("openid_and_timestamps", ["0012_openid_and_timestamps.sql"]),
             13: ("e2e_keys", ["0013_e2e_keys.sql"]),
             14: ("to_device_and_key_backup", ["0014_to_device_and_key_backup.sql"]),
+            15: ("media", ["0015_media.sql"]),
+            16: ("reports", [f"0016_reports.{engine}.sql"]),
             18: ("push", ["0018_push.sql"]),
         }
 
