@@ -102,6 +102,7 @@ def test_shipped_migrations_found_as_package_data() -> None:
             12: ("openid_and_timestamps", ["0012_openid_and_timestamps.sql"]),
             13: ("e2e_keys", ["0013_e2e_keys.sql"]),
             14: ("to_device_and_key_backup", ["0014_to_device_and_key_backup.sql"]),
+            17: ("relations_search", ["0017_relations_search.sql", f"0017_relations_search.{engine}.sql"]),
         }
 
 
