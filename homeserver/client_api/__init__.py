@@ -32,6 +32,7 @@ from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.relations import RelationsAPI
 from homeserver.client_api.rooms import RoomsAPI
+from homeserver.client_api.search import SearchAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
 from homeserver.client_api.user_directory import UserDirectoryAPI
@@ -111,6 +112,7 @@ def create_client_api_app(
                              visibility=visibility, backfill_timeout=config.backfill.timeout,
                              clock=clock).routes())
     app.add_routes(RelationsAPI(auth, events, timeline, users, visibility, clock=clock).routes())
+    app.add_routes(SearchAPI(cc, auth, events, timeline, users, visibility, clock=clock).routes())
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
     # Send-to-device messages: stored per device, wake /sync, leave by EDU (the one sender).
