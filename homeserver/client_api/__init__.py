@@ -35,6 +35,7 @@ from homeserver.client_api.rooms import RoomsAPI
 from homeserver.client_api.search import SearchAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
+from homeserver.client_api.upgrade import UpgradeAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
 from homeserver.e2e.service import E2eKeys
@@ -113,6 +114,7 @@ def create_client_api_app(
                              clock=clock).routes())
     app.add_routes(RelationsAPI(auth, events, timeline, users, visibility, clock=clock).routes())
     app.add_routes(SearchAPI(cc, auth, events, timeline, users, visibility, clock=clock).routes())
+    app.add_routes(UpgradeAPI(cc, auth, rooms, directory).routes())
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
     # Send-to-device messages: stored per device, wake /sync, leave by EDU (the one sender).

@@ -17,6 +17,10 @@ from typing import Any
 from homeserver.storage.database import Database
 
 MAX_WORDS = 16
+# Rank ordering ranks the newest RANK_WINDOW matches (a word found in most messages would
+# otherwise cost a ranking of all of them per page); count stops at COUNT_CAP.
+RANK_WINDOW = 2000
+COUNT_CAP = 2000
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -55,7 +59,7 @@ class SearchStore:
             match = "s.vector @@ to_tsquery('simple', ?)"
             term = " & ".join(f"{w}:*" for w in q.words)
         else:
-            source = "event_search_fts f JOIN event_search s ON s.rowid = f.rowid"
+            source = "event_search_fts f JOIN event_search s ON s.stream_ordering = f.rowid"
             match = "event_search_fts MATCH ?"
             term = " AND ".join('"' + w.replace('"', '""') + '"*' for w in q.words)
         conds = [match]
@@ -78,26 +82,41 @@ class SearchStore:
     async def search(
         self, q: SearchQuery, *, limit: int, by_rank: bool, offset: int = 0, before: int | None = None,
     ) -> list[Hit]:
-        """Matching events: best first (``by_rank``, paged by ``offset``) or newest first
-        (paged by ``before``, a stream ordering)."""
+        """Matching events: newest first (paged by ``before``, a stream ordering), or, with
+        ``by_rank``, the newest ``RANK_WINDOW`` matches best first (paged by ``offset``)."""
         if not q.words or not q.room_ids or not q.keys:
             return []
         source, where, args = self._where(q)
-        rank = "ts_rank_cd(s.vector, to_tsquery('simple', ?))" if self._postgres else "-bm25(event_search_fts)"
-        rank_args: list[Any] = [args[0]] if self._postgres else []
-        if before is not None and not by_rank:
-            where += " AND s.stream_ordering < ?"
-            args.append(before)
-        order = "score DESC, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
-        rows = await self.db.fetchall(
-            f"SELECT s.event_id, s.room_id, s.sender, s.stream_ordering, {rank} AS score FROM {source}"
-            f" WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-            *rank_args, *args, limit, offset,
-        )
+        # SQLite: FTS5 walks its rowids (the stream orderings) newest first and stops at the limit.
+        newest = "s.stream_ordering DESC" if self._postgres else "f.rowid DESC"
+        if not by_rank:
+            if before is not None:
+                where += " AND s.stream_ordering < ?" if self._postgres else " AND f.rowid < ?"
+                args.append(before)
+            rows = await self.db.fetchall(
+                f"SELECT s.event_id, s.room_id, s.sender, s.stream_ordering, 0 FROM {source}"
+                f" WHERE {where} ORDER BY {newest} LIMIT ?",
+                *args, limit,
+            )
+        else:
+            rank = "ts_rank_cd(s.vector, to_tsquery('simple', ?))" if self._postgres else "-bm25(event_search_fts)"
+            rank_args: list[Any] = [args[0]] if self._postgres else []
+            rows = await self.db.fetchall(
+                "SELECT event_id, room_id, sender, so, score FROM ("
+                f" SELECT s.event_id AS event_id, s.room_id AS room_id, s.sender AS sender,"
+                f" s.stream_ordering AS so, {rank} AS score FROM {source}"
+                f" WHERE {where} ORDER BY {newest} LIMIT ?"
+                ") newest ORDER BY score DESC, so DESC LIMIT ? OFFSET ?",
+                *rank_args, *args, RANK_WINDOW, limit, offset,
+            )
         return [Hit(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in rows]
 
     async def count(self, q: SearchQuery) -> int:
+        """How many events match, counted up to ``COUNT_CAP``."""
         if not q.words or not q.room_ids or not q.keys:
             return 0
         source, where, args = self._where(q)
-        return int(await self.db.fetchval(f"SELECT COUNT(*) FROM {source} WHERE {where}", *args) or 0)
+        value = await self.db.fetchval(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?) matches", *args, COUNT_CAP
+        )
+        return int(value or 0)

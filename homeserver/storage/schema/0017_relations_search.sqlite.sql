@@ -1,19 +1,19 @@
 -- The SQLite part of 0017_relations_search, run after 0017_relations_search.sql.
 -- event_search: one row per searchable accepted event (its key: content.body,
 -- content.name or content.topic), kept in the FTS5 table event_search_fts (external
--- content: the text lives once, in event_search) by the triggers below.
+-- content: the text lives once, in event_search) by the triggers below. The rowid is the
+-- event's stream ordering, so FTS5 walks the matches newest first by itself.
 CREATE TABLE event_search (
+    stream_ordering INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
     room_id TEXT NOT NULL,
     sender TEXT NOT NULL,
     key TEXT NOT NULL,
-    stream_ordering BIGINT NOT NULL,
     value TEXT NOT NULL
 );
-CREATE INDEX event_search_room ON event_search (room_id, stream_ordering);
-CREATE VIRTUAL TABLE event_search_fts USING fts5(value, content='event_search', content_rowid='rowid');
-CREATE TRIGGER event_search_ai AFTER INSERT ON event_search BEGIN INSERT INTO event_search_fts (rowid, value) VALUES (new.rowid, new.value); END;
-CREATE TRIGGER event_search_ad AFTER DELETE ON event_search BEGIN INSERT INTO event_search_fts (event_search_fts, rowid, value) VALUES ('delete', old.rowid, old.value); END;
+CREATE VIRTUAL TABLE event_search_fts USING fts5(value, content='event_search', content_rowid='stream_ordering');
+CREATE TRIGGER event_search_ai AFTER INSERT ON event_search BEGIN INSERT INTO event_search_fts (rowid, value) VALUES (new.stream_ordering, new.value); END;
+CREATE TRIGGER event_search_ad AFTER DELETE ON event_search BEGIN INSERT INTO event_search_fts (event_search_fts, rowid, value) VALUES ('delete', old.stream_ordering, old.value); END;
 
 -- The events held before this migration.
 INSERT INTO event_relations (event_id, room_id, parent_id, rel_type, event_type, sender, stream_ordering)
