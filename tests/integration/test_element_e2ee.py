@@ -100,4 +100,5 @@ async def test_threads_with_element(node: Path, pair: tuple[RunningServer, Runni
     result = await scenario(node, pair, "threads")
     assert step(result, "a sees the thread")["last_reply"] == "in the thread", explain(result)
     assert len(step(result, "a's thread list")["roots"]) == 1
+    assert not [e for e in result["http_errors"] if "/relations/" in e[1] or "/threads" in e[1]], result["http_errors"]
     assert_passed(result)
