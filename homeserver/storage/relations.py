@@ -121,16 +121,18 @@ class RelationStore:
                 parent_id, room_id, *args, after, upto, limit,
             )
         else:
+            # The filters apply at every level: an event related only through one that does
+            # not match is not reached (the spec's rule for recurse).
             rows = await self.db.fetchall(
                 "WITH RECURSIVE tree (event_id, depth) AS ("
-                " SELECT event_id, 1 FROM event_relations WHERE parent_id = ? AND room_id = ?"
+                f" SELECT r.event_id, 1 FROM event_relations r WHERE r.parent_id = ? AND r.room_id = ?{filters}"
                 " UNION ALL"
-                " SELECT c.event_id, tree.depth + 1 FROM event_relations c JOIN tree ON c.parent_id = tree.event_id"
-                " WHERE tree.depth < ? AND c.room_id = ?)"
+                " SELECT r.event_id, tree.depth + 1 FROM event_relations r JOIN tree ON r.parent_id = tree.event_id"
+                f" WHERE tree.depth < ? AND r.room_id = ?{filters})"
                 " SELECT DISTINCT r.event_id, r.stream_ordering FROM tree JOIN event_relations r"
-                f" ON r.event_id = tree.event_id WHERE {_NOT_REDACTED}{filters}"
+                f" ON r.event_id = tree.event_id WHERE {_NOT_REDACTED}"
                 f" AND r.stream_ordering > ? AND r.stream_ordering <= ? ORDER BY r.stream_ordering {order} LIMIT ?",
-                parent_id, room_id, MAX_DEPTH, room_id, *args, after, upto, limit,
+                parent_id, room_id, *args, MAX_DEPTH, room_id, *args, after, upto, limit,
             )
         return [(r[0], int(r[1])) for r in rows]
 

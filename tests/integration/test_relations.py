@@ -71,6 +71,28 @@ async def test_threads_edits_and_references_across_servers(pair: tuple[RunningSe
                                  token=alice.access_token)
         assert status == 200 and none["chunk"] == []
 
+        # recurse: a reaction to a reply is found through it; a filter applies at every level.
+        status, body = await raw(b, "PUT", f"{V3}/rooms/{room}/send/m.reaction/re1", token=bob.access_token, json={
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": replies[1], "key": "+1"}})
+        assert status == 200, body
+        reaction = body["event_id"]
+
+        async def a_sees_reaction() -> bool:
+            status, page = await raw(a, "GET", f"{V1}/rooms/{room}/relations/{root}?recurse=true",
+                                     token=alice.access_token)
+            return status == 200 and reaction in [e["event_id"] for e in page["chunk"]]
+        await eventually(a_sees_reaction)
+        status, page = await raw(a, "GET", f"{V1}/rooms/{room}/relations/{root}?recurse=true",
+                                 token=alice.access_token)
+        assert [e["event_id"] for e in page["chunk"]] == [reaction, *reversed(replies)]
+        assert page["recursion_depth"] == 3
+        status, page = await raw(a, "GET", f"{V1}/rooms/{room}/relations/{root}/m.thread?recurse=true",
+                                 token=alice.access_token)
+        assert [e["event_id"] for e in page["chunk"]] == list(reversed(replies))
+        status, page = await raw(a, "GET", f"{V1}/rooms/{room}/relations/{root}/m.annotation?recurse=true",
+                                 token=alice.access_token)
+        assert page["chunk"] == []  # only reachable through an m.thread event
+
         # /threads: the root with its summary; Alice started it, so she participated.
         status, threads = await raw(a, "GET", f"{V1}/rooms/{room}/threads", token=alice.access_token)
         assert status == 200, threads
