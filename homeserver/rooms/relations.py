@@ -5,14 +5,14 @@ and one more per relation type found on it:
 
 - ``m.replace``: the latest valid edit, whole (spec v1.7 and later): by the parent's
   sender, of the parent's type, with an ``m.new_content`` object, newest by
-  ``origin_server_ts`` then event ID. An edit of an edit, and edits of a state event or
-  of a redacted event, are not bundled.
+  ``origin_server_ts`` then event ID. An edit of an edit is not bundled.
 - ``m.thread``: ``count`` of replies, the ``latest_event`` and whether the user sent the
   root or a reply (``current_user_participated``).
 - ``m.reference``: the ``chunk`` of event IDs that reference the event (the first
   ``MAX_REFERENCES``).
 
-Redacted children never count (storage/relations.py). The caller serialises the events.
+State events and redacted events get no aggregations; redacted children never count
+(storage/relations.py). The caller serialises the events.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ async def bundles_for(
     store: EventStore, user_id: str, events: Sequence[Event], *, skip: Collection[str] = (),
 ) -> dict[str, Bundle]:
     """The aggregations of each of ``events`` that has any (``skip``: event IDs to leave
-    out, such as the redacted ones)."""
-    parents = {e.event_id: e for e in events if e.event_id not in skip}
+    out, such as the redacted ones; state events are left out too)."""
+    # State events and redacted ones get no aggregations (as Synapse does): an initial
+    # sync's room state costs no look-up.
+    parents = {e.event_id: e for e in events if e.event_id not in skip and not e.is_state}
     if not parents:
         return {}
     relations = RelationStore(store.db)
