@@ -172,3 +172,33 @@ class SearchStore:
 
 def _hit(row: tuple[Any, ...]) -> Hit:
     return Hit(row[0], row[1], row[2], int(row[3]), float(row[4]))
+
+
+# port-db (storage/porting.py): the search index is derived from the events and each engine
+# keeps it its own way (FTS5 tables on SQLite, a tsvector column on PostgreSQL). It is not
+# copied: the target's is rebuilt from the copied events, as migration 0017 builds it.
+DERIVED_TABLE = "event_search"
+
+
+def engine_own_table(name: str) -> bool:
+    """Whether a SQLite table is the search index or one of FTS5's tables behind it."""
+    return name == DERIVED_TABLE or name.startswith(DERIVED_TABLE + "_fts")
+
+
+REBUILD_POSTGRES_INDEX = (
+    "INSERT INTO event_search (event_id, room_id, sender, key, stream_ordering, vector)"
+    " SELECT event_id, room_id, sender, key, stream_ordering, to_tsvector('simple', value) FROM ("
+    " SELECT event_id, room_id, sender, stream_ordering,"
+    " CASE type WHEN 'm.room.message' THEN 'content.body' WHEN 'm.room.name' THEN 'content.name'"
+    " ELSE 'content.topic' END AS key,"
+    " CASE type WHEN 'm.room.message' THEN j -> 'content' ->> 'body'"
+    " WHEN 'm.room.name' THEN j -> 'content' ->> 'name' ELSE j -> 'content' ->> 'topic' END AS value,"
+    " CASE type WHEN 'm.room.message' THEN jsonb_typeof(j -> 'content' -> 'body')"
+    " WHEN 'm.room.name' THEN jsonb_typeof(j -> 'content' -> 'name')"
+    " ELSE jsonb_typeof(j -> 'content' -> 'topic') END AS kind"
+    " FROM (SELECT e.*, CASE WHEN strpos(e.json, '\\u0000') > 0 THEN NULL ELSE e.json::jsonb END AS j"
+    " FROM events e WHERE e.outcome = 'accepted'"
+    " AND ((e.type = 'm.room.message' AND e.state_key IS NULL)"
+    " OR (e.type IN ('m.room.name', 'm.room.topic') AND e.state_key = ''))) AS candidates"
+    ") AS found WHERE kind = 'string'"
+)
