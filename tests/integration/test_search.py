@@ -76,8 +76,10 @@ async def test_search_finds_only_what_the_user_may_see(pair: tuple[RunningServer
         assert ids(found) == [mine]
         found = await search(a, alice.access_token, query("fruit", keys=["content.name"]))
         assert len(ids(found)) == 1 and found["results"][0]["result"]["type"] == "m.room.name"
-        found = await search(a, alice.access_token, query("banana", filter={"rooms": [other.room_id]}))
+        found = await search(a, alice.access_token, query("banana", filter={"rooms": [other.room_id]},
+                                                          include_state=True))
         assert ids(found) == [private]
+        assert "m.room.create" in {e["type"] for e in found["state"][other.room_id]}
         first = await search(a, alice.access_token, query("banana", order_by="recent", filter={"limit": 2}))
         assert ids(first) == [mine, split] and first["count"] == 4
         rest = await search(a, alice.access_token, query("banana", order_by="recent", filter={"limit": 2}),
