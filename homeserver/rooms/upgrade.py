@@ -2,7 +2,8 @@
 
 1. The user must be joined and have the power to send ``m.room.tombstone`` in the old room.
 2. A new room of the asked version, whose create event names the old room as its
-   ``predecessor`` (and keeps its ``type``), with the old room's ``COPIED_STATE``, its power
+   ``predecessor`` (and keeps its ``type``), with the old room's ``COPIED_STATE``, its space
+   children and its bans (at most ``MAX_COPIED`` of each, as Synapse copies them), its power
    levels (users' levels kept; in room v12 and later the upgrading user, a creator, is left
    out of ``users``; before, they are raised to the highest level any of the copied events
    needs while the room is set up, and put back at their old level after).
@@ -37,6 +38,9 @@ COPIED_STATE = (
     "m.room.server_acl", "m.room.encryption", "m.room.name", "m.room.topic", "m.room.avatar",
     "m.room.join_rules", "m.room.guest_access", "m.room.history_visibility", "m.room.canonical_alias",
 )
+SPACE_CHILD = "m.space.child"
+# At most this many space children, and this many bans, are carried over.
+MAX_COPIED = 1000
 TOMBSTONE = "m.room.tombstone"
 POWER_LEVELS = "m.room.power_levels"
 
@@ -87,6 +91,11 @@ async def upgrade_room(
         {"type": t, "state_key": "", "content": dict(state[(t, "")].content)}
         for t in COPIED_STATE if (t, "") in state and state[(t, "")].content
     ]
+    # A space keeps its children (as Synapse does).
+    copied += [
+        {"type": t, "state_key": sk, "content": dict(e.content)}
+        for (t, sk), e in sorted(state.items()) if t == SPACE_CHILD and e.content
+    ][:MAX_COPIED]
     join_rule = state[("m.room.join_rules", "")].content.get("join_rule") \
         if ("m.room.join_rules", "") in state else "invite"
     # Power levels: the users' levels kept; the upgrader able to send everything copied.
@@ -117,6 +126,14 @@ async def upgrade_room(
         initial_state=[{"type": POWER_LEVELS, "state_key": "", "content": new_pl}, *copied],
         creation_content=creation, invite=invitees,
     )
+    # Bans carry over (as Synapse does), while the upgrader still has every power needed.
+    banned = [sk for (t, sk), e in sorted(state.items()) if t == "m.room.member" and e.membership == "ban"]
+    for target in banned[:MAX_COPIED]:
+        reason = state[("m.room.member", target)].content.get("reason")
+        try:
+            await rooms.ban(user_id, new_room, target, reason if isinstance(reason, str) else None)
+        except RoomError as e:
+            log.info("ban not carried over", extra={"room_id": new_room, "target": target, "reason": str(e)})
     if final_pl is not None:
         await rooms.send_event(user_id, new_room, POWER_LEVELS, final_pl, "")
     if directory is not None:

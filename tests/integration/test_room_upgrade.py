@@ -43,6 +43,13 @@ async def test_upgrade_moves_both_users_to_the_new_room(pair: tuple[RunningServe
             return status == 200 and got["users"].get(bob.user_id) == 50
         await eventually(b_sees_power)
 
+        # A ban, carried over to each new room.
+        async with nio_user(a, "carol") as carol:
+            status, _ = await raw(a, "POST", f"{V3}/rooms/{room}/ban", token=alice.access_token,
+                                  json={"user_id": carol.user_id, "reason": "spam"})
+            assert status == 200
+            banned = carol.user_id
+
         # Refusals: Bob lacks the power to tombstone; an unknown version; a stranger.
         status, body = await raw(b, "POST", f"{V3}/rooms/{room}/upgrade", token=bob.access_token,
                                  json={"new_version": "11"})
@@ -74,6 +81,8 @@ async def test_upgrade_moves_both_users_to_the_new_room(pair: tuple[RunningServe
             new_pl = await state(a, alice.access_token, new, "m.room.power_levels")
             assert new_pl["users"][bob.user_id] == 50
             assert (alice.user_id in new_pl["users"]) == (version != "12")  # v12: creators are not listed
+            member = await state(a, alice.access_token, new, f"m.room.member/{banned}")
+            assert member["membership"] == "ban" and member["reason"] == "spam"
             alias = f"#up:{server_name(a)}"
             assert (await state(a, alice.access_token, new, "m.room.canonical_alias"))["alias"] == alias
             status, resolved = await raw(a, "GET", f"{V3}/directory/room/%23up:{server_name(a)}")
