@@ -36,11 +36,14 @@ from homeserver.client_api.profile import ProfileAPI
 from homeserver.client_api.profile_fanout import ProfileFanout, profile_fields
 from homeserver.client_api.push_rules import PushRulesAPI
 from homeserver.client_api.pushers import PushersAPI
+from homeserver.client_api.relations import RelationsAPI
 from homeserver.client_api.reports import ReportsAPI
 from homeserver.client_api.rooms import RoomsAPI
+from homeserver.client_api.search import SearchAPI
 from homeserver.client_api.sync import SyncAPI
 from homeserver.client_api.tags import TagsAPI
 from homeserver.client_api.to_device import ToDeviceAPI, ToDeviceSync
+from homeserver.client_api.upgrade import UpgradeAPI
 from homeserver.client_api.user_directory import UserDirectoryAPI
 from homeserver.config import Config
 from homeserver.e2e.service import E2eKeys
@@ -126,6 +129,9 @@ def create_client_api_app(
     app.add_routes(EventsAPI(cc, auth, rooms, events, timeline, users, backfiller=backfiller,
                              visibility=visibility, backfill_timeout=config.backfill.timeout,
                              clock=clock).routes())
+    app.add_routes(RelationsAPI(auth, events, timeline, users, visibility, clock=clock).routes())
+    app.add_routes(SearchAPI(cc, auth, events, timeline, users, visibility, clock=clock).routes())
+    app.add_routes(UpgradeAPI(cc, auth, rooms, directory).routes())
     # Account data (and the m.fully_read marker) wakes the user's /sync long-polls.
     account_data = AccountData(AccountDataStore(events.db), notifier)
     # Push rules, notifications, pushers (push/service.py; not running when made here).

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.access import room_access
+from homeserver.client_api.bundles import add_bundles
 from homeserver.client_api.common import (
     Authenticator,
     Requester,
@@ -62,11 +63,15 @@ async def serialize_events(
     txns = await users.txn_ids_for_events(requester.user_id, requester.device_id, own) if own else {}
     redactions = await applied_redactions(store, (se.event for se in events))
     now = clock.time_ms()
-    return [
+    served = [
         client_event(se.event, transaction_id=txns.get(se.event.event_id), now_ms=now,
                      include_room_id=include_room_id, redacted_because=redactions.get(se.event.event_id))
         for se in events
     ]
+    # Bundled aggregations (unsigned.m.relations): one look-up for the page.
+    await add_bundles(store, requester.user_id, events, served, now_ms=now, include_room_id=include_room_id,
+                      redacted=redactions)
+    return served
 
 
 def _txn_id(request: web.Request) -> str:

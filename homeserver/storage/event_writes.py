@@ -15,6 +15,7 @@ from typing import Any
 from homeserver.events.event import Event, StateKey
 from homeserver.storage.database import Connection, Database, Statement
 from homeserver.storage.events import CHUNK, Outcome, event_json
+from homeserver.storage.relations import PG_INDEX_CTES, EventIndex
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 from homeserver.util.iters import batch_iter
 
@@ -40,7 +41,10 @@ _PG_ONE_STATEMENT = (
     " fd AS (DELETE FROM forward_extremities WHERE (room_id, event_id) IN"
     " (SELECT ?::text, unnest(?::text[]))),"
     " fi AS (INSERT INTO forward_extremities (room_id, event_id) SELECT ?::text, unnest(?::text[])"
-    " ON CONFLICT DO NOTHING)"
+    " ON CONFLICT DO NOTHING),"
+    # Its relation and search rows (storage/relations.py), when it is accepted.
+    f"{PG_INDEX_CTES}"
+    " done AS (SELECT 1)"
     " SELECT 1"
 )
 
@@ -90,6 +94,8 @@ class EventWriteStore:
         self.db = db
         self._clock = clock
         self._one_statement: str | None = _PG_ONE_STATEMENT if db.dialect.name == "postgres" else None
+        # The index rows (relations, search) of accepted events.
+        self.index = EventIndex(db)
         # The last stream ordering handed out (None: read it from the database first).
         self._next_ordering: int | None = None
 
@@ -213,6 +219,8 @@ class EventWriteStore:
                 " ON CONFLICT DO NOTHING",
                 event.event_id, event.redacts, event.redacts, event.room_id,
             )
+        if outcome is Outcome.ACCEPTED:
+            await self.index.write(conn, event, ordering)
         return int(ordering)
 
     def _event_values(
@@ -258,6 +266,7 @@ class EventWriteStore:
             event.event_id, list(dict.fromkeys(event.prev_events)),
             event.event_id, list(dict.fromkeys(event.auth_events)),
             event.room_id, list(removed), event.room_id, list(added),
+            *self.index.one_statement_args(event, ordering, outcome is Outcome.ACCEPTED),
         )
         return self._one_statement, args, False
 

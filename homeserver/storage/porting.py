@@ -8,7 +8,8 @@ What it guarantees:
   process, a running server, has the file open.
 - The target is written in one transaction: the schema by the ordinary migrations, then
   every table of the source in batches (found in ``sqlite_master``, so a table added by a
-  later migration is ported without being named here), each value converted to its
+  later migration is ported without being named here; the search index, kept by each
+  engine its own way, is rebuilt from the events instead), each value converted to its
   target column's type; then every serial or identity sequence is moved past the highest
   key the source allocated; then the row counts are compared table by table. Any failure
   rolls it all back: the target is left as it was, empty.
@@ -30,6 +31,7 @@ from homeserver.storage.database import DatabaseError
 from homeserver.storage.engine.postgres import OneTransaction, first_line, one_transaction
 from homeserver.storage.engine.sqlite_files import open_elsewhere
 from homeserver.storage.migrations import current_version, discover, migrate
+from homeserver.storage.search import DERIVED_TABLE, REBUILD_POSTGRES_INDEX, engine_own_table
 
 # The one table not copied: the target's own migrations write it.
 MIGRATIONS_TABLE = "schema_migrations"
@@ -130,8 +132,12 @@ class _Source:
         ]
         return {
             name: [row[1] for row in self._conn.execute(f"PRAGMA table_info({_ident(name)})")]
-            for name in names if name != MIGRATIONS_TABLE
+            for name in names if name != MIGRATIONS_TABLE and not engine_own_table(name)
         }
+
+    def has_table(self, name: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
 
     def count(self, table: str) -> int:
         return int(self._conn.execute(f"SELECT COUNT(*) FROM {_ident(table)}").fetchone()[0])
@@ -428,6 +434,9 @@ async def _port(
             copied += len(batch)
         if progress is not None:
             progress(table, copied)
+    # The search index is rebuilt from the events, not copied (storage/search.py).
+    await target.execute(f"DELETE FROM {DERIVED_TABLE}")
+    await target.execute(REBUILD_POSTGRES_INDEX)
     # 6. Sequences past every key given so far.
     sequences = await _reset_sequences(target, source.allocated())
     # 7. Row counts, table by table, before anything is committed.
@@ -436,6 +445,9 @@ async def _port(
                    int(await target.fetchval(f"SELECT COUNT(*) FROM {_ident(table.lower())}")))
         for table in sorted(tables)
     ]
+    if source.has_table(DERIVED_TABLE):
+        counts.append(TableCount(DERIVED_TABLE, source.count(DERIVED_TABLE),
+                                 int(await target.fetchval(f"SELECT COUNT(*) FROM {DERIVED_TABLE}"))))
     if any(c.source != c.target for c in counts):
         raise CountMismatchError(counts)
     return PortReport(version, counts, sequences)

@@ -73,7 +73,8 @@ export class Scenario {
     }
 
     // Logs in with the password (a new device each time), starts crypto and sync, like Element.
-    async login(user, { cryptoCallbacks } = {}) {
+    // ``threadSupport``: the SDK's thread support on (it then reads /relations and /threads).
+    async login(user, { cryptoCallbacks, threadSupport = false } = {}) {
         const bare = sdk.createClient({ baseUrl: user.baseUrl, fetchFn: this.fetchFn() });
         const resp = await bare.loginRequest({
             type: "m.login.password",
@@ -96,7 +97,7 @@ export class Scenario {
         const prepared = waitEvent(client, "sync", (state) => state === "PREPARED", this.budget(30000));
         // Element long-polls for 30 s; 5 s here, because a server stopping at the end of a test
         // waits for the /sync long-polls still open (their client gone) to time out.
-        await client.startClient({ initialSyncLimit: 20, pollTimeout: 5000 });
+        await client.startClient({ initialSyncLimit: 20, pollTimeout: 5000, threadSupport });
         await prepared;
         return client;
     }

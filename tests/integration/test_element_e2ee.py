@@ -92,3 +92,13 @@ async def test_key_backup_restores_on_new_device(node: Path, pair: tuple[Running
     assert restored["imported"] >= 1 and restored["imported"] == restored["total"], restored
     step(result, "new device decrypts the old message")
     assert_passed(result)
+
+
+async def test_threads_with_element(node: Path, pair: tuple[RunningServer, RunningServer]) -> None:
+    """A thread reply from B shows in A's thread (Element's SDK with thread support); the
+    syncs that carry the thread raise nothing; /threads lists the root."""
+    result = await scenario(node, pair, "threads")
+    assert step(result, "a sees the thread")["last_reply"] == "in the thread", explain(result)
+    assert len(step(result, "a's thread list")["roots"]) == 1
+    assert not [e for e in result["http_errors"] if "/relations/" in e[1] or "/threads" in e[1]], result["http_errors"]
+    assert_passed(result)

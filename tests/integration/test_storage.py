@@ -104,6 +104,7 @@ def test_shipped_migrations_found_as_package_data() -> None:
             14: ("to_device_and_key_backup", ["0014_to_device_and_key_backup.sql"]),
             15: ("media", ["0015_media.sql"]),
             16: ("reports", [f"0016_reports.{engine}.sql"]),
+            17: ("relations_search", ["0017_relations_search.sql", f"0017_relations_search.{engine}.sql"]),
             18: ("push", ["0018_push.sql"]),
         }
 
