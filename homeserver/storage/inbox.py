@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +85,11 @@ CLAIM_PIECE_POSTGRES = 100
 _COLUMNS = "id, origin, kind, room_id, event_id, room_version, body"
 
 
-# Runs of the PostgreSQL door's statement when concurrent /sends enqueue the same PDUs.
-ADMIT_ATTEMPTS = 3
+# Runs of the PostgreSQL door's statement when concurrent /sends enqueue the same PDUs; after
+# a deadlock the next run waits a little (random, up to DEADLOCK_BACKOFF seconds), so the other
+# transaction, woken by our abort, takes the key first instead of deadlocking with us again.
+ADMIT_ATTEMPTS = 5
+DEADLOCK_BACKOFF = 0.05
 
 # The PostgreSQL door's one statement (InboxStore._admit_one_statement): placeholders $n
 # (several are used twice); the SQL has no "?".
@@ -268,11 +272,12 @@ class InboxStore:
                 # Two /sends enqueueing the same PDUs at once: one fails on the inbox's
                 # unique key (or, with the PDUs in another order, in a deadlock), having
                 # written nothing; run again, it finds them queued.
-                if attempt >= ADMIT_ATTEMPTS or not (
-                    self._dialect.is_unique_violation(e) or self._dialect.is_deadlock(e)
-                ):
+                deadlock = self._dialect.is_deadlock(e)
+                if attempt >= ADMIT_ATTEMPTS or not (deadlock or self._dialect.is_unique_violation(e)):
                     raise
                 attempt += 1
+                if deadlock:
+                    await self._clock.sleep(random.uniform(DEADLOCK_BACKOFF / 5, DEADLOCK_BACKOFF))
         found: dict[str, str | None] = {"t": None, "n": "0", "i": "0"}
         held: set[str] = set()
         queued: set[str] = set()
