@@ -33,7 +33,7 @@ from typing import TypeVar
 
 from homeserver.config import MediaConfig
 from homeserver.media.download import DownloadFailed, MediaDownloader, OpenedMedia, Outcome, Thumbnail
-from homeserver.media.errors import CannotThumbnail, MediaTooLarge, RemoteMediaUnavailable
+from homeserver.media.errors import CannotThumbnail, MediaTooLarge, RemoteMediaTimeout, RemoteMediaUnavailable
 from homeserver.media.fetchlimits import FetchSlots, SingleFlight, TooManyFetches
 from homeserver.media.policy import clean_content_type, sanitise_filename, valid_media_id
 from homeserver.media.repository import MediaInfo, MediaRepository, ThumbnailInfo
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_POOL = "media"
 T = TypeVar("T")
-
-
-class RemoteMediaTimeout(RemoteMediaUnavailable):
-    """The fetch did not end within ``media.remote_fetch.timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
