@@ -151,8 +151,13 @@ class PresenceService:
         activity; a join is noted. Both are dealt with on the next tick."""
         if event.type == "m.room.member" and event.membership == "join" and event.state_key:
             self._joins.append((event.room_id, event.state_key))
-        if event.sender in self.tracker.local and len(self._active) < MAX_PENDING_JOINS:
-            changed = self.tracker.activity(event.sender, self.clock.time_ms())
+        self.user_active(event.sender)
+
+    def user_active(self, user_id: str) -> None:
+        """Our user did something (sent an event, a receipt, a typing notice): activity,
+        dealt with on the next tick."""
+        if self.enabled and user_id in self.tracker.local and len(self._active) < MAX_PENDING_JOINS:
+            changed = self.tracker.activity(user_id, self.clock.time_ms())
             if changed is not None:
                 self._active.append(changed)
 

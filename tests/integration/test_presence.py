@@ -85,8 +85,8 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
         # Sending an event is activity: unavailable -> online (on the next tick).
         status, _ = await raw(hs, "PUT", path, token=a, json={"presence": "unavailable", "status_msg": "lunch"})
         assert status == 200
-        status, _ = await raw(hs, "PUT", f"{V3}/rooms/{room}/send/m.room.message/t1", token=a,
-                              json={"msgtype": "m.text", "body": "back"})
+        status, sent = await raw(hs, "PUT", f"{V3}/rooms/{room}/send/m.room.message/t1", token=a,
+                                 json={"msgtype": "m.text", "body": "back"})
         assert status == 200
 
         async def online_again() -> bool:
@@ -94,6 +94,17 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
             return status == 200 and body["presence"] == "online" and body["status_msg"] == "lunch"
 
         await eventually(online_again)
+        # A receipt and a typing notice are activity too.
+        for n, (method, activity, content) in enumerate((
+                ("POST", f"receipt/m.read/{sent['event_id']}", {}),
+                ("PUT", f"typing/{alice.user_id}", {"typing": True, "timeout": 1000}))):
+            status, _ = await raw(hs, "PUT", path, token=a, json={"presence": "unavailable", "status_msg": "lunch"})
+            assert status == 200
+            status, body = await raw(hs, "GET", path, token=b)
+            assert body["presence"] == "unavailable", (n, body)
+            status, body = await raw(hs, method, f"{V3}/rooms/{room}/{activity}", token=a, json=content)
+            assert status == 200, body
+            await eventually(online_again)
 
         # /sync: Bob sees Alice (and himself: set_presence defaults to online).
         status, body = await raw(hs, "GET", f"{V3}/sync", token=b)
