@@ -33,7 +33,7 @@ from homeserver.events.identifiers import server_name_of
 from homeserver.metrics import Metrics, PeerLabelled
 from homeserver.notifier import Notifier
 from homeserver.presence.coalesce import Coalescer
-from homeserver.presence.edus import PresenceFilter, presence_edu
+from homeserver.presence.edus import presence_edu
 from homeserver.presence.state import FEDERATION_PING_MS, PresenceTracker, UserPresence
 from homeserver.rooms.outbox import Outbox
 from homeserver.storage.presence import PresenceStore
@@ -216,12 +216,10 @@ class PresenceService:
     def position(self) -> int:
         return self.tracker.position
 
-    async def sync_events(
-        self, user_id: str, since: int | None, flt: PresenceFilter
-    ) -> tuple[list[dict[str, Any]], int]:
+    async def sync_events(self, user_id: str, since: int | None) -> tuple[list[dict[str, Any]], int]:
         """The m.presence events for /sync: users sharing a room with ``user_id`` (and
-        themself) whose presence changed after ``since`` (all known, when None); and the
-        position to hand out."""
+        themself) whose presence changed after ``since`` (all known, when None), oldest
+        change first; and the position to hand out. The caller applies the filter."""
         position = self.tracker.position
         if not self.enabled:
             return [], position
@@ -239,7 +237,7 @@ class PresenceService:
         now = self.clock.time_ms()
         events = [{"type": "m.presence", "sender": p.user_id, "content": p.content(now)}
                   for p in sorted(candidates, key=lambda p: p.position)]
-        return flt.apply(events), position
+        return events, position
 
     async def _visible_to(self, user_id: str) -> set[str]:
         visible = await self.store.users_sharing_a_room(user_id)

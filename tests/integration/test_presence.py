@@ -134,6 +134,12 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
         flt = '{"presence":{"not_senders":["' + alice.user_id + '"]}}'
         status, body = await raw(hs, "GET", f"{V3}/sync?filter={flt}", token=b)
         assert status == 200 and presence_of(body, alice.user_id) is None and presence_of(body, bob.user_id)
+        # A stored filter, by its ID (the one filter module of the client API).
+        status, body = await raw(hs, "POST", f"{V3}/user/{bob.user_id}/filter", token=b,
+                                 json={"presence": {"senders": [alice.user_id]}})
+        assert status == 200, body
+        status, body = await raw(hs, "GET", f"{V3}/sync?filter={body['filter_id']}", token=b)
+        assert status == 200 and presence_of(body, alice.user_id) and presence_of(body, bob.user_id) is None
         # set_presence: checked, and unavailable is applied.
         status, body = await raw(hs, "GET", f"{V3}/sync?set_presence=away", token=b)
         assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
