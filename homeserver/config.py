@@ -367,6 +367,8 @@ class MediaConfig:
     max_pending_uploads: int = 10
     unused_expiry_seconds: int = 24 * 3600
     remote_fetch: RemoteFetchConfig = field(default_factory=RemoteFetchConfig)  # config_media_remote.py
+    # An upload's body may take body_timeout + its size at this rate, bytes/s (slow_bodies.py); 0: off.
+    min_upload_rate: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_upload_size", "max_thumbnail_source_pixels", "max_pending_uploads", "unused_expiry_seconds"):

@@ -362,6 +362,11 @@ media:
     max_concurrent: 10
     max_per_host: 2
     max_pending: 100
+  # An upload (POST /_matrix/media/v3/upload, PUT .../upload/{serverName}/{mediaId}) that
+  # declares its size may take longer than listeners.client.body_timeout: after that grace
+  # its bytes must keep arriving at this rate on average (bytes/s), all within body_timeout
+  # + size / min_upload_rate. 0: uploads get body_timeout like any other request.
+  min_upload_rate: 65536
 presence:
   # Online status (docs/presence.md): PUT/GET /presence, presence in /sync, m.presence
   # EDUs to and from the servers that share a room with the user. false: PUT is accepted

@@ -14,7 +14,8 @@ one of three phases:
   (slowloris). Request line and headers together may not exceed ``max_header_bytes``
   (431). A connection in this phase may be evicted to make room for a new one.
 - *request*: the handler runs. The body must have arrived ``body_timeout`` seconds after
-  the handler started (408); after that the handler's time is its own (a /sync long-poll).
+  the handler started (408; a media upload's may take longer: slow_bodies.py); after that
+  the handler's time is its own (a /sync long-poll).
 - *drain*: the handler answered without reading the whole body: aiohttp lingers briefly
   so that the client can read the answer, then the connection is closed (never reused).
 
@@ -46,6 +47,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from homeserver.config import ConnectionLimitsConfig
+from homeserver.slow_bodies import Allowance, BodyAllowance
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 try:  # POSIX only
@@ -116,9 +118,10 @@ class ConnectionGuard:
 
     def __init__(
         self, name: str, limits: ConnectionLimitsConfig, *, max_connections: int | None = None,
-        report_interval: float = 60.0, clock: Clock = SYSTEM_CLOCK,
+        report_interval: float = 60.0, clock: Clock = SYSTEM_CLOCK, slow_body: Allowance | None = None,
     ) -> None:
         self.name = name
+        self.slow_body: Allowance = slow_body or (lambda *_: None)  # more time for some bodies (slow_bodies.py)
         self.limits = limits
         self.max_connections = max_connections if max_connections is not None else limits.max_connections
         self._open: dict[asyncio.BaseTransport, _Guarded] = {}
@@ -233,9 +236,28 @@ class _Guarded(asyncio.Protocol):
     transport and this object, and evicting or timing it out costs little."""
 
     __slots__ = (
-        "_admitted", "_buffer", "_closing", "_guard", "_handled", "_head_bytes", "_head_done", "_inner",
-        "_loop", "_make_inner", "_phase", "_request", "_resumes", "_tail", "_timer", "_write_mark",
-        "_writing_paused", "transport",
+        "_admitted",
+        "_body",
+        "_body_mark",
+        "_body_start",
+        "_buffer",
+        "_closing",
+        "_guard",
+        "_handled",
+        "_head_bytes",
+        "_head_done",
+        "_inner",
+        "_loop",
+        "_make_inner",
+        "_phase",
+        "_received",
+        "_request",
+        "_resumes",
+        "_tail",
+        "_timer",
+        "_write_mark",
+        "_writing_paused",
+        "transport",
     )
 
     def __init__(
@@ -259,6 +281,9 @@ class _Guarded(asyncio.Protocol):
         self._writing_paused = False
         self._resumes = 0  # times the transport's buffer drained below its low-water mark
         self._write_mark: tuple[int, int] | None = None
+        self._received = 0  # bytes received on the connection
+        self._body: BodyAllowance | None = None  # the request's body has more time (slow_bodies.py)
+        self._body_start, self._body_mark = 0.0, 0  # when the body started; _received at its head's end
 
     # -- asyncio.Protocol
 
@@ -303,6 +328,7 @@ class _Guarded(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing:
             return
+        self._received += len(data)
         if self._phase == _HEAD and not self._head_done:
             limits = self._guard.limits
             if self._head_bytes == 0 and self._handled:
@@ -313,6 +339,7 @@ class _Guarded(asyncio.Protocol):
             if end >= 0:
                 self._head_bytes += end + len(_END_OF_HEAD) - len(self._tail)
                 self._head_done = True
+                self._body_mark = self._received - (len(seen) - end - len(_END_OF_HEAD))  # at the head's end
                 self._tail = b""
             else:
                 self._head_bytes += len(data)
@@ -341,8 +368,12 @@ class _Guarded(asyncio.Protocol):
         self._handled += 1
         self._request = request
         self._guard._head.pop(self, None)
+        self._body = self._guard.slow_body(request.method, request.path, request.content_length)
         if request.content.is_eof():
             self._cancel_timer()  # nothing more to receive: the handler's time is its own
+        elif self._body is not None:
+            self._body_start = self._loop.time()
+            self._arm(self._body.check_every)
         else:
             self._arm(self._guard.limits.body_timeout)
 
@@ -409,6 +440,10 @@ class _Guarded(asyncio.Protocol):
         if self._phase == _REQUEST:
             request = self._request
             if request is None or request.content.is_eof():
+                return
+            body, elapsed = self._body, self._loop.time() - self._body_start
+            if body is not None and body.keeps_up(elapsed, self._received - self._body_mark):
+                self._arm(body.check_every)
                 return
             self._guard._count("body_timeout")
             self._fail(_BODY_TIMEOUT, answer=request.writer.output_size == 0)

@@ -24,6 +24,7 @@ from homeserver.connections import (
 from homeserver.gcpolicy import QUIET_SECONDS, CollectorPolicy
 from homeserver.http import MatrixAppRunner
 from homeserver.ops import LoopLagProbe, create_metrics_app
+from homeserver.slow_bodies import upload_allowance
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,11 @@ def _guards(config: Config) -> dict[str, ConnectionGuard]:
     reserve = (FD_RESERVE + BACKLOG * len(limits) + config.federation.max_connections
                + config.database.pool_max_size + 4 * config.inbound.check_processes)
     caps = fit_caps({name: lim.max_connections for name, lim in limits.items()}, reserve)
-    return {name: ConnectionGuard(name, lim, max_connections=caps[name]) for name, lim in limits.items()}
+    # Media uploads' bodies may take longer than body_timeout, at media.min_upload_rate.
+    uploads = upload_allowance(listeners.client.body_timeout, config.media.min_upload_rate,
+                               config.media.max_upload_size)
+    return {name: ConnectionGuard(name, lim, max_connections=caps[name],
+                                  slow_body=uploads if name == "client" else None) for name, lim in limits.items()}
 
 
 async def start_server(config: Config, clock: Clock = SYSTEM_CLOCK) -> RunningServer:

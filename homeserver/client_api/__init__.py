@@ -157,7 +157,8 @@ def create_client_api_app(
     app.add_routes(ProfileAPI(config.server_name, cc, auth, users, rooms, federation, fanout=fanout).routes())
     app.add_routes(EphemeralAPI(config.server_name, cc, auth, events, timeline, sender, notifier,
                                 account_data=account_data, clock=clock,
-                                on_receipt=push.notifications.on_receipt).routes())
+                                on_receipt=push.notifications.on_receipt,
+                                on_activity=presence.user_active).routes())
     app.add_routes(AccountDataAPI(cc, auth, account_data).routes())
     app.add_routes(TagsAPI(cc, auth, account_data).routes())
     app.add_routes(ReportsAPI(cc, auth, events, timeline, visibility, ReportStore(events.db), clock=clock).routes())

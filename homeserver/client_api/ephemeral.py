@@ -38,7 +38,10 @@ class EphemeralAPI:
         timeline: TimelineStore, sender: Outbox, notifier: Notifier,
         *, account_data: AccountData | None = None, clock: Clock = SYSTEM_CLOCK,
         on_receipt: Callable[[str, str, str, str, str], Awaitable[None]] | None = None,
+        on_activity: Callable[[str], None] | None = None,
     ) -> None:
+        # Told of each user who sent a receipt or a typing notice (presence: activity).
+        self.on_activity = on_activity
         # Told of each stored receipt (user, room, type, event, thread): push counts reset.
         self.on_receipt = on_receipt
         self.clock = clock
@@ -81,6 +84,8 @@ class EphemeralAPI:
             raise forbidden("You are not in this room")
         # The server's own 30 s lifetime applies (the client re-sends while typing).
         await self.timeline.set_typing(room_id, user_id, typing, self.clock.time_ms())
+        if self.on_activity is not None:
+            self.on_activity(user_id)
         self.notifier.wake_room(room_id)
         content = {"room_id": room_id, "user_id": user_id, "typing": typing}
         await self.sender.enqueue_edu("m.typing", content, await self._remote_servers(room_id))
@@ -131,6 +136,8 @@ class EphemeralAPI:
                            thread_id: str) -> None:
         """Store a checked receipt (or the ``m.fully_read`` marker), wake /sync, send ``m.read`` out."""
         await self._check_event(room_id, event_id)
+        if self.on_activity is not None:
+            self.on_activity(req.user_id)
         if receipt_type == "m.fully_read":
             if self.account_data is not None:
                 await self.account_data.set(req.user_id, room_id, "m.fully_read", {"event_id": event_id})

@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 from homeserver.errors import MatrixError
+from homeserver.util.dotted import split_path
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
@@ -220,27 +221,6 @@ def parse_room_event_filter(value: Any, name: str, *, default_limit: int | None 
     )
 
 
-def split_field_path(path: str) -> tuple[str, ...]:
-    """``content.body`` -> (content, body); ``\\.`` is a literal dot, ``\\\\`` a backslash."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(path):
-        ch = path[i]
-        if ch == "\\" and i + 1 < len(path) and path[i + 1] in ".\\":
-            current.append(path[i + 1])
-            i += 2
-            continue
-        if ch == ".":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    parts.append("".join(current))
-    return tuple(parts)
-
-
 def parse_filter(value: Any) -> Filter:
     """A filter as posted (400 M_BAD_JSON naming the first field that is not as the spec says)."""
     if not isinstance(value, dict):
@@ -264,7 +244,7 @@ def parse_filter(value: Any) -> Filter:
         ),
         presence=parse_event_filter(value.get("presence"), "filter.presence"),
         account_data=parse_event_filter(value.get("account_data"), "filter.account_data"),
-        event_fields=None if fields is None else tuple(split_field_path(f) for f in fields),
+        event_fields=None if fields is None else tuple(split_path(f) for f in fields),
         event_format=event_format,
     )
 

@@ -31,6 +31,7 @@ from homeserver.media.errors import (
     MediaNotFound,
     MediaTooLarge,
     NotCreator,
+    RemoteMediaTimeout,
     RemoteMediaUnavailable,
     TooManyPending,
     UploadIncomplete,
@@ -303,7 +304,8 @@ def too_large(limit: int) -> MatrixError:
 @contextmanager
 def media_errors(*, remote: bool = False) -> Iterator[None]:
     """Translate the media repository's errors into the spec's Matrix errors (media too
-    large is 413 for an upload, 502 for a remote server's media)."""
+    large is 413 for an upload, 502 for a remote server's media; a remote fetch that timed
+    out is 504, one that failed otherwise 502)."""
     try:
         yield
     except MediaTooLarge as e:
@@ -321,5 +323,9 @@ def media_errors(*, remote: bool = False) -> Iterator[None]:
                           retry_after_ms=60_000) from None
     except CannotThumbnail:
         raise MatrixError(400, "M_UNKNOWN", "Cannot make a thumbnail of this media") from None
+    except RemoteMediaTimeout:
+        # The spec's download and thumbnail endpoints: 504 M_NOT_YET_UPLOADED, the content
+        # is not available yet (the client may ask again; the fetch is not cached as failed).
+        raise MatrixError(504, "M_NOT_YET_UPLOADED", "The remote server did not supply the media in time") from None
     except RemoteMediaUnavailable:
         raise MatrixError(502, "M_UNKNOWN", "The remote server could not supply the media") from None

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -18,12 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.client_api.common import Authenticator
+from homeserver.client_api.filtering import EventFilter, filter_events
 from homeserver.client_api.tokens import SyncToken, parse_sync_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
 from homeserver.http import json_response, read_json_object
-from homeserver.presence.edus import MAX_STATUS_MSG_BYTES, PresenceFilter, presence_filter, status_msg_ok
+from homeserver.presence.edus import MAX_STATUS_MSG_BYTES, status_msg_ok
 from homeserver.presence.service import PresenceService
 from homeserver.presence.state import PRESENCE_STATES
 from homeserver.storage.users import UserStore
@@ -71,41 +71,29 @@ class PresenceAPI:
                 raise forbidden("You do not share a room with this user")
         return json_response(self.presence.status(user_id))
 
-    async def begin_sync(self, user_id: str, query: Mapping[str, str]) -> SyncPresence:
-        """A /sync request: apply its ``set_presence`` (400 if not a presence state) and
-        resolve the ``presence`` part of its filter."""
+    async def begin_sync(self, user_id: str, query: Mapping[str, str], flt: EventFilter) -> SyncPresence:
+        """A /sync request: apply its ``set_presence`` (400 if not a presence state); ``flt``
+        is the ``presence`` part of its filter (resolved and checked by sync.py)."""
         set_presence = query.get("set_presence", "online")
         if set_presence not in PRESENCE_STATES:
             raise MatrixError(400, "M_INVALID_PARAM", f"set_presence must be one of {', '.join(PRESENCE_STATES)}")
         await self.presence.on_sync(user_id, set_presence)
-        return SyncPresence(self.presence, user_id, await self._filter(user_id, query.get("filter")))
-
-    async def _filter(self, user_id: str, raw: str | None) -> PresenceFilter:
-        """The filter's presence part (sync.py has checked, or will check, the rest)."""
-        if not raw:
-            return PresenceFilter()
-        if raw.lstrip().startswith("{"):
-            try:
-                return presence_filter(json.loads(raw))
-            except ValueError:
-                return PresenceFilter()
-        return presence_filter(await self.users.get_filter(user_id, raw))
+        return SyncPresence(self.presence, user_id, flt)
 
 
 class SyncPresence:
     """One /sync request's presence: ``add_to`` fills the ``presence`` section of each
     body computed and moves its ``next_batch`` token's presence position."""
 
-    def __init__(self, service: PresenceService, user_id: str, flt: PresenceFilter) -> None:
+    def __init__(self, service: PresenceService, user_id: str, flt: EventFilter) -> None:
         self.service = service
         self.user_id = user_id
         self.filter = flt
 
     async def add_to(self, body: dict[str, Any], since: SyncToken | None) -> bool:
         """True when the body now has presence to show."""
-        events, position = await self.service.sync_events(
-            self.user_id, since.presence if since is not None else None, self.filter
-        )
+        events, position = await self.service.sync_events(self.user_id, since.presence if since is not None else None)
+        events = filter_events(self.filter, events)
         body["presence"] = {"events": events}
         body["next_batch"] = replace(parse_sync_token(body["next_batch"]), presence=position).encode()
         return bool(events)

@@ -153,7 +153,7 @@ class SyncAPI:
         full_state = query_bool(request, "full_state")
         flt = await self._resolve_filter(req, request.query.get("filter"))
         deadline = self.clock.monotonic() + timeout_ms / 1000
-        presence = await self.presence.begin_sync(req.user_id, request.query) if self.presence else None
+        presence = await self.presence.begin_sync(req.user_id, request.query, flt.presence) if self.presence else None
         if self.to_device is not None:
             await self.to_device.acknowledge(req, since)
         while True:

@@ -37,3 +37,8 @@ class CannotThumbnail(MediaError):
 
 class RemoteMediaUnavailable(MediaError):
     """A remote server could not be reached or gave an unusable answer (502)."""
+
+
+class RemoteMediaTimeout(RemoteMediaUnavailable):
+    """The fetch did not end within ``media.remote_fetch.timeout`` (504, the download
+    endpoints' answer for media not available in time)."""

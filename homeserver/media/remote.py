@@ -33,21 +33,16 @@ from typing import TypeVar
 
 from homeserver.config import MediaConfig
 from homeserver.media.download import DownloadFailed, MediaDownloader, OpenedMedia, Outcome, Thumbnail
-from homeserver.media.errors import CannotThumbnail, MediaTooLarge, RemoteMediaUnavailable
+from homeserver.media.errors import CannotThumbnail, MediaTooLarge, RemoteMediaTimeout, RemoteMediaUnavailable
 from homeserver.media.fetchlimits import FetchSlots, SingleFlight, TooManyFetches
 from homeserver.media.policy import clean_content_type, sanitise_filename, valid_media_id
 from homeserver.media.repository import MediaInfo, MediaRepository, ThumbnailInfo
 from homeserver.net.client import FederationClient
-from homeserver.storage.media import ThumbnailRow
 
 log = logging.getLogger(__name__)
 
 MEDIA_POOL = "media"
 T = TypeVar("T")
-
-
-class RemoteMediaTimeout(RemoteMediaUnavailable):
-    """The fetch did not end within ``media.remote_fetch.timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +113,7 @@ class FederationMediaFetcher:
         wanted = Thumbnail(width, height, method, animated)
         row = await self._repo.store.get_thumbnail(origin, media_id, width, height, method, animated)
         if row is not None:
-            return self._thumbnail_info(row)
+            return self._repo.thumbnail_info(row)
         result = await self._flights.run(
             (origin, media_id, wanted), lambda: self._fetch_thumbnail(origin, media_id, wanted)
         )
@@ -151,17 +146,10 @@ class FederationMediaFetcher:
 
         async def store(opened: OpenedMedia) -> ThumbnailInfo:
             staged = await repo.files.stage(opened.chunks, self._limits.max_bytes)
-            row = ThumbnailRow(
+            return repo.thumbnail_info(await repo.keep_thumbnail(
                 origin, media_id, wanted.width, wanted.height, wanted.method, bool(wanted.animated),
-                clean_content_type(opened.content_type), staged.size, staged.sha256, repo.clock.time_ms(),
-            )
-            try:
-                repo.files.commit(staged)
-                await repo.store.put_thumbnail(row)
-            except BaseException:
-                repo.files.discard(staged)
-                raise
-            return self._thumbnail_info(row)
+                clean_content_type(opened.content_type), staged,
+            ))
 
         return await self._run(origin, media_id, wanted, store)
 
@@ -204,12 +192,6 @@ class FederationMediaFetcher:
             raise RemoteMediaTimeout("timed out") from None
         finally:
             self._count(outcome.value)
-
-    def _thumbnail_info(self, row: ThumbnailRow) -> ThumbnailInfo:
-        return ThumbnailInfo(
-            row.width, row.height, row.method, row.animated, row.content_type, row.size, row.sha256,
-            self._repo.files.path_for(row.sha256),
-        )
 
     def _count(self, outcome: str) -> None:
         self._repo.metrics.media_remote_fetches.labels(outcome).inc()

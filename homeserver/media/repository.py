@@ -29,7 +29,7 @@ from homeserver.media.errors import (
     NotCreator,
     TooManyPending,
 )
-from homeserver.media.files import MediaFiles
+from homeserver.media.files import MediaFiles, StagedFile
 from homeserver.media.thumbnails import ANIMATABLE, can_thumbnail, choose_size, render
 from homeserver.metrics import Metrics
 from homeserver.storage.database import Database
@@ -266,10 +266,30 @@ class MediaRepository:
             row = None if made is None else (await self.store.get_thumbnail(*key) or made)
         if row is None:
             raise CannotThumbnail("the image could not be read")
+        return self.thumbnail_info(row)
+
+    def thumbnail_info(self, row: ThumbnailRow) -> ThumbnailInfo:
+        """A stored thumbnail's description and file."""
         return ThumbnailInfo(
             row.width, row.height, row.method, row.animated, row.content_type, row.size, row.sha256,
             self.files.path_for(row.sha256),
         )
+
+    async def keep_thumbnail(
+        self, origin: str, media_id: str, width: int, height: int, method: str, animated: bool,
+        content_type: str, staged: StagedFile,
+    ) -> ThumbnailRow:
+        """Commit a staged thumbnail of (origin, media_id) and record it; the staged file is
+        discarded when either fails."""
+        row = ThumbnailRow(origin, media_id, width, height, method, animated, content_type, staged.size,
+                           staged.sha256, self.clock.time_ms())
+        try:
+            self.files.commit(staged)
+            await self.store.put_thumbnail(row)
+        except BaseException:
+            self.files.discard(staged)
+            raise
+        return row
 
     async def _make_thumbnail(
         self, info: MediaInfo, width: int, height: int, method: str, animated: bool
@@ -283,17 +303,8 @@ class MediaRepository:
         if rendered is None:
             return None
         staged = self.files.stage_bytes(rendered.data)
-        row = ThumbnailRow(
-            info.origin, info.media_id, width, height, method, animated, rendered.content_type, staged.size,
-            staged.sha256, self.clock.time_ms(),
-        )
-        try:
-            self.files.commit(staged)
-            await self.store.put_thumbnail(row)
-        except BaseException:
-            self.files.discard(staged)
-            raise
-        return row
+        return await self.keep_thumbnail(info.origin, info.media_id, width, height, method, animated,
+                                         rendered.content_type, staged)
 
     # ------------------------------------------------------------------ purging
 

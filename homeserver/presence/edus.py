@@ -1,4 +1,4 @@
-"""Received ``m.presence`` EDUs (pure): what the door keeps, and the /sync presence filter.
+"""Received ``m.presence`` EDUs (pure): what the door keeps.
 
 An EDU's ``push`` entries are kept only about the origin's own users and rebuilt from the
 fields we use, within bounds: a user ID of at most 255 bytes, ``presence`` one of the
@@ -9,9 +9,8 @@ three states, ``status_msg`` a string of at most ``MAX_STATUS_MSG_BYTES`` bytes,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 from homeserver.events.identifiers import server_name_of
@@ -20,7 +19,6 @@ from homeserver.presence.state import PRESENCE_STATES
 MAX_USER_ID_BYTES = 255
 MAX_STATUS_MSG_BYTES = 1024
 MAX_PRESENCE_PER_EDU = 1000
-MAX_FILTER_ENTRIES = 1000
 
 
 def status_msg_ok(value: object) -> bool:
@@ -69,51 +67,3 @@ def presence_edu(origin: str, content: Mapping[str, Any]) -> Kept:
             out["last_active_ago"] = ago
         kept.append(out)
     return Kept({"push": kept} if kept else None, foreign, malformed)
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceFilter:
-    """A filter's ``presence`` part: event types and senders allowed or not, and a limit."""
-
-    types: frozenset[str] | None = None
-    not_types: frozenset[str] = frozenset()
-    senders: frozenset[str] | None = None
-    not_senders: frozenset[str] = frozenset()
-    limit: int | None = None
-
-    def allows(self, sender: str, event_type: str = "m.presence") -> bool:
-        if event_type in self.not_types or sender in self.not_senders:
-            return False
-        if self.types is not None and not any(_type_matches(t, event_type) for t in self.types):
-            return False
-        return self.senders is None or sender in self.senders
-
-    def apply(self, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = [e for e in events if self.allows(e["sender"], e["type"])]
-        return out if self.limit is None else out[: self.limit]
-
-
-def _type_matches(pattern: str, event_type: str) -> bool:
-    return fnmatchcase(event_type, pattern) if "*" in pattern else pattern == event_type
-
-
-def _strings(value: object) -> frozenset[str] | None:
-    if not isinstance(value, list) or len(value) > MAX_FILTER_ENTRIES:
-        return None
-    return frozenset(v for v in value if isinstance(v, str))
-
-
-def presence_filter(flt: object) -> PresenceFilter:
-    """The ``presence`` part of a filter (a JSON object); anything malformed in it is
-    ignored (the filter's room part is checked by sync.py)."""
-    part = flt.get("presence") if isinstance(flt, Mapping) else None
-    if not isinstance(part, Mapping):
-        return PresenceFilter()
-    limit = part.get("limit")
-    return PresenceFilter(
-        types=_strings(part.get("types")),
-        not_types=_strings(part.get("not_types")) or frozenset(),
-        senders=_strings(part.get("senders")),
-        not_senders=_strings(part.get("not_senders")) or frozenset(),
-        limit=max(0, limit) if isinstance(limit, int) and not isinstance(limit, bool) else None,
-    )

@@ -33,7 +33,7 @@ from homeserver.events.identifiers import server_name_of
 from homeserver.metrics import Metrics, PeerLabelled
 from homeserver.notifier import Notifier
 from homeserver.presence.coalesce import Coalescer
-from homeserver.presence.edus import PresenceFilter, presence_edu
+from homeserver.presence.edus import presence_edu
 from homeserver.presence.state import FEDERATION_PING_MS, PresenceTracker, UserPresence
 from homeserver.rooms.outbox import Outbox
 from homeserver.storage.presence import PresenceStore
@@ -151,8 +151,13 @@ class PresenceService:
         activity; a join is noted. Both are dealt with on the next tick."""
         if event.type == "m.room.member" and event.membership == "join" and event.state_key:
             self._joins.append((event.room_id, event.state_key))
-        if event.sender in self.tracker.local and len(self._active) < MAX_PENDING_JOINS:
-            changed = self.tracker.activity(event.sender, self.clock.time_ms())
+        self.user_active(event.sender)
+
+    def user_active(self, user_id: str) -> None:
+        """Our user did something (sent an event, a receipt, a typing notice): activity,
+        dealt with on the next tick."""
+        if self.enabled and user_id in self.tracker.local and len(self._active) < MAX_PENDING_JOINS:
+            changed = self.tracker.activity(user_id, self.clock.time_ms())
             if changed is not None:
                 self._active.append(changed)
 
@@ -211,12 +216,10 @@ class PresenceService:
     def position(self) -> int:
         return self.tracker.position
 
-    async def sync_events(
-        self, user_id: str, since: int | None, flt: PresenceFilter
-    ) -> tuple[list[dict[str, Any]], int]:
+    async def sync_events(self, user_id: str, since: int | None) -> tuple[list[dict[str, Any]], int]:
         """The m.presence events for /sync: users sharing a room with ``user_id`` (and
-        themself) whose presence changed after ``since`` (all known, when None); and the
-        position to hand out."""
+        themself) whose presence changed after ``since`` (all known, when None), oldest
+        change first; and the position to hand out. The caller applies the filter."""
         position = self.tracker.position
         if not self.enabled:
             return [], position
@@ -234,7 +237,7 @@ class PresenceService:
         now = self.clock.time_ms()
         events = [{"type": "m.presence", "sender": p.user_id, "content": p.content(now)}
                   for p in sorted(candidates, key=lambda p: p.position)]
-        return flt.apply(events), position
+        return events, position
 
     async def _visible_to(self, user_id: str) -> set[str]:
         visible = await self.store.users_sharing_a_room(user_id)

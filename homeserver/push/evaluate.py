@@ -37,6 +37,7 @@ from homeserver.push.rules import (
     USER_ID,
     strip_legacy_actions,
 )
+from homeserver.util.dotted import split_path
 
 _MISSING = object()
 _WORD = re.compile(r"\w+")
@@ -74,27 +75,6 @@ class Decision:
     actions: tuple[Any, ...]
     highlight: bool
     tweaks: Mapping[str, Any]
-
-
-def split_key(key: str) -> tuple[str, ...]:
-    """A dotted key's path: ``content.m\\.mentions.room`` is ``("content", "m.mentions", "room")``."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(key):
-        c = key[i]
-        if c == "\\" and i + 1 < len(key) and key[i + 1] in ".\\":
-            current.append(key[i + 1])
-            i += 2
-            continue
-        if c == ".":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(c)
-        i += 1
-    parts.append("".join(current))
-    return tuple(parts)
 
 
 @lru_cache(maxsize=4096)
@@ -327,16 +307,16 @@ def compile_condition(cond: Any) -> Condition:
         if not isinstance(key, str) or not isinstance(pattern, str):
             return _Never()
         if pattern in (USER_ID, LOCALPART):
-            return _EventMatchUser(split_key(key), pattern == LOCALPART)
-        return _EventMatch(split_key(key), pattern)
+            return _EventMatchUser(split_path(key), pattern == LOCALPART)
+        return _EventMatch(split_path(key), pattern)
     if kind in ("event_property_is", "event_property_contains"):
         if not isinstance(key, str) or "value" not in cond or not _non_compound(cond["value"]):
             return _Never()
         if cond["value"] == USER_ID:
-            return _PropertyUser(split_key(key), kind == "event_property_contains")
+            return _PropertyUser(split_path(key), kind == "event_property_contains")
         if kind == "event_property_is":
-            return _PropertyIs(split_key(key), cond["value"])
-        return _PropertyContains(split_key(key), cond["value"])
+            return _PropertyIs(split_path(key), cond["value"])
+        return _PropertyContains(split_path(key), cond["value"])
     if kind == "contains_display_name":
         return _DisplayName()
     if kind == "room_member_count":

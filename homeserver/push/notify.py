@@ -3,26 +3,34 @@ federation) is evaluated against the push rules of each local member it may noti
 notification row is recorded for each one it does (storage/push.py), which /sync's
 ``unread_notifications``, ``GET /notifications`` and the pushers (push/sender.py) read.
 
-The persister tells the notifier of each event after its commit; the notifier hands it to
-``on_event`` here, which only queues it: the pass runs in its own task, so neither the
-inbound worker nor a client's send waits for it. The queue is bounded
-(``MAX_QUEUED_EVENTS``; beyond it events are dropped with a warning, never memory); it is
-drained in batches of ``BATCH`` events whose notification rows are written together. A crash
-between an event's commit and its pass loses that event's notifications, not the event.
+Durable: the pass evaluates accepted events in stream order and records, in the same
+transaction as each batch's notification rows, the stream ordering it has reached (the
+``push_pass`` cursor). The persister tells the notifier of each event after its commit;
+``on_event`` here only queues it (the pass runs in its own task, so neither the inbound
+worker nor a client's send waits for it). On start-up, and whenever the bounded queue
+(``MAX_QUEUED_EVENTS``) overflowed or a batch failed, the pass reads the events committed
+after its cursor from the database instead, ``BATCH`` at a time (a long backlog never
+takes more memory than a batch), until it has caught up. An event evaluated twice (say, a
+queued event also read back) adds nothing: a notification is recorded once per (user, event). A notification made while
+catching up carries the time its event was received: the push sender does not push one
+older than its ``MAX_AGE_MS`` (24 hours, as Synapse gives up on a notification), though it
+is counted.
 
 Who is evaluated: the room's joined local members but the sender (and a local user an
 invite is for). The room's state comes from the persister's cache (current state after the
 event); member display names and the power levels are read once per member event ID and
-kept (bounded). Receipts mark notifications read (``on_receipt``): an unthreaded receipt all of
-the room's up to its event, a threaded one those of its thread; a local user's own event
-marks theirs read up to it, and so does leaving the room. Read notifications are deleted
-after 30 days, unread ones after 90 (checked hourly).
+kept (bounded). An event already redacted is not evaluated, and a redaction that applies
+removes its target's notifications (the spec: redacted events do not count). Receipts mark
+notifications read (``on_receipt``): an unthreaded receipt all of the room's up to its
+event, a threaded one those of its thread; a local user's own event marks theirs read up
+to it, and so does leaving the room. Read notifications are deleted after 30 days, unread
+ones after 90 (checked hourly).
 """
-
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -30,6 +38,7 @@ from typing import Any, Protocol
 from homeserver.events.event import Event, StateKey
 from homeserver.push.evaluate import DEFAULT_RULES, Decision, EventContext, Member
 from homeserver.push.rulebook import RuleBook
+from homeserver.rooms.redactions import applied_redactions
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.push import Notification, PushStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
@@ -43,6 +52,11 @@ KEEP_READ_MS = 30 * 24 * 3600 * 1000
 KEEP_UNREAD_MS = 90 * 24 * 3600 * 1000
 MEMBER_CACHE_SIZE = 100_000
 SETTLE_SECONDS = 0.5
+RETRY_SECONDS = 1.0  # after a failed batch
+# Tests only (tests/integration/test_push_crash.py): seconds the pass waits before each
+# round, so that a test can kill the server between an event's commit and its pass. An
+# environment variable of the server's process: no client can reach it.
+DELAY_ENV = "HOMESERVER_TEST_PUSH_PASS_DELAY"
 
 
 class StateSource(Protocol):
@@ -85,9 +99,14 @@ class NotificationPass:
         self.wakes = wakes
         self.clock = clock
         self._queue: deque[tuple[Event, int]] = deque()
+        self._cursor = 0  # every accepted event up to this stream ordering has been evaluated
+        # Events above the cursor may be committed but not queued (start-up, an overflow,
+        # a failed batch): read them from the database before the queue.
+        self._backlog = True
         self._ready = asyncio.Event()
+        self._ready.set()
         self._idle = asyncio.Event()
-        self._idle.set()
+        self._delay = float(os.environ.get(DELAY_ENV) or 0)
         self._task: asyncio.Task[None] | None = None
         # member or power levels event ID -> its content (bounded, the oldest entries out)
         self._contents: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
@@ -101,6 +120,7 @@ class NotificationPass:
 
     def start(self) -> None:
         if self._task is None:
+            self._idle.clear()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="push-notification-pass")
 
     async def stop(self) -> None:
@@ -114,7 +134,7 @@ class NotificationPass:
 
     async def flush(self) -> None:
         """Wait until every queued event has been through the pass (tests, benchmarks)."""
-        while self._queue or not self._idle.is_set():
+        while self._task is not None and (self._queue or not self._idle.is_set()):
             await self._idle.wait()
             await asyncio.sleep(0)
 
@@ -138,11 +158,11 @@ class NotificationPass:
         if outcome is not Outcome.ACCEPTED or stream_ordering <= 0:
             return
         if len(self._queue) >= MAX_QUEUED_EVENTS:
+            # Not lost: the pass reads the events it was not given from the database.
             self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("push notification queue full: events dropped", extra={"dropped": self.dropped})
-            return
-        self._queue.append((event, stream_ordering))
+            self._backlog = True
+        else:
+            self._queue.append((event, stream_ordering))
         self._idle.clear()
         self._ready.set()
 
@@ -150,12 +170,16 @@ class NotificationPass:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-                try:
-                    await self.process(batch)
-                except Exception:
-                    log.exception("push notification batch failed", extra={"events": len(batch)})
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            try:
+                await self._drain()
+            except Exception:
+                log.exception("push notification pass failed; retrying")
+                self._backlog = True
+                self._ready.set()
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
             now = self.clock.time_ms()
             if now - self._pruned_at >= PRUNE_EVERY_MS:
                 self._pruned_at = now
@@ -163,7 +187,29 @@ class NotificationPass:
                     await self.store.prune(now - KEEP_READ_MS, now - KEEP_UNREAD_MS)
                 except Exception:
                     log.exception("pruning notifications failed")
-            self._idle.set()
+            if not self._queue and not self._backlog:
+                self._idle.set()
+
+    async def _drain(self) -> None:
+        """Evaluate every event above the cursor: those committed but not queued first (read
+        from the database, a batch at a time), then the queued ones."""
+        if self._backlog and self._cursor == 0:
+            self._cursor = await self.store.pass_cursor()
+        while self._backlog or self._queue:
+            if self._backlog:
+                self._queue.clear()  # the database has them (all committed before being queued)
+                read = await self.events.accepted_after(self._cursor, BATCH)
+                if not read:
+                    self._backlog = False
+                    continue
+                await self.process([(stored.event, stored.stream_ordering, received) for stored, received in read])
+            else:
+                now = self.clock.time_ms()
+                batch = [(event, ordering, now) for event, ordering in
+                         (self._queue.popleft() for _ in range(min(BATCH, len(self._queue))))
+                         if ordering > self._cursor]
+                if batch:
+                    await self.process(batch)
 
     # ------------------------------------------------------------------ the pass
 
@@ -227,16 +273,23 @@ class NotificationPass:
                 out.update(own.evaluate(ctx, [m]))
         return out
 
-    async def process(self, batch: list[tuple[Event, int]]) -> None:
-        """Evaluate a batch of events (in stream order) and record their notifications in
-        one write; an event whose evaluation fails is logged and skipped."""
+    async def process(self, batch: list[tuple[Event, int, int]]) -> None:
+        """Evaluate a batch of (event, stream ordering, time received), in stream order, and
+        record their notifications and the cursor in one transaction; an event whose
+        evaluation fails is logged and skipped."""
         rows: list[Notification] = []
         read: dict[tuple[str, str], int] = {}
         done: list[tuple[Event, int, dict[str, Decision]]] = []
-        now = self.clock.time_ms()
-        for event, ordering in batch:
+        # Redacted already (its redaction came first): not evaluated. A redaction that
+        # applies: its target's notifications go.
+        targets = {e.redacts: e for e, _, _ in batch if e.type == "m.room.redaction" and e.redacts}
+        held = await self.events.get_events(targets) if targets else {}
+        applied = await applied_redactions(self.events, [
+            *(e for e, _, _ in batch), *(s.event for s in held.values())])
+        redacted = [t for t, r in applied.items() if t in targets and r.event_id == targets[t].event_id]
+        for event, ordering, ts in batch:
             try:
-                decisions = await self.evaluate(event)
+                decisions = {} if event.event_id in applied else await self.evaluate(event)
             except Exception:
                 log.exception("push evaluation failed", extra={"event_id": event.event_id})
                 continue
@@ -250,11 +303,11 @@ class NotificationPass:
             if decisions:
                 thread = thread_of(event.content)
                 rows.extend(Notification(user, event.event_id, event.room_id, ordering, thread, d.highlight,
-                                         list(d.actions), now) for user, d in decisions.items())
+                                         list(d.actions), ts) for user, d in decisions.items())
                 done.append((event, ordering, decisions))
-        await self.store.add_notifications(rows)
-        for (user, room), ordering in read.items():
-            await self.store.mark_read(user, room, None, ordering)
+        cursor = batch[-1][1]
+        await self.store.record_pass(rows, read, redacted, cursor)
+        self._cursor = max(self._cursor, cursor)
         for event, ordering, decisions in done:
             for user in decisions:
                 self.wakes.wake_user(user)

@@ -142,6 +142,21 @@ class EventStore:
         value = await self.db.fetchval("SELECT MAX(stream_ordering) FROM events")
         return int(value) if value is not None else 0
 
+    async def accepted_after(self, after: int, limit: int) -> list[tuple[StoredEvent, int]]:
+        """The first ``limit`` accepted events above stream ordering ``after``, in stream
+        order, each with the time we received it."""
+        rows = await self.db.fetchall(
+            "SELECT e.event_id, r.room_version, e.stream_ordering, e.received_ts, e.json"
+            " FROM events e JOIN rooms r ON r.room_id = e.room_id"
+            " WHERE e.stream_ordering > ? AND e.outcome = 'accepted' ORDER BY e.stream_ordering LIMIT ?",
+            after, limit,
+        )
+        out = []
+        for event_id, version, ordering, received, raw in rows:
+            event = Event.from_pdu(loads(raw), get_room_version(version), event_id=event_id)
+            out.append((StoredEvent(event, Outcome.ACCEPTED, int(ordering), None), int(received)))
+        return out
+
     # ------------------------------------------------------------------ state
 
     async def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:

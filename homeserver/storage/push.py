@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from homeserver.storage.database import Database
+from homeserver.util.iters import batch_iter
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,17 @@ class Pusher:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_INSERT_NOTIFICATION = (
+    "INSERT INTO push_notifications (user_id, event_id, room_id, stream_ordering, thread_id, highlight,"
+    " actions, ts, unread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (user_id, event_id) DO NOTHING"
+)
+
+
+def _notification_row(n: Notification) -> tuple[Any, ...]:
+    return (n.user_id, n.event_id, n.room_id, n.stream_ordering, n.thread_id, int(n.highlight),
+            _dumps(n.actions), n.ts)
 
 
 _PUSHER_COLUMNS = ("user_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data,"
@@ -191,12 +203,33 @@ class PushStore:
     async def add_notifications(self, rows: Sequence[Notification]) -> None:
         if not rows:
             return
-        await self.db.executemany(
-            "INSERT INTO push_notifications (user_id, event_id, room_id, stream_ordering, thread_id, highlight,"
-            " actions, ts, unread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (user_id, event_id) DO NOTHING",
-            [(n.user_id, n.event_id, n.room_id, n.stream_ordering, n.thread_id, int(n.highlight), _dumps(n.actions),
-              n.ts) for n in rows],
-        )
+        await self.db.executemany(_INSERT_NOTIFICATION, [_notification_row(n) for n in rows])
+
+    async def pass_cursor(self) -> int:
+        """The stream ordering up to which the notification pass has evaluated events."""
+        value = await self.db.fetchval("SELECT stream_ordering FROM push_pass WHERE id = 1")
+        return int(value) if value is not None else 0
+
+    async def record_pass(self, rows: Sequence[Notification], reads: Mapping[tuple[str, str], int],
+                          redacted: Sequence[str], cursor: int) -> None:
+        """One batch of the notification pass, in one transaction: its notification rows
+        (once per (user, event): a batch evaluated again adds nothing), the (user, room)s
+        read up to a stream ordering, the notifications of redacted events removed, and
+        the pass's cursor moved forward to ``cursor``."""
+        async with self.db.transaction() as conn:
+            if rows:
+                await conn.executemany(_INSERT_NOTIFICATION, [_notification_row(n) for n in rows])
+            for (user_id, room_id), upto in reads.items():
+                await conn.execute(
+                    "UPDATE push_notifications SET unread = 0 WHERE user_id = ? AND room_id = ? AND unread = 1"
+                    " AND stream_ordering <= ?", user_id, room_id, upto,
+                )
+            for chunk in batch_iter(redacted, 500):
+                cond, args = self.db.dialect.in_list("event_id", chunk)
+                await conn.execute(f"DELETE FROM push_notifications WHERE {cond}", *args)
+            await conn.execute(
+                "UPDATE push_pass SET stream_ordering = ? WHERE id = 1 AND stream_ordering < ?", cursor, cursor,
+            )
 
     async def mark_read(self, user_id: str, room_id: str, thread_id: str | None, upto: int) -> None:
         """The user's notifications in the room up to stream ordering ``upto`` are read: all of

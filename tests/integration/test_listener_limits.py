@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from homeserver.server import RunningServer
+from tests.clients import nio_user
 from tests.conftest import DatabaseFactory
 from tests.servers import make_config, running_server
 
@@ -208,3 +209,54 @@ async def test_tls_connections_are_bounded_before_and_after_the_handshake(
         assert 0.9 <= time.monotonic() - started < 3.0
         assert guard.totals["idle_timeout"] == 1
         assert guard.open_connections == 0
+
+
+async def test_a_slow_but_steady_upload_gets_more_time_and_a_stalled_one_is_cut(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    """body_timeout 1 s; media.min_upload_rate 8 KiB/s. A 40 KiB upload sent at ~16 KiB/s
+    (2.5 s) succeeds; one that sends 4 KiB and stops is cut (408) once it falls behind the
+    rate, long before the 6 s its size would allow; a login body is still cut at 1 s."""
+    settings = await db_factory.new_settings()
+    config = make_config(tmp_path / "hs", settings, test_ca, extra={
+        "listeners": {"client": {"bind": "127.0.0.1", "port": 0, "body_timeout": 1.0}},
+        "media": {"min_upload_rate": 8192},
+    })
+    async with running_server(config) as server, nio_user(server, "uploader") as user:
+        guard = server.guards["client"]
+        size = 40 * 1024
+        head = (f"POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                f"Authorization: Bearer {user.access_token}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {size}\r\n\r\n").encode()
+
+        async def steady() -> bytes:
+            conn = await connect(server)
+            conn[1].write(head)
+            for _ in range(size // 1024):
+                conn[1].write(b"x" * 1024)
+                await conn[1].drain()
+                await asyncio.sleep(1 / 16)
+            return await read_to_end(conn)
+
+        async def stalled() -> tuple[bytes, float]:
+            conn = await connect(server)
+            started = time.monotonic()
+            conn[1].write(head + b"y" * 4096)
+            reply = await read_to_end(conn, timeout=10.0)
+            return reply, time.monotonic() - started
+
+        started = time.monotonic()
+        ok, (cut, cut_after) = await asyncio.gather(steady(), stalled())
+        assert time.monotonic() - started > 2.0  # well over the old limit of body_timeout
+        assert ok.startswith(b"HTTP/1.1 200"), ok[:300]
+        assert json_body(ok)["content_uri"].startswith("mxc://")
+        assert cut.startswith(b"HTTP/1.1 408"), cut[:300]
+        assert 1.4 < cut_after < 4.0
+        assert guard.totals["body_timeout"] == 1
+        # Any other request keeps body_timeout.
+        conn = await connect(server)
+        started = time.monotonic()
+        conn[1].write(b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\":")
+        assert (await read_to_end(conn)).startswith(b"HTTP/1.1 408")
+        assert 0.9 < time.monotonic() - started < 2.0

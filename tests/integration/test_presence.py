@@ -85,8 +85,8 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
         # Sending an event is activity: unavailable -> online (on the next tick).
         status, _ = await raw(hs, "PUT", path, token=a, json={"presence": "unavailable", "status_msg": "lunch"})
         assert status == 200
-        status, _ = await raw(hs, "PUT", f"{V3}/rooms/{room}/send/m.room.message/t1", token=a,
-                              json={"msgtype": "m.text", "body": "back"})
+        status, sent = await raw(hs, "PUT", f"{V3}/rooms/{room}/send/m.room.message/t1", token=a,
+                                 json={"msgtype": "m.text", "body": "back"})
         assert status == 200
 
         async def online_again() -> bool:
@@ -94,6 +94,17 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
             return status == 200 and body["presence"] == "online" and body["status_msg"] == "lunch"
 
         await eventually(online_again)
+        # A receipt and a typing notice are activity too.
+        for n, (method, activity, content) in enumerate((
+                ("POST", f"receipt/m.read/{sent['event_id']}", {}),
+                ("PUT", f"typing/{alice.user_id}", {"typing": True, "timeout": 1000}))):
+            status, _ = await raw(hs, "PUT", path, token=a, json={"presence": "unavailable", "status_msg": "lunch"})
+            assert status == 200
+            status, body = await raw(hs, "GET", path, token=b)
+            assert body["presence"] == "unavailable", (n, body)
+            status, body = await raw(hs, method, f"{V3}/rooms/{room}/{activity}", token=a, json=content)
+            assert status == 200, body
+            await eventually(online_again)
 
         # /sync: Bob sees Alice (and himself: set_presence defaults to online).
         status, body = await raw(hs, "GET", f"{V3}/sync", token=b)
@@ -123,6 +134,12 @@ async def test_status_and_sync_on_one_server(db_factory: DatabaseFactory, tmp_pa
         flt = '{"presence":{"not_senders":["' + alice.user_id + '"]}}'
         status, body = await raw(hs, "GET", f"{V3}/sync?filter={flt}", token=b)
         assert status == 200 and presence_of(body, alice.user_id) is None and presence_of(body, bob.user_id)
+        # A stored filter, by its ID (the one filter module of the client API).
+        status, body = await raw(hs, "POST", f"{V3}/user/{bob.user_id}/filter", token=b,
+                                 json={"presence": {"senders": [alice.user_id]}})
+        assert status == 200, body
+        status, body = await raw(hs, "GET", f"{V3}/sync?filter={body['filter_id']}", token=b)
+        assert status == 200 and presence_of(body, alice.user_id) and presence_of(body, bob.user_id) is None
         # set_presence: checked, and unavailable is applied.
         status, body = await raw(hs, "GET", f"{V3}/sync?set_presence=away", token=b)
         assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")

@@ -4,12 +4,15 @@ edited through the API change what notifies; GET /notifications pages them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from nio import AsyncClient, JoinResponse, RoomCreateResponse, RoomSendResponse
 
+from homeserver.push.notify import BATCH
 from homeserver.server import RunningServer
-from tests.clients import eventually, msg, nio_user, raw, sync_until
+from tests.clients import client_server, eventually, msg, nio_user, raw, sync_until
+from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
 TEXT = "m.room.message"
@@ -180,3 +183,65 @@ async def test_rules_edited_through_the_api_change_what_notifies(pair: tuple[Run
         status, _ = await raw(a, "DELETE", f"{rules}/override/one", token=tok)
         assert status == 200
         assert await err("GET", f"{rules}/override/one") == (404, "M_NOT_FOUND")
+
+
+async def test_redacted_events_no_longer_count(db_factory: DatabaseFactory, tmp_path: Path,
+                                                test_ca: tuple[Path, Path]) -> None:
+    """The spec: a redacted event does not count. Its notification goes when the redaction
+    is applied (by the sender here), and the other notifications stay."""
+    async with client_server(db_factory, tmp_path, test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        created = await alice.room_create(invite=[bob.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        assert isinstance(await bob.join(room), JoinResponse)
+        first = await send(bob, room, msg("one"))
+        await send(bob, room, {**msg("alice: two"), "m.mentions": {"user_ids": [alice.user_id]}})
+        await until_counts(server, alice, room, (2, 1))
+        status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/redact/{first}/r1", token=bob.access_token,
+                                 json={"reason": "oops"})
+        assert status == 200, body
+        await until_counts(server, alice, room, (1, 1))
+        status, body = await raw(server, "GET", f"{V3}/notifications", token=alice.access_token)
+        assert status == 200, body
+        assert first not in [n["event"]["event_id"] for n in body["notifications"]]
+        assert len(body["notifications"]) == 1
+
+
+async def test_a_backlog_is_read_back_from_the_database_in_bounded_batches(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path],
+) -> None:
+    """The pass stopped and its memory lost (as in a crash): started again, it evaluates the
+    events committed after its cursor, read from the database BATCH at a time."""
+    async with client_server(db_factory, tmp_path, test_ca) as server, \
+            nio_user(server, "alice") as alice, nio_user(server, "bob") as bob:
+        created = await alice.room_create(invite=[bob.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        assert isinstance(await bob.join(room), JoinResponse)
+        push = server.services.push
+        assert push is not None
+        npass = push.notifications
+        await npass.flush()
+        await npass.stop()
+        count = BATCH + BATCH // 2
+        for i in range(count):
+            status, body = await raw(server, "PUT", f"{V3}/rooms/{room}/send/{TEXT}/b{i}", token=bob.access_token,
+                                     json=msg(f"m{i}"))
+            assert status == 200, body
+        assert await unread(server, alice, room) == (0, 0)
+        npass._queue.clear()  # what a crash loses
+        npass._backlog, npass._cursor = True, 0
+        sizes: list[int] = []
+        process = npass.process
+
+        async def recorded(batch: Any) -> None:
+            sizes.append(len(batch))
+            await process(batch)
+
+        npass.process = recorded  # type: ignore[method-assign]
+        npass.start()
+        await npass.flush()
+        assert await unread(server, alice, room) == (count, 0)
+        assert max(sizes) == BATCH and sum(sizes) == count
+        assert await push.store.pass_cursor() == await server.services.event_store.max_stream_ordering()

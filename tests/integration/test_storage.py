@@ -106,6 +106,7 @@ def test_shipped_migrations_found_as_package_data() -> None:
             16: ("reports", [f"0016_reports.{engine}.sql"]),
             17: ("relations_search", ["0017_relations_search.sql", f"0017_relations_search.{engine}.sql"]),
             18: ("push", ["0018_push.sql"]),
+            19: ("push_pass", ["0019_push_pass.sql"]),
         }
 
 

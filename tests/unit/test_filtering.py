@@ -14,10 +14,10 @@ from homeserver.client_api.filtering import (
     parse_event_filter,
     parse_filter,
     parse_room_event_filter,
-    split_field_path,
     type_matches,
 )
 from homeserver.errors import MatrixError
+from homeserver.util.dotted import split_path
 
 
 def ev(type_: str, sender: str = "@a:x", room: str = "!r:x", **content: Any) -> dict[str, Any]:
@@ -95,11 +95,11 @@ def test_bad_filters_are_400(bad: Any) -> None:
 
 
 def test_event_fields_paths_and_escapes() -> None:
-    assert split_field_path("content.body") == ("content", "body")
-    assert split_field_path(r"content.m\.relates_to") == ("content", "m.relates_to")
-    assert split_field_path(r"a\\.b") == ("a\\", "b")
+    assert split_path("content.body") == ("content", "body")
+    assert split_path(r"content.m\.relates_to") == ("content", "m.relates_to")
+    assert split_path(r"a\\.b") == ("a\\", "b")
     event = {"type": "t", "event_id": "$e", "content": {"body": "hi", "m.relates_to": {"x": 1}, "other": 2}}
-    fields = [split_field_path(f) for f in ["type", "content.body", r"content.m\.relates_to", "content.none",
-                                             "missing.deep"]]
+    fields = [split_path(f) for f in ["type", "content.body", r"content.m\.relates_to", "content.none",
+                                       "missing.deep"]]
     assert apply_event_fields(event, fields) == {"type": "t", "content": {"body": "hi", "m.relates_to": {"x": 1}}}
     assert apply_event_fields(event, None) == event

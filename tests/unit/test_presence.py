@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from homeserver.client_api.filtering import filter_events, parse_filter
 from homeserver.client_api.tokens import SyncToken, parse_sync_token
 from homeserver.config import PresenceConfig
+from homeserver.errors import MatrixError
 from homeserver.metrics import Metrics
 from homeserver.notifier import Notifier
 from homeserver.presence.coalesce import Coalescer
-from homeserver.presence.edus import MAX_STATUS_MSG_BYTES, presence_edu, presence_filter
+from homeserver.presence.edus import MAX_STATUS_MSG_BYTES, presence_edu
 from homeserver.presence.service import PresenceService
 from homeserver.presence.state import KEEP, PresenceTracker
 from homeserver.storage.database import Connection
@@ -162,14 +164,21 @@ def test_the_door_keeps_only_the_origins_users_within_bounds() -> None:
 
 
 def test_presence_filter() -> None:
+    """The filter's presence part goes through the one filter module (client_api/filtering.py)."""
     events = [{"type": "m.presence", "sender": u, "content": {}} for u in (ALICE, BOB, "@carol:a.test")]
-    assert presence_filter({}).apply(events) == events
-    assert presence_filter({"presence": {"not_senders": [BOB]}}).apply(events) == [events[0], events[2]]
-    assert presence_filter({"presence": {"senders": [BOB]}}).apply(events) == [events[1]]
-    assert presence_filter({"presence": {"types": ["m.*"], "limit": 1}}).apply(events) == [events[0]]
-    assert presence_filter({"presence": {"not_types": ["m.presence"]}}).apply(events) == []
-    assert presence_filter({"presence": {"types": []}}).apply(events) == []
-    assert presence_filter({"presence": "junk"}).apply(events) == events
+
+    def apply(flt: dict[str, Any]) -> list[dict[str, Any]]:
+        return filter_events(parse_filter(flt).presence, events)
+
+    assert apply({}) == events
+    assert apply({"presence": {"not_senders": [BOB]}}) == [events[0], events[2]]
+    assert apply({"presence": {"senders": [BOB]}}) == [events[1]]
+    assert apply({"presence": {"types": ["m.*"], "limit": 1}}) == [events[0]]
+    assert apply({"presence": {"not_types": ["m.presence"]}}) == []
+    assert apply({"presence": {"types": []}}) == []
+    with pytest.raises(MatrixError) as raised:
+        parse_filter({"presence": "junk"})  # /sync refuses a malformed filter (400) before presence sees it
+    assert (raised.value.status, raised.value.errcode) == (400, "M_BAD_JSON")
 
 
 def test_sync_token_presence_position_is_backwards_compatible() -> None:
@@ -254,16 +263,16 @@ async def test_service_sync_section_and_received_presence() -> None:
     clock = FakeClock(start_ms=T0)
     svc, sender = service(clock)
     await svc.on_sync(ALICE, "online")
-    events, position = await svc.sync_events(ALICE, None, presence_filter({}))
+    events, position = await svc.sync_events(ALICE, None)
     assert [e["sender"] for e in events] == [ALICE]
     await svc.on_edu("b.test", {"push": [{"user_id": BOB, "presence": "online", "currently_active": True}]})
     # Another server's user, not sharing a room with ours: dropped.
     await svc.on_edu("x.test", {"push": [{"user_id": "@eve:x.test", "presence": "online"}]})
-    events, _ = await svc.sync_events(ALICE, position, presence_filter({}))
+    events, _ = await svc.sync_events(ALICE, position)
     assert [e["sender"] for e in events] == [BOB]
     assert svc.status("@eve:x.test")["presence"] == "offline"
     # Dave shares no room with Bob: he sees only himself.
-    events, _ = await svc.sync_events("@dave:a.test", None, presence_filter({}))
+    events, _ = await svc.sync_events("@dave:a.test", None)
     assert events == []
     # Received presence is never sent on.
     assert all(BOB not in str(c) for _, c, _ in sender.sent)
@@ -276,7 +285,7 @@ async def test_service_disabled_keeps_and_sends_nothing() -> None:
     await svc.on_sync(ALICE, "online")
     await svc.on_edu("b.test", {"push": [{"user_id": BOB, "presence": "online"}]})
     assert sender.sent == [] and svc.status(ALICE) == {"presence": "offline", "currently_active": False}
-    assert (await svc.sync_events(ALICE, None, presence_filter({})))[0] == []
+    assert (await svc.sync_events(ALICE, None))[0] == []
 
 
 def test_remote_users_time_out_then_are_forgotten() -> None:

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from homeserver.push.evaluate import DEFAULT_RULES, CompiledRules, EventContext, Member, compile_condition, split_key
+from homeserver.push.evaluate import DEFAULT_RULES, CompiledRules, EventContext, Member, compile_condition
 from homeserver.push.rules import DefaultOverride, UserRule, default_push_rules, ruleset
+from homeserver.util.dotted import split_path
 
 ALICE = Member("@alice:a.test", "Alice Liddell")
 BOB = Member("@bob:a.test", "Bob")
@@ -28,11 +29,11 @@ def rule_ids(event: dict[str, Any], **kw: Any) -> dict[str, str]:
     return {u: d.rule_id for u, d in DEFAULT_RULES.evaluate(ctx(event, **kw), MEMBERS).items()}
 
 
-def test_split_key_escapes() -> None:
-    assert split_key("content.m\\.mentions.user_ids") == ("content", "m.mentions", "user_ids")
-    assert split_key("a\\\\.b") == ("a\\", "b")
-    assert split_key("content.body") == ("content", "body")
-    assert split_key("a\\b") == ("a\\b",)
+def test_split_path_escapes() -> None:
+    assert split_path("content.m\\.mentions.user_ids") == ("content", "m.mentions", "user_ids")
+    assert split_path("a\\\\.b") == ("a\\", "b")
+    assert split_path("content.body") == ("content", "body")
+    assert split_path("a\\b") == ("a\\b",)
 
 
 def test_plain_message_notifies_everyone_without_highlight() -> None:
