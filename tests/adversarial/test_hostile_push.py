@@ -1,0 +1,81 @@
+"""Hostile input to push rules, pushers and notifications, through the client API on both
+engines (helper hostile1).
+
+- A content rule whose pattern is a pathological glob (``*a*a*a*...``) used to be turned
+  into a backtracking regex: one 3 KB message took 20 s to evaluate, stalling the
+  notification pass for every user. Globs are now matched in linear time (util/glob.py), so
+  the message is counted at once and other users' counts keep flowing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nio import AsyncClient, JoinResponse, RoomCreateResponse, RoomSendResponse
+
+from homeserver.server import RunningServer
+from homeserver.util.glob import Glob
+from tests.clients import client_server, eventually, msg, nio_user, raw
+from tests.conftest import DatabaseFactory
+
+V3 = "/_matrix/client/v3"
+
+
+@pytest.fixture
+async def server(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> AsyncIterator[RunningServer]:
+    async with client_server(db_factory, tmp_path / "a", test_ca) as s:
+        yield s
+
+
+async def unread(server: RunningServer, user: AsyncClient, room: str) -> tuple[int, int]:
+    status, body = await raw(server, "GET", f"{V3}/sync", token=user.access_token)
+    assert status == 200, body
+    got: dict[str, Any] = body["rooms"]["join"].get(room, {}).get("unread_notifications", {})
+    return got.get("notification_count", 0), got.get("highlight_count", 0)
+
+
+def test_glob_is_linear_on_pathological_patterns() -> None:
+    body = "a" * 60_000
+    started = time.monotonic()
+    for pattern in ("*a*a*a*a*a*a*a*a*b", "a*a*a*a*a*a*b", "*a?a*a?a*b*", "a" + "*a" * 200 + "*b"):
+        g = Glob(pattern)
+        assert not g.fullmatch(body) and not g.search_words(body)
+    assert time.monotonic() - started < 1.0
+    # Still the spec's semantics.
+    assert Glob("*a*b").fullmatch("xxAyyB") and not Glob("a*b").fullmatch("xab")
+    assert Glob("c?t*dog").search_words("the cat and dog ran") and not Glob("at*dog").search_words("cat dog")
+    assert Glob("*").fullmatch("") and Glob("a*").search_words("b abc") and not Glob("a*").search_words("ba")
+
+
+async def test_pathological_content_rule_does_not_stall_notifications(server: RunningServer) -> None:
+    async with nio_user(server) as alice, nio_user(server) as bob, nio_user(server) as carol:
+        created = await alice.room_create(name="glob", invite=[bob.user_id, carol.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        for u in (bob, carol):
+            assert isinstance(await u.join(room), JoinResponse)
+        pattern = "*a" * 12 + "*b"
+        status, body = await raw(server, "PUT", f"{V3}/pushrules/global/content/evil", token=bob.access_token,
+                                 json={"pattern": pattern, "actions": ["notify", {"set_tweak": "highlight"}]})
+        assert status == 200, body
+        started = time.monotonic()
+        sent = await alice.room_send(room, "m.room.message", msg("a" * 20_000))
+        assert isinstance(sent, RoomSendResponse), sent
+
+        async def counted() -> bool:
+            return await unread(server, carol, room) == (1, 0) and await unread(server, bob, room) == (1, 0)
+        await eventually(counted)
+        assert time.monotonic() - started < 5.0
+        # The pattern still works when it matches.
+        assert isinstance(await alice.room_send(room, "m.room.message", msg("a a a a a a a a a a a a b")),
+                          RoomSendResponse)
+
+        async def highlighted() -> bool:
+            return await unread(server, bob, room) == (2, 1)
+        await eventually(highlighted)
