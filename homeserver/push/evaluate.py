@@ -41,7 +41,7 @@ from homeserver.util.glob import compile_glob
 
 _MISSING = object()
 _WORD = re.compile(r"\w+")
-_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
+_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,18})$")  # more digits: int() may refuse
 
 
 @lru_cache(maxsize=65536)

@@ -12,8 +12,9 @@ len(pattern)) in C.
 
 ``Glob.fullmatch`` matches the whole value; ``Glob.search_words`` looks for a match that
 starts and ends at word boundaries (``(?<!\\w)glob(?!\\w)``), as ``event_match`` does on
-``content.body``. Only the leftmost possible start matters there: a later start places every
-later segment no earlier, so if the leftmost start fails, every start fails.
+``content.body``. Case is ignored by lower-casing both sides. Only the leftmost possible
+start matters there: a later start places every later segment no earlier, so if the
+leftmost start fails, every start fails.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-_FLAGS = re.IGNORECASE | re.DOTALL
+# Case-insensitive by lower-casing both sides: re.IGNORECASE would defeat sre's fast search
+# for literal prefixes (a 256-character literal segment took 40 ms over 64 KB, not 0.1 ms).
+_FLAGS = re.DOTALL
 
 
 def _segment(text: str) -> str:
@@ -34,6 +37,7 @@ class Glob:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
+        pattern = pattern.lower()
         parts = pattern.split("*")
         self._starred = len(parts) > 1
         self._single = re.compile(_segment(pattern), _FLAGS)
@@ -54,6 +58,7 @@ class Glob:
         return pos
 
     def fullmatch(self, value: str) -> bool:
+        value = value.lower()
         if not self._starred:
             return self._single.fullmatch(value) is not None
         first = self._first.match(value)
@@ -66,6 +71,7 @@ class Glob:
         return self._middles(value, first.end(), last_start) >= 0
 
     def search_words(self, value: str) -> bool:
+        value = value.lower()
         if not self._starred:
             return self._single_words.search(value) is not None
         first = self._first_words.search(value)

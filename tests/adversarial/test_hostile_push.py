@@ -4,7 +4,13 @@ engines (helper hostile1).
 - A content rule whose pattern is a pathological glob (``*a*a*a*...``) used to be turned
   into a backtracking regex: one 3 KB message took 20 s to evaluate, stalling the
   notification pass for every user. Globs are now matched in linear time (util/glob.py), so
-  the message is counted at once and other users' counts keep flowing.
+  the message is counted at once and other users' counts keep flowing. Patterns are capped
+  (256 characters each, 8192 in all per user) so one user's rules cost a bounded time.
+- A ``room_member_count`` of 5000 digits made ``int`` raise while compiling that user's
+  rules, and the pass then dropped the event's notifications for everyone in the room. Such
+  a condition now never holds, and a user whose rules fail is skipped alone.
+- Actions are capped in bytes (they are copied into every notification row); a ``from``
+  beyond 64 bits was a 500 (OverflowError in the driver) and is now 400.
 """
 
 from __future__ import annotations
@@ -79,3 +85,53 @@ async def test_pathological_content_rule_does_not_stall_notifications(server: Ru
         async def highlighted() -> bool:
             return await unread(server, bob, room) == (2, 1)
         await eventually(highlighted)
+
+
+async def test_one_users_odd_rules_do_not_cost_others_their_notifications(server: RunningServer) -> None:
+    async with nio_user(server) as alice, nio_user(server) as bob, nio_user(server) as carol:
+        created = await alice.room_create(name="odd", invite=[bob.user_id, carol.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        for u in (bob, carol):
+            assert isinstance(await u.join(room), JoinResponse)
+        rules = f"{V3}/pushrules/global/override"
+        for rule_id, conditions in (("digits", [{"kind": "room_member_count", "is": "1" * 5000}]),
+                                    ("unknown", [{"kind": "made_up", "x": {"y": [1]}}]),
+                                    ("object", [{"kind": "event_match", "key": "content", "pattern": "*"}])):
+            status, body = await raw(server, "PUT", f"{rules}/{rule_id}", token=bob.access_token,
+                                     json={"conditions": conditions, "actions": ["notify"]})
+            assert status == 200, body
+        assert isinstance(await alice.room_send(room, "m.room.message", msg("hello")), RoomSendResponse)
+
+        async def counted() -> bool:
+            return await unread(server, carol, room) == (1, 0) and await unread(server, bob, room) == (1, 0)
+        await eventually(counted)
+
+
+async def test_rule_and_notification_bounds(server: RunningServer) -> None:
+    async with nio_user(server) as bob:
+        token = bob.access_token
+        content = f"{V3}/pushrules/global/content"
+        for body in ({"pattern": "a" * 257, "actions": ["notify"]},
+                     {"pattern": "x", "actions": [{"set_tweak": "sound", "value": "a" * 5000}]},
+                     {"pattern": "x", "actions": ["notify"] * 21}):
+            status, got = await raw(server, "PUT", f"{content}/big", token=token, json=body)
+            assert status == 400 and got["errcode"] == "M_INVALID_PARAM", got
+        status, got = await raw(server, "PUT", f"{V3}/pushrules/global/override/big", token=token, json={
+            "conditions": [{"kind": "event_match", "key": "content.body", "pattern": "a" * 257}], "actions": []})
+        assert status == 400 and got["errcode"] == "M_INVALID_PARAM", got
+        for i in range(32):  # 32 x 256 = 8192: the budget, full
+            status, got = await raw(server, "PUT", f"{content}/p{i}", token=token,
+                                    json={"pattern": f"{i:03d}" + "a" * 253, "actions": ["notify"]})
+            assert status == 200, got
+        status, got = await raw(server, "PUT", f"{content}/more", token=token, json={"pattern": "b", "actions": []})
+        assert status == 400 and got["errcode"] == "M_INVALID_PARAM", got
+        status, got = await raw(server, "PUT", f"{content}/p0", token=token, json={"pattern": "c", "actions": []})
+        assert status == 200, got  # replacing a rule frees its share
+
+        for value in ("99999999999999999999", "1" * 5000, "²", "-1", "abc"):
+            status, got = await raw(server, "GET", f"{V3}/notifications?from={value}", token=token)
+            assert status == 400 and got["errcode"] == "M_INVALID_PARAM", (value, got)
+        for value in ("999999999", "-5"):
+            status, got = await raw(server, "GET", f"{V3}/notifications?limit={value}", token=token)
+            assert status == 200 and got["notifications"] == [], got
