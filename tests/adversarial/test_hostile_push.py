@@ -11,16 +11,22 @@ engines (helper hostile1).
   a condition now never holds, and a user whose rules fail is skipped alone.
 - Actions are capped in bytes (they are copied into every notification row); a ``from``
   beyond 64 bits was a 500 (OverflowError in the driver) and is now 400.
+- A push gateway (a URL any user picks) listing another user's pushkey in ``rejected``
+  removed that user's pusher. Only the pushkey sent is honoured now; a gateway that hangs or
+  answers 20 MB delays nobody else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from nio import AsyncClient, JoinResponse, RoomCreateResponse, RoomSendResponse
 
 from homeserver.server import RunningServer
@@ -135,3 +141,84 @@ async def test_rule_and_notification_bounds(server: RunningServer) -> None:
         for value in ("999999999", "-5"):
             status, got = await raw(server, "GET", f"{V3}/notifications?limit={value}", token=token)
             assert status == 200 and got["notifications"] == [], got
+
+
+class EvilGateway:
+    """A push gateway chosen by a hostile user: names another user's pushkey in ``rejected``,
+    hangs, or answers a body of many megabytes, depending on the pushkey it is sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def notify(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        key = body["notification"]["devices"][0]["pushkey"]
+        self.seen.append(key)
+        if key == "hang":
+            await asyncio.sleep(60)
+        if key == "huge":
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            await resp.write(b'{"rejected": ["' + b"a" * 1024 * 1024)
+            for _ in range(20):
+                await resp.write(b"a" * 1024 * 1024)
+            return resp
+        return web.json_response({"rejected": ["victim-key", "other"]})
+
+
+@asynccontextmanager
+async def serve(handler: Any) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/_matrix/push/v1/notify", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/_matrix/push/v1/notify"
+    finally:
+        await runner.cleanup()
+
+
+def pusher(url: str, pushkey: str) -> dict[str, Any]:
+    return {"kind": "http", "app_id": "org.example.app", "pushkey": pushkey, "app_display_name": "App",
+            "device_display_name": "Phone", "lang": "en", "data": {"url": url}, "append": True}
+
+
+async def test_a_hostile_gateway_cannot_remove_or_stall_other_pushers(server: RunningServer) -> None:
+    evil = EvilGateway()
+    good: list[str] = []
+
+    async def good_notify(request: web.Request) -> web.Response:
+        good.append((await request.json())["notification"]["event_id"])
+        return web.json_response({"rejected": []})
+
+    async with serve(evil.notify) as evil_url, serve(good_notify) as good_url, \
+            nio_user(server) as alice, nio_user(server) as carol, nio_user(server) as bob:
+        for key in ("hang", "huge", "reject-other"):
+            status, body = await raw(server, "POST", f"{V3}/pushers/set", token=alice.access_token,
+                                     json=pusher(evil_url, key))
+            assert status == 200, body
+        status, body = await raw(server, "POST", f"{V3}/pushers/set", token=carol.access_token,
+                                 json=pusher(good_url, "victim-key"))
+        assert status == 200, body
+        created = await bob.room_create(name="push", invite=[alice.user_id, carol.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        for u in (alice, carol):
+            assert isinstance(await u.join(created.room_id), JoinResponse)
+        sent = await bob.room_send(created.room_id, "m.room.message", msg("hello"))
+        assert isinstance(sent, RoomSendResponse), sent
+
+        async def delivered() -> bool:
+            return sent.event_id in good and {"huge", "reject-other"} <= set(evil.seen)
+        await eventually(delivered)
+        # Carol's pusher is still there, and still gets the next message.
+        status, body = await raw(server, "GET", f"{V3}/pushers", token=carol.access_token)
+        assert status == 200 and [p["pushkey"] for p in body["pushers"]] == ["victim-key"], body
+        again = await bob.room_send(created.room_id, "m.room.message", msg("again"))
+        assert isinstance(again, RoomSendResponse), again
+
+        async def delivered_again() -> bool:
+            return again.event_id in good
+        await eventually(delivered_again)
