@@ -10,6 +10,9 @@ hostile1).
   thumbnail decoded and resized every frame: 25 s of CPU for a 13 KB file (3000x3000), with
   one of the two thumbnail workers held. The frames animated are now bounded by
   ``max_thumbnail_source_pixels`` in all.
+- URL previews parsed pages with html.parser, which is quadratic on malformed markup in this
+  Python: a 64 KB page of ``<a b="`` took 7 s, a 1 MB one about half an hour, on the event
+  loop (every request of every user stalled). Pages are now read with linear regexes.
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import asyncio
+from urllib.parse import quote
+
 import aiohttp
 import pytest
+from aiohttp import web
 from PIL import Image
 
+from homeserver.media.preview import parse_html
 from homeserver.server import RunningServer
 from tests.clients import base_url, client_server, nio_user, raw
 from tests.conftest import DatabaseFactory
+from tests.servers import free_port
 
 M = "/_matrix/client/v1/media"
 UPLOAD = "/_matrix/media/v3/upload"
@@ -136,3 +145,46 @@ async def test_animated_thumbnail_work_is_bounded(server: RunningServer) -> None
         assert time.monotonic() - started < 3.0  # was about 6 s (200 frames of 2.25 Mpx)
         with Image.open(io.BytesIO(body)) as thumb:
             assert thumb.n_frames > 1  # still animated, with the frames that fit the budget
+
+
+MB = 1024 * 1024
+HOSTILE_PAGES = [b"<a" * (MB // 2), b'<a b="' * (MB // 6), b"</" * (MB // 2), b"<?" * (MB // 2),
+                 b'<meta b="' * (MB // 9), b"<meta" + b" a" * (MB // 2), b"<title" * (MB // 6),
+                 b"<meta a=\"<meta a='" * (MB // 20)]
+
+
+def test_preview_parsing_is_linear() -> None:
+    started = time.monotonic()
+    for page in HOSTILE_PAGES:
+        assert parse_html(page, None) == {}
+    assert time.monotonic() - started < 2.0
+    page = (b"<html><head><TITLE>a &amp; <b>b</b></title><meta property=og:x content=\"1 > 2\">"
+            b"<META NAME=\"Description\" CONTENT='d'/></head>")
+    assert parse_html(page, None) == {"og:x": "1 > 2", "og:title": "a & <b>b</b>", "og:description": "d"}
+
+
+async def test_a_hostile_page_does_not_stall_the_server(
+    db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]
+) -> None:
+    async def hostile(request: web.Request) -> web.Response:
+        return web.Response(body=b'<html><head><a b="' * (MB // 20), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/page", hostile)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    extra = {"media": {"url_preview": {"enabled": True, "timeout": 5.0}}}
+    try:
+        async with client_server(db_factory, tmp_path / "p", test_ca, extra) as server, nio_user(server) as alice:
+            url = f"{M}/preview_url?url={quote(f'http://127.0.0.1:{port}/page', safe='')}"
+            started = time.monotonic()
+            preview = asyncio.ensure_future(raw(server, "GET", url, token=alice.access_token))
+            status, body = await raw(server, "GET", "/_matrix/client/versions")
+            assert status == 200
+            status, body = await preview
+            assert status == 200 and body == {}, body
+            assert time.monotonic() - started < 3.0
+    finally:
+        await runner.cleanup()
