@@ -17,14 +17,13 @@ hostile1).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
-
-import asyncio
 from urllib.parse import quote
 
 import aiohttp
