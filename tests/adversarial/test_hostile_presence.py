@@ -1,6 +1,6 @@
 """Hostile m.presence EDUs over federation (signed /send from a fake remote), on both engines
 (helper hostile1): entries of wrong types, forged users, and transactions full of large
-presence EDUs are dropped or bounded.
+presence EDUs are dropped or bounded; changes made through the client API are rate-limited.
 
 A 4 MB transaction of 45,000 presence entries used to cost one shared-room query per entry:
 3.9 s of work on SQLite and 9.7 s on PostgreSQL for one request. Entries are now reduced to
@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 
 from homeserver.server import RunningServer
+from tests.clients import nio_user, raw
 from tests.conftest import DatabaseFactory
 from tests.remote import FakeRemote, fake_remote
 from tests.servers import make_config, running_server
 
 WAIT = 30.0
+V3 = "/_matrix/client/v3"
 
 
 @pytest.fixture
@@ -70,3 +72,27 @@ async def test_presence_flood_and_junk_are_bounded(setup: tuple[RunningServer, F
     assert server.services.presence is not None
     assert server.services.presence.tracker.get(f"@u1:{origin}") is None  # shares no room: not kept
     assert metric(server, "hs_inbound_edus_dropped_total", {"origin": origin, "reason": "malformed"}) > 0
+
+
+async def test_presence_changes_are_rate_limited(setup: tuple[RunningServer, FakeRemote]) -> None:
+    """Each visible change wakes the long-polls of every room the user is in: a loop of
+    changes is refused (PUT: 429) or ignored (/sync's set_presence) past a burst."""
+    server, _ = setup
+    async with nio_user(server) as alice:
+        path = f"{V3}/presence/{alice.user_id}/status"
+        statuses = []
+        for i in range(40):
+            status, body = await raw(server, "PUT", path, token=alice.access_token,
+                                     json={"presence": "online" if i % 2 else "unavailable", "status_msg": str(i)})
+            statuses.append(status)
+            if status == 429:
+                assert body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0
+        assert statuses[:20] == [200] * 20 and 429 in statuses[20:], statuses
+        status, body = await raw(server, "GET", path, token=alice.access_token)
+        assert status == 200
+        before = body["presence"]
+        wanted = "online" if before == "unavailable" else "unavailable"
+        status, _ = await raw(server, "GET", f"{V3}/sync?timeout=0&set_presence={wanted}", token=alice.access_token)
+        assert status == 200  # /sync still answers; its set_presence is ignored
+        status, body = await raw(server, "GET", path, token=alice.access_token)
+        assert status == 200 and body["presence"] == before, body
