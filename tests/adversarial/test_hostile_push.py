@@ -222,3 +222,18 @@ async def test_a_hostile_gateway_cannot_remove_or_stall_other_pushers(server: Ru
         async def delivered_again() -> bool:
             return again.event_id in good
         await eventually(delivered_again)
+
+
+async def test_push_rules_account_data_is_read_only_and_readable(server: RunningServer) -> None:
+    async with nio_user(server) as bob:
+        path = f"{V3}/user/{bob.user_id}/account_data/m.push_rules"
+        status, body = await raw(server, "PUT", path, token=bob.access_token, json={"global": {"content": [
+            {"rule_id": "x", "pattern": "*a*a*a*b", "actions": ["notify"], "enabled": True, "default": False}]}})
+        assert status == 405 and body["errcode"] == "M_BAD_JSON"
+        status, body = await raw(server, "GET", path, token=bob.access_token)  # never changed: the defaults
+        assert status == 200 and body["global"]["override"][0]["rule_id"] == ".m.rule.master", body
+        status, _ = await raw(server, "PUT", f"{V3}/pushrules/global/content/k", token=bob.access_token,
+                              json={"pattern": "kiwi", "actions": ["notify"]})
+        assert status == 200
+        status, body = await raw(server, "GET", path, token=bob.access_token)
+        assert status == 200 and body["global"]["content"][0]["rule_id"] == "k", body
