@@ -13,7 +13,8 @@ engines (helper hostile1).
   beyond 64 bits was a 500 (OverflowError in the driver) and is now 400.
 - A push gateway (a URL any user picks) listing another user's pushkey in ``rejected``
   removed that user's pusher. Only the pushkey sent is honoured now; a gateway that hangs or
-  answers 20 MB delays nobody else.
+  answers 20 MB delays nobody else. Pusher URLs whose host IDNA refuses are 400 (one was a
+  500, others killed the pusher's task at each send).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pytest
 from aiohttp import web
 from nio import AsyncClient, JoinResponse, RoomCreateResponse, RoomSendResponse
 
+from homeserver.errors import FederationRequestError
 from homeserver.server import RunningServer
 from homeserver.util.glob import Glob
 from tests.clients import client_server, eventually, msg, nio_user, raw
@@ -237,3 +239,18 @@ async def test_push_rules_account_data_is_read_only_and_readable(server: Running
         assert status == 200
         status, body = await raw(server, "GET", path, token=bob.access_token)
         assert status == 200 and body["global"]["content"][0]["rule_id"] == "k", body
+
+
+async def test_pusher_urls_that_cannot_be_sent_to_are_refused(server: RunningServer) -> None:
+    """"xn--" made yarl raise UnicodeError while the URL was checked (500); "a..b" and a
+    64-character label passed the check and then raised UnicodeError (a ValueError, not an
+    aiohttp error) in every send, killing that pusher's task."""
+    async with nio_user(server) as bob:
+        for host in ("xn--", "a..b", "a" * 64 + ".example", "[::1"):
+            status, body = await raw(server, "POST", f"{V3}/pushers/set", token=bob.access_token,
+                                     json=pusher(f"http://{host}/_matrix/push/v1/notify", "k"))
+            assert status == 400 and body["errcode"] == "M_INVALID_PARAM", (host, status, body)
+        federation = server.services.federation_client
+        for url in ("http://a..b/_matrix/push/v1/notify", "http://xn--/_matrix/push/v1/notify"):
+            with pytest.raises(FederationRequestError):
+                await federation.post_url_json(url, {}, timeout=2.0)
