@@ -23,6 +23,10 @@ from homeserver.media.policy import base_type
 THUMBNAILABLE = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/apng"})
 ANIMATABLE = frozenset({"image/gif", "image/webp", "image/png", "image/apng"})
 MAX_ANIMATED_FRAMES = 200
+# The decoders Pillow may use: the declared type is the uploader's word, and Pillow guesses
+# the format from the bytes, so without this list an "image/png" could reach its TIFF, PSD,
+# FITS or EPS decoders (EPS runs Ghostscript where it is installed).
+PILLOW_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ def render(
     ``MAX_ANIMATED_FRAMES``); otherwise the first frame, as JPEG for JPEG sources and PNG
     for the others."""
     try:
-        with Image.open(source) as img:
+        with Image.open(source, formats=PILLOW_FORMATS) as img:
             if img.width * img.height > max_pixels or img.width < 1 or img.height < 1:
                 return None
             # Every frame is decoded and resized: the frames animated are bounded by

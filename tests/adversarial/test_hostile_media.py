@@ -10,6 +10,8 @@ hostile1).
   thumbnail decoded and resized every frame: 25 s of CPU for a 13 KB file (3000x3000), with
   one of the two thumbnail workers held. The frames animated are now bounded by
   ``max_thumbnail_source_pixels`` in all.
+- Pillow guesses the format from the bytes: a TIFF (or PSD, EPS...) uploaded as image/png
+  reached that decoder. Only the JPEG, PNG, GIF, WebP and BMP decoders are used now.
 - URL previews parsed pages with html.parser, which is quadratic on malformed markup in this
   Python: a 64 KB page of ``<a b="`` took 7 s, a 1 MB one about half an hour, on the event
   loop (every request of every user stalled). Pages are now read with linear regexes.
@@ -187,3 +189,18 @@ async def test_a_hostile_page_does_not_stall_the_server(
             assert time.monotonic() - started < 3.0
     finally:
         await runner.cleanup()
+
+
+async def test_only_the_expected_image_decoders_are_used(server: RunningServer) -> None:
+    async with nio_user(server) as alice:
+        for fmt in ("TIFF", "PPM", "ICO"):
+            buf = io.BytesIO()
+            Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, fmt)
+            ref = await upload(server, alice.access_token, buf.getvalue(), "image/png")
+            status, body = await raw(server, "GET", f"{M}/thumbnail/{ref}?width=32&height=32", token=alice.access_token)
+            assert status == 400 and body["errcode"] == "M_UNKNOWN", (fmt, status, body)
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "BMP")
+        ref = await upload(server, alice.access_token, buf.getvalue(), "image/png")  # an allowed decoder
+        status, _, headers = await get(server, alice.access_token, f"{M}/thumbnail/{ref}?width=32&height=32")
+        assert status == 200 and headers["Content-Type"] == "image/png"
