@@ -24,6 +24,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from homeserver.client_api import presence as presence_api
+from homeserver.config import RateLimitConfig
 from homeserver.crypto.tls import generate_ca
 from homeserver.presence.state import PresenceTracker
 from homeserver.server import RunningServer
@@ -32,6 +34,8 @@ from tests.servers import make_config, running_server
 
 CHANGES = int(sys.argv[1]) if len(sys.argv) > 1 else 50
 V3 = "/_matrix/client/v3"
+# The benchmark changes presence faster than users may (client_api/presence.py CHANGE_RATE).
+presence_api.CHANGE_RATE = RateLimitConfig(per_second=1000.0, burst_count=1000)
 FAST = {"presence": {"federation_interval_seconds": 0.001, "offline_timeout_seconds": 3600.0}}
 
 

@@ -84,6 +84,8 @@ class AccountDataAPI:
     async def _get(self, request: web.Request) -> web.Response:
         req, room_id, data_type = await self._target(request, "read")
         content = await self.account_data.store.get(req.user_id, room_id, data_type)
+        if content is None and room_id == GLOBAL and data_type == "m.push_rules":
+            content = {"global": default_push_rules(req.user_id)}  # never changed: the defaults
         if content is None:
             raise not_found("Room account data not found" if room_id else "Account data not found")
         return json_response(content)

@@ -143,7 +143,7 @@ class MediaAPI:
         raw = request.headers.get("Content-Length")
         if raw is None:
             raise MatrixError(411, "M_MISSING_PARAM", "Content-Length is required")
-        if not raw.isdigit():
+        if not _is_number(raw, 20):
             raise MatrixError(400, "M_INVALID_PARAM", "Content-Length is not a number")
         length = int(raw)
         if length > self.config.max_upload_size:
@@ -207,7 +207,7 @@ class MediaAPI:
         raw = request.query.get("timeout_ms")
         if raw is None or raw == "":
             return DEFAULT_WAIT_MS
-        if not raw.isdigit():
+        if not _is_number(raw, 12):
             raise MatrixError(400, "M_INVALID_PARAM", "timeout_ms must be a non-negative integer")
         return min(int(raw), MAX_WAIT_MS)
 
@@ -287,9 +287,15 @@ def _dimension(request: web.Request, name: str) -> int:
     raw = request.query.get(name)
     if raw is None:
         raise MatrixError(400, "M_MISSING_PARAM", f"{name} is required")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_THUMBNAIL_DIMENSION:
+    if not _is_number(raw, 6) or not 1 <= int(raw) <= MAX_THUMBNAIL_DIMENSION:
         raise MatrixError(400, "M_INVALID_PARAM", f"{name} must be a positive integer")
     return int(raw)
+
+
+def _is_number(raw: str, max_digits: int) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses), and few
+    enough that ``int`` converts them (it refuses over 4300 digits)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= max_digits
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:

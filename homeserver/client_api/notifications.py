@@ -40,10 +40,10 @@ class NotificationsAPI:
         raw_from = request.query.get("from")
         before: int | None = None
         if raw_from:
-            try:
-                before = int(raw_from)
-            except ValueError:
-                raise MatrixError(400, "M_INVALID_PARAM", "from is not a token from this server") from None
+            # Our tokens are stream positions: ASCII digits that fit a 64-bit column.
+            if not (raw_from.isascii() and raw_from.isdigit() and len(raw_from) <= 18):
+                raise MatrixError(400, "M_INVALID_PARAM", "from is not a token from this server")
+            before = int(raw_from)
         limit = query_int(request, "limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
         only = request.query.get("only")
         rows = await self.store.notifications(req.user_id, before, limit, only == "highlight")

@@ -6,6 +6,10 @@
   accepted and nothing is kept.
 * GET: oneself, or a user sharing a room with the requester (403 otherwise; 404 for a
   local user that does not exist). With presence disabled, everyone is offline.
+* Changes are rate-limited per user (``CHANGE_RATE``): each visible change wakes the
+  long-polls of every room the user is in, so a loop of PUTs (or of /syncs alternating
+  ``set_presence``) would make the server recompute thousands of /syncs per second. A PUT
+  over the limit is 429 M_LIMIT_EXCEEDED; a ``set_presence`` over it is ignored.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from aiohttp import web
 
 from homeserver.client_api.common import Authenticator
 from homeserver.client_api.filtering import EventFilter, filter_events
+from homeserver.client_api.ratelimit import RateLimiter
 from homeserver.client_api.tokens import SyncToken, parse_sync_token
-from homeserver.config import ClientConfig
+from homeserver.config import ClientConfig, RateLimitConfig
 from homeserver.errors import MatrixError, forbidden
 from homeserver.events.identifiers import is_valid_user_id, server_name_of
 from homeserver.http import json_response, read_json_object
@@ -27,6 +32,8 @@ from homeserver.presence.edus import MAX_STATUS_MSG_BYTES, status_msg_ok
 from homeserver.presence.service import PresenceService
 from homeserver.presence.state import PRESENCE_STATES
 from homeserver.storage.users import UserStore
+
+CHANGE_RATE = RateLimitConfig(per_second=1.0, burst_count=20)
 
 
 class PresenceAPI:
@@ -38,6 +45,7 @@ class PresenceAPI:
         self.auth = auth
         self.users = users
         self.presence = presence
+        self.limiter = RateLimiter(CHANGE_RATE)
 
     def routes(self) -> list[web.RouteDef]:
         p = "/_matrix/client/v3/presence/{user_id}/status"
@@ -56,6 +64,7 @@ class PresenceAPI:
             raise MatrixError(400, "M_INVALID_PARAM",
                               f"status_msg must be a string of at most {MAX_STATUS_MSG_BYTES} bytes")
         assert isinstance(presence, str)
+        self.limiter.enforce(req.user_id)
         await self.presence.set_status(req.user_id, presence, status_msg)
         return json_response({})
 
@@ -77,6 +86,9 @@ class PresenceAPI:
         set_presence = query.get("set_presence", "online")
         if set_presence not in PRESENCE_STATES:
             raise MatrixError(400, "M_INVALID_PARAM", f"set_presence must be one of {', '.join(PRESENCE_STATES)}")
+        current = self.presence.status(user_id).get("presence")
+        if set_presence != current and isinstance(current, str) and self.limiter.check(user_id):
+            set_presence = current  # over the limit: no change
         await self.presence.on_sync(user_id, set_presence)
         return SyncPresence(self.presence, user_id, flt)
 

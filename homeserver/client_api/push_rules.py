@@ -17,6 +17,7 @@ is not the right shape); an unknown rule 404 M_NOT_FOUND; an unknown ``before`` 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,11 @@ from homeserver.storage.push import RuleNotFound
 MAX_USER_RULES = 200
 MAX_CONDITIONS = 20
 MAX_ACTIONS = 20
+# Globs are matched in O(len(value) x len(pattern)) (util/glob.py), so what one user's rules
+# may cost per event is bounded: per pattern, and summed over all of the user's patterns.
+MAX_PATTERN_CHARS = 256
+MAX_TOTAL_PATTERN_CHARS = 8192
+MAX_ACTIONS_BYTES = 4096  # actions are copied into every notification row
 CONDITION_KINDS = ("event_match", "event_property_is", "event_property_contains", "contains_display_name",
                    "room_member_count", "sender_notification_permission")
 
@@ -45,6 +51,8 @@ def _invalid(message: str) -> MatrixError:
 def check_actions(actions: Any) -> list[Any]:
     if not isinstance(actions, list) or len(actions) > MAX_ACTIONS:
         raise _invalid(f"actions must be a list of at most {MAX_ACTIONS} actions")
+    if len(json.dumps(actions)) > MAX_ACTIONS_BYTES:
+        raise _invalid(f"actions may take at most {MAX_ACTIONS_BYTES} bytes")
     for a in actions:
         if a in ("notify", "dont_notify", "coalesce"):
             continue
@@ -63,6 +71,8 @@ def _check_condition(cond: Any) -> dict[str, Any]:
             raise _invalid(f"a {kind} condition needs a key")
     if kind == "event_match" and not isinstance(cond.get("pattern"), str):
         raise _invalid("an event_match condition needs a pattern")
+    if kind == "event_match" and len(cond["pattern"]) > MAX_PATTERN_CHARS:
+        raise _invalid(f"a pattern may have at most {MAX_PATTERN_CHARS} characters")
     if kind in ("event_property_is", "event_property_contains"):
         value = cond.get("value", ...)
         if value is not None and not isinstance(value, (str, int, bool)):
@@ -83,6 +93,8 @@ def parse_rule(kind: str, rule_id: str, body: dict[str, Any]) -> UserRule:
         pattern = body.get("pattern")
         if not isinstance(pattern, str) or not pattern:
             raise _invalid("a content rule needs a pattern")
+        if len(pattern) > MAX_PATTERN_CHARS:
+            raise _invalid(f"a pattern may have at most {MAX_PATTERN_CHARS} characters")
         return UserRule(kind, rule_id, actions, pattern=pattern)
     if kind in ("override", "underride"):
         conditions = body.get("conditions", [])
@@ -150,6 +162,10 @@ class PushRulesAPI:
         exists = any(r["rule_id"] == rule_id for r in current[kind])
         if not exists and sum(1 for k in KINDS for r in current[k] if not r["default"]) >= MAX_USER_RULES:
             raise _invalid(f"At most {MAX_USER_RULES} push rules per user")
+        others = [r for k in KINDS for r in current[k] if not r["default"] and (k, r["rule_id"]) != (kind, rule_id)]
+        if pattern_chars(others) + pattern_chars([{"pattern": rule.pattern, "conditions": rule.conditions}]) \
+                > MAX_TOTAL_PATTERN_CHARS:
+            raise _invalid(f"A user's push rule patterns may total at most {MAX_TOTAL_PATTERN_CHARS} characters")
         try:
             await self.store.put_rule(req.user_id, rule, before, after)
         except RuleNotFound:
@@ -191,6 +207,18 @@ class PushRulesAPI:
         self.rulebook.invalidate(user_id)
         rules = await self.rulebook.ruleset(user_id)
         await self.account_data.set(user_id, GLOBAL, "m.push_rules", {"global": rules})
+
+
+def pattern_chars(rules: list[dict[str, Any]]) -> int:
+    """The glob characters of rules (content patterns and event_match conditions)."""
+    total = 0
+    for r in rules:
+        pattern = r.get("pattern")
+        total += len(pattern) if isinstance(pattern, str) else 0
+        for c in r.get("conditions") or ():
+            if isinstance(c, dict) and c.get("kind") == "event_match" and isinstance(c.get("pattern"), str):
+                total += len(c["pattern"])
+    return total
 
 
 def _check_scope(scope: str) -> None:

@@ -59,9 +59,12 @@ def check_data(data: Any) -> dict[str, Any]:
         raise _invalid("data.url is required for an http pusher")
     try:
         parsed = URL(url)
-    except ValueError:
+        host = parsed.host  # may raise for a host IDNA refuses ("xn--")
+        if host:
+            host.encode("idna")  # what aiohttp does when sending ("a..b", 64-character labels)
+    except ValueError:  # UnicodeError included
         raise _invalid("data.url is not a URL") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host or parsed.path != NOTIFY_PATH:
+    if parsed.scheme not in ("http", "https") or not host or parsed.path != NOTIFY_PATH:
         raise _invalid(f"data.url must be an http(s) URL to {NOTIFY_PATH}")
     if "format" in data and data["format"] != "event_id_only":
         raise _invalid("data.format must be event_id_only")

@@ -37,7 +37,7 @@ def _dimension(request: web.Request, name: str) -> int:
     value = request.query.get(name)
     if value is None:
         raise MatrixError(400, "M_MISSING_PARAM", f"{name} is required")
-    if not value.isdigit() or not 0 < int(value) <= MAX_DIMENSION:
+    if not (value.isascii() and value.isdigit() and len(value) <= 6) or not 0 < int(value) <= MAX_DIMENSION:
         raise MatrixError(400, "M_INVALID_PARAM", f"{name} must be an integer from 1 to {MAX_DIMENSION}")
     return int(value)
 

@@ -153,7 +153,7 @@ class MediaDownloader:
                 raise DownloadFailed(Outcome.REFUSED, str(e.strerror)) from None
             except TimeoutError:
                 raise DownloadFailed(Outcome.TIMEOUT, f"{origin}: timed out") from None
-            except (aiohttp.ClientError, OSError) as e:
+            except (aiohttp.ClientError, OSError, ValueError) as e:  # ValueError: a host IDNA refuses
                 raise DownloadFailed(Outcome.ERROR, f"{origin}: {type(e).__name__}") from None
             yield opened
 

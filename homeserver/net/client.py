@@ -539,11 +539,15 @@ class FederationClient:
         pool and so its connection limits and IP-range policy (an IP-literal host is checked
         before asking), no redirects, at most ``timeout`` seconds and ``max_bytes`` read. The
         status and the JSON body (None when not JSON); FederationRequestError when it failed."""
-        target = URL(url)
-        if target.scheme not in ("http", "https") or not target.host:
+        try:
+            target = URL(url)
+            host = target.host
+        except ValueError:
+            raise FederationRequestError(url[:200], "not a URL") from None
+        if target.scheme not in ("http", "https") or not host:
             raise FederationRequestError(url[:200], "not an http(s) URL")
         try:
-            self.policy.check_host(target.host)
+            self.policy.check_host(host)
             async with self.session.post(
                 target, json=content, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
@@ -553,8 +557,8 @@ class FederationClient:
                 except ValueError:
                     body = None
                 return resp.status, body
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise FederationRequestError(target.host, f"POST failed: {type(e).__name__}") from e
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:  # ValueError: IDNA
+            raise FederationRequestError(url[:200], f"POST failed: {type(e).__name__}") from e
 
 
 async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:

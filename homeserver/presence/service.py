@@ -256,11 +256,13 @@ class PresenceService:
             return
         now = self.clock.time_ms()
         changed: list[UserPresence] = []
-        for entry in kept["push"]:
-            user_id = entry["user_id"]
-            if origin == self.server_name or user_id in self.tracker.local:
-                continue  # never about our own users
-            if not await self.store.shares_a_room_with_server(user_id, self.server_name):
+        if origin == self.server_name:
+            return  # never about our own users
+        # The last entry per user counts; who shares a room is one look-up for the whole EDU.
+        latest = {e["user_id"]: e for e in kept["push"] if e["user_id"] not in self.tracker.local}
+        shared = await self.store.sharing_with_server(list(latest), self.server_name)
+        for user_id, entry in latest.items():
+            if user_id not in shared:
                 self.metrics.dropped.labels(origin, "not_shared").inc()
                 continue
             self.metrics.received.labels(origin).inc()

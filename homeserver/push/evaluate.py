@@ -38,10 +38,11 @@ from homeserver.push.rules import (
     strip_legacy_actions,
 )
 from homeserver.util.dotted import split_path
+from homeserver.util.glob import compile_glob
 
 _MISSING = object()
 _WORD = re.compile(r"\w+")
-_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
+_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,18})$")  # more digits: int() may refuse
 
 
 @lru_cache(maxsize=65536)
@@ -77,13 +78,6 @@ class Decision:
     tweaks: Mapping[str, Any]
 
 
-@lru_cache(maxsize=4096)
-def glob_regex(pattern: str, words: bool) -> re.Pattern[str]:
-    """The regex of a glob pattern: whole-value, or (``words``) at word boundaries."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    if words:
-        return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE | re.DOTALL)
-    return re.compile(rf"{body}", re.IGNORECASE | re.DOTALL)
 
 
 class EventContext:
@@ -141,8 +135,8 @@ class EventContext:
         if path == ("content", "body"):
             if _WORD.fullmatch(pattern):
                 return pattern.lower() in self.words
-            return glob_regex(pattern, True).search(v) is not None
-        return glob_regex(pattern, False).fullmatch(v) is not None
+            return compile_glob(pattern).search_words(v)
+        return compile_glob(pattern).fullmatch(v)
 
     def contains_words(self, phrase: str) -> bool:
         """Whether the body holds ``phrase`` at word boundaries, case-insensitively."""

@@ -270,7 +270,10 @@ class NotificationPass:
         for m in candidates:
             own = compiled.get(m.user_id)
             if own is not None:
-                out.update(own.evaluate(ctx, [m]))
+                try:
+                    out.update(own.evaluate(ctx, [m]))
+                except Exception:  # one user's rules failing never costs the others theirs
+                    log.exception("push evaluation failed for a user", extra={"user_id": m.user_id})
         return out
 
     async def process(self, batch: list[tuple[Event, int, int]]) -> None:

@@ -6,6 +6,7 @@ bounded (least recently used users leave first)."""
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from homeserver.push.evaluate import CompiledRules
 from homeserver.push.rules import default_push_rules, ruleset
 from homeserver.storage.push import PushStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 50_000
 
@@ -52,7 +55,10 @@ class RuleBook:
                 found = stored.get(user)
                 compiled = None
                 if found is not None:
-                    compiled = CompiledRules.compile(ruleset(default_push_rules(user), found[0], found[1]))
+                    try:
+                        compiled = CompiledRules.compile(ruleset(default_push_rules(user), found[0], found[1]))
+                    except Exception:  # one user's odd rules never stop the pass: defaults for them
+                        log.exception("push rules did not compile", extra={"user_id": user})
                 out[user] = compiled
                 if generation == self._generation:
                     self._compiled[user] = compiled

@@ -9,7 +9,8 @@ never waits on a gateway. A failure (transport, timeout, 5xx, 429) is retried wi
 exponential backoff (``BACKOFF_BASE`` doubling up to ``BACKOFF_MAX``), stored with the
 pusher so a restart keeps it; a notification older than ``MAX_AGE_MS`` is dropped instead
 of retried, as is one the gateway refuses with another 4xx. Notifications read before they
-were sent are skipped. Pushkeys listed in a reply's ``rejected`` are removed. Requests go
+were sent are skipped. A pusher whose pushkey a reply lists in ``rejected`` is removed
+(other pushkeys listed there are ignored). Requests go
 through the one outbound client (net/client.py ``post_url_json``): its pool, timeout, byte
 bound and IP-range policy (a gateway URL is a client's choice).
 """
@@ -119,12 +120,12 @@ class _Worker:
             log.info("push gateway refused a notification", extra={"app_id": p.app_id, "status": status})
             return "sent"
         rejected = reply.get("rejected") if isinstance(reply, dict) else None
-        if isinstance(rejected, list) and rejected:
-            keys = [k for k in rejected if isinstance(k, str)]
-            await s.store.delete_pushkeys(p.app_id, keys)
+        # Only the pushkey we sent, and only this user's pusher: the gateway is a URL any user
+        # chose, and must not remove other users' pushers by naming their pushkeys.
+        if isinstance(rejected, list) and p.pushkey in rejected:
+            await s.store.delete_pusher(p.user_id, p.app_id, p.pushkey)
             await s.reload_all()
-            if p.pushkey in keys:
-                return "gone"
+            return "gone"
         s.sent += 1
         return "sent"
 

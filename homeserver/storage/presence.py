@@ -30,6 +30,24 @@ class PresenceStore:
         rows = await self.db.fetchall(f"SELECT DISTINCT b.state_key {_JOINED_WITH}", user_id)
         return {r[0] for r in rows}
 
+    async def sharing_with_server(self, user_ids: list[str], server: str) -> set[str]:
+        """Which of ``user_ids`` are joined to a room where a user of ``server`` is joined: one
+        statement per 500 users (a presence EDU names up to 1000)."""
+        found: set[str] = set()
+        pattern = _suffix_pattern(server)
+        for start in range(0, len(user_ids), 500):
+            cond, args = self.db.dialect.in_list("a.state_key", user_ids[start:start + 500])
+            rows = await self.db.fetchall(
+                "SELECT DISTINCT a.state_key FROM current_state a JOIN current_state b ON b.room_id = a.room_id"
+                " AND b.type = 'm.room.member' AND b.membership = 'join'"
+                f" WHERE a.type = 'm.room.member' AND a.membership = 'join' AND {cond}"
+                # The server part is exactly ``server``: no earlier colon in the user ID.
+                " AND b.state_key LIKE ? ESCAPE '\\' AND b.state_key NOT LIKE ? ESCAPE '\\'",
+                *args, pattern, "%:%" + pattern[1:],
+            )
+            found.update(r[0] for r in rows)
+        return found
+
     async def share_a_room(self, user_id: str, other: str) -> bool:
         row = await self.db.fetchval(f"SELECT 1 {_JOINED_WITH} AND b.state_key = ? LIMIT 1", user_id, other)
         return row is not None

@@ -206,6 +206,9 @@ class FakeStore(PresenceStore):
     async def shares_a_room_with_server(self, user_id: str, server: str) -> bool:
         return any(u.endswith(":" + server) for u in await self.users_sharing_a_room(user_id))
 
+    async def sharing_with_server(self, user_ids: list[str], server: str) -> set[str]:
+        return {u for u in user_ids if await self.shares_a_room_with_server(u, server)}
+
     async def joined_rooms(self, user_id: str) -> list[str]:
         return [r for r, members in self.rooms.items() if user_id in members]
 
