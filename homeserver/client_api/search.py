@@ -73,7 +73,12 @@ def _parse_batch(raw: str | None) -> tuple[str, int] | None:
     if not raw:
         return None
     kind, _, number = raw.partition(":")
-    if kind not in ("rank", "recent") or not number.lstrip("-").isdigit() or len(number) > 19:
+    # A rank offset or a stream ordering: ASCII digits (no sign), within a 63-bit integer
+    # (PostgreSQL refuses a negative OFFSET; either engine, a number past 2^63).
+    if (
+        kind not in ("rank", "recent") or not (number.isascii() and number.isdigit())
+        or len(number) > 19 or int(number) >= 2**63
+    ):
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid next_batch")
     return kind, int(number)
 
