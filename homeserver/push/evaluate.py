@@ -37,6 +37,7 @@ from homeserver.push.rules import (
     USER_ID,
     strip_legacy_actions,
 )
+from homeserver.util.glob import compiled_glob
 
 _MISSING = object()
 _WORD = re.compile(r"\w+")
@@ -97,15 +98,6 @@ def split_key(key: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-@lru_cache(maxsize=4096)
-def glob_regex(pattern: str, words: bool) -> re.Pattern[str]:
-    """The regex of a glob pattern: whole-value, or (``words``) at word boundaries."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    if words:
-        return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE | re.DOTALL)
-    return re.compile(rf"{body}", re.IGNORECASE | re.DOTALL)
-
-
 class EventContext:
     """One event as the conditions see it, with what they compute memoised."""
 
@@ -161,8 +153,8 @@ class EventContext:
         if path == ("content", "body"):
             if _WORD.fullmatch(pattern):
                 return pattern.lower() in self.words
-            return glob_regex(pattern, True).search(v) is not None
-        return glob_regex(pattern, False).fullmatch(v) is not None
+            return compiled_glob(pattern).search_words(v)
+        return compiled_glob(pattern).fullmatch(v)
 
     def contains_words(self, phrase: str) -> bool:
         """Whether the body holds ``phrase`` at word boundaries, case-insensitively."""

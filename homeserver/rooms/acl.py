@@ -13,7 +13,6 @@ room head (one look-up when the room is cold); each ACL event is parsed once.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,14 +22,10 @@ from homeserver.events.event import StateKey
 from homeserver.net.client import is_ip_literal, split_server_name
 from homeserver.rooms.persist import EventPersister
 from homeserver.storage.events import EventStore
+from homeserver.util.glob import Glob, compiled_glob
 
 ACL_KEY: StateKey = ("m.room.server_acl", "")
 CACHE_SIZE = 1_000
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
 
 
 def _host(server_name: str) -> str:
@@ -43,17 +38,17 @@ def _host(server_name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ServerAcl:
-    allow: tuple[re.Pattern[str], ...]
-    deny: tuple[re.Pattern[str], ...]
+    allow: tuple[Glob, ...]
+    deny: tuple[Glob, ...]
     allow_ip_literals: bool
 
     @classmethod
     def from_content(cls, content: Mapping[str, Any]) -> ServerAcl:
-        def patterns(key: str) -> tuple[re.Pattern[str], ...]:
+        def patterns(key: str) -> tuple[Glob, ...]:
             value = content.get(key)
             if not isinstance(value, list):
                 return ()
-            return tuple(_glob(p) for p in value if isinstance(p, str))
+            return tuple(compiled_glob(p) for p in value if isinstance(p, str))
 
         literals = content.get("allow_ip_literals")
         return cls(patterns("allow"), patterns("deny"), literals if isinstance(literals, bool) else True)
