@@ -32,6 +32,7 @@ from homeserver.errors import MatrixError
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
 MAX_LIST = 1000  # entries in one of a filter's lists
+MAX_TYPE_VERDICTS = 1000  # event types whose verdict one filter keeps
 
 
 def _bad(message: str) -> MatrixError:
@@ -68,14 +69,23 @@ class EventFilter:
     not_types: tuple[str, ...] = ()
     senders: tuple[str, ...] | None = None
     not_senders: tuple[str, ...] = ()
+    # Whether each event type seen passes types/not_types: up to 2 x MAX_LIST globs, worked
+    # out once per type (an initial /sync matches thousands of events, of a few types).
+    _type_verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def allows_type(self, event_type: str) -> bool:
+        verdict = self._type_verdicts.get(event_type)
+        if verdict is None:
+            verdict = not any(type_matches(t, event_type) for t in self.not_types) and (
+                self.types is None or any(type_matches(t, event_type) for t in self.types))
+            if len(self._type_verdicts) >= MAX_TYPE_VERDICTS:
+                self._type_verdicts.clear()
+            self._type_verdicts[event_type] = verdict
+        return verdict
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         event_type = event.get("type")
-        if not isinstance(event_type, str):
-            return False
-        if any(type_matches(t, event_type) for t in self.not_types):
-            return False
-        if self.types is not None and not any(type_matches(t, event_type) for t in self.types):
+        if not isinstance(event_type, str) or not self.allows_type(event_type):
             return False
         sender = event.get("sender")
         if sender is not None:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from homeserver.client_api.filtering import type_matches
+from homeserver.client_api.filtering import MAX_LIST, parse_filter, type_matches
 from homeserver.server import RunningServer
 from tests.clients import client_server, raw
 from tests.conftest import DatabaseFactory
@@ -134,3 +134,16 @@ async def test_search_words_that_lower_case_out_of_word_characters(
         assert status == 200, body
         section = body["search_categories"]["room_events"]
         assert found is None or len(section["results"]) == found, (term, section)
+
+
+def test_filter_of_many_globs_is_worked_out_once_per_type() -> None:
+    """``types`` and ``not_types`` of 1,000 globs each: 1.2 ms per event, so seconds of a
+    blocked event loop for an initial /sync of many rooms; now once per event type."""
+    flt = parse_filter({"room": {"timeline": {
+        "not_types": ["*x" * 20 + str(i) for i in range(MAX_LIST)],
+        "types": ["*y" * 20 + str(i) for i in range(MAX_LIST - 1)] + ["m.*"]}}})
+    event = {"type": "m.room.message" + "x" * 200, "sender": "@a:b", "content": {}}
+    started = time.monotonic()
+    assert all(flt.room.timeline.matches(event, "!r:x") for _ in range(5000))
+    assert not flt.room.timeline.matches({"type": "x.other", "content": {}}, "!r:x")
+    assert time.monotonic() - started < 0.5
