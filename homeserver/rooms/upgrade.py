@@ -26,8 +26,8 @@ from typing import Any
 
 from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
-from homeserver.events.power import get_power_level
-from homeserver.events.versions import get_room_version
+from homeserver.events.power import get_power_level, parse_level
+from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.errors import NotAllowed, RoomError, UnsupportedVersion
 from homeserver.rooms.service import RoomService
@@ -47,6 +47,34 @@ POWER_LEVELS = "m.room.power_levels"
 
 def _level(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+LEVEL_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
+LEVEL_MAPS = ("events", "users", "notifications")
+MAX_LEVEL = 2**53 - 1  # canonical JSON's integers
+
+
+def integer_levels(pl: Mapping[str, Any], version: RoomVersion) -> dict[str, Any]:
+    """Power levels with every level an integer, as rooms 10 and later require: the levels
+    ``version`` (the old room's) reads from a string (``"50"``) or a float become integers;
+    what it does not read as a level (or what canonical JSON cannot hold) is left out, so
+    the default applies, as it did in the old room. Other keys are kept as they are."""
+    def level(value: Any) -> int | None:
+        n = parse_level(value, version)
+        return n if n is not None and -MAX_LEVEL <= n <= MAX_LEVEL else None
+
+    out: dict[str, Any] = {}
+    for key, value in pl.items():
+        if key in LEVEL_MAPS:
+            if isinstance(value, dict):
+                out[key] = {k: n for k, v in value.items() if (n := level(v)) is not None}
+        elif key in LEVEL_KEYS:
+            n = level(value)
+            if n is not None:
+                out[key] = n
+        else:
+            out[key] = value
+    return out
 
 
 def required_level(pl: Mapping[str, Any], event_type: str) -> int:
@@ -83,7 +111,9 @@ async def upgrade_room(
         k: v for k, v in state.items() if k in (("m.room.create", ""), (POWER_LEVELS, ""), ("m.room.member", user_id))
     }
     old_pl_event = state.get((POWER_LEVELS, ""))
-    old_pl: dict[str, Any] = dict(old_pl_event.content) if old_pl_event is not None else {}
+    old_rules = await rooms.store.get_room_version(room_id) or version
+    # Levels as integers (a room before version 10 may hold "50"), read as the old room does.
+    old_pl = integer_levels(old_pl_event.content, old_rules) if old_pl_event is not None else {}
     if get_power_level(user_id, auth_state) < required_level(old_pl, TOMBSTONE):
         raise NotAllowed("You may not upgrade this room (m.room.tombstone needs more power)")
 
