@@ -147,3 +147,21 @@ def test_filter_of_many_globs_is_worked_out_once_per_type() -> None:
     assert all(flt.room.timeline.matches(event, "!r:x") for _ in range(5000))
     assert not flt.room.timeline.matches({"type": "x.other", "content": {}}, "!r:x")
     assert time.monotonic() - started < 0.5
+
+
+async def test_tag_content_is_bounded(server: RunningServer) -> None:
+    """A tag's content was stored whole: 100 tags of a 1 MB body each made one 100 MB
+    ``m.tag``, rewritten by each change and sent by every initial /sync."""
+    user_id, token = await _register(server, "alice")
+    room, _ = await _room_with_messages(server, token, [])
+    path = f"{C}/user/{quote(user_id)}/rooms/{quote(room)}/tags"
+    status, body = await raw(server, "PUT", f"{path}/u.big", token=token, json={"order": 0.5, "x": "y" * 100_000})
+    assert (status, body["errcode"]) == (413, "M_TOO_LARGE"), body
+    status, body = await raw(server, "PUT", f"{path}/u.ok", token=token, json={"order": 0.25, "x": "y" * 1000})
+    assert status == 200, body
+    for order in (-1, 2, "x", True):
+        status, body = await raw(server, "PUT", f"{path}/u.bad", token=token, json={"order": order})
+        assert (status, body["errcode"]) == (400, "M_BAD_JSON"), body
+    status, body = await raw(server, "GET", path, token=token)
+    assert status == 200, body
+    assert body["tags"] == {"u.ok": {"order": 0.25, "x": "y" * 1000}}
