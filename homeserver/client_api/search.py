@@ -45,6 +45,7 @@ MAX_LIMIT = 100
 DEFAULT_CONTEXT = 5
 MAX_CONTEXT = 20
 MAX_TERM = 1000
+MAX_STATE = 1000  # include_state: state events (other than members) per room
 
 
 def _strings(value: Any, name: str) -> list[str] | None:
@@ -165,7 +166,11 @@ class SearchAPI:
         if group_by:
             section["groups"] = _groups(group_by, [hit for _, hit in results], section.get("next_batch"))
         if criteria.get("include_state") is True:
-            section["state"] = {room: await self._state(req, room) for room in {h.room_id for _, h in results}}
+            senders: dict[str, set[str]] = {}
+            for _, hit in results:
+                senders.setdefault(hit.room_id, {req.user_id})
+                senders[hit.room_id].add(hit.sender)
+            section["state"] = {room: await self._state(req, room, who) for room, who in senders.items()}
         return json_response({"search_categories": {"room_events": section}})
 
     async def _visible(self, user_id: str, hits: Sequence[Hit]) -> list[tuple[StoredEvent, Hit]]:
@@ -224,9 +229,15 @@ class SearchAPI:
             out["profile_info"] = profiles
         return out
 
-    async def _state(self, req: Requester, room_id: str) -> list[dict[str, Any]]:
+    async def _state(self, req: Requester, room_id: str, senders: set[str]) -> list[dict[str, Any]]:
+        """The room's current state, with the member events of the results' senders (and
+        the searcher) only
+        (as lazy loading does) and at most ``MAX_STATE`` other events: the whole state of a
+        hundred rooms of ten thousand members each was a response of a million events."""
         state = await self.events.get_current_state_ids(room_id)
-        found = await self.events.get_events(state.values())
+        wanted = [eid for (t, sk), eid in sorted(state.items()) if t != "m.room.member"][:MAX_STATE]
+        wanted += [state[("m.room.member", s)] for s in sorted(senders) if ("m.room.member", s) in state]
+        found = await self.events.get_events(wanted)
         events = [se for se in found.values() if se.outcome is not Outcome.REJECTED]
         return await serialize_events(self.users, self.events, req, events, clock=self.clock)
 

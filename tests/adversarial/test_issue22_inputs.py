@@ -165,3 +165,28 @@ async def test_tag_content_is_bounded(server: RunningServer) -> None:
     status, body = await raw(server, "GET", path, token=token)
     assert status == 200, body
     assert body["tags"] == {"u.ok": {"order": 0.25, "x": "y" * 1000}}
+
+
+async def test_search_include_state_is_bounded(server: RunningServer) -> None:
+    """``include_state`` returned each result room's whole state (a hundred rooms of ten
+    thousand members: a million events per search); now the members are those of the
+    results' senders and the searcher, as lazy loading gives them."""
+    alice_id, alice = await _register(server, "alice")
+    others = [await _register(server, f"user{i}") for i in range(3)]
+    status, created = await raw(server, "POST", C + "/createRoom", token=alice, json={"preset": "public_chat"})
+    assert status == 200, created
+    room = created["room_id"]
+    for _, token in others:
+        status, body = await raw(server, "POST", f"{C}/rooms/{quote(room)}/join", token=token, json={})
+        assert status == 200, body
+    sender_id, sender = others[0]
+    status, body = await raw(server, "PUT", f"{C}/rooms/{quote(room)}/send/m.room.message/s1", token=sender,
+                             json={"msgtype": "m.text", "body": "kiwi"})
+    assert status == 200, body
+    status, body = await raw(server, "POST", C + "/search", token=alice, json={"search_categories": {
+        "room_events": {"search_term": "kiwi", "include_state": True}}})
+    assert status == 200, body
+    state = body["search_categories"]["room_events"]["state"][room]
+    members = sorted(e["state_key"] for e in state if e["type"] == "m.room.member")
+    assert members == sorted([alice_id, sender_id])
+    assert {"m.room.create", "m.room.power_levels", "m.room.join_rules"} <= {e["type"] for e in state}
