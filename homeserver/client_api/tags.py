@@ -69,8 +69,8 @@ class TagsAPI:
         if request.match_info["user_id"] != req.user_id:
             raise forbidden("Cannot use the tags of other users")
         room_id = request.match_info["room_id"]
-        if not room_id.startswith("!") or len(room_id) < 2:
-            raise MatrixError(400, "M_INVALID_PARAM", f"{room_id} is not a valid room ID")
+        if not room_id.startswith("!") or len(room_id) < 2 or len(room_id.encode()) > 255:
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
         return req, room_id
 
     @staticmethod

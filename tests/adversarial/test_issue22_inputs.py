@@ -190,3 +190,16 @@ async def test_search_include_state_is_bounded(server: RunningServer) -> None:
     members = sorted(e["state_key"] for e in state if e["type"] == "m.room.member")
     assert members == sorted([alice_id, sender_id])
     assert {"m.room.create", "m.room.power_levels", "m.room.join_rules"} <= {e["type"] for e in state}
+
+
+async def test_tags_and_account_data_refuse_overlong_room_ids(server: RunningServer) -> None:
+    """Room IDs are at most 255 bytes: a 5 KB one made a row per ID, as many as asked."""
+    user_id, token = await _register(server, "alice")
+    room = quote("!" + "r" * 5000 + ":x")
+    for method, path, body in (
+        ("PUT", f"{C}/user/{quote(user_id)}/rooms/{room}/tags/u.x", {}),
+        ("GET", f"{C}/user/{quote(user_id)}/rooms/{room}/tags", None),
+        ("PUT", f"{C}/user/{quote(user_id)}/rooms/{room}/account_data/x.y", {"a": 1}),
+    ):
+        status, reply = await raw(server, method, path, token=token, json=body)
+        assert (status, reply["errcode"]) == (400, "M_INVALID_PARAM"), reply
