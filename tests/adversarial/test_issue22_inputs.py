@@ -4,6 +4,7 @@ ignored users, upgrades), on SQLite and PostgreSQL: each is answered with a Matr
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,3 +204,28 @@ async def test_tags_and_account_data_refuse_overlong_room_ids(server: RunningSer
     ):
         status, reply = await raw(server, method, path, token=token, json=body)
         assert (status, reply["errcode"]) == (400, "M_INVALID_PARAM"), reply
+
+
+async def test_profile_burst_is_coalesced_and_the_last_name_wins(server: RunningServer) -> None:
+    """100 renames in a row: the fan-out into the user's rooms coalesces (a handful of
+    member events, not 100 runs queued), and the room ends with the last name."""
+    user_id, token = await _register(server, "alice")
+    room, _ = await _room_with_messages(server, token, [])
+    for bad in ({"displayname": "x" * 1_000_000}, {"displayname": 5}, {"displayname": ["x"]}):
+        status, body = await raw(server, "PUT", f"{C}/profile/{quote(user_id)}/displayname", token=token, json=bad)
+        assert status in (400, 413) and body["errcode"], body
+    for i in range(100):
+        status, body = await raw(server, "PUT", f"{C}/profile/{quote(user_id)}/displayname", token=token,
+                                 json={"displayname": f"name{i}"})
+        assert status == 200, body
+    member_path = f"{C}/rooms/{quote(room)}/state/m.room.member/{quote(user_id)}"
+    for _ in range(200):
+        status, member = await raw(server, "GET", member_path, token=token)
+        if member.get("displayname") == "name99":
+            break
+        await asyncio.sleep(0.05)
+    assert member.get("displayname") == "name99", member
+    status, page = await raw(server, "GET", f"{C}/rooms/{quote(room)}/messages?dir=b&limit=200", token=token)
+    assert status == 200, page
+    renames = [e for e in page["chunk"] if e["type"] == "m.room.member" and e["state_key"] == user_id]
+    assert len(renames) <= 10, [e["content"].get("displayname") for e in renames]
