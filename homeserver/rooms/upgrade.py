@@ -10,7 +10,8 @@
 3. Users able to follow: when the old room is not public, its joined members are invited to
    the new room (the choice made here; Synapse instead sets a restricted join rule naming
    the old room: inviting works in every room version and needs no restricted-join
-   authorisation by a resident server).
+   authorisation by a resident server). At most ``MAX_INVITED``, ours first, other
+   servers' ``INVITE_CONCURRENCY`` at a time within ``INVITE_SECONDS`` (``invite_members``).
 4. Our aliases of the old room move to the new room, and the canonical alias with them
    (removed from the old room); a room published in our directory is published in its
    place.
@@ -20,12 +21,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
+from homeserver.events.identifiers import server_name_of
 from homeserver.events.power import get_power_level, parse_level
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.rooms.directory import RoomDirectory
@@ -41,6 +44,11 @@ COPIED_STATE = (
 SPACE_CHILD = "m.space.child"
 # At most this many space children, and this many bans, are carried over.
 MAX_COPIED = 1000
+# Members of the old room invited into the new one: how many, how many remote handshakes at
+# once, and how long the remote ones may take in all.
+MAX_INVITED = 1000
+INVITE_CONCURRENCY = 10
+INVITE_SECONDS = 30.0
 TOMBSTONE = "m.room.tombstone"
 POWER_LEVELS = "m.room.power_levels"
 
@@ -154,8 +162,9 @@ async def upgrade_room(
     new_room = await rooms.create_room(
         user_id, room_version=version.identifier, preset="private_chat",
         initial_state=[{"type": POWER_LEVELS, "state_key": "", "content": new_pl}, *copied],
-        creation_content=creation, invite=invitees,
+        creation_content=creation,
     )
+    await invite_members(rooms, user_id, new_room, invitees)
     # Bans carry over (as Synapse does), while the upgrader still has every power needed.
     banned = [sk for (t, sk), e in sorted(state.items()) if t == "m.room.member" and e.membership == "ban"]
     for target in banned[:MAX_COPIED]:
@@ -176,6 +185,38 @@ async def upgrade_room(
         log.info("old room's power levels left as they were", extra={"room_id": room_id, "reason": str(e)})
     log.info("room upgraded", extra={"room_id": room_id, "new_room_id": new_room, "version": version.identifier})
     return new_room
+
+
+async def invite_members(rooms: RoomService, user_id: str, room_id: str, invitees: Sequence[str]) -> None:
+    """Invite the old room's members into the new one, bounded: at most ``MAX_INVITED``,
+    ours first (no handshake), then other servers' users ``INVITE_CONCURRENCY`` at a time,
+    all within ``INVITE_SECONDS`` (each remote invite waits for its server to countersign:
+    one by one, a thousand members on slow servers held the request for hours)."""
+    server = server_name_of(user_id)
+    chosen = sorted(invitees, key=lambda u: server_name_of(u) != server)[:MAX_INVITED]
+    slots = asyncio.Semaphore(INVITE_CONCURRENCY)
+
+    async def invite(target: str) -> None:
+        async with slots:
+            try:
+                await rooms.invite(user_id, room_id, target)
+            except RoomError as e:
+                log.info("member not invited to the new room", extra={"room_id": room_id, "target": target,
+                                                                       "reason": str(e)})
+
+    local = [u for u in chosen if server_name_of(u) == server]
+    for target in local:
+        await invite(target)
+    tasks = [asyncio.create_task(invite(u)) for u in chosen[len(local):]]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=INVITE_SECONDS)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if pending:
+        log.info("members left uninvited: their servers were too slow", extra={"room_id": room_id,
+                                                                               "count": len(pending)})
 
 
 async def _move_aliases(
