@@ -229,3 +229,16 @@ async def test_profile_burst_is_coalesced_and_the_last_name_wins(server: Running
     assert status == 200, page
     renames = [e for e in page["chunk"] if e["type"] == "m.room.member" and e["state_key"] == user_id]
     assert len(renames) <= 10, [e["content"].get("displayname") for e in renames]
+
+
+async def test_avatar_url_must_be_an_mxc_uri(server: RunningServer) -> None:
+    """An http(s) avatar was accepted and carried into every room of the user: each
+    client showing the member would fetch it (IP tracking)."""
+    user_id, token = await _register(server, "alice")
+    path = f"{C}/profile/{quote(user_id)}/avatar_url"
+    for bad in ("http://evil.example/x.png", "https://evil.example/x", "mxc://", "mxc://a/b/c", "javascript:x", 5):
+        status, body = await raw(server, "PUT", path, token=token, json={"avatar_url": bad})
+        assert status == 400 and body["errcode"] in ("M_INVALID_PARAM", "M_BAD_JSON"), (bad, body)
+    for good in ("mxc://example.org/AbC_123", "", None):
+        status, body = await raw(server, "PUT", path, token=token, json={"avatar_url": good})
+        assert status == 200, (good, body)
