@@ -14,6 +14,7 @@ import pytest
 
 from homeserver.client_api.filtering import MAX_LIST, parse_filter, type_matches
 from homeserver.server import RunningServer
+from homeserver.storage import users as users_store
 from tests.clients import client_server, raw
 from tests.conftest import DatabaseFactory
 
@@ -242,3 +243,25 @@ async def test_avatar_url_must_be_an_mxc_uri(server: RunningServer) -> None:
     for good in ("mxc://example.org/AbC_123", "", None):
         status, body = await raw(server, "PUT", path, token=token, json={"avatar_url": good})
         assert status == 200, (good, body)
+
+
+async def test_stored_filters_are_deduplicated_and_capped(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every POST stored a new filter: a loop of posts filled the database. The same filter
+    now gets its ID back, and a user holds at most ``MAX_FILTERS_PER_USER`` distinct ones."""
+    monkeypatch.setattr(users_store, "MAX_FILTERS_PER_USER", 5)
+    user_id, token = await _register(server, "alice")
+    path = f"{C}/user/{quote(user_id)}/filter"
+    flt = {"room": {"timeline": {"limit": 5}, "state": {"lazy_load_members": True}}}
+    first = await raw(server, "POST", path, token=token, json=flt)
+    again = await raw(server, "POST", path, token=token, json={"room": {"state": {"lazy_load_members": True},
+                                                                         "timeline": {"limit": 5}}})
+    assert first[0] == again[0] == 200 and first[1]["filter_id"] == again[1]["filter_id"], (first, again)
+    for limit in range(1, 5):
+        status, body = await raw(server, "POST", path, token=token, json={"room": {"timeline": {"limit": limit}}})
+        assert status == 200, body
+    status, body = await raw(server, "POST", path, token=token, json={"room": {"timeline": {"limit": 50}}})
+    assert (status, body["errcode"]) == (400, "M_LIMIT_EXCEEDED"), body
+    status, body = await raw(server, "GET", f"{path}/{first[1]['filter_id']}", token=token)
+    assert status == 200 and body == flt, body
