@@ -5,9 +5,9 @@ events goes through: /sync, /messages, /context, /event, /relations, /threads, /
 
 An edit or a thread's latest reply is bundled only when the user may see it (history
 visibility: nothing sent after they left, or before they joined when the room forbids it)
-and, for a reply, when its sender is not one they ignore; for a thread whose latest reply
-is hidden, the newest of its last ``THREAD_FALLBACK`` replies they may see stands in (none:
-no ``m.thread``).
+and, for a reply, when its sender is not one they ignore (a thread's ``count`` leaves their
+replies out too); for a thread whose latest reply is hidden, the newest of its last
+``THREAD_FALLBACK`` replies they may see stands in (none: no ``m.thread``).
 """
 
 from __future__ import annotations
@@ -76,11 +76,23 @@ async def _visible(
 
 async def _hide_unseen(store: EventStore, user_id: str, bundles: dict[str, Bundle]) -> None:
     """Take out of ``bundles`` the edits and thread replies ``user_id`` may not see."""
+    if not any(b.replace is not None or b.thread is not None for b in bundles.values()):
+        return
+    ignored = await ignored_users(AccountDataStore(store.db), user_id)
+    roots = [root for root, b in bundles.items() if b.thread is not None]
+    if ignored and roots:
+        # Threads summed up again without the replies of those the user ignores.
+        summaries = await RelationStore(store.db).threads_of(roots, user_id, sorted(ignored))
+        latest_replies = await store.get_events(s.latest_id for s in summaries.values())
+        for root in roots:
+            bundle, summary = bundles[root], summaries.get(root)
+            last = latest_replies.get(summary.latest_id) if summary is not None else None
+            participated = bundle.thread.participated if bundle.thread is not None else False
+            bundle.thread = Thread(summary.count, last, participated) if summary and last else None
     shown = [b.replace for b in bundles.values() if b.replace is not None]
     shown += [b.thread.latest for b in bundles.values() if b.thread is not None]
     if not shown:
         return
-    ignored = await ignored_users(AccountDataStore(store.db), user_id)
     visibility = HistoryVisibility(store)
     visible = await _visible(visibility, user_id, shown, ())
     for root_id, bundle in bundles.items():

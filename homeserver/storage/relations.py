@@ -157,10 +157,14 @@ class RelationStore:
                 out.setdefault(parent, set()).add(rel_type)
         return out
 
-    async def threads_of(self, root_ids: Sequence[str], user_id: str) -> dict[str, ThreadSummary]:
-        """The thread summary of each root: replies (same room), the latest, and whether
-        ``user_id`` replied (the caller adds whether they sent the root)."""
+    async def threads_of(
+        self, root_ids: Sequence[str], user_id: str, not_senders: Sequence[str] = (),
+    ) -> dict[str, ThreadSummary]:
+        """The thread summary of each root: replies (same room; none by ``not_senders``,
+        those the user ignores), the latest, and whether ``user_id`` replied (the caller
+        adds whether they sent the root)."""
         out: dict[str, ThreadSummary] = {}
+        skip, skip_args = self.db.dialect.not_in_list("r.sender", list(not_senders)) if not_senders else ("1 = 1", [])
         for chunk in batch_iter(root_ids, CHUNK):
             cond, args = self.db.dialect.in_list("r.parent_id", chunk)
             rows = await self.db.fetchall(
@@ -168,10 +172,10 @@ class RelationStore:
                 " SELECT r.parent_id AS parent_id, COUNT(*) AS n, MAX(r.stream_ordering) AS latest,"
                 " MAX(CASE WHEN r.sender = ? THEN 1 ELSE 0 END) AS mine"
                 " FROM event_relations r JOIN events p ON p.event_id = r.parent_id AND p.room_id = r.room_id"
-                f" WHERE {cond} AND r.rel_type = ? AND {_NOT_REDACTED} GROUP BY r.parent_id"
+                f" WHERE {cond} AND r.rel_type = ? AND {skip} AND {_NOT_REDACTED} GROUP BY r.parent_id"
                 ") a JOIN event_relations l ON l.parent_id = a.parent_id AND l.stream_ordering = a.latest"
                 " AND l.rel_type = ?",
-                user_id, *args, THREAD, THREAD,
+                user_id, *args, THREAD, *skip_args, THREAD,
             )
             for parent, count, mine, latest in rows:
                 out[parent] = ThreadSummary(parent, int(count), latest, bool(mine))

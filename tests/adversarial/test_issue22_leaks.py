@@ -4,7 +4,8 @@
   after the user left (history visibility ``joined``) was bundled whole into events they
   may still fetch; a reply by a user they ignore was bundled too;
 - ``/relations``, ``/threads`` and ``/search`` (results and their context) returned the
-  events of ignored users, which /sync, /messages and /context already hide.
+  events of ignored users, which /sync, /messages and /context already hide; a thread's
+  bundled ``count`` counted their replies.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ async def test_ignored_users_out_of_relations_threads_and_search(server: Running
     assert [e["event_id"] for e in threads["chunk"]] == [root]
     bundle = threads["chunk"][0]["unsigned"]["m.relations"]["m.thread"]
     assert bundle["latest_event"]["content"]["body"] == "walrus from alice"
+    assert bundle["count"] == 1  # Bob's reply is not counted for Alice
+    status, page = await raw(server, "GET", f"{C}/rooms/{quote(room)}/messages?dir=b&limit=50", token=alice)
+    assert status == 200, page
+    assert "walrus from bob" not in str(page) and "walrus reply by bob" not in str(page)
     for order in ("rank", "recent"):
         status, found = await raw(server, "POST", C + "/search", token=alice, json={"search_categories": {
             "room_events": {"search_term": "walrus", "order_by": order,
@@ -128,3 +133,7 @@ async def test_ignored_users_out_of_relations_threads_and_search(server: Running
     status, rels = await raw(server, "GET", f"{V1}/rooms/{quote(room)}/relations/{quote(root)}", token=bob)
     assert status == 200, rels
     assert len(rels["chunk"]) == 2
+    status, threads = await raw(server, "GET", f"{V1}/rooms/{quote(room)}/threads", token=bob)
+    assert status == 200, threads
+    counts = {e["event_id"]: e["unsigned"]["m.relations"]["m.thread"]["count"] for e in threads["chunk"]}
+    assert counts == {root: 2, bob_root: 1}
