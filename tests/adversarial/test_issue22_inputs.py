@@ -265,3 +265,17 @@ async def test_stored_filters_are_deduplicated_and_capped(
     assert (status, body["errcode"]) == (400, "M_LIMIT_EXCEEDED"), body
     status, body = await raw(server, "GET", f"{path}/{first[1]['filter_id']}", token=token)
     assert status == 200 and body == flt, body
+
+
+async def test_search_groupings_repeated(server: RunningServer) -> None:
+    """``group_by`` repeating the same key 50,000 times (within the body limit): each
+    repetition grouped the page again."""
+    _, token = await _register(server, "alice")
+    await _room_with_messages(server, token, [f"plum {i}" for i in range(20)])
+    started = time.monotonic()
+    status, body = await raw(server, "POST", C + "/search", token=token, json={"search_categories": {"room_events": {
+        "search_term": "plum", "filter": {"limit": 100},
+        "groupings": {"group_by": [{"key": "sender"}, {"key": "room_id"}] * 25_000}}}})
+    assert status == 200, body
+    assert set(body["search_categories"]["room_events"]["groups"]) == {"sender", "room_id"}
+    assert time.monotonic() - started < 2
