@@ -33,6 +33,8 @@ DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
 MAX_LIST = 1000  # entries in one of a filter's lists
 MAX_TYPE_VERDICTS = 1000  # event types whose verdict one filter keeps
+MAX_FIELD_DEPTH = 32  # keys in one event_fields path
+MAX_FIELD_KEYS = 1000  # keys in all of a filter's event_fields paths
 
 
 def _bad(message: str) -> MatrixError:
@@ -264,6 +266,11 @@ def parse_filter(value: Any) -> Filter:
     room = _object(value.get("room"), "filter.room")
     include_leave = _bool(room, "include_leave", "filter.room", False)
     fields = _strings(value, "event_fields", "filter")
+    paths = None if fields is None else tuple(dict.fromkeys(split_field_path(f) for f in fields))
+    # Each path is walked for every event served: 1,000 paths of 500 keys cost 50 ms an event.
+    if paths is not None and (any(len(p) > MAX_FIELD_DEPTH for p in paths)
+                              or sum(len(p) for p in paths) > MAX_FIELD_KEYS):
+        raise _bad(f"filter.event_fields: at most {MAX_FIELD_DEPTH} keys a path, {MAX_FIELD_KEYS} in all")
     event_format = value.get("event_format", "client")
     if event_format not in ("client", "federation"):
         raise _bad("filter.event_format must be client or federation")
@@ -280,7 +287,7 @@ def parse_filter(value: Any) -> Filter:
         ),
         presence=parse_event_filter(value.get("presence"), "filter.presence"),
         account_data=parse_event_filter(value.get("account_data"), "filter.account_data"),
-        event_fields=None if fields is None else tuple(split_field_path(f) for f in fields),
+        event_fields=paths,
         event_format=event_format,
     )
 
