@@ -74,6 +74,15 @@ class EventFilter:
     # Whether each event type seen passes types/not_types: up to 2 x MAX_LIST globs, worked
     # out once per type (an initial /sync matches thousands of events, of a few types).
     _type_verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The ID lists (up to MAX_LIST each) as sets, made on first use: a tuple's `in` read
+    # thousands of entries for each of the thousands of events an initial /sync matches.
+    _sets: dict[str, frozenset[str]] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def _set(self, name: str) -> frozenset[str]:
+        found = self._sets.get(name)
+        if found is None:
+            found = self._sets[name] = frozenset(getattr(self, name) or ())
+        return found
 
     def allows_type(self, event_type: str) -> bool:
         verdict = self._type_verdicts.get(event_type)
@@ -91,9 +100,9 @@ class EventFilter:
             return False
         sender = event.get("sender")
         if sender is not None:
-            if sender in self.not_senders:
+            if sender in self._set("not_senders"):
                 return False
-            if self.senders is not None and sender not in self.senders:
+            if self.senders is not None and sender not in self._set("senders"):
                 return False
         return True
 
@@ -108,7 +117,7 @@ class RoomEventFilter(EventFilter):
     unread_thread_notifications: bool = False  # per-thread unread counts in /sync (push/notify.py)
 
     def allows_room(self, room_id: str) -> bool:
-        return room_id not in self.not_rooms and (self.rooms is None or room_id in self.rooms)
+        return room_id not in self._set("not_rooms") and (self.rooms is None or room_id in self._set("rooms"))
 
     def matches(self, event: Mapping[str, Any], room_id: str | None = None) -> bool:
         if not EventFilter.matches(self, event):

@@ -303,3 +303,19 @@ def test_event_fields_are_bounded() -> None:
     for _ in range(1000):
         apply_event_fields(event, flt.event_fields)
     assert time.monotonic() - started < 1
+
+
+def test_filter_id_lists_are_sets() -> None:
+    """``senders``/``not_senders``/``rooms``/``not_rooms`` of 1,000 IDs were tuples: 27 µs an
+    event, over a second for the 50,000 state events of an initial /sync."""
+    flt = parse_filter({"room": {"state": {
+        "senders": [f"@s{i}:x" for i in range(MAX_LIST - 1)] + ["@a:b"],
+        "not_senders": [f"@n{i}:x" for i in range(MAX_LIST)],
+        "rooms": [f"!r{i}:x" for i in range(MAX_LIST)], "not_rooms": [f"!n{i}:x" for i in range(MAX_LIST)]}}})
+    event = {"type": "m.room.member", "sender": "@a:b", "content": {}}
+    started = time.monotonic()
+    assert all(flt.room.state.matches(event, "!r999:x") for _ in range(50_000))
+    assert time.monotonic() - started < 0.5
+    assert not flt.room.state.matches({**event, "sender": "@n5:x"}, "!r1:x")
+    assert not flt.room.state.matches({**event, "sender": "@other:x"}, "!r1:x")
+    assert not flt.room.state.matches(event, "!n5:x") and not flt.room.state.matches(event, "!elsewhere:x")
