@@ -66,8 +66,9 @@ class AccountDataAPI:
         if request.match_info["user_id"] != req.user_id:
             raise forbidden(f"Cannot {verb} account data of other users")
         room_id = request.match_info.get("room_id", GLOBAL)
-        if "room_id" in request.match_info and (not room_id.startswith("!") or len(room_id) < 2):
-            raise MatrixError(400, "M_INVALID_PARAM", f"{room_id} is not a valid room ID")
+        if "room_id" in request.match_info and (not room_id.startswith("!") or len(room_id) < 2
+                                          or len(room_id.encode()) > 255):
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
         data_type = request.match_info["data_type"]
         if not data_type or len(data_type) > MAX_TYPE_LENGTH:
             raise MatrixError(400, "M_INVALID_PARAM", "Invalid account data type")

@@ -7,6 +7,7 @@ the member events of the rooms the user is in (in the background, paced:
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from homeserver.client_api.common import Authenticator, server_of
 from homeserver.client_api.profile_fanout import ProfileFanout
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.events.identifiers import is_valid_server_name
 from homeserver.http import json_response, read_json_object
 from homeserver.net.client import FederationClient, FederationRequestError
 from homeserver.rooms.service import RoomService
@@ -24,6 +26,15 @@ log = logging.getLogger(__name__)
 
 FIELDS = ("displayname", "avatar_url")
 MAX_FIELD_LENGTH = 1024
+_MEDIA_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def is_mxc_uri(value: str) -> bool:
+    """``mxc://<server name>/<media ID>``."""
+    if not value.startswith("mxc://"):
+        return False
+    server, _, media_id = value[len("mxc://"):].partition("/")
+    return is_valid_server_name(server) and _MEDIA_ID.fullmatch(media_id) is not None
 REMOTE_PROFILE_TIMEOUT = 10.0
 
 
@@ -93,6 +104,10 @@ class ProfileAPI:
             raise MatrixError(400, "M_BAD_JSON", f"{field} must be a string")
         if value is not None and len(value) > MAX_FIELD_LENGTH:
             raise MatrixError(400, "M_TOO_LARGE", f"{field} is too long")
+        if field == "avatar_url" and value and not is_mxc_uri(value):
+            # An http(s) URL would make every client showing the member fetch it (IP
+            # tracking), and it is carried into each of the user's rooms.
+            raise MatrixError(400, "M_INVALID_PARAM", "avatar_url must be an mxc:// URI")
         await self.users.set_profile_field(user_id, field, value or None)
         self.fanout.schedule(user_id)  # the member events follow in the background
         return json_response({})

@@ -23,10 +23,12 @@ from aiohttp import web
 from homeserver.client_api.access import room_access
 from homeserver.client_api.common import Authenticator, query_bool, query_int
 from homeserver.client_api.events import serialize_events
+from homeserver.client_api.ignored import ignored_users
 from homeserver.client_api.tokens import FIRST_POSITION, page_token, parse_page_token
 from homeserver.errors import MatrixError, not_found
 from homeserver.http import json_response
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.relations import MAX_DEPTH, RelationStore
 from homeserver.storage.timeline import TimelineStore
@@ -49,6 +51,7 @@ class RelationsAPI:
         self.users = users
         self.visibility = visibility
         self.relations = RelationStore(events.db)
+        self.account_data = AccountDataStore(events.db)
         self.clock = clock
 
     def routes(self) -> list[web.RouteDef]:
@@ -93,7 +96,11 @@ class RelationsAPI:
             newest_first=direction == "b", recurse=recurse,
         )
         found = await self.events.get_events(eid for eid, _ in rows)
-        chunk = [found[eid] for eid, _ in rows if eid in found and found[eid].outcome is Outcome.ACCEPTED]
+        ignored = await ignored_users(self.account_data, req.user_id)
+        chunk = [
+            found[eid] for eid, _ in rows
+            if eid in found and found[eid].outcome is Outcome.ACCEPTED and found[eid].event.sender not in ignored
+        ]
         visible = await self.visibility.filter_for_user(req.user_id, room_id, chunk)
         body: dict[str, Any] = {
             "chunk": await serialize_events(self.users, self.events, req, visible, clock=self.clock),
@@ -122,9 +129,11 @@ class RelationsAPI:
             upto=access.upto,
         )
         found = await self.events.get_events(root for root, _ in rows)
+        ignored = await ignored_users(self.account_data, req.user_id)
         roots = [
             found[root] for root, _ in rows
             if root in found and found[root].outcome is Outcome.ACCEPTED and found[root].event.room_id == room_id
+            and found[root].event.sender not in ignored
         ]
         visible = await self.visibility.filter_for_user(req.user_id, room_id, roots)
         body: dict[str, Any] = {

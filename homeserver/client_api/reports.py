@@ -26,6 +26,7 @@ from homeserver.storage.events import EventStore, Outcome
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.timeline import TimelineStore
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
+from homeserver.util.locks import KeyedLock
 
 MAX_REASON = 4096
 MAX_REPORTS_PER_HOUR = 100
@@ -56,6 +57,9 @@ class ReportsAPI:
         self.visibility = visibility
         self.store = store
         self.clock = clock
+        # The hourly cap's count and the insert, one user at a time (reports sent all at
+        # once would otherwise all pass the count before any is stored).
+        self._locks: KeyedLock[str] = KeyedLock()
 
     def routes(self) -> list[web.RouteDef]:
         r = "/_matrix/client/v3/rooms/{room_id}/report"
@@ -63,10 +67,11 @@ class ReportsAPI:
 
     async def _store(self, user_id: str, room_id: str, event_id: str | None, reason: str | None,
                      score: int | None) -> web.Response:
-        now = self.clock.time_ms()
-        if await self.store.count_since(user_id, now - HOUR_MS) >= MAX_REPORTS_PER_HOUR:
-            raise MatrixError(429, "M_LIMIT_EXCEEDED", "Too many reports", retry_after_ms=HOUR_MS // 10)
-        await self.store.add(user_id, room_id, event_id, reason, score, now)
+        async with self._locks(user_id):
+            now = self.clock.time_ms()
+            if await self.store.count_since(user_id, now - HOUR_MS) >= MAX_REPORTS_PER_HOUR:
+                raise MatrixError(429, "M_LIMIT_EXCEEDED", "Too many reports", retry_after_ms=HOUR_MS // 10)
+            await self.store.add(user_id, room_id, event_id, reason, score, now)
         return json_response({})
 
     async def report_event(self, request: web.Request) -> web.Response:

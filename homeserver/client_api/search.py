@@ -25,6 +25,7 @@ from aiohttp import web
 
 from homeserver.client_api.common import Authenticator, Requester
 from homeserver.client_api.events import serialize_events
+from homeserver.client_api.ignored import ignored_users
 from homeserver.client_api.tokens import FIRST_POSITION, page_token
 from homeserver.config import ClientConfig
 from homeserver.errors import MatrixError
@@ -32,6 +33,7 @@ from homeserver.events.relations import SEARCH_KEYS
 from homeserver.http import json_response, read_json_object
 from homeserver.rooms.redactions import applied_redactions
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.search import Hit, SearchQuery, SearchStore, search_words
 from homeserver.storage.timeline import TimelineStore
@@ -43,6 +45,7 @@ MAX_LIMIT = 100
 DEFAULT_CONTEXT = 5
 MAX_CONTEXT = 20
 MAX_TERM = 1000
+MAX_STATE = 1000  # include_state: state events (other than members) per room
 
 
 def _strings(value: Any, name: str) -> list[str] | None:
@@ -73,7 +76,12 @@ def _parse_batch(raw: str | None) -> tuple[str, int] | None:
     if not raw:
         return None
     kind, _, number = raw.partition(":")
-    if kind not in ("rank", "recent") or not number.lstrip("-").isdigit() or len(number) > 19:
+    # A rank offset or a stream ordering: ASCII digits (no sign), within a 63-bit integer
+    # (PostgreSQL refuses a negative OFFSET; either engine, a number past 2^63).
+    if (
+        kind not in ("rank", "recent") or not (number.isascii() and number.isdigit())
+        or len(number) > 19 or int(number) >= 2**63
+    ):
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid next_batch")
     return kind, int(number)
 
@@ -90,6 +98,7 @@ class SearchAPI:
         self.users = users
         self.visibility = visibility
         self.store = SearchStore(events.db)
+        self.account_data = AccountDataStore(events.db)
         self.clock = clock
 
     def routes(self) -> list[web.RouteDef]:
@@ -128,7 +137,8 @@ class SearchAPI:
             key = g.get("key") if isinstance(g, dict) else None
             if key not in ("room_id", "sender"):
                 raise MatrixError(400, "M_BAD_JSON", "group_by keys must be room_id or sender")
-            group_by.append(str(key))
+            if key not in group_by:  # a key repeated (50,000 times) groups the page once
+                group_by.append(str(key))
         batch = _parse_batch(request.query.get("next_batch"))
         if batch is not None and batch[0] != order_by:
             raise MatrixError(400, "M_INVALID_PARAM", "next_batch is from another ordering")
@@ -145,10 +155,11 @@ class SearchAPI:
         served = await serialize_events(self.users, self.events, req, [se for se, _ in results], clock=self.clock)
         context = _object(criteria.get("event_context"), "event_context")
         out_results: list[dict[str, Any]] = []
+        ignored = await ignored_users(self.account_data, req.user_id) if context else frozenset()
         for (se, hit), event in zip(results, served, strict=True):
             item: dict[str, Any] = {"rank": hit.rank, "result": event}
             if context:
-                item["context"] = await self._context(req, se, context)
+                item["context"] = await self._context(req, se, context, ignored)
             out_results.append(item)
         section: dict[str, Any] = {"results": out_results, "count": count, "highlights": words}
         if len(hits) == limit:
@@ -156,24 +167,33 @@ class SearchAPI:
         if group_by:
             section["groups"] = _groups(group_by, [hit for _, hit in results], section.get("next_batch"))
         if criteria.get("include_state") is True:
-            section["state"] = {room: await self._state(req, room) for room in {h.room_id for _, h in results}}
+            senders: dict[str, set[str]] = {}
+            for _, hit in results:
+                senders.setdefault(hit.room_id, {req.user_id})
+                senders[hit.room_id].add(hit.sender)
+            section["state"] = {room: await self._state(req, room, who) for room, who in senders.items()}
         return json_response({"search_categories": {"room_events": section}})
 
     async def _visible(self, user_id: str, hits: Sequence[Hit]) -> list[tuple[StoredEvent, Hit]]:
-        """The hits the user may see, in order: accepted, not redacted, visible to them."""
+        """The hits the user may see, in order: accepted, not redacted, not sent by a user they
+        ignore, visible to them."""
         found = await self.events.get_events(h.event_id for h in hits)
         stored = [found[h.event_id] for h in hits if h.event_id in found]
         redactions = await applied_redactions(self.events, (se.event for se in stored))
+        ignored = await ignored_users(self.account_data, user_id)
         allowed: set[str] = set()
         by_room: dict[str, list[StoredEvent]] = {}
         for se in stored:
-            if se.outcome is Outcome.ACCEPTED and se.event.event_id not in redactions:
+            event = se.event
+            if se.outcome is Outcome.ACCEPTED and event.event_id not in redactions and event.sender not in ignored:
                 by_room.setdefault(se.event.room_id, []).append(se)
         for room_id, events in by_room.items():
             allowed.update(se.event.event_id for se in await self.visibility.filter_for_user(user_id, room_id, events))
         return [(found[h.event_id], h) for h in hits if h.event_id in allowed]
 
-    async def _context(self, req: Requester, se: StoredEvent, spec: dict[str, Any]) -> dict[str, Any]:
+    async def _context(
+        self, req: Requester, se: StoredEvent, spec: dict[str, Any], ignored: frozenset[str],
+    ) -> dict[str, Any]:
         before_limit = _small_int(spec.get("before_limit"), "before_limit", DEFAULT_CONTEXT, MAX_CONTEXT)
         after_limit = _small_int(spec.get("after_limit"), "after_limit", DEFAULT_CONTEXT, MAX_CONTEXT)
         room_id, position = se.event.room_id, se.stream_ordering
@@ -186,8 +206,10 @@ class SearchAPI:
         ) if after_limit else []
         start = page_token((before[-1].stream_ordering if before else position) - 1)
         end = page_token(after[-1].stream_ordering if after else position)
-        before = await self.visibility.filter_for_user(req.user_id, room_id, before)
-        after = await self.visibility.filter_for_user(req.user_id, room_id, after)
+        before = await self.visibility.filter_for_user(
+            req.user_id, room_id, [e for e in before if e.event.sender not in ignored])
+        after = await self.visibility.filter_for_user(
+            req.user_id, room_id, [e for e in after if e.event.sender not in ignored])
         served = await serialize_events(self.users, self.events, req, [*before, *after], clock=self.clock)
         out: dict[str, Any] = {
             "start": start, "end": end,
@@ -208,9 +230,15 @@ class SearchAPI:
             out["profile_info"] = profiles
         return out
 
-    async def _state(self, req: Requester, room_id: str) -> list[dict[str, Any]]:
+    async def _state(self, req: Requester, room_id: str, senders: set[str]) -> list[dict[str, Any]]:
+        """The room's current state, with the member events of the results' senders (and
+        the searcher) only
+        (as lazy loading does) and at most ``MAX_STATE`` other events: the whole state of a
+        hundred rooms of ten thousand members each was a response of a million events."""
         state = await self.events.get_current_state_ids(room_id)
-        found = await self.events.get_events(state.values())
+        wanted = [eid for (t, sk), eid in sorted(state.items()) if t != "m.room.member"][:MAX_STATE]
+        wanted += [state[("m.room.member", s)] for s in sorted(senders) if ("m.room.member", s) in state]
+        found = await self.events.get_events(wanted)
         events = [se for se in found.values() if se.outcome is not Outcome.REJECTED]
         return await serialize_events(self.users, self.events, req, events, clock=self.clock)
 

@@ -117,7 +117,10 @@ class SyncAPI:
             raise forbidden("You can only create filters for yourself")
         body = await read_json_object(request, min(MAX_FILTER_BYTES, self.config.max_body_bytes))
         parse_filter(body)
-        return json_response({"filter_id": await self.users.store_filter(req.user_id, body)})
+        filter_id = await self.users.store_filter(req.user_id, body)
+        if filter_id is None:
+            raise MatrixError(400, "M_LIMIT_EXCEEDED", "Too many filters stored for this user")
+        return json_response({"filter_id": filter_id})
 
     async def get_filter(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)

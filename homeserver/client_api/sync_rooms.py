@@ -11,7 +11,7 @@
   those this device was not already sent, unless ``include_redundant_members``. What each
   device was sent is kept in memory, bounded (``SentMembers``: at most ``MAX_DEVICES_ROOMS``
   (user, device, room) entries, least recently used dropped first, each of at most
-  ``MAX_MEMBERS_PER_ROOM`` members); a dropped entry only means a member event is sent
+  ``MAX_MEMBERS_PER_ROOM`` members, ``MAX_MEMBERS_TOTAL`` over all); a dropped entry only means a member event is sent
   again, which clients accept.
 - Summary (``summary.py``): on a full section, or when a member event is in the section.
 - ``event_fields``: each timeline and state event keeps only the fields named.
@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection
 from typing import Any
 
@@ -34,37 +35,57 @@ from homeserver.storage.events import EventStore, Outcome, StoredEvent
 from homeserver.storage.timeline import TimelineStore
 from homeserver.storage.users import UserStore
 from homeserver.util.clock import Clock
-from homeserver.util.lru import LruCache
 
 MAX_SCAN = 500  # events read per section looking for ones a timeline filter lets through
 SCAN_BATCH = 100
 MAX_DEVICES_ROOMS = 20_000
 MAX_MEMBERS_PER_ROOM = 5_000
+MAX_MEMBERS_TOTAL = 1_000_000
 
 
 class SentMembers:
-    """The member events each (user, device, room) was sent (lazy loading), bounded."""
+    """The member events each (user, device, room) was sent (lazy loading), bounded: at
+    most ``max_entries`` keys and ``max_total`` members over all of them (each key at
+    most ``MAX_MEMBERS_PER_ROOM``), the least recently used keys dropped first. Without
+    the total, 20,000 keys of 5,000 members each (a remote server's puppets talking in the
+    rooms of a user with many devices) could hold gigabytes."""
 
-    def __init__(self, max_entries: int = MAX_DEVICES_ROOMS) -> None:
-        self._cache: LruCache[tuple[str, str | None, str], dict[str, str]] = LruCache(max_entries)
+    def __init__(self, max_entries: int = MAX_DEVICES_ROOMS, max_total: int = MAX_MEMBERS_TOTAL) -> None:
+        self.max_entries = max_entries
+        self.max_total = max_total
+        self._sent: OrderedDict[tuple[str, str | None, str], dict[str, str]] = OrderedDict()
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._sent)
 
     def forget(self, key: tuple[str, str | None, str]) -> None:
-        self._cache.pop(key)
+        sent = self._sent.pop(key, None)
+        if sent is not None:
+            self.total -= len(sent)
 
     def was_sent(self, key: tuple[str, str | None, str], member: str, event_id: str) -> bool:
-        sent = self._cache.get(key)
-        return sent is not None and sent.get(member) == event_id
+        sent = self._sent.get(key)
+        if sent is None:
+            return False
+        self._sent.move_to_end(key)
+        return sent.get(member) == event_id
 
     def record(self, key: tuple[str, str | None, str], members: dict[str, str]) -> None:
         if not members:
             return
-        sent = self._cache.get(key)
+        sent = self._sent.get(key)
         if sent is None:
-            sent = {}
-            self._cache[key] = sent
+            sent = self._sent[key] = {}
+        self._sent.move_to_end(key)
+        self.total -= len(sent)
         if len(sent) + len(members) > MAX_MEMBERS_PER_ROOM:
             sent.clear()
         sent.update(members)
+        self.total += len(sent)
+        while self._sent and (len(self._sent) > self.max_entries or self.total > self.max_total):
+            _, dropped = self._sent.popitem(last=False)
+            self.total -= len(dropped)
 
 
 class RoomSections:

@@ -5,12 +5,16 @@ The tags are the room's ``m.tag`` account data (``{"tags": {tag: {"order": 0.5}}
 changed through ``AccountData.set`` so that /sync carries the new ``m.tag`` in the room's
 ``account_data`` and wakes waiting long-polls. A user reads and changes only their own
 tags (403). ``order`` is optional and a number in [0, 1]; a tag is at most
-``MAX_TAG_LENGTH`` characters and a room holds at most ``MAX_TAGS`` tags. Changes of one
+``MAX_TAG_LENGTH`` characters, its content (``order`` and any other keys a client keeps)
+at most ``MAX_TAG_CONTENT`` bytes (413 ``M_TOO_LARGE``: a room's 100 tags of a request body
+each made one ``m.tag`` of 100 MB, read and written whole by every change and sent in
+every initial /sync), and a room holds at most ``MAX_TAGS`` tags. Changes of one
 user's tags in one room are serialised (read, change, write under a lock).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +29,7 @@ from homeserver.util.locks import KeyedLock
 M_TAG = "m.tag"
 MAX_TAG_LENGTH = 255
 MAX_TAGS = 100
+MAX_TAG_CONTENT = 4096
 
 
 def tags_of(content: Any) -> dict[str, Any]:
@@ -39,6 +44,8 @@ def check_tag_body(body: dict[str, Any]) -> dict[str, Any]:
     if order is not None and (isinstance(order, bool) or not isinstance(order, (int, float))
                               or not 0 <= order <= 1):
         raise MatrixError(400, "M_BAD_JSON", "order must be a number between 0 and 1")
+    if len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()) > MAX_TAG_CONTENT:
+        raise MatrixError(413, "M_TOO_LARGE", f"A tag's content is at most {MAX_TAG_CONTENT} bytes")
     return body
 
 
@@ -62,8 +69,8 @@ class TagsAPI:
         if request.match_info["user_id"] != req.user_id:
             raise forbidden("Cannot use the tags of other users")
         room_id = request.match_info["room_id"]
-        if not room_id.startswith("!") or len(room_id) < 2:
-            raise MatrixError(400, "M_INVALID_PARAM", f"{room_id} is not a valid room ID")
+        if not room_id.startswith("!") or len(room_id) < 2 or len(room_id.encode()) > 255:
+            raise MatrixError(400, "M_INVALID_PARAM", "Not a valid room ID")
         return req, room_id
 
     @staticmethod

@@ -54,6 +54,10 @@ def relation_of(content: Any, *, is_state: bool = False) -> Relation | None:
         return None
     if not rel_type or len(rel_type) > MAX_REL_TYPE or not parent.startswith("$") or len(parent) > 255:
         return None
+    # A NUL (federation lets it through in content) cannot be stored in PostgreSQL's text:
+    # such a relation would make the event itself unstorable.
+    if "\x00" in rel_type or "\x00" in parent:
+        return None
     return Relation(rel_type, parent)
 
 

@@ -28,10 +28,6 @@ ACL_KEY: StateKey = ("m.room.server_acl", "")
 CACHE_SIZE = 1_000
 
 
-def _glob(pattern: str) -> Glob:
-    return compile_glob(pattern)  # linear: ACLs come from any room admin, names from anyone
-
-
 def _host(server_name: str) -> str:
     """The server name without its port (``[v6]:port`` keeps its brackets)."""
     try:
@@ -52,7 +48,7 @@ class ServerAcl:
             value = content.get(key)
             if not isinstance(value, list):
                 return ()
-            return tuple(_glob(p) for p in value if isinstance(p, str))
+            return tuple(compile_glob(p) for p in value if isinstance(p, str))
 
         literals = content.get("allow_ip_literals")
         return cls(patterns("allow"), patterns("deny"), literals if isinstance(literals, bool) else True)

@@ -14,7 +14,8 @@ the user may see it (``SpaceHierarchy.user_may_see``); rooms another server call
 inaccessible are not asked about again.
 
 Pagination: the rest of the walk is kept in memory under a random ``next_batch`` token
-(at most ``MAX_SESSIONS``, each for ``SESSION_SECONDS``) tied to the user, the room and
+(at most ``MAX_SESSIONS``, ``MAX_SESSIONS_PER_USER`` of one user, each for
+``SESSION_SECONDS``) tied to the user, the room and
 the parameters; a token that is unknown, expired or given with other parameters is
 refused (``BadPaginationToken``). One page visits at most ``MAX_VISITS`` rooms; one walk
 holds at most ``MAX_STACK`` rooms to visit and visits at most ``MAX_WALK_ROOMS``.
@@ -56,6 +57,7 @@ MAX_REPLY_BYTES = 1024 * 1024
 REMOTE_CACHE_SECONDS = 60.0
 REMOTE_CACHE_SIZE = 1000
 MAX_SESSIONS = 1000
+MAX_SESSIONS_PER_USER = 20
 SESSION_SECONDS = 300.0
 MAX_VISITS = 500
 # One walk, over all its pages: rooms waiting to be visited, rooms visited. Past these the
@@ -190,6 +192,10 @@ class SpaceWalker:
         token = secrets.token_urlsafe(18)
         walk.expires = self._clock.monotonic() + SESSION_SECONDS
         self._walks[token] = walk
+        # One user's walks make room for their own newer ones, not by dropping other users'.
+        own = [k for k, w in self._walks.items() if w.user_id == walk.user_id]
+        for key in own[: max(0, len(own) - MAX_SESSIONS_PER_USER)]:
+            del self._walks[key]
         while len(self._walks) > MAX_SESSIONS:
             self._walks.popitem(last=False)
         return token

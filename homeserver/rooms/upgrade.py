@@ -10,7 +10,8 @@
 3. Users able to follow: when the old room is not public, its joined members are invited to
    the new room (the choice made here; Synapse instead sets a restricted join rule naming
    the old room: inviting works in every room version and needs no restricted-join
-   authorisation by a resident server).
+   authorisation by a resident server). At most ``MAX_INVITED``, ours first, other
+   servers' ``INVITE_CONCURRENCY`` at a time within ``INVITE_SECONDS`` (``invite_members``).
 4. Our aliases of the old room move to the new room, and the canonical alias with them
    (removed from the old room); a room published in our directory is published in its
    place.
@@ -20,14 +21,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
-from homeserver.events.power import get_power_level
-from homeserver.events.versions import get_room_version
+from homeserver.events.identifiers import server_name_of
+from homeserver.events.power import get_power_level, parse_level
+from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.errors import NotAllowed, RoomError, UnsupportedVersion
 from homeserver.rooms.service import RoomService
@@ -41,12 +44,45 @@ COPIED_STATE = (
 SPACE_CHILD = "m.space.child"
 # At most this many space children, and this many bans, are carried over.
 MAX_COPIED = 1000
+# Members of the old room invited into the new one: how many, how many remote handshakes at
+# once, and how long the remote ones may take in all.
+MAX_INVITED = 1000
+INVITE_CONCURRENCY = 10
+INVITE_SECONDS = 30.0
 TOMBSTONE = "m.room.tombstone"
 POWER_LEVELS = "m.room.power_levels"
 
 
 def _level(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+LEVEL_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
+LEVEL_MAPS = ("events", "users", "notifications")
+MAX_LEVEL = 2**53 - 1  # canonical JSON's integers
+
+
+def integer_levels(pl: Mapping[str, Any], version: RoomVersion) -> dict[str, Any]:
+    """Power levels with every level an integer, as rooms 10 and later require: the levels
+    ``version`` (the old room's) reads from a string (``"50"``) or a float become integers;
+    what it does not read as a level (or what canonical JSON cannot hold) is left out, so
+    the default applies, as it did in the old room. Other keys are kept as they are."""
+    def level(value: Any) -> int | None:
+        n = parse_level(value, version)
+        return n if n is not None and -MAX_LEVEL <= n <= MAX_LEVEL else None
+
+    out: dict[str, Any] = {}
+    for key, value in pl.items():
+        if key in LEVEL_MAPS:
+            if isinstance(value, dict):
+                out[key] = {k: n for k, v in value.items() if (n := level(v)) is not None}
+        elif key in LEVEL_KEYS:
+            n = level(value)
+            if n is not None:
+                out[key] = n
+        else:
+            out[key] = value
+    return out
 
 
 def required_level(pl: Mapping[str, Any], event_type: str) -> int:
@@ -83,7 +119,9 @@ async def upgrade_room(
         k: v for k, v in state.items() if k in (("m.room.create", ""), (POWER_LEVELS, ""), ("m.room.member", user_id))
     }
     old_pl_event = state.get((POWER_LEVELS, ""))
-    old_pl: dict[str, Any] = dict(old_pl_event.content) if old_pl_event is not None else {}
+    old_rules = await rooms.store.get_room_version(room_id) or version
+    # Levels as integers (a room before version 10 may hold "50"), read as the old room does.
+    old_pl = integer_levels(old_pl_event.content, old_rules) if old_pl_event is not None else {}
     if get_power_level(user_id, auth_state) < required_level(old_pl, TOMBSTONE):
         raise NotAllowed("You may not upgrade this room (m.room.tombstone needs more power)")
 
@@ -124,8 +162,9 @@ async def upgrade_room(
     new_room = await rooms.create_room(
         user_id, room_version=version.identifier, preset="private_chat",
         initial_state=[{"type": POWER_LEVELS, "state_key": "", "content": new_pl}, *copied],
-        creation_content=creation, invite=invitees,
+        creation_content=creation,
     )
+    await invite_members(rooms, user_id, new_room, invitees)
     # Bans carry over (as Synapse does), while the upgrader still has every power needed.
     banned = [sk for (t, sk), e in sorted(state.items()) if t == "m.room.member" and e.membership == "ban"]
     for target in banned[:MAX_COPIED]:
@@ -146,6 +185,38 @@ async def upgrade_room(
         log.info("old room's power levels left as they were", extra={"room_id": room_id, "reason": str(e)})
     log.info("room upgraded", extra={"room_id": room_id, "new_room_id": new_room, "version": version.identifier})
     return new_room
+
+
+async def invite_members(rooms: RoomService, user_id: str, room_id: str, invitees: Sequence[str]) -> None:
+    """Invite the old room's members into the new one, bounded: at most ``MAX_INVITED``,
+    ours first (no handshake), then other servers' users ``INVITE_CONCURRENCY`` at a time,
+    all within ``INVITE_SECONDS`` (each remote invite waits for its server to countersign:
+    one by one, a thousand members on slow servers held the request for hours)."""
+    server = server_name_of(user_id)
+    chosen = sorted(invitees, key=lambda u: server_name_of(u) != server)[:MAX_INVITED]
+    slots = asyncio.Semaphore(INVITE_CONCURRENCY)
+
+    async def invite(target: str) -> None:
+        async with slots:
+            try:
+                await rooms.invite(user_id, room_id, target)
+            except RoomError as e:
+                log.info("member not invited to the new room", extra={"room_id": room_id, "target": target,
+                                                                       "reason": str(e)})
+
+    local = [u for u in chosen if server_name_of(u) == server]
+    for target in local:
+        await invite(target)
+    tasks = [asyncio.create_task(invite(u)) for u in chosen[len(local):]]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=INVITE_SECONDS)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if pending:
+        log.info("members left uninvited: their servers were too slow", extra={"room_id": room_id,
+                                                                               "count": len(pending)})
 
 
 async def _move_aliases(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.events.event import Event
-from homeserver.events.relations import THREAD, event_relation, searchable_of
+from homeserver.events.relations import REFERENCE, REPLACE, THREAD, event_relation, searchable_of
 from homeserver.storage.database import Connection, Database
 from homeserver.util.iters import batch_iter
 
@@ -25,6 +25,8 @@ CHUNK = 200
 # How deep ``recurse`` follows relations of relations.
 MAX_DEPTH = 3
 
+# The relation types bundled into served events (rooms/relations.py).
+BUNDLED_KINDS = (REPLACE, THREAD, REFERENCE)
 _NOT_REDACTED = "NOT EXISTS (SELECT 1 FROM redactions x WHERE x.redacts = r.event_id)"
 
 _INSERT_RELATION = (
@@ -136,23 +138,33 @@ class RelationStore:
             )
         return [(r[0], int(r[1])) for r in rows]
 
-    async def related_kinds(self, parent_ids: Sequence[str]) -> dict[str, set[str]]:
-        """For each of ``parent_ids`` something relates to, the relation types found."""
+    async def related_kinds(
+        self, parent_ids: Sequence[str], kinds: Sequence[str] = BUNDLED_KINDS,
+    ) -> dict[str, set[str]]:
+        """For each of ``parent_ids`` something relates to, the relation types found among
+        ``kinds`` (by default those bundled: the reactions (``m.annotation``) a popular
+        event gathers by the thousand are not read for every page that shows it)."""
         out: dict[str, set[str]] = {}
         for chunk in batch_iter(parent_ids, CHUNK):
             cond, args = self.db.dialect.in_list("r.parent_id", chunk)
+            kind_cond, kind_args = self.db.dialect.in_list("r.rel_type", list(kinds))
             rows = await self.db.fetchall(
-                f"SELECT DISTINCT r.parent_id, r.rel_type FROM event_relations r WHERE {cond} AND {_NOT_REDACTED}",
-                *args,
+                f"SELECT DISTINCT r.parent_id, r.rel_type FROM event_relations r WHERE {cond} AND {kind_cond}"
+                f" AND {_NOT_REDACTED}",
+                *args, *kind_args,
             )
             for parent, rel_type in rows:
                 out.setdefault(parent, set()).add(rel_type)
         return out
 
-    async def threads_of(self, root_ids: Sequence[str], user_id: str) -> dict[str, ThreadSummary]:
-        """The thread summary of each root: replies (same room), the latest, and whether
-        ``user_id`` replied (the caller adds whether they sent the root)."""
+    async def threads_of(
+        self, root_ids: Sequence[str], user_id: str, not_senders: Sequence[str] = (),
+    ) -> dict[str, ThreadSummary]:
+        """The thread summary of each root: replies (same room; none by ``not_senders``,
+        those the user ignores), the latest, and whether ``user_id`` replied (the caller
+        adds whether they sent the root)."""
         out: dict[str, ThreadSummary] = {}
+        skip, skip_args = self.db.dialect.not_in_list("r.sender", list(not_senders)) if not_senders else ("1 = 1", [])
         for chunk in batch_iter(root_ids, CHUNK):
             cond, args = self.db.dialect.in_list("r.parent_id", chunk)
             rows = await self.db.fetchall(
@@ -160,10 +172,10 @@ class RelationStore:
                 " SELECT r.parent_id AS parent_id, COUNT(*) AS n, MAX(r.stream_ordering) AS latest,"
                 " MAX(CASE WHEN r.sender = ? THEN 1 ELSE 0 END) AS mine"
                 " FROM event_relations r JOIN events p ON p.event_id = r.parent_id AND p.room_id = r.room_id"
-                f" WHERE {cond} AND r.rel_type = ? AND {_NOT_REDACTED} GROUP BY r.parent_id"
+                f" WHERE {cond} AND r.rel_type = ? AND {skip} AND {_NOT_REDACTED} GROUP BY r.parent_id"
                 ") a JOIN event_relations l ON l.parent_id = a.parent_id AND l.stream_ordering = a.latest"
                 " AND l.rel_type = ?",
-                user_id, *args, THREAD, THREAD,
+                user_id, *args, THREAD, *skip_args, THREAD,
             )
             for parent, count, mine, latest in rows:
                 out[parent] = ThreadSummary(parent, int(count), latest, bool(mine))

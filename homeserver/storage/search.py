@@ -29,8 +29,14 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def search_words(term: str) -> list[str]:
-    """The words of a search term (lower case, at most ``MAX_WORDS``, no duplicates)."""
-    return list(dict.fromkeys(w.lower() for w in _WORD.findall(term)))[:MAX_WORDS]
+    """The words of a search term (lower case, at most ``MAX_WORDS``, no duplicates).
+
+    Lower-cased a character at a time, as PostgreSQL does, and kept to word characters:
+    ``"İ".lower()`` is ``i`` and a combining dot (not a word character, which the
+    PostgreSQL query, built from words of word characters only, would refuse), and ``"Σ"`` at a word's
+    end would become a final sigma, which the index does not hold."""
+    words = ("".join(_WORD.findall("".join(c.lower() for c in w))) for w in _WORD.findall(term))
+    return list(dict.fromkeys(w for w in words if w))[:MAX_WORDS]
 
 
 @dataclass(frozen=True, slots=True)

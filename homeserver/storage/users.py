@@ -39,6 +39,8 @@ _DROP_TO_DEVICE = "DELETE FROM to_device_inbox WHERE user_id = ? AND device_id =
 SCRYPT_LOG_N = 17
 SCRYPT_R = 8
 SCRYPT_P = 1
+# Distinct filters one user may store (the same filter posted again gets its ID back).
+MAX_FILTERS_PER_USER = 1000
 # Bounds for the parameters read back from a stored hash.
 _MAX_N, _MAX_R, _MAX_P = 1 << 20, 32, 16
 # Hashes computed at once, process-wide: each holds 128 * r * N bytes (128 MiB at the
@@ -403,12 +405,25 @@ class UserStore:
 
     # ------------------------------------------------------------------ filters
 
-    async def store_filter(self, user_id: str, filter_json: dict[str, Any]) -> str:
-        filter_id = secrets.token_hex(8)
-        await self.db.execute(
-            "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
-            user_id, filter_id, json.dumps(filter_json, ensure_ascii=False, separators=(",", ":")),
-        )
+    async def store_filter(self, user_id: str, filter_json: dict[str, Any]) -> str | None:
+        """The ID of ``filter_json`` among ``user_id``'s filters: the one already stored for
+        the same filter (clients post theirs at every start), else a new one, unless the
+        user holds ``MAX_FILTERS_PER_USER`` already (None)."""
+        text = json.dumps(filter_json, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        async with self.db.transaction() as conn:
+            same = await conn.fetchval(
+                "SELECT filter_id FROM user_filters WHERE user_id = ? AND filter_json = ?", user_id, text
+            )
+            if same is not None:
+                return str(same)
+            held = await conn.fetchval("SELECT COUNT(*) FROM user_filters WHERE user_id = ?", user_id)
+            if int(held or 0) >= MAX_FILTERS_PER_USER:
+                return None
+            filter_id = secrets.token_hex(8)
+            await conn.execute(
+                "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
+                user_id, filter_id, text,
+            )
         return filter_id
 
     async def get_filter(self, user_id: str, filter_id: str) -> dict[str, Any] | None:
