@@ -96,16 +96,30 @@ def loads_exact_noting_floats(data: str | bytes) -> tuple[Any, bool]:
     return json.loads(data, parse_float=parse_float, parse_constant=_reject_constant), seen
 
 
+def _integral(item: Any) -> Any:
+    return int(item) if isinstance(item, float) and item.is_integer() else item
+
+
 def integral_floats_to_ints(value: Any) -> Any:
     """A copy of ``value`` (parsed JSON) with every integral float made an integer, as
-    ``loads`` would have parsed it (``value`` itself if it holds no float)."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else value
-    if isinstance(value, dict):
-        return {k: integral_floats_to_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [integral_floats_to_ints(v) for v in value]
-    return value
+    ``loads`` would have parsed it. Iterative: any depth the parser took is fine."""
+    if not isinstance(value, (dict, list)):
+        return _integral(value)
+    out: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, out)]
+    while stack:
+        source, target = stack.pop()
+        for key, item in (source.items() if isinstance(source, dict) else enumerate(source)):
+            if isinstance(item, (dict, list)):
+                copied: Any = {} if isinstance(item, dict) else []
+                stack.append((item, copied))
+            else:
+                copied = _integral(item)
+            if isinstance(target, dict):
+                target[key] = copied
+            else:
+                target.append(copied)
+    return out
 
 
 def check_canonical_values(value: Any, path: str = "") -> None:

@@ -118,3 +118,16 @@ def test_loads_exact_keeps_floats(text: str, floats: bool) -> None:
 def test_loads_exact_refuses_nan() -> None:
     with pytest.raises(ValueError):
         loads_exact('{"a": NaN}')
+
+
+def test_integral_floats_to_ints_keeps_shape_at_any_depth() -> None:
+    value = loads_exact('{"a": [1.0, {"b": 2.5, "c": [3e0, true, null, "4.0"]}], "d": -0.0}')
+    assert integral_floats_to_ints(value) == {"a": [1, {"b": 2.5, "c": [3, True, None, "4.0"]}], "d": 0}
+    assert [type(x) for x in integral_floats_to_ints(value)["a"][1]["c"]] == [int, bool, type(None), str]
+    nested: list[Any] = [1.0]
+    for _ in range(20000):
+        nested = [nested]
+    out = integral_floats_to_ints(nested)
+    for _ in range(20000):
+        out = out[0]
+    assert out == [1] and isinstance(out[0], int)
