@@ -20,7 +20,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from homeserver.errors import MatrixError
-from homeserver.events.canonical import loads_noting_floats
+from homeserver.events.canonical import loads_exact_noting_floats, loads_noting_floats
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -88,19 +88,20 @@ def parse_json(data: bytes) -> Any:
     return parse_json_noting_floats(data)[0]
 
 
-def parse_json_noting_floats(data: bytes) -> tuple[Any, bool]:
+def parse_json_noting_floats(data: bytes, *, exact: bool = False) -> tuple[Any, bool]:
     """``parse_json``, and whether the body held a float (see ``loads_noting_floats``).
     What no canonical JSON can encode (an unpaired surrogate, ``1e400``) is refused with
     M_BAD_JSON (``check_storable``; NUL characters are let through: event content may hold
-    them)."""
-    value, has_floats = _loads(data)
+    them). ``exact``: floats are kept as written (``loads_exact``; for federation bodies,
+    whose signatures and PDU hashes cover the floats as the sender wrote them)."""
+    value, has_floats = _loads(data, exact)
     check_storable(value, data, has_floats, allow_nul=True)
     return value, has_floats
 
 
-def _loads(data: bytes) -> tuple[Any, bool]:
+def _loads(data: bytes, exact: bool = False) -> tuple[Any, bool]:
     try:
-        return loads_noting_floats(data.decode("utf-8"))
+        return (loads_exact_noting_floats if exact else loads_noting_floats)(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
 

@@ -72,6 +72,56 @@ def loads_noting_floats(data: str | bytes) -> tuple[Any, bool]:
     return json.loads(data, parse_float=parse_float, parse_constant=_reject_constant), seen
 
 
+def loads_exact(data: str | bytes) -> Any:
+    """Parse JSON keeping every number as written: a float literal stays a float, even an
+    integral one (``1.0``, ``1e3``). For PDUs (and the bodies carrying them): in rooms 1-5
+    floats are allowed, and the origin hashed and signed them as floats (Synapse's
+    canonical JSON writes ``1.0`` and ``1000.0``), so turning them into integers would
+    change the content hash and the event ID. From room 6 any float is refused by the
+    format check. NaN and the infinities' names are refused; ``1e400`` parses to an
+    infinity, which the canonical JSON encoder refuses."""
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+def loads_exact_noting_floats(data: str | bytes) -> tuple[Any, bool]:
+    """``loads_exact``, and whether the text held any float literal (see
+    ``loads_noting_floats``)."""
+    seen = False
+
+    def parse_float(text: str) -> float:
+        nonlocal seen
+        seen = True
+        return float(text)
+
+    return json.loads(data, parse_float=parse_float, parse_constant=_reject_constant), seen
+
+
+def _integral(item: Any) -> Any:
+    return int(item) if isinstance(item, float) and item.is_integer() else item
+
+
+def integral_floats_to_ints(value: Any) -> Any:
+    """A copy of ``value`` (parsed JSON) with every integral float made an integer, as
+    ``loads`` would have parsed it. Iterative: any depth the parser took is fine."""
+    if not isinstance(value, (dict, list)):
+        return _integral(value)
+    out: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, out)]
+    while stack:
+        source, target = stack.pop()
+        for key, item in (source.items() if isinstance(source, dict) else enumerate(source)):
+            if isinstance(item, (dict, list)):
+                copied: Any = {} if isinstance(item, dict) else []
+                stack.append((item, copied))
+            else:
+                copied = _integral(item)
+            if isinstance(target, dict):
+                target[key] = copied
+            else:
+                target.append(copied)
+    return out
+
+
 def check_canonical_values(value: Any, path: str = "") -> None:
     """Raise EventFormatError if ``value`` holds a float or an integer out of range."""
     stack: list[tuple[Any, str]] = [(value, path)]

@@ -34,6 +34,7 @@ from homeserver.config import FederationLimitsConfig
 from homeserver.crypto.keyring import KeyNotFoundError, KeyRing
 from homeserver.crypto.xmatrix import XMatrixAuth, XMatrixError, parse_authorization, pdu_texts, verify_request
 from homeserver.errors import MatrixError, unauthorized
+from homeserver.events.canonical import integral_floats_to_ints
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.http import Handler, parse_json_noting_floats, read_body
 from homeserver.metrics import Metrics
@@ -193,12 +194,23 @@ def make_auth_middleware(
             if e.status == 413:  # a chunked body that went past the limit
                 refuse("too_large", e)
             raise
-        content, has_floats = parse_json_noting_floats(raw) if raw else (None, False)
+        # Floats kept as written: the sender signed them so (Synapse's canonical JSON writes
+        # 1.0), and in rooms 1-5 a PDU's hashes and ID cover them (events/canonical.py).
+        content, has_floats = parse_json_noting_floats(raw, exact=True) if raw else (None, False)
         parts = pdu_texts(content, float_free=not has_floats)
         try:
             verify_request(auth, key, request.method, request.raw_path, server_name, content, parts)
         except XMatrixError as e:
-            raise refuse("unauthorized", unauthorized(str(e))) from None
+            if not has_floats:
+                raise refuse("unauthorized", unauthorized(str(e))) from None
+            # A sender that signed its integral floats as the spec's canonical JSON does
+            # (1e3 as 1000): the body as it sees it, integers.
+            content = integral_floats_to_ints(content)
+            parts = pdu_texts(content)
+            try:
+                verify_request(auth, key, request.method, request.raw_path, server_name, content, parts)
+            except XMatrixError:
+                raise refuse("unauthorized", unauthorized(str(e))) from None
         return content, has_floats, parts
 
     return auth_middleware

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from homeserver.config import InboundConfig
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.events.canonical import integral_floats_to_ints
 from homeserver.events.errors import EventError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.hashes import compute_event_id
@@ -162,6 +163,8 @@ class FederationTransport:
         drops: list[str] = []
         texts = request.get(PDU_TEXTS)
         float_free = bool(request.get(FLOAT_FREE, False))
+        if not float_free:  # PDUs keep their floats as written; EDUs are read as ever
+            edus = integral_floats_to_ints(edus)
         versions: dict[str, RoomVersion | None] = {}
         acl_allows: dict[str, bool] = {}
         for i, pdu in enumerate(pdus):

@@ -37,7 +37,7 @@ from homeserver.config import FederationConfig
 from homeserver.crypto.keys import ServerSigningKey
 from homeserver.crypto.xmatrix import authorization_header
 from homeserver.errors import FederationRequestError as FederationRequestError  # raised here, known by this name
-from homeserver.events.canonical import loads
+from homeserver.events.canonical import loads, loads_exact
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.metrics import Metrics
 from homeserver.net.addresses import AddressDenied, AddressPolicy
@@ -321,10 +321,12 @@ class FederationClient:
         signed: bool = True,
         pool: str = FEDERATION_POOL,
         max_bytes: int = MAX_RESPONSE_BYTES,
+        exact_numbers: bool = False,
     ) -> Any:
         """Send a (signed) JSON request; return the parsed JSON reply or raise. ``pool``:
         ``KEY_POOL`` for key fetches, which have a pool of their own; ``max_bytes``: a
-        smaller bound than ``MAX_RESPONSE_BYTES`` on the reply's body."""
+        smaller bound than ``MAX_RESPONSE_BYTES`` on the reply's body; ``exact_numbers``: the
+        reply's floats are kept as written (``loads_exact``: replies carrying PDUs)."""
         uri = path
         if query:
             pairs = []
@@ -347,7 +349,7 @@ class FederationClient:
         try:
             return await self._send_to_any(
                 session, method, destination, path, targets, uri, data, headers,
-                timeout or self._config.request_timeout, min(max_bytes, MAX_RESPONSE_BYTES),
+                timeout or self._config.request_timeout, min(max_bytes, MAX_RESPONSE_BYTES), exact_numbers,
             )
         except FederationRequestError as e:
             if self._metrics is not None:
@@ -365,6 +367,7 @@ class FederationClient:
     async def _send_to_any(
         self, session: aiohttp.ClientSession, method: str, destination: str, path: str, targets: list[Target],
         uri: str, data: bytes | None, headers: dict[str, str], total: float, max_bytes: int = MAX_RESPONSE_BYTES,
+        exact_numbers: bool = False,
     ) -> Any:
         """Send to the first target; to the next only when no connection could be made to
         one (the request was not sent), all within one ``total`` timeout."""
@@ -375,7 +378,8 @@ class FederationClient:
             )
             try:
                 return await self._send(
-                    session, method, destination, path, target, uri, data, headers, req_timeout, max_bytes
+                    session, method, destination, path, target, uri, data, headers, req_timeout, max_bytes,
+                    exact_numbers,
                 )
             except FederationRequestError as e:
                 if e.status is None:
@@ -387,7 +391,7 @@ class FederationClient:
     async def _send(
         self, session: aiohttp.ClientSession, method: str, destination: str, path: str, target: Target, uri: str,
         data: bytes | None, headers: dict[str, str], req_timeout: aiohttp.ClientTimeout,
-        max_bytes: int = MAX_RESPONSE_BYTES,
+        max_bytes: int = MAX_RESPONSE_BYTES, exact_numbers: bool = False,
     ) -> Any:
         url = URL(target.base_url + uri, encoded=True)
         try:
@@ -408,7 +412,7 @@ class FederationClient:
                 if len(raw) > max_bytes:
                     raise FederationRequestError(destination, "response too large", resp.status)
                 try:
-                    body = loads(raw) if raw else None
+                    body = (loads_exact if exact_numbers else loads)(raw) if raw else None
                 except ValueError:
                     body = None
                 if resp.status >= 300:

@@ -101,7 +101,9 @@ class RemoteFetcher:
             return None
         try:
             async with asyncio.timeout(budget.left()):
-                reply = await self._client.request(method, server, path, timeout=budget.left(), **kw)
+                # PDUs: floats as written (rooms 1-5 hash them so; events/canonical.py).
+                reply = await self._client.request(method, server, path, timeout=budget.left(),
+                                                   exact_numbers=True, **kw)
         except (FederationRequestError, TimeoutError) as e:
             self._failed(server, kind, e)
             return None

@@ -4,7 +4,9 @@ An ``m.room.redaction`` names the event it redacts. From room version 3 on, the 
 accept any redaction and leave the decision to whoever applies it: we apply one (serve
 its target redacted, to clients and to other servers) when the redaction is accepted, is
 in the target's room, and its sender is on the target sender's server or had the power
-levels' ``redact`` level in the state before the redaction. A redaction that arrives
+levels' ``redact`` level in the state before the redaction. In rooms 1 and 2 the same
+check asks auth rule 11's question instead (``same_origin``: the two event IDs' domains,
+not the senders' servers); the auth rules already refused any other redaction. A redaction that arrives
 before its target is applied once the target is here. Clients see a redaction event in
 their timelines only once it applies (they redact on receipt: one we do not apply, or
 cannot check yet, would hide an event we keep serving).
@@ -95,10 +97,20 @@ async def _verdict(store: EventStore, redaction: Event, target: Event) -> bool:
     return verdict
 
 
+def same_origin(redaction: Event, target: Event) -> bool:
+    """Whether ``redaction`` may redact ``target`` without the ``redact`` power level, by
+    the room version's rule: in rooms 1 and 2 (auth rule 11) when the two event IDs have the
+    same domain; from room 3 when the two senders are on the same server."""
+    if target.room_version.redaction_auth_rule:
+        domain = server_name_of(redaction.event_id)
+        return domain != "" and domain == server_name_of(target.event_id)
+    return server_name_of(redaction.sender) == server_name_of(target.sender)
+
+
 async def _allowed(store: EventStore, redaction: Event, target: Event) -> bool:
     if redaction.room_id != target.room_id or redaction.redacts != target.event_id:
         return False
-    if server_name_of(redaction.sender) == server_name_of(target.sender):
+    if same_origin(redaction, target):
         return True
     state = await store.get_state_ids_before(redaction.event_id)
     if state is None:

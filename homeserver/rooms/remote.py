@@ -133,7 +133,8 @@ class RemoteMembership:
         """``make_join``/``make_knock`` offering every version we implement: the room's
         version and the checked template of the membership we asked for."""
         reply = await self._client.get_json(
-            server, f"{V1}/make_{membership}/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)}
+            server, f"{V1}/make_{membership}/{_q(room_id)}/{_q(user_id)}", query={"ver": list(KNOWN_ROOM_VERSIONS)},
+            exact_numbers=True,
         )
         if not isinstance(reply, dict):
             raise RemoteJoinFailed(f"make_{membership} reply is not an object")
@@ -155,7 +156,7 @@ class RemoteMembership:
         join = self._fill(template, content, version)
         # 4. send_join (v2), full state.
         resp = await self._client.put_json(
-            server, f"{V2}/send_join/{_q(room_id)}/{_q(join.event_id)}", join.pdu
+            server, f"{V2}/send_join/{_q(room_id)}/{_q(join.event_id)}", join.pdu, exact_numbers=True
         )
         if not isinstance(resp, dict) or not isinstance(resp.get("state"), list) \
                 or not isinstance(resp.get("auth_chain"), list):
@@ -223,7 +224,8 @@ class RemoteMembership:
         failures: list[str] = []
         for server in self.candidates(servers):
             try:
-                reply = await self._client.get_json(server, f"{V1}/make_leave/{_q(room_id)}/{_q(user_id)}")
+                reply = await self._client.get_json(server, f"{V1}/make_leave/{_q(room_id)}/{_q(user_id)}",
+                                                    exact_numbers=True)
                 if not isinstance(reply, dict):
                     raise RemoteJoinFailed("make_leave reply is not an object")
                 try:
@@ -279,7 +281,7 @@ class RemoteMembership:
             raise UnsupportedVersion(version.identifier, "the room's version has no knocking")
         knock = self._fill(template, content, version)
         resp = await self._client.put_json(
-            server, f"{V1}/send_knock/{_q(room_id)}/{_q(knock.event_id)}", knock.pdu
+            server, f"{V1}/send_knock/{_q(room_id)}/{_q(knock.event_id)}", knock.pdu, exact_numbers=True
         )
         state = resp.get("knock_room_state") if isinstance(resp, dict) else None
         if not isinstance(state, list):
@@ -303,6 +305,7 @@ class RemoteMembership:
             f"{V2}/invite/{_q(event.room_id)}/{_q(event.event_id)}",
             {"room_version": event.room_version.identifier, "event": event.pdu,
              "invite_room_state": invite_room_state},
+            exact_numbers=True,
         )
         signed = reply.get("event") if isinstance(reply, dict) else None
         if not isinstance(signed, dict):

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.events.canonical import loads
+from homeserver.events.canonical import loads_exact
 from homeserver.events.event import Event, StateKey
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.storage.database import Connection, Database, Row
@@ -97,7 +97,7 @@ class EventStore:
             "e.event_id", ids,
         )
         for event_id, version, outcome, ordering, reason, raw in rows:
-            event = Event.from_pdu(loads(raw), get_room_version(version), event_id=event_id)
+            event = Event.from_pdu(loads_exact(raw), get_room_version(version), event_id=event_id)
             out[event_id] = StoredEvent(event, Outcome(outcome), int(ordering), reason)
         return out
 

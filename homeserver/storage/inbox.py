@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.events.canonical import loads
+from homeserver.events.canonical import loads_exact
 from homeserver.storage.database import Connection, Database, Row
 from homeserver.storage.events import Outcome
 from homeserver.util.clock import SYSTEM_CLOCK, Clock
@@ -49,7 +49,7 @@ class InboxEntry:
     @property
     def body(self) -> dict[str, Any]:
         if self._body is None:
-            self._body = dict(loads(self.raw))
+            self._body = dict(loads_exact(self.raw))
         return self._body
 
     @property
@@ -202,7 +202,7 @@ class InboxStore:
             queued: set[str] = set()
             for key, value in await conn.fetchall(sql, *args):
                 if key == "t":
-                    return Admitted(dict(loads(value)), True, 0, set(), set())
+                    return Admitted(dict(loads_exact(value)), True, 0, set(), set())
                 if key.startswith("e"):
                     if value != Outcome.OUTLIER.value:
                         held.add(key[1:])
@@ -238,7 +238,7 @@ class InboxStore:
                 raise
             # The same (origin, txn_id) admitted concurrently: a repeat.
             raw = await self.db.fetchval(_PRIOR_RESPONSE_SQL, origin, txn_id)
-            return Admitted(dict(loads(raw)), True, 0, set(), set())
+            return Admitted(dict(loads_exact(raw)), True, 0, set(), set())
 
     async def _admit_one_statement(
         self,
@@ -289,11 +289,11 @@ class InboxStore:
             else:
                 found[key] = value
         if found["t"] is not None:
-            return Admitted(dict(loads(found["t"])), True, 0, set(), set())
+            return Admitted(dict(loads_exact(found["t"])), True, 0, set(), set())
         if found["i"] == "0":
             # The same (origin, txnId) was admitted concurrently: a repeat.
             again = await self.db.fetchall_prepared(_PRIOR_RESPONSE_SQL, origin, txn_id)
-            return Admitted(dict(loads(again[0][0])), True, 0, set(), set())
+            return Admitted(dict(loads_exact(again[0][0])), True, 0, set(), set())
         return Admitted(response, False, int(found["n"] or 0), held, queued)
 
     # ------------------------------------------------------------------ the worker's side

@@ -109,7 +109,7 @@ async def pair(
         yield a, b
 
 
-@pytest.mark.parametrize("version", ["10", "12"])
+@pytest.mark.parametrize("version", ["1", "5", "9", "10", "12"])
 async def test_backfill_pages_back_past_the_join(pair: tuple[RunningServer, RunningServer], version: str) -> None:
     a, b = pair
     early = [f"early {i}" for i in range(30)]

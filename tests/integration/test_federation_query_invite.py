@@ -49,7 +49,7 @@ def invite_v1_path(room_id: str, event_id: str) -> str:
     return f"{FED}/invite/{quote(room_id, safe='')}/{quote(event_id, safe='')}"
 
 
-@pytest.mark.parametrize("version", ["10", "11"])
+@pytest.mark.parametrize("version", ["5", "9", "10", "11"])
 async def test_invite_v1(setup: tuple[RunningServer, FakeRemote], version: str) -> None:
     ours, remote = setup
     ours_name = ours.services.config.server_name

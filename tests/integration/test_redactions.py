@@ -135,7 +135,7 @@ def _redaction(room: RemoteRoom, sender: str, target: str, signer: FakeRemote | 
     return room.build("m.room.redaction", sender, {}, signer=signer, extra={"redacts": target})
 
 
-@pytest.mark.parametrize("version", ["10", "11"])
+@pytest.mark.parametrize("version", ["1", "5", "9", "10", "11"])
 async def test_redactions_from_other_servers_need_their_server_or_power(
     db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path], version: str
 ) -> None:

@@ -107,7 +107,7 @@ async def test_v12_room_id_is_create_hash(server: RunningServer) -> None:
     await assert_chain_valid(server, room_id)
 
 
-@pytest.mark.parametrize("version", ["11", "12"])
+@pytest.mark.parametrize("version", ["1", "5", "9", "11", "12"])
 async def test_trusted_private_chat_and_override(server: RunningServer, version: str) -> None:
     alice, bob = user(server, "alice"), user(server, "bob")
     room_id = await server.services.rooms.create_room(

@@ -50,7 +50,7 @@ async def count(server: RunningServer, event_id: str) -> int:
     return int(await server.services.db.fetchval("SELECT COUNT(*) FROM events WHERE event_id = ?", event_id))
 
 
-@pytest.mark.parametrize("version", ["1", "2", "3", "9", "10", "12"])
+@pytest.mark.parametrize("version", ["1", "2", "3", "5", "9", "10", "12"])
 async def test_remote_join_and_messages(pair: tuple[RunningServer, RunningServer], version: str) -> None:
     a, b = pair
     alice, bob = user(a, "alice"), user(b, "bob")

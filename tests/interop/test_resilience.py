@@ -1,4 +1,4 @@
-"""Restarts on either side of a federation with a real Synapse, room versions 10-12.
+"""Restarts on either side of a federation with a real Synapse, room versions 1, 5, 9 and 10-12.
 
 5. Our server restarts while Synapse keeps sending: after the restart every event is there
    (our store, our user's /messages), nothing lost and nothing stored or shown twice.
@@ -21,7 +21,9 @@ from tests.interop.synapse import SynapseServer
 
 pytestmark = pytest.mark.interop
 
-VERSIONS = ["10", "11", "12"]
+# 10-12, and one room of each older family: 1 (origin event IDs, state res v1), 5 (the
+# last without canonical JSON), 9 (the last before integer-only power levels).
+VERSIONS = ["1", "5", "9", "10", "11", "12"]
 
 
 async def eventually_async(check: Callable[[], object], within: float = 60.0, interval: float = 0.2) -> None:

@@ -1,4 +1,4 @@
-"""Rooms shared with a real Synapse, driven through both client-server APIs, room versions 10-12.
+"""Rooms shared with a real Synapse, driven through both client-server APIs, room versions 1, 5, 9 and 10-12.
 
 1. A room created on Synapse; our user joins over federation; messages both ways arrive in
    /sync on both sides, and both sides agree on the room's state.
@@ -26,7 +26,9 @@ from tests.interop.synapse import SynapseServer
 
 pytestmark = pytest.mark.interop
 
-VERSIONS = ["10", "11", "12"]
+# 10-12, and one room of each older family: 1 (origin event IDs, state res v1), 5 (the
+# last without canonical JSON), 9 (the last before integer-only power levels).
+VERSIONS = ["1", "5", "9", "10", "11", "12"]
 
 
 async def eventually_db(server: OurServer, query: str, expected: int, within: float = 30.0) -> None:

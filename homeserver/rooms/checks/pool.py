@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from nacl.signing import VerifyKey
 
-from homeserver.events.canonical import loads
+from homeserver.events.canonical import loads_exact
 from homeserver.events.errors import EventFormatError, SignatureError
 from homeserver.events.format import check_pdu_format
 from homeserver.events.signing import HashCheck, check_content_hash, verify_event_signatures
@@ -81,7 +81,7 @@ def _watch_parent(parent: int) -> None:
 def check_one(item: CheckItem) -> Verdict:
     text, version_id, raw_keys = item
     version = get_room_version(version_id)
-    pdu = loads(text)
+    pdu = loads_exact(text)
     try:
         check_pdu_format(pdu, version)
     except EventFormatError as e:

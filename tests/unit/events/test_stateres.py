@@ -20,7 +20,7 @@ from homeserver.events.auth import auth_types_for_event
 from homeserver.events.errors import StateResolutionError
 from homeserver.events.event import Event, StateKey
 from homeserver.events.stateres import _Resolver, resolve_state
-from homeserver.events.versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
+from homeserver.events.versions import ROOM_V5, ROOM_V9, ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
@@ -153,7 +153,7 @@ def make_room(version: RoomVersion) -> tuple[Room, Branch]:
     return room, base
 
 
-ALL_VERSIONS = pytest.mark.parametrize("version", [ROOM_V10, ROOM_V11, ROOM_V12],
+ALL_VERSIONS = pytest.mark.parametrize("version", [ROOM_V5, ROOM_V9, ROOM_V10, ROOM_V11, ROOM_V12],
                                        ids=lambda v: f"v{v.identifier}")
 
 
