@@ -153,7 +153,7 @@ class EventStore:
         )
         out = []
         for event_id, version, ordering, received, raw in rows:
-            event = Event.from_pdu(loads(raw), get_room_version(version), event_id=event_id)
+            event = Event.from_pdu(loads_exact(raw), get_room_version(version), event_id=event_id)
             out.append((StoredEvent(event, Outcome.ACCEPTED, int(ordering), None), int(received)))
         return out
 
