@@ -3,11 +3,14 @@
 
 - the two-user exchange in a new encrypted room, whichever side creates it and invites;
 - the encrypted direct chat, a second device of the Synapse user, and cross-signing seen
-  across the two servers, with our user creating the room.
+  across the two servers, with our user creating the room;
+- a new Element user's first steps (tests/e2e_js/new_user.mjs), the invited user on a Synapse
+  with presence enabled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -55,4 +58,32 @@ async def test_more_with_synapse(
         assert step(result, "b accepts invite")["invite_is_direct"]
     else:
         result = await run_scenario(node, scenario, a, b)
+    assert_passed(result)
+
+
+
+@pytest.fixture(scope="module")
+def presence_synapse(
+    synapse_python: Path, tmp_path_factory: pytest.TempPathFactory, test_ca: tuple[Path, Path]
+) -> Iterator[SynapseServer]:
+    """A Synapse with presence enabled (the shared one has it off), for the new user's scenario."""
+    server = SynapseServer(synapse_python, tmp_path_factory.mktemp("synapse-presence"), test_ca,
+                           extra={"presence": {"enabled": True}})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_new_element_user_with_synapse(
+    node: Path, presence_synapse: SynapseServer, ours: tuple[OurServer, OurServer], http: aiohttp.ClientSession,
+) -> None:
+    """tests/integration/test_element_new_user.py's scenario with B on Synapse: profiles and the
+    avatar through authenticated media over federation, invite names, summary, mention counts,
+    thread, edit, presence, tag, search and a new device's initial sync."""
+    a, b = await users(http, ours[0].client_url, presence_synapse.client_url)
+    result = await run_scenario(node, "new_user", a, b)
+    failed = [s for s in result["steps"] if not s["ok"]]
+    assert not failed and not result["unhandled"], (failed, result["unhandled"][:2])
     assert_passed(result)
