@@ -113,7 +113,10 @@ await sc.run(async () => {
     await sc.step("b sets its display name", () => b.setDisplayName(NAME_B));
 
     const { room_id: roomId } = await sc.step("a creates a named room and invites b", () =>
-        a.createRoom({ preset: "private_chat", name: ROOM_NAME, invite: [bId] }));
+        a.createRoom({
+            preset: "private_chat", name: ROOM_NAME, invite: [bId],
+            initial_state: mxc ? [{ type: "m.room.avatar", state_key: "", content: { url: mxc } }] : [],
+        }));
 
     await sc.step("b sees the invite with the room name and a's name", async () => {
         let seen = {};
@@ -129,6 +132,11 @@ await sc.run(async () => {
             throw new Error(`${e.message}: ${JSON.stringify(seen)}`);
         }
     });
+
+    await soft("b's invite shows the room avatar", async () => sc.until("room avatar at b", () => {
+        const url = b.getRoom(roomId)?.getMxcAvatarUrl();
+        return url === mxc && { url };
+    }, 5000));
 
     let dmId;
     await soft("b sees a direct-chat invite named after a", async () => {
@@ -315,6 +323,74 @@ await sc.run(async () => {
             throw new Error(`search results: ${JSON.stringify(bodies)} (count ${found.count})`);
         }
         return { count: found.count, bodies };
+    });
+
+    await soft("a's media config", async () => {
+        const config = await a.getMediaConfig(true);
+        if (!(config["m.upload.size"] > 0)) throw new Error(JSON.stringify(config));
+        return { upload_size: config["m.upload.size"] };
+    });
+
+    await soft("b sees a's read receipt", async () => sc.until("a's receipt at b", () => {
+        const upTo = b.getRoom(roomId)?.getEventReadUpTo(aId);
+        return upTo && { up_to: upTo };
+    }, 10000));
+
+    await soft("b sees a typing", async () => {
+        await a.sendTyping(roomId, true, 10000);
+        return await sc.until("typing at b", () => b.getRoom(roomId)?.getMember(aId)?.typing && { typing: true }, 10000);
+    });
+
+    if (mention) {
+        await soft("a reacts: b sees the reaction", async () => {
+            await a.sendEvent(roomId, "m.reaction", {
+                "m.relates_to": { rel_type: "m.annotation", event_id: mention.event_id, key: "👍" },
+            });
+            return await sc.until("reaction at b", () => {
+                const rels = b.getRoom(roomId)?.relations.getChildEventsForEvent(mention.event_id, "m.annotation", "m.reaction");
+                const keys = rels ? rels.getSortedAnnotationsByKey() : null;
+                return keys && keys.length && { keys: keys.map(([k, evs]) => [k, evs.size]) };
+            }, 10000);
+        });
+    }
+
+    await soft("b redacts a message: a sees it redacted", async () => {
+        const { event_id: eventId } = await b.sendTextMessage(roomId, "kestrel oops");
+        await sc.until("message at a", () => a.getRoom(roomId)?.findEventById(eventId));
+        await b.redactEvent(roomId, eventId);
+        return await sc.until("redaction at a", () => {
+            const ev = a.getRoom(roomId)?.findEventById(eventId);
+            return ev && ev.isRedacted() && { body: ev.getContent().body ?? null };
+        }, 10000);
+    });
+
+    await soft("b looks up a's profile", async () => {
+        const profile = await b.getProfileInfo(aId);
+        if (profile.displayname !== NAME_A || profile.avatar_url !== mxc) throw new Error(JSON.stringify(profile));
+        return profile;
+    });
+
+    await soft("b finds a in the user directory", async () => {
+        const found = await b.searchUserDirectory({ term: "Alice Newuser" });
+        const ids = found.results.map((r) => r.user_id);
+        if (!ids.includes(aId)) throw new Error(JSON.stringify(found));
+        return { ids };
+    });
+
+    await soft("b finds a's public room over federation and joins it by alias", async () => {
+        const server = aId.slice(aId.indexOf(":") + 1);
+        const local = `kestrel-lobby-${Date.now()}`;
+        const { room_id: lobby } = await a.createRoom({
+            preset: "public_chat", visibility: "public", room_alias_name: local, name: "Kestrel Lobby",
+        });
+        const found = await sc.until("room in a's directory", async () => {
+            const resp = await b.publicRooms({ server, limit: 20 });
+            return resp.chunk.find((r) => r.room_id === lobby);
+        }, 10000);
+        const { roomId: joined } = await b.joinRoom(`#${local}:${server}`);
+        if (joined !== lobby) throw new Error(`joined ${joined}, expected ${lobby}`);
+        await waitJoined(sc, a, lobby, bId);
+        return { room_name: found.name, alias: found.canonical_alias, members: found.num_joined_members };
     });
 
     // Element started again (a new device): its initial sync alone shows what happened.

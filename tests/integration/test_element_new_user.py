@@ -3,13 +3,16 @@ tests/e2e_js/new_user.mjs), each user on their own server, on both engines: prof
 uploaded avatar that the other side resolves and thumbnails through authenticated media; a named
 room whose invite shows its name and the inviter's name; member names and the room summary; a
 direct chat named by its summary's heroes; a mention's notification and highlight counts, cleared
-by a read receipt; a thread; an edit; presence with a status; a tag; a search; and all of it again
-in the initial sync of a new device.
+by a read receipt; a thread; an edit; presence with a status; a tag; a search; the
+room avatar in the invite, typing, read receipts, a reaction, a redaction, the profile, the user
+directory, the public room directory over federation and a join by alias; and the initial sync
+of a new device.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,12 @@ from tests.integration.test_element_e2ee import scenario
 @pytest.fixture(scope="session")
 def node() -> Path:
     return ensure_installed()
+
+
+def avatar_url(result: dict[str, Any]) -> str:
+    url: str = step(result, "b looks up a's profile")["avatar_url"]
+    assert url.startswith("mxc://"), url
+    return url
 
 
 async def test_new_element_user(node: Path, pair: tuple[RunningServer, RunningServer]) -> None:
@@ -45,6 +54,16 @@ async def test_new_element_user(node: Path, pair: tuple[RunningServer, RunningSe
     assert step(result, "a's presence and status reach b")["status"] == "flying kestrels"
     assert "m.favourite" in step(result, "a tags the room as a favourite")["tags"]
     assert any("kestrel report" in b for b in step(result, "a searches and finds b's message")["bodies"])
+    assert step(result, "b's invite shows the room avatar")["url"] == avatar_url(result)
+    assert step(result, "b sees a typing")["typing"]
+    assert step(result, "a reacts: b sees the reaction")["keys"] == [["\N{THUMBS UP SIGN}", 1]]
+    assert step(result, "b redacts a message: a sees it redacted")["body"] is None
+    assert step(result, "b looks up a's profile")["displayname"] == "Alice Newuser"
+    assert result["users"][0] in step(result, "b finds a in the user directory")["ids"]
+    lobby = step(result, "b finds a's public room over federation and joins it by alias")
+    assert lobby["room_name"] == "Kestrel Lobby" and lobby["alias"].startswith("#kestrel-lobby-"), lobby
+    step(result, "b sees a's read receipt")
+    step(result, "a's media config")
     again = step(result, "a's new device: the initial sync shows names, edit, thread, tag and no unread")
     assert again["edited_body"] == "kestrel final draft" and again["thread_last"] == "kestrel in the thread", again
     assert not [e for e in result["http_errors"] if "/media/" in e[1] or "/presence/" in e[1]], result["http_errors"]
