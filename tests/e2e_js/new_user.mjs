@@ -371,10 +371,17 @@ await sc.run(async () => {
     });
 
     await soft("b finds a in the user directory", async () => {
-        const found = await b.searchUserDirectory({ term: "Alice Newuser" });
-        const ids = found.results.map((r) => r.user_id);
-        if (!ids.includes(aId)) throw new Error(JSON.stringify(found));
-        return { ids };
+        // The directory may be updated in the background (Synapse's is): searched until found.
+        let found;
+        try {
+            return await sc.until("a in b's user directory", async () => {
+                found = await b.searchUserDirectory({ term: "Alice Newuser" });
+                const ids = found.results.map((r) => r.user_id);
+                return ids.includes(aId) && { ids };
+            }, 10000);
+        } catch (e) {
+            throw new Error(`${e.message}: ${JSON.stringify(found)}`);
+        }
     });
 
     await soft("b finds a's public room over federation and joins it by alias", async () => {
