@@ -384,12 +384,13 @@ await sc.run(async () => {
         }
     });
 
+    let lobby;
     await soft("b finds a's public room over federation and joins it by alias", async () => {
         const server = aId.slice(aId.indexOf(":") + 1);
         const local = `kestrel-lobby-${Date.now()}`;
-        const { room_id: lobby } = await a.createRoom({
+        ({ room_id: lobby } = await a.createRoom({
             preset: "public_chat", visibility: "public", room_alias_name: local, name: "Kestrel Lobby",
-        });
+        }));
         const found = await sc.until("room in a's directory", async () => {
             const resp = await b.publicRooms({ server, limit: 20 });
             return resp.chunk.find((r) => r.room_id === lobby);
@@ -399,6 +400,50 @@ await sc.run(async () => {
         await waitJoined(sc, a, lobby, bId);
         return { room_name: found.name, alias: found.canonical_alias, members: found.num_joined_members };
     });
+
+    if (lobby) {
+        // As in Element: B joins the space, whose home lists its rooms; one of them is unknown
+        // to B's server, which asks A's server over federation (the spec's /hierarchy).
+        await soft("b joins a's space and sees its rooms, one known only to a's server", async () => {
+            const server = aId.slice(aId.indexOf(":") + 1);
+            const { room_id: annex } = await a.createRoom({ preset: "public_chat", name: "Kestrel Annex" });
+            const { room_id: space } = await a.createRoom({
+                preset: "public_chat", name: "Kestrel Space", creation_content: { type: "m.space" },
+                initial_state: [lobby, annex].map((r) => ({ type: "m.space.child", state_key: r, content: { via: [server] } })),
+            });
+            await b.joinRoom(space, { viaServers: [server] });
+            const found = await b.getRoomHierarchy(space, 10, 2);
+            const names = found.rooms.map((r) => r.name).sort();
+            if (names.join() !== "Kestrel Annex,Kestrel Lobby,Kestrel Space") throw new Error(JSON.stringify(found));
+            return { rooms: names };
+        });
+    }
+
+    if (dmId) {
+        await soft("a mutes the direct chat: b's message there does not notify", async () => {
+            await a.addPushRule("global", "override", dmId, {
+                actions: [], conditions: [{ kind: "event_match", key: "room_id", pattern: dmId }],
+            });
+            // The rule is applied by the server: wait until a's client has it (Element's mute).
+            await sc.until("rule at a", () => a.pushRules?.global?.override?.some((r) => r.rule_id === dmId), 10000);
+            const { event_id: eventId } = await b.sendTextMessage(dmId, "kestrel muted");
+            const room = await sc.until("muted message at a", () => {
+                const r = a.getRoom(dmId);
+                return r && r.findEventById(eventId) && r;
+            }, 10000);
+            const syncs = [];
+            const onSync = (state) => { syncs.push(state); };
+            a.on("sync", onSync);
+            try {
+                await sc.until("one more sync", () => syncs.length >= 1, 15000);
+            } finally {
+                a.off("sync", onSync);
+            }
+            const seen = counts(room);
+            if (seen.total !== 0 || seen.highlight !== 0) throw new Error(`counts ${JSON.stringify(seen)}`);
+            return seen;
+        });
+    }
 
     // Element started again (a new device): its initial sync alone shows what happened.
     await soft("a's new device: the initial sync shows names, edit, thread, tag and no unread", async () => {

@@ -5,8 +5,8 @@ room whose invite shows its name and the inviter's name; member names and the ro
 direct chat named by its summary's heroes; a mention's notification and highlight counts, cleared
 by a read receipt; a thread; an edit; presence with a status; a tag; a search; the
 room avatar in the invite, typing, read receipts, a reaction, a redaction, the profile, the user
-directory, the public room directory over federation and a join by alias; and the initial sync
-of a new device.
+directory, the public room directory over federation and a join by alias, a space whose rooms
+come over federation, a muted room (a push rule); and the initial sync of a new device.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ async def test_new_element_user(node: Path, pair: tuple[RunningServer, RunningSe
     assert result["users"][0] in step(result, "b finds a in the user directory")["ids"]
     lobby = step(result, "b finds a's public room over federation and joins it by alias")
     assert lobby["room_name"] == "Kestrel Lobby" and lobby["alias"].startswith("#kestrel-lobby-"), lobby
+    space = step(result, "b joins a's space and sees its rooms, one known only to a's server")
+    assert space["rooms"] == ["Kestrel Annex", "Kestrel Lobby", "Kestrel Space"], space
+    assert step(result, "a mutes the direct chat: b's message there does not notify")["total"] == 0
     step(result, "b sees a's read receipt")
     step(result, "a's media config")
     again = step(result, "a's new device: the initial sync shows names, edit, thread, tag and no unread")
