@@ -274,6 +274,37 @@ await sc.run(async () => {
         }, 15000);
     });
 
+    await soft("a's thread has unread counts, and a threaded receipt clears them", async () => {
+        const room = a.getRoom(roomId);
+        const threadCounts = () => ({
+            total: room.getThreadUnreadNotificationCount(root.event_id, sdk.NotificationCountType.Total),
+            highlight: room.getThreadUnreadNotificationCount(root.event_id, sdk.NotificationCountType.Highlight),
+        });
+        let seen = {};
+        try {
+            await sc.until("thread counts", () => { seen = threadCounts(); return seen.total > 0; }, 10000);
+        } catch (e) {
+            throw new Error(`${e.message}: ${JSON.stringify(seen)}`);
+        }
+        const before = seen;
+        const reply = room.getThread(root.event_id).lastReply();
+        await a.sendReadReceipt(reply, sdk.ReceiptType.Read);  // threaded: the SDK adds thread_id
+        const syncs = [];
+        const onSync = (state) => { syncs.push(state); };
+        a.on("sync", onSync);
+        try {
+            await sc.until("thread counts at zero after a sync", () => {
+                seen = threadCounts();
+                return syncs.length >= 1 && seen.total === 0;
+            }, 15000);
+        } catch (e) {
+            throw new Error(`${e.message}: ${JSON.stringify(seen)}`);
+        } finally {
+            a.off("sync", onSync);
+        }
+        return { before, after: seen };
+    });
+
     const edit = await soft("b edits a message: a sees the new content", async () => {
         const { event_id: original } = await b.sendTextMessage(roomId, "kestrel first draft");
         await sc.until("original at a", () => a.getRoom(roomId)?.findEventById(original));

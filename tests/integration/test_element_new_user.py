@@ -1,12 +1,13 @@
 """A new Element user's first steps with Element's own SDK (matrix-js-sdk 43,
 tests/e2e_js/new_user.mjs), each user on their own server, on both engines: profiles with an
 uploaded avatar that the other side resolves and thumbnails through authenticated media; a named
-room whose invite shows its name and the inviter's name; member names and the room summary; a
-direct chat named by its summary's heroes; a mention's notification and highlight counts, cleared
-by a read receipt; a thread; an edit; presence with a status; a tag; a search; the
-room avatar in the invite, typing, read receipts, a reaction, a redaction, the profile, the user
-directory, the public room directory over federation and a join by alias, a space whose rooms
-come over federation, a muted room (a push rule); and the initial sync of a new device.
+room whose invite shows its name, avatar and the inviter's name; member names and the room
+summary; a direct chat named by its summary's heroes; a mention's notification and highlight
+counts, cleared by a read receipt; a thread, its unread counts and a threaded receipt; an edit;
+presence with a status; a tag; a search; typing, read receipts, a reaction, a redaction, the
+profile, the user directory, the public room directory over federation and a join by alias, a
+space whose rooms come over federation, a muted room (a push rule); and the initial sync of a
+new device.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ async def test_new_element_user(node: Path, pair: tuple[RunningServer, RunningSe
     assert step(result, "a's read receipt clears the counts") == {
         "name": "a's read receipt clears the counts", "ok": True, "total": 0, "highlight": 0}
     assert step(result, "b replies in a thread: a's SDK shows it")["last_reply"] == "kestrel in the thread"
+    thread_counts = step(result, "a's thread has unread counts, and a threaded receipt clears them")
+    assert thread_counts["before"]["total"] >= 1 and thread_counts["after"]["total"] == 0, thread_counts
     assert step(result, "b edits a message: a sees the new content")["body"] == "kestrel final draft"
     assert step(result, "a's presence and status reach b")["status"] == "flying kestrels"
     assert "m.favourite" in step(result, "a tags the room as a favourite")["tags"]
