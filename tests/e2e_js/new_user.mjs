@@ -500,5 +500,56 @@ await sc.run(async () => {
             throw new Error(`${e.message}: ${JSON.stringify(seen)}`);
         }
     });
+
+    // Last, as they change the rooms: an upgrade B follows, and A ignoring B.
+    if (lobby) {
+        await soft("a upgrades the lobby: b follows the tombstone to the new room", async () => {
+            const server = aId.slice(aId.indexOf(":") + 1);
+            const { replacement_room: next } = await a.upgradeRoom(lobby, "12");
+            const tombstone = await sc.until("tombstone at b", () => {
+                const ev = b.getRoom(lobby)?.currentState.getStateEvents("m.room.tombstone", "");
+                return ev && ev.getContent().replacement_room;
+            }, 10000);
+            if (tombstone !== next) throw new Error(`tombstone points to ${tombstone}, not ${next}`);
+            await b.joinRoom(next, { viaServers: [server] });
+            await waitJoined(sc, a, next, bId);
+            let predecessor;
+            try {
+                await sc.until("predecessor at b", () => {
+                    predecessor = b.getRoom(next)?.findPredecessor();
+                    return predecessor && predecessor.roomId === lobby;
+                }, 10000);
+            } catch (e) {
+                const create = b.getRoom(next)?.currentState.getStateEvents("m.room.create", "");
+                throw new Error(`${e.message}: ${JSON.stringify(predecessor)}, create ${JSON.stringify(create?.getContent())}`);
+            }
+            return { version: b.getRoom(next).getVersion(), new_name: b.getRoom(next).name };
+        });
+    }
+
+    await soft("a ignores b: b's next message does not reach a's timeline", async () => {
+        await a.setIgnoredUsers([bId]);
+        await sc.until("ignore list at a", () => a.getIgnoredUsers().includes(bId), 10000);
+        const { event_id: eventId } = await b.sendTextMessage(roomId, "kestrel unheard");
+        // Until A's server has it (/event still serves it; if it did not, a few seconds' wait).
+        let arrived = false;
+        try {
+            arrived = Boolean(await sc.until("b's message on a's server", async () => {
+                try { return await a.fetchRoomEvent(roomId, eventId); } catch { return null; }
+            }, 5000));
+        } catch { /* hidden from /event too */ }
+        const syncs = [];
+        const onSync = (state) => { syncs.push(state); };
+        a.on("sync", onSync);
+        const { event_id: mine } = await a.sendTextMessage(roomId, "kestrel after ignoring");
+        try {
+            await sc.until("a's own message and a sync", () => syncs.length >= 1
+                && a.getRoom(roomId)?.findEventById(mine), 10000);
+        } finally {
+            a.off("sync", onSync);
+        }
+        if (a.getRoom(roomId)?.findEventById(eventId)) throw new Error("b's message is in a's timeline");
+        return { hidden: true, event_served: arrived };
+    });
     await sleep(200);
 });

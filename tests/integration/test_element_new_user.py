@@ -6,8 +6,8 @@ summary; a direct chat named by its summary's heroes; a mention's notification a
 counts, cleared by a read receipt; a thread, its unread counts and a threaded receipt; an edit;
 presence with a status; a tag; a search; typing, read receipts, a reaction, a redaction, the
 profile, the user directory, the public room directory over federation and a join by alias, a
-space whose rooms come over federation, a muted room (a push rule); and the initial sync of a
-new device.
+space whose rooms come over federation, a muted room (a push rule); the initial sync of a new
+device; and, last, a room upgrade B follows and A ignoring B.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ async def test_new_element_user(node: Path, pair: tuple[RunningServer, RunningSe
     assert step(result, "a mutes the direct chat: b's message there does not notify")["total"] == 0
     step(result, "b sees a's read receipt")
     step(result, "a's media config")
+    upgraded = step(result, "a upgrades the lobby: b follows the tombstone to the new room")
+    assert upgraded["version"] == "12" and upgraded["new_name"] == "Kestrel Lobby", upgraded
+    assert step(result, "a ignores b: b's next message does not reach a's timeline")["hidden"]
     again = step(result, "a's new device: the initial sync shows names, edit, thread, tag and no unread")
     assert again["edited_body"] == "kestrel final draft" and again["thread_last"] == "kestrel in the thread", again
     assert not [e for e in result["http_errors"] if "/media/" in e[1] or "/presence/" in e[1]], result["http_errors"]
