@@ -46,7 +46,7 @@ from homeserver.client_api.filtering import Filter, filter_events, parse_filter
 from homeserver.client_api.ignored import ignored_users, inviter_of
 from homeserver.client_api.presence import PresenceAPI
 from homeserver.client_api.sync_rooms import RoomSections
-from homeserver.client_api.sync_settle import settled_memberships
+from homeserver.client_api.sync_settle import settled_memberships, settled_received_memberships
 from homeserver.client_api.to_device import ToDeviceSync
 from homeserver.client_api.tokens import SyncToken, parse_sync_token
 from homeserver.config import ClientConfig
@@ -208,6 +208,9 @@ class SyncAPI:
             for row in await self.invites.invites_for_user(user, since.invites if since is not None else 0)
             if flt.room.allows_room(row.room_id)
         }
+        settled = await settled_received_memberships(self.rooms, user, memberships, remote_rows)
+        if settled is not None:  # received after the memberships were read (see sync_settle)
+            memberships = settled
 
         # 1. Joined rooms.
         if since is None:

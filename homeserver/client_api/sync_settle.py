@@ -11,9 +11,11 @@ and whose latest member event up to the token is the join (an incremental sync h
 events already; an initial sync reads them for the rooms joined since). The room is then
 joined in this response, newly and in full.
 
-Only joins are settled this way: a leave committed in that window is already in the
-timeline of the room's (joined) section, where clients apply it, and other changes (remote
-invites, whose rejections live in their own table) are left to the memberships read.
+An invite or knock received over federation (the invites table, whose rows the sync reads
+after the memberships) has the same window: a row newer than the previous token whose room
+the memberships read do not show so is settled when the memberships read again show it
+(``settle_received``). A leave committed in that window is already in the timeline of the
+room's (joined) section, where clients apply it: not settled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from homeserver.storage.timeline import MembershipChange, TimelineStore
 
 if TYPE_CHECKING:
     from homeserver.rooms.service import RoomService
+    from homeserver.storage.memberships import ReceivedInvite
 
 
 def settle_joins(
@@ -62,4 +65,28 @@ async def settled_memberships(
                 if change is not None:
                     latest[room_id] = change
     settled = settle_joins(memberships, latest, now, allows_room)
+    return settled if settled != memberships else None
+
+
+def settle_received(
+    memberships: Mapping[str, str], received: Mapping[str, str], now: Mapping[str, str],
+) -> dict[str, str]:
+    """``memberships`` with each room of a ``received`` invite or knock (room -> membership of
+    the rows newer than the previous token) that the memberships read again (``now``) show."""
+    settled = dict(memberships)
+    for room_id, membership in received.items():
+        if (membership in ("invite", "knock") and settled.get(room_id) not in (membership, "join")
+                and now.get(room_id) == membership):
+            settled[room_id] = membership
+    return settled
+
+
+async def settled_received_memberships(
+    rooms: RoomService, user_id: str, memberships: Mapping[str, str], rows: Mapping[str, ReceivedInvite],
+) -> dict[str, str] | None:
+    """The memberships settled for received invites and knocks, or None when nothing needs it."""
+    received = {r: row.membership for r, row in rows.items()}
+    if not any(m in ("invite", "knock") and memberships.get(r) not in (m, "join") for r, m in received.items()):
+        return None
+    settled = settle_received(memberships, received, await rooms.rooms_for_user(user_id))
     return settled if settled != memberships else None

@@ -3,7 +3,7 @@ memberships and the positions is taken as a join in that response (homeserver/cl
 
 from __future__ import annotations
 
-from homeserver.client_api.sync_settle import settle_joins
+from homeserver.client_api.sync_settle import settle_joins, settle_received
 from homeserver.storage.timeline import MembershipChange
 
 
@@ -39,3 +39,15 @@ def test_only_joins_are_settled() -> None:
 
 def test_rooms_the_filter_leaves_out_stay_out() -> None:
     assert settle_joins({}, {"!x": change("!x", "join")}, {"!x": "join"}, lambda r: r != "!x") == {}
+
+
+def test_a_received_invite_shown_by_the_memberships_read_again_is_an_invite() -> None:
+    assert settle_received({}, {"!r": "invite"}, {"!r": "invite"}) == {"!r": "invite"}
+    assert settle_received({"!r": "leave"}, {"!r": "knock"}, {"!r": "knock"}) == {"!r": "knock"}
+
+
+def test_a_received_row_the_memberships_do_not_show_now_is_left_alone() -> None:
+    # Joined meanwhile, rejected (a "leave" row), or not shown by the memberships read again.
+    assert settle_received({"!a": "join"}, {"!a": "invite"}, {"!a": "invite"}) == {"!a": "join"}
+    assert settle_received({}, {"!b": "leave"}, {"!b": "leave"}) == {}
+    assert settle_received({"!c": "leave"}, {"!c": "invite"}, {"!c": "leave"}) == {"!c": "leave"}
