@@ -46,6 +46,7 @@ from homeserver.client_api.filtering import Filter, filter_events, parse_filter
 from homeserver.client_api.ignored import ignored_users, inviter_of
 from homeserver.client_api.presence import PresenceAPI
 from homeserver.client_api.sync_rooms import RoomSections
+from homeserver.client_api.sync_settle import settled_memberships, settled_received_memberships
 from homeserver.client_api.to_device import ToDeviceSync
 from homeserver.client_api.tokens import SyncToken, parse_sync_token
 from homeserver.config import ClientConfig
@@ -197,11 +198,22 @@ class SyncAPI:
         if since is not None:
             for change in await self.timeline.membership_changes(user, since_pos, token.events):
                 changes[change.room_id] = change
+        # A join committed after the memberships were read but within the token (see sync_settle).
+        settled = await settled_memberships(self.rooms, self.timeline, user, memberships,
+                                            changes if since is not None else None, token.events,
+                                            flt.room.allows_room)
+        if settled is not None:
+            memberships = settled
+            joined = sorted(r for r, m in memberships.items() if m == "join")
+            waiter.watch_rooms(joined)
         remote_rows = {
             row.room_id: row
             for row in await self.invites.invites_for_user(user, since.invites if since is not None else 0)
             if flt.room.allows_room(row.room_id)
         }
+        settled = await settled_received_memberships(self.rooms, user, memberships, remote_rows)
+        if settled is not None:  # received after the memberships were read (see sync_settle)
+            memberships = settled
 
         # 1. Joined rooms.
         if since is None:

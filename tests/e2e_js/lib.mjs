@@ -64,6 +64,10 @@ export class Scenario {
     fetchFn() {
         return async (url, init) => {
             const resp = await fetch(url, init);
+            if (process.env.E2E_JS_TRACE && String(url).includes("/sync")) {
+                const body = await resp.clone().text();
+                (await import("node:fs")).appendFileSync(process.env.E2E_JS_TRACE, `${url}\n${body}\n`);
+            }
             if (resp.status >= 400) {
                 const u = new URL(url instanceof Request ? url.url : String(url));
                 this.httpErrors.push([(init && init.method) || "GET", u.pathname, resp.status]);
@@ -74,7 +78,8 @@ export class Scenario {
 
     // Logs in with the password (a new device each time), starts crypto and sync, like Element.
     // ``threadSupport``: the SDK's thread support on (it then reads /relations and /threads).
-    async login(user, { cryptoCallbacks, threadSupport = false } = {}) {
+    // ``lazyLoadMembers``: members lazily loaded, as Element does (the room summary then counts).
+    async login(user, { cryptoCallbacks, threadSupport = false, lazyLoadMembers = false } = {}) {
         const bare = sdk.createClient({ baseUrl: user.baseUrl, fetchFn: this.fetchFn() });
         const resp = await bare.loginRequest({
             type: "m.login.password",
@@ -97,7 +102,7 @@ export class Scenario {
         const prepared = waitEvent(client, "sync", (state) => state === "PREPARED", this.budget(30000));
         // Element long-polls for 30 s; 5 s here, because a server stopping at the end of a test
         // waits for the /sync long-polls still open (their client gone) to time out.
-        await client.startClient({ initialSyncLimit: 20, pollTimeout: 5000, threadSupport });
+        await client.startClient({ initialSyncLimit: 20, pollTimeout: 5000, threadSupport, lazyLoadMembers });
         await prepared;
         return client;
     }
