@@ -97,6 +97,7 @@ class PresenceService:
         )
         self.coalescer = Coalescer(config.federation_interval_seconds, max_pending=config.max_pending_updates)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._evicted = 0
         self._coalesced_dropped = 0
         self._pushed: dict[str, float] = {}  # our user -> when their presence last went out (monotonic)
@@ -113,17 +114,23 @@ class PresenceService:
 
     async def start(self) -> None:
         if self.enabled and self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="presence")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True  # a loop whose cancellation was swallowed ends at its next tick
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=5.0)  # never hangs the server's shutdown
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: an error here was logged by the loop already
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self.clock.sleep(TICK_SECONDS)
+            if self._stopping:
+                return
             try:
                 await self.tick()
             except Exception:

@@ -3,6 +3,8 @@ power, /sync's count sections, and the push gateway request body."""
 
 from __future__ import annotations
 
+import asyncio
+
 from homeserver.events.event import Event
 from homeserver.events.versions import ROOM_V10
 from homeserver.push.notify import sender_power, thread_of, unread_sections
@@ -57,3 +59,33 @@ def test_notify_body() -> None:
     ids_only = notify_body(_pusher(format="event_id_only"), low, event, 1)["notification"]
     assert ids_only["prio"] == "low" and "content" not in ids_only and "sender" not in ids_only
     assert ids_only["devices"][0]["data"] == {"format": "event_id_only"}
+
+
+async def test_stop_ends_a_pass_whose_cancellation_was_swallowed() -> None:
+    """A call inside the pass that swallows the cancellation (seen once in CI: the server's
+    shutdown then waited forever on the pass) leaves stop() bounded: the loop ends at its
+    next turn."""
+    from typing import Any
+
+    from homeserver.push.notify import NotificationPass
+
+    none: Any = None
+    notify_pass = NotificationPass("x", none, none, none, none, none)
+    entered = asyncio.Event()
+
+    async def drain() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # swallowed
+
+    notify_pass._drain = drain  # type: ignore[method-assign]
+    notify_pass.start()
+    notify_pass._ready.set()
+    await asyncio.wait_for(entered.wait(), 5)
+    stopping = asyncio.ensure_future(notify_pass.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=3)
+    if not done:
+        stopping.cancel()
+    assert stopping in done, "stop() waited forever on a pass that swallowed its cancellation"
