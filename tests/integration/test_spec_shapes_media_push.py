@@ -1,0 +1,252 @@
+"""The response shapes of the media, push-rule, notification, pusher and presence endpoints
+against the spec's OpenAPI definitions (data/api/client-server/content-repo.yaml,
+authed-content-repo.yaml, pushrules.yaml, notifications.yaml, pusher.yaml, presence.yaml):
+one server, a table of calls with valid and typical invalid input, each checked for its
+status, errcode and the required keys and types of its body. The schemas below are the
+yaml's, transcribed to a small subset (required keys, types, enums, array items)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from homeserver.server import RunningServer
+from tests.clients import client_server, nio_user, raw, server_name
+from tests.conftest import DatabaseFactory
+
+V3 = "/_matrix/client/v3"
+V1M = "/_matrix/client/v1/media"
+LEGACY = "/_matrix/media/v3"
+
+# --- a schema subset: {"type": ..., "required": [...], "properties": {...}, "items": ..., "enum": [...]}
+STR: dict[str, Any] = {"type": "string"}
+INT: dict[str, Any] = {"type": "integer"}
+BOOL: dict[str, Any] = {"type": "boolean"}
+EMPTY: dict[str, Any] = {"type": "object"}
+ERROR = {"type": "object", "required": ["errcode"], "properties": {"errcode": STR, "error": STR}}
+RATE_LIMITED = {**ERROR, "properties": {**ERROR["properties"], "retry_after_ms": INT}}
+CONDITION = {"type": "object", "required": ["kind"], "properties": {
+    "kind": STR, "key": STR, "pattern": STR, "is": STR,
+    "value": {"type": ["string", "integer", "boolean", "null"]}}}
+RULE = {"type": "object", "required": ["actions", "default", "enabled", "rule_id"], "properties": {
+    "actions": {"type": "array", "items": {"type": ["string", "object"]}}, "default": BOOL, "enabled": BOOL,
+    "rule_id": STR, "conditions": {"type": "array", "items": CONDITION}, "pattern": STR}}
+RULES = {"type": "array", "items": RULE}
+RULESET = {"type": "object", "required": ["content", "override", "room", "sender", "underride"],
+           "properties": {k: RULES for k in ("content", "override", "room", "sender", "underride")}}
+CLIENT_EVENT = {"type": "object", "required": ["event_id", "type", "sender", "origin_server_ts", "content"],
+                "properties": {"event_id": STR, "type": STR, "state_key": STR, "sender": STR,
+                               "origin_server_ts": INT, "content": EMPTY, "unsigned": EMPTY}}
+NOTIFICATIONS = {"type": "object", "required": ["notifications"], "properties": {
+    "next_token": STR,
+    "notifications": {"type": "array", "items": {
+        "type": "object", "required": ["actions", "event", "read", "room_id", "ts"], "properties": {
+            "actions": {"type": "array", "items": {"type": ["object", "string"]}}, "event": CLIENT_EVENT,
+            "profile_tag": STR, "read": BOOL, "room_id": STR, "ts": INT}}}}}
+PUSHERS = {"type": "object", "properties": {"pushers": {"type": "array", "items": {
+    "type": "object",
+    "required": ["pushkey", "kind", "app_id", "app_display_name", "device_display_name", "lang", "data"],
+    "properties": {"pushkey": STR, "kind": STR, "app_id": STR, "app_display_name": STR,
+                   "device_display_name": STR, "profile_tag": STR, "lang": STR,
+                   "data": {"type": "object", "properties": {"url": STR, "format": STR}}}}}}}
+PRESENCE = {"type": "object", "required": ["presence"], "properties": {
+    "presence": {"type": "string", "enum": ["online", "offline", "unavailable"]}, "last_active_ago": INT,
+    "status_msg": {"type": ["string", "null"]}, "currently_active": BOOL}}
+CONTENT_URI = {"type": "object", "required": ["content_uri"], "properties": {"content_uri": STR}}
+CREATE = {"type": "object", "required": ["content_uri"], "properties": {"content_uri": STR, "unused_expires_at": INT}}
+CONFIG = {"type": "object", "properties": {"m.upload.size": INT}}
+PREVIEW = {"type": "object", "properties": {"matrix:image:size": INT, "og:image": STR}}
+
+TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "null": type(None)}
+
+
+def problems(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """Where ``value`` breaks ``schema`` (the subset above)."""
+    types = schema.get("type")
+    if types is not None:
+        allowed = [types] if isinstance(types, str) else types
+        ok = any(isinstance(value, TYPES[t]) and not (t == "integer" and isinstance(value, bool)) for t in allowed)
+        if not ok:
+            return [f"{where}: {type(value).__name__} is not {types}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{where}: {value!r} not in {schema['enum']}"]
+    out: list[str] = []
+    if isinstance(value, dict):
+        out += [f"{where}: missing {k}" for k in schema.get("required", ()) if k not in value]
+        for k, sub in schema.get("properties", {}).items():
+            if k in value:
+                out += problems(value[k], sub, f"{where}.{k}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            out += problems(item, schema["items"], f"{where}[{i}]")
+    return out
+
+
+def check(status: int, body: Any, want_status: int, schema: dict[str, Any], errcode: str | None = None,
+          what: str = "") -> None:
+    assert status == want_status, (what, status, body)
+    found = problems(body, schema)
+    assert not found, (what, found, body)
+    if errcode is not None:
+        assert body["errcode"] == errcode, (what, body)
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_shapes(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
+    extra = {"media": {"legacy_unauthenticated": True, "url_preview": {"enabled": True}}}
+    async with client_server(db_factory, tmp_path / "a", test_ca, extra) as server, \
+            nio_user(server) as alice, nio_user(server) as bob:
+        await media_shapes(server, alice.access_token, bob.access_token)
+        await push_rule_shapes(server, alice.access_token)
+        await pusher_and_notification_shapes(server, alice.access_token)
+        await presence_shapes(server, alice.user_id, alice.access_token, bob.user_id)
+
+
+async def media_shapes(server: RunningServer, tok: str, other: str) -> None:
+    name = server_name(server)
+    status, body = await raw(server, "POST", f"{LEGACY}/upload?filename=a.png", token=tok, data=png(),
+                             headers={"Content-Type": "image/png"})
+    check(status, body, 200, CONTENT_URI, what="upload")
+    assert body["content_uri"].startswith(f"mxc://{name}/")
+    media_id = body["content_uri"].rsplit("/", 1)[1]
+    status, body = await raw(server, "POST", f"{LEGACY}/upload", data=b"x")
+    check(status, body, 401, ERROR, "M_MISSING_TOKEN", "upload without token")
+
+    status, body = await raw(server, "POST", "/_matrix/media/v1/create", token=tok)
+    check(status, body, 200, CREATE, what="create")
+    created = body["content_uri"].rsplit("/", 1)[1]
+    put = f"{LEGACY}/upload/{name}/{created}"
+    status, body = await raw(server, "PUT", put, token=other, data=b"x", headers={"Content-Type": "text/plain"})
+    check(status, body, 403, ERROR, "M_FORBIDDEN", "put by another user")
+    status, body = await raw(server, "PUT", put, token=tok, data=b"x", headers={"Content-Type": "text/plain"})
+    check(status, body, 200, EMPTY, what="put")
+    status, body = await raw(server, "PUT", put, token=tok, data=b"x", headers={"Content-Type": "text/plain"})
+    check(status, body, 409, ERROR, "M_CANNOT_OVERWRITE_MEDIA", "put twice")
+    status, body = await raw(server, "PUT", f"{LEGACY}/upload/{name}/nosuchmedia", token=tok, data=b"x")
+    check(status, body, 404, ERROR, "M_NOT_FOUND", "put unknown")
+
+    for prefix, token in ((V1M, tok), (LEGACY, None)):
+        status, body = await raw(server, "GET", f"{prefix}/config", token=token or tok)
+        check(status, body, 200, CONFIG, what=f"{prefix}/config")
+        assert isinstance(body.get("m.upload.size"), int)
+        status, body = await raw(server, "GET", f"{prefix}/download/{name}/nosuchmedia", token=token)
+        check(status, body, 404, ERROR, "M_NOT_FOUND", f"{prefix} download unknown")
+        status, body = await raw(server, "GET", f"{prefix}/download/{name}/nosuchmedia/f.txt", token=token)
+        check(status, body, 404, ERROR, "M_NOT_FOUND", f"{prefix} download unknown with file name")
+        thumb = f"{prefix}/thumbnail/{name}/{media_id}"
+        for query, errcode in (("", "M_MISSING_PARAM"), ("?width=32", "M_MISSING_PARAM"),
+                               ("?width=x&height=32", "M_INVALID_PARAM"),
+                               ("?width=32&height=32&method=zoom", "M_INVALID_PARAM")):
+            status, body = await raw(server, "GET", thumb + query, token=token)
+            check(status, body, 400, ERROR, errcode, f"{prefix} thumbnail {query}")
+        status, body = await raw(server, "GET", f"{prefix}/thumbnail/{name}/nosuchmedia?width=32&height=32",
+                                 token=token)
+        check(status, body, 404, ERROR, "M_NOT_FOUND", f"{prefix} thumbnail unknown")
+        status, body = await raw(server, "GET", f"{prefix}/preview_url", token=tok)
+        check(status, body, 400, ERROR, "M_MISSING_PARAM", f"{prefix} preview without url")
+    status, body = await raw(server, "GET", f"{V1M}/download/{name}/{media_id}")
+    check(status, body, 401, ERROR, "M_MISSING_TOKEN", "authenticated download without token")
+    status, body = await raw(server, "GET", f"{V1M}/config")
+    check(status, body, 401, ERROR, "M_MISSING_TOKEN", "config without token")
+
+
+async def push_rule_shapes(server: RunningServer, tok: str) -> None:
+    p = f"{V3}/pushrules"
+    status, body = await raw(server, "GET", f"{p}/", token=tok)
+    check(status, body, 200, {"type": "object", "required": ["global"], "properties": {"global": RULESET}})
+    status, body = await raw(server, "GET", f"{p}/global/", token=tok)
+    check(status, body, 200, RULESET, what="global")
+    status, body = await raw(server, "GET", f"{p}/global/override/.m.rule.master", token=tok)
+    check(status, body, 200, RULE, what="master")
+    status, body = await raw(server, "GET", f"{p}/global/override/.m.rule.master/enabled", token=tok)
+    check(status, body, 200, {"type": "object", "required": ["enabled"], "properties": {"enabled": BOOL}})
+    status, body = await raw(server, "GET", f"{p}/global/override/.m.rule.master/actions", token=tok)
+    check(status, body, 200, {"type": "object", "required": ["actions"],
+                              "properties": {"actions": {"type": "array"}}})
+    rule = f"{p}/global/content/mine"
+    status, body = await raw(server, "PUT", rule, token=tok, json={"actions": ["notify"], "pattern": "cake"})
+    check(status, body, 200, EMPTY, what="put rule")
+    status, body = await raw(server, "GET", rule, token=tok)
+    check(status, body, 200, RULE, what="get rule")
+    assert body["pattern"] == "cake" and body["default"] is False and body["enabled"] is True
+    for attr, value in (("enabled", False), ("actions", ["dont_notify"])):
+        status, body = await raw(server, "PUT", f"{rule}/{attr}", token=tok, json={attr: value})
+        check(status, body, 200, EMPTY, what=f"put {attr}")
+    status, body = await raw(server, "PUT", f"{rule}/enabled", token=tok, json={"enabled": "yes"})
+    check(status, body, 400, ERROR, what="put enabled not a boolean")
+    status, body = await raw(server, "PUT", f"{p}/global/content/other", token=tok, json={"pattern": "x"})
+    check(status, body, 400, ERROR, what="put rule without actions")
+    status, body = await raw(server, "PUT", f"{p}/global/content/other?before=nosuch", token=tok,
+                             json={"actions": ["notify"], "pattern": "x"})
+    check(status, body, 400, ERROR, "M_UNKNOWN", "put rule before an unknown rule")  # the spec's example
+    status, body = await raw(server, "PUT", f"{p}/global/nosuchkind/other", token=tok, json={"actions": []})
+    check(status, body, 400, ERROR, what="bad kind")
+    for method, path, payload in (("GET", f"{p}/global/content/nosuch", None),
+                                  ("GET", f"{p}/global/content/nosuch/enabled", None),
+                                  ("GET", f"{p}/global/content/nosuch/actions", None),
+                                  ("DELETE", f"{p}/global/content/nosuch", None),
+                                  ("PUT", f"{p}/global/content/nosuch/enabled", {"enabled": True}),
+                                  ("PUT", f"{p}/global/content/nosuch/actions", {"actions": ["notify"]})):
+        status, body = await raw(server, method, path, token=tok, json=payload)
+        check(status, body, 404, ERROR, "M_NOT_FOUND", f"{method} {path}")
+    status, body = await raw(server, "DELETE", rule, token=tok)
+    check(status, body, 200, EMPTY, what="delete rule")
+    status, body = await raw(server, "GET", f"{p}/", token=None)
+    check(status, body, 401, ERROR, "M_MISSING_TOKEN", "pushrules without token")
+
+
+async def pusher_and_notification_shapes(server: RunningServer, tok: str) -> None:
+    status, body = await raw(server, "GET", f"{V3}/pushers", token=tok)
+    check(status, body, 200, PUSHERS, what="no pushers")
+    assert body == {"pushers": []}
+    pusher = {"kind": "http", "app_id": "org.example.app", "pushkey": "k1", "app_display_name": "App",
+              "device_display_name": "Phone", "lang": "en",
+              "data": {"url": "http://127.0.0.1:9/_matrix/push/v1/notify", "format": "event_id_only"}}
+    status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, json=pusher)
+    check(status, body, 200, EMPTY, what="set pusher")
+    status, body = await raw(server, "GET", f"{V3}/pushers", token=tok)
+    check(status, body, 200, PUSHERS, what="pushers")
+    assert len(body["pushers"]) == 1
+    for missing in ("pushkey", "app_id", "kind"):
+        status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok,
+                                 json={k: v for k, v in pusher.items() if k != missing})
+        check(status, body, 400, ERROR, "M_MISSING_PARAM", f"pusher without {missing}")
+    status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, json={**pusher, "data": {}})
+    check(status, body, 400, ERROR, what="http pusher without url")
+    status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, json={**pusher, "kind": None})
+    check(status, body, 200, EMPTY, what="delete pusher")
+
+    status, body = await raw(server, "GET", f"{V3}/notifications", token=tok)
+    check(status, body, 200, NOTIFICATIONS, what="notifications")
+    status, body = await raw(server, "GET", f"{V3}/notifications?limit=1&only=highlight", token=tok)
+    check(status, body, 200, NOTIFICATIONS, what="notifications filtered")
+    status, body = await raw(server, "GET", f"{V3}/notifications?from=not-a-token", token=tok)
+    check(status, body, 400, ERROR, what="notifications bad from")
+
+
+async def presence_shapes(server: RunningServer, me: str, tok: str, stranger: str) -> None:
+    path = f"{V3}/presence/{me}/status"
+    status, body = await raw(server, "PUT", path, token=tok, json={"presence": "unavailable", "status_msg": "away"})
+    check(status, body, 200, EMPTY, what="put presence")
+    status, body = await raw(server, "GET", path, token=tok)
+    check(status, body, 200, PRESENCE, what="get presence")
+    assert (body["presence"], body.get("status_msg")) == ("unavailable", "away")
+    status, body = await raw(server, "PUT", path, token=tok, json={"presence": "sleeping"})
+    check(status, body, 400, ERROR, what="bad presence")
+    status, body = await raw(server, "PUT", path, token=tok, json={})
+    check(status, body, 400, ERROR, what="presence missing")
+    status, body = await raw(server, "PUT", f"{V3}/presence/{stranger}/status", token=tok, json={"presence": "online"})
+    check(status, body, 403, ERROR, "M_FORBIDDEN", "someone else's presence")
+    status, body = await raw(server, "GET", f"{V3}/presence/{stranger}/status", token=tok)
+    check(status, body, 403, ERROR, "M_FORBIDDEN", "presence of a stranger")
+    name = me.split(":", 1)[1]
+    status, body = await raw(server, "GET", f"{V3}/presence/@nobody:{name}/status", token=tok)
+    check(status, body, 404, ERROR, "M_NOT_FOUND", "presence of nobody")
