@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from homeserver.server import RunningServer
-from tests.clients import client_server, nio_user, raw, server_name
+from tests.clients import client_server, eventually, msg, nio_user, raw, server_name
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
@@ -108,6 +108,8 @@ async def test_shapes(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tupl
         await push_rule_shapes(server, alice.access_token)
         await pusher_and_notification_shapes(server, alice.access_token)
         await presence_shapes(server, alice.user_id, alice.access_token, bob.user_id)
+        # After the presence checks: this puts alice and bob in a room.
+        await notification_entry_shapes(server, alice.access_token, bob.access_token, bob.user_id)
 
 
 async def media_shapes(server: RunningServer, tok: str, other: str) -> None:
@@ -152,6 +154,15 @@ async def media_shapes(server: RunningServer, tok: str, other: str) -> None:
         check(status, body, 404, ERROR, "M_NOT_FOUND", f"{prefix} thumbnail unknown")
         status, body = await raw(server, "GET", f"{prefix}/preview_url", token=tok)
         check(status, body, 400, ERROR, "M_MISSING_PARAM", f"{prefix} preview without url")
+    status, body = await raw(server, "POST", f"{LEGACY}/upload", token=tok, data=b"text",
+                             headers={"Content-Type": "text/plain"})
+    text_id = body["content_uri"].rsplit("/", 1)[1]
+    status, body = await raw(server, "GET", f"{V1M}/thumbnail/{name}/{text_id}?width=32&height=32", token=tok)
+    check(status, body, 400, ERROR, what="thumbnail of text")
+    status, body = await raw(server, "GET", f"{V1M}/download/{name}/{media_id}?timeout_ms=soon", token=tok)
+    check(status, body, 400, ERROR, "M_INVALID_PARAM", "download with a bad timeout_ms")
+    status, body = await raw(server, "GET", f"{V1M}/preview_url?url=http://127.0.0.1:9/", token=tok)
+    assert status in (403, 502) and not problems(body, ERROR), (status, body)
     status, body = await raw(server, "GET", f"{V1M}/download/{name}/{media_id}")
     check(status, body, 401, ERROR, "M_MISSING_TOKEN", "authenticated download without token")
     status, body = await raw(server, "GET", f"{V1M}/config")
@@ -228,6 +239,11 @@ async def pusher_and_notification_shapes(server: RunningServer, tok: str) -> Non
     check(status, body, 200, NOTIFICATIONS, what="notifications")
     status, body = await raw(server, "GET", f"{V3}/notifications?limit=1&only=highlight", token=tok)
     check(status, body, 200, NOTIFICATIONS, what="notifications filtered")
+    status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, data=b"{not json",
+                             headers={"Content-Type": "application/json"})
+    check(status, body, 400, ERROR, "M_NOT_JSON", "pusher not JSON")
+    status, body = await raw(server, "GET", f"{V3}/notifications?limit=many", token=tok)
+    check(status, body, 400, ERROR, what="notifications bad limit")
     status, body = await raw(server, "GET", f"{V3}/notifications?from=not-a-token", token=tok)
     check(status, body, 400, ERROR, what="notifications bad from")
 
@@ -250,3 +266,27 @@ async def presence_shapes(server: RunningServer, me: str, tok: str, stranger: st
     name = me.split(":", 1)[1]
     status, body = await raw(server, "GET", f"{V3}/presence/@nobody:{name}/status", token=tok)
     check(status, body, 404, ERROR, "M_NOT_FOUND", "presence of nobody")
+
+
+async def notification_entry_shapes(server: RunningServer, tok: str, other: str, other_id: str) -> None:
+    status, body = await raw(server, "POST", f"{V3}/createRoom", token=tok, json={"invite": [other_id]})
+    room_id = body["room_id"]
+    status, body = await raw(server, "POST", f"{V3}/join/{room_id}", token=other, json={})
+    assert status == 200, body
+    status, body = await raw(server, "PUT", f"{V3}/rooms/{room_id}/send/m.room.message/t1", token=other,
+                             json=msg("hello"))
+    assert status == 200, body
+    found: dict[str, Any] = {}
+
+    async def notified() -> bool:
+        status, body = await raw(server, "GET", f"{V3}/notifications", token=tok)
+        found.update(body)
+        return status == 200 and any(n["room_id"] == room_id for n in body["notifications"])
+
+    await eventually(notified)
+    check(200, found, 200, NOTIFICATIONS, what="notification entries")
+    status, body = await raw(server, "GET", f"{V3}/notifications?limit=1", token=tok)
+    check(status, body, 200, NOTIFICATIONS, what="notifications page")
+    assert len(body["notifications"]) == 1
+    status, body = await raw(server, "GET", f"{V3}/presence/{other_id}/status", token=tok)
+    check(status, body, 200, PRESENCE, what="presence of a room member")
