@@ -230,8 +230,9 @@ async def pusher_and_notification_shapes(server: RunningServer, tok: str) -> Non
         status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok,
                                  json={k: v for k, v in pusher.items() if k != missing})
         check(status, body, 400, ERROR, "M_MISSING_PARAM", f"pusher without {missing}")
-    status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, json={**pusher, "data": {}})
-    check(status, body, 400, ERROR, what="http pusher without url")
+    for data, errcode in (({}, "M_MISSING_PARAM"), (None, "M_MISSING_PARAM"), ({"url": 5}, "M_INVALID_PARAM")):
+        status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, json={**pusher, "data": data})
+        check(status, body, 400, ERROR, errcode, f"http pusher with data {data}")
     status, body = await raw(server, "POST", f"{V3}/pushers/set", token=tok, json={**pusher, "kind": None})
     check(status, body, 200, EMPTY, what="delete pusher")
 
