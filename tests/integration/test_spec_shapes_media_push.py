@@ -11,10 +11,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from PIL import Image
 
 from homeserver.server import RunningServer
-from tests.clients import client_server, eventually, msg, nio_user, raw, server_name
+from tests.clients import base_url, client_server, eventually, msg, nio_user, raw, server_name
 from tests.conftest import DatabaseFactory
 
 V3 = "/_matrix/client/v3"
@@ -94,14 +95,16 @@ def check(status: int, body: Any, want_status: int, schema: dict[str, Any], errc
         assert body["errcode"] == errcode, (what, body)
 
 
-def png() -> bytes:
+def png(width: int = 64, height: int = 48) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 120, 200)).save(buf, format="PNG")
+    Image.new("RGB", (width, height), (10, 120, 200)).save(buf, format="PNG")
     return buf.getvalue()
 
 
 async def test_shapes(db_factory: DatabaseFactory, tmp_path: Path, test_ca: tuple[Path, Path]) -> None:
-    extra = {"media": {"legacy_unauthenticated": True, "url_preview": {"enabled": True}}}
+    # Images over 1000 pixels are too large to thumbnail here (png() has 3072).
+    extra = {"media": {"legacy_unauthenticated": True, "url_preview": {"enabled": True},
+                       "max_thumbnail_source_pixels": 1000}}
     async with client_server(db_factory, tmp_path / "a", test_ca, extra) as server, \
             nio_user(server) as alice, nio_user(server) as bob:
         await media_shapes(server, alice.access_token, bob.access_token)
@@ -159,6 +162,14 @@ async def media_shapes(server: RunningServer, tok: str, other: str) -> None:
     text_id = body["content_uri"].rsplit("/", 1)[1]
     status, body = await raw(server, "GET", f"{V1M}/thumbnail/{name}/{text_id}?width=32&height=32", token=tok)
     check(status, body, 400, ERROR, what="thumbnail of text")
+    status, body = await raw(server, "GET", f"{V1M}/thumbnail/{name}/{media_id}?width=32&height=32", token=tok)
+    check(status, body, 413, ERROR, "M_TOO_LARGE", "thumbnail of an image over the pixel limit")
+    status, body = await raw(server, "POST", f"{LEGACY}/upload", token=tok, data=png(20, 20),
+                             headers={"Content-Type": "image/png"})
+    small_id = body["content_uri"].rsplit("/", 1)[1]
+    for prefix in (V1M, LEGACY):
+        status, _ = await raw_status(server, f"{prefix}/thumbnail/{name}/{small_id}?width=32&height=32", tok)
+        assert status == 200, prefix
     status, body = await raw(server, "GET", f"{V1M}/download/{name}/{media_id}?timeout_ms=soon", token=tok)
     check(status, body, 400, ERROR, "M_INVALID_PARAM", "download with a bad timeout_ms")
     status, body = await raw(server, "GET", f"{V1M}/preview_url?url=http://127.0.0.1:9/", token=tok)
@@ -291,3 +302,10 @@ async def notification_entry_shapes(server: RunningServer, tok: str, other: str,
     assert len(body["notifications"]) == 1
     status, body = await raw(server, "GET", f"{V3}/presence/{other_id}/status", token=tok)
     check(status, body, 200, PRESENCE, what="presence of a room member")
+
+
+async def raw_status(server: RunningServer, path: str, token: str) -> tuple[int, bytes]:
+    """A GET whose answer is not JSON (a download or thumbnail)."""
+    async with aiohttp.ClientSession() as s, s.get(base_url(server) + path,
+                                                   headers={"Authorization": f"Bearer {token}"}) as r:
+        return r.status, await r.read()
