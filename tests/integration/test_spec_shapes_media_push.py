@@ -221,6 +221,10 @@ async def push_rule_shapes(server: RunningServer, tok: str) -> None:
         check(status, body, 404, ERROR, "M_NOT_FOUND", f"{method} {path}")
     status, body = await raw(server, "DELETE", rule, token=tok)
     check(status, body, 200, EMPTY, what="delete rule")
+    for method, path, want in (("GET", f"{p}/global/content/x/other", 404), ("POST", f"{p}/global/content/x", 405),
+                               ("POST", f"{V3}/pushers", 405), ("DELETE", f"{V3}/notifications", 405)):
+        status, body = await raw(server, method, path, token=tok)
+        check(status, body, want, ERROR, "M_UNRECOGNIZED", f"{method} {path}")
     status, body = await raw(server, "GET", f"{p}/", token=None)
     check(status, body, 401, ERROR, "M_MISSING_TOKEN", "pushrules without token")
 
