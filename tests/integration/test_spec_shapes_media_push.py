@@ -14,7 +14,11 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
+from homeserver.events.event import Event
+from homeserver.events.versions import ROOM_V10
+from homeserver.push.sender import notify_body
 from homeserver.server import RunningServer
+from homeserver.storage.push import Notification, Pusher
 from tests.clients import base_url, client_server, eventually, msg, nio_user, raw, server_name
 from tests.conftest import DatabaseFactory
 
@@ -313,3 +317,32 @@ async def raw_status(server: RunningServer, path: str, token: str) -> tuple[int,
     async with aiohttp.ClientSession() as s, s.get(base_url(server) + path,
                                                    headers={"Authorization": f"Bearer {token}"}) as r:
         return r.status, await r.read()
+
+
+# push-gateway/push_notifier.yaml: the body of POST /_matrix/push/v1/notify.
+NOTIFY = {"type": "object", "required": ["notification"], "properties": {"notification": {
+    "type": "object", "required": ["devices"], "properties": {
+        "event_id": STR, "room_id": STR, "type": STR, "sender": STR, "sender_display_name": STR, "room_name": STR,
+        "room_alias": STR, "user_is_target": BOOL, "prio": {"type": "string", "enum": ["high", "low"]},
+        "content": EMPTY, "counts": {"type": "object", "properties": {"unread": INT, "missed_calls": INT}},
+        "devices": {"type": "array", "items": {
+            "type": "object", "required": ["app_id", "pushkey"], "properties": {
+                "app_id": STR, "pushkey": STR, "pushkey_ts": INT,
+                "data": {"type": "object", "properties": {"format": STR}}, "tweaks": EMPTY}}}}}}}
+
+
+def test_push_gateway_body_shape() -> None:
+    pdu = {"type": "m.room.member", "state_key": "@u:x", "room_id": "!r:x", "sender": "@s:y",
+           "content": {"membership": "invite"}, "origin_server_ts": 1, "depth": 1, "prev_events": [],
+           "auth_events": [], "hashes": {"sha256": "x"}, "signatures": {}}
+    event = Event.from_pdu(pdu, ROOM_V10)
+    loud = ["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]
+    for highlight, actions, data in ((True, loud, {}), (False, ["notify"], {"format": "event_id_only"})):
+        pusher = Pusher("@u:x", "app", "key", "http", "App", "Phone", None, "en",
+                        {"url": "https://gw/_matrix/push/v1/notify", **data}, 5_000, 0)
+        n = Notification("@u:x", event.event_id, "!r:x", 7, "main", highlight, actions, 0)
+        body = notify_body(pusher, n, event, 4)
+        assert not problems(body, NOTIFY), (problems(body, NOTIFY), body)
+        assert body["notification"]["devices"][0]["data"] == data  # minus the url
+        assert ("content" in body["notification"]) == ("user_is_target" in body["notification"]) == (data == {})
+        assert body["notification"]["prio"] == ("high" if highlight else "low")
