@@ -33,6 +33,7 @@ from homeserver.media.errors import (
     NotCreator,
     RemoteMediaTimeout,
     RemoteMediaUnavailable,
+    ThumbnailSourceTooLarge,
     TooManyPending,
     UploadIncomplete,
 )
@@ -327,6 +328,8 @@ def media_errors(*, remote: bool = False) -> Iterator[None]:
     except TooManyPending:
         raise MatrixError(429, "M_LIMIT_EXCEEDED", "Too many asynchronous uploads pending",
                           retry_after_ms=60_000) from None
+    except ThumbnailSourceTooLarge:
+        raise MatrixError(413, "M_TOO_LARGE", "The image is too large to make a thumbnail of") from None
     except CannotThumbnail:
         raise MatrixError(400, "M_UNKNOWN", "Cannot make a thumbnail of this media") from None
     except RemoteMediaTimeout:

@@ -1,7 +1,7 @@
 """Client API of presence: ``PUT/GET /presence/{userId}/status`` and /sync's part
 (``SyncPresence``: ``set_presence``, and the ``presence`` section with its filter).
 
-* PUT: only for oneself; ``presence`` online, unavailable or offline; ``status_msg`` a
+* PUT: only for oneself; ``presence`` online, unavailable or offline (absent: M_MISSING_PARAM); ``status_msg`` a
   string of at most ``MAX_STATUS_MSG_BYTES`` bytes (or null). With presence disabled it is
   accepted and nothing is kept.
 * GET: oneself, or a user sharing a room with the requester (403 otherwise; 404 for a
@@ -57,6 +57,8 @@ class PresenceAPI:
             raise forbidden("You can only set your own presence")
         body = await read_json_object(request, self.config.max_body_bytes)
         presence = body.get("presence")
+        if presence is None:
+            raise MatrixError(400, "M_MISSING_PARAM", "presence is required")
         if presence not in PRESENCE_STATES:
             raise MatrixError(400, "M_INVALID_PARAM", f"presence must be one of {', '.join(PRESENCE_STATES)}")
         status_msg = body.get("status_msg")

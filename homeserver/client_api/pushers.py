@@ -50,13 +50,17 @@ def _string(body: dict[str, Any], key: str, max_bytes: int = MAX_ID_BYTES, *, op
 
 def check_data(data: Any) -> dict[str, Any]:
     """An http pusher's ``data``: a notify URL and an optional ``event_id_only`` format."""
+    if data is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "data is required for an http pusher")
     if not isinstance(data, dict):
         raise _invalid("data must be an object")
     if len(json.dumps(data)) > MAX_DATA_BYTES:
         raise _invalid("data is too large")
     url = data.get("url")
+    if url is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "data.url is required for an http pusher")
     if not isinstance(url, str):
-        raise _invalid("data.url is required for an http pusher")
+        raise _invalid("data.url must be a string")
     try:
         parsed = URL(url)
         host = parsed.host  # may raise for a host IDNA refuses ("xn--")

@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from homeserver.errors import MatrixError, not_found
-from homeserver.media.errors import CannotThumbnail
+from homeserver.media.errors import CannotThumbnail, ThumbnailSourceTooLarge
 from homeserver.media.multipart import content_type_header, encode_head, encode_tail, new_boundary
 from homeserver.media.policy import content_disposition, served_content_type, valid_media_id
 from homeserver.media.repository import MediaInfo, MediaRepository
@@ -81,6 +81,8 @@ class FederationMediaAPI:
             thumb = await self._repo.thumbnail(
                 self._repo.server_name, media_id, width, height, method, animated == "true"
             )
+        except ThumbnailSourceTooLarge:
+            raise MatrixError(413, "M_TOO_LARGE", "The image is too large to make a thumbnail of") from None
         except CannotThumbnail:
             raise MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content") from None
         if thumb is None:

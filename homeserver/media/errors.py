@@ -35,6 +35,11 @@ class CannotThumbnail(MediaError):
     """The media is not an image we can make thumbnails of."""
 
 
+class ThumbnailSourceTooLarge(CannotThumbnail):
+    """The image has more pixels than ``media.max_thumbnail_source_pixels`` (the spec's
+    413 M_TOO_LARGE: too large for the server to thumbnail)."""
+
+
 class RemoteMediaUnavailable(MediaError):
     """A remote server could not be reached or gave an unusable answer (502)."""
 

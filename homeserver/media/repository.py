@@ -248,7 +248,8 @@ class MediaRepository:
     ) -> ThumbnailInfo | None:
         """The thumbnail answering a request for ``width`` x ``height`` by ``method``
         (made now and kept if it does not exist yet); None if the media is unknown or
-        pending here, ``CannotThumbnail`` if it is not an image we can read."""
+        pending here, ``CannotThumbnail`` if it is not an image we can read
+        (``ThumbnailSourceTooLarge`` if it has too many pixels)."""
         info = await self.get(origin, media_id)
         if info is None or info.path is None:
             return None

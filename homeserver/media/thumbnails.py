@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageSequence
 
 from homeserver.config import ThumbnailSizeConfig
+from homeserver.media.errors import ThumbnailSourceTooLarge
 from homeserver.media.policy import base_type
 
 # Source types Pillow reads for us (never SVG: a vector format with script in it).
@@ -76,14 +77,16 @@ def can_thumbnail(content_type: str) -> bool:
 def render(
     source: str, content_type: str, width: int, height: int, method: str, animated: bool, max_pixels: int
 ) -> Rendered | None:
-    """A thumbnail of the image file ``source``; None if it cannot be read or has more than
-    ``max_pixels`` pixels. An animated thumbnail (WebP) only when ``animated`` and the
-    source has several frames (as many as fit ``max_pixels`` in all, at most
-    ``MAX_ANIMATED_FRAMES``); otherwise the first frame, as JPEG for JPEG sources and PNG
-    for the others."""
+    """A thumbnail of the image file ``source``; None if it cannot be read,
+    ``ThumbnailSourceTooLarge`` if it has more than ``max_pixels`` pixels. An animated
+    thumbnail (WebP) only when ``animated`` and the source has several frames (as many as
+    fit ``max_pixels`` in all, at most ``MAX_ANIMATED_FRAMES``); otherwise the first frame,
+    as JPEG for JPEG sources and PNG for the others."""
     try:
         with Image.open(source, formats=PILLOW_FORMATS) as img:
-            if img.width * img.height > max_pixels or img.width < 1 or img.height < 1:
+            if img.width * img.height > max_pixels:
+                raise ThumbnailSourceTooLarge(f"{img.width}x{img.height}")
+            if img.width < 1 or img.height < 1:
                 return None
             # Every frame is decoded and resized: the frames animated are bounded by
             # ``max_pixels`` in all (a 13 KB GIF of 200 frames of 3000x3000 took 25 s of CPU).
@@ -109,7 +112,9 @@ def render(
                 return Rendered(buf.getvalue(), "image/jpeg", False)
             thumb.save(buf, format="PNG", optimize=False)
             return Rendered(buf.getvalue(), "image/png", False)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError):
+    except Image.DecompressionBombError:  # Pillow's own pixel limit, met when opening
+        raise ThumbnailSourceTooLarge("too many pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError):
         return None
 
 

@@ -4,10 +4,14 @@ configured thumbnail size answers a request, the scale/crop geometry, and durati
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from PIL import Image
 
 from homeserver.config import MediaConfig, ThumbnailSizeConfig
 from homeserver.config_typed import ConfigError
+from homeserver.media.errors import ThumbnailSourceTooLarge
 from homeserver.media.policy import (
     clean_content_type,
     content_disposition,
@@ -16,7 +20,7 @@ from homeserver.media.policy import (
     served_content_type,
     valid_media_id,
 )
-from homeserver.media.thumbnails import choose_size, crop_geometry, scaled_dimensions
+from homeserver.media.thumbnails import choose_size, crop_geometry, render, scaled_dimensions
 from homeserver.util.durations import parse_duration
 
 SIZES = MediaConfig().thumbnail_sizes
@@ -101,3 +105,15 @@ def test_durations_and_config() -> None:
         MediaConfig(thumbnail_sizes=[_size(1, 1, "stretch")])
     with pytest.raises(ConfigError, match="max_upload_size"):
         MediaConfig(max_upload_size=0)
+
+
+def test_render_refuses_images_over_the_pixel_limit(tmp_path: Path) -> None:
+    """Too many pixels is its own error (413 M_TOO_LARGE); unreadable bytes are None (400)."""
+    source = tmp_path / "img.png"
+    Image.new("RGB", (64, 48)).save(source, format="PNG")
+    with pytest.raises(ThumbnailSourceTooLarge):
+        render(str(source), "image/png", 32, 32, "scale", False, 64 * 48 - 1)
+    made = render(str(source), "image/png", 32, 32, "scale", False, 64 * 48)
+    assert made is not None and made.content_type == "image/png"
+    source.write_bytes(b"not a png")
+    assert render(str(source), "image/png", 32, 32, "scale", False, 10**6) is None
