@@ -133,7 +133,7 @@ async def test_issue22_endpoints_match_the_spec(db_factory: DatabaseFactory, tmp
         await _relations_threads_search(s, ta, tb, room, root, private)
         await _tags_reports_filters(s, ta, tb, alice.user_id, bob.user_id, room, root)
         await _hierarchy_upgrade(s, ta, tb, room, space, private)
-        await _sync(s, ta, tb, room, private)
+        await _sync(s, ta, tb, room, root, private)
 
 
 async def _relations_threads_search(s: RunningServer, ta: str, tb: str, room: str, root: str, private: str) -> None:
@@ -149,15 +149,18 @@ async def _relations_threads_search(s: RunningServer, ta: str, tb: str, room: st
     paged = assert_shape(rel, "/rooms/{roomId}/relations/{eventId}", "get", 200,
                          await raw(s, "GET", base + "?limit=1", token=ta))
     assert len(paged["chunk"]) == 1 and "next_batch" in paged
-    for url in (f"{V1}/rooms/{room}/relations/$missing", f"{V1}/rooms/{private}/relations/{root}"):
+    for url, token in ((f"{V1}/rooms/{room}/relations/$missing", ta), (f"{V1}/rooms/{private}/relations/{root}", ta),
+                       (f"{V1}/rooms/{private}/relations/{root}", tb), (f"{V1}/rooms/!no:example.org/relations/x", ta)):
         assert_error(rel, "/rooms/{roomId}/relations/{eventId}", "get", 404, "M_NOT_FOUND",
-                     await raw(s, "GET", url, token=ta))
+                     await raw(s, "GET", url, token=token))
 
     th = "threads_list.yaml"
     for query in ("", "?include=participated", "?limit=1"):
         body = assert_shape(th, "/rooms/{roomId}/threads", "get", 200,
                             await raw(s, "GET", f"{V1}/rooms/{room}/threads{query}", token=ta))
         assert [e["event_id"] for e in body["chunk"]] == [root]
+        assert_bundled(body["chunk"][0], thread=True, replaced=True)
+        assert body["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"] == 2
     assert_error(th, "/rooms/{roomId}/threads", "get", 400, "M_INVALID_PARAM",
                  await raw(s, "GET", f"{V1}/rooms/{room}/threads?from=nonsense", token=ta))
     assert_error(th, "/rooms/{roomId}/threads", "get", 403, "M_FORBIDDEN",
@@ -241,13 +244,43 @@ async def _hierarchy_upgrade(s: RunningServer, ta: str, tb: str, room: str, spac
                  await raw(s, "POST", f"{V3}/rooms/{private}/upgrade", token=ta, json={"new_version": "11"}))
 
 
-async def _sync(s: RunningServer, ta: str, tb: str, room: str, private: str) -> None:
+async def _sync(s: RunningServer, ta: str, tb: str, room: str, root: str, private: str) -> None:
     for token in (ta, tb):
         body = assert_shape("sync.yaml", "/sync", "get", 200, await raw(s, "GET", f"{V3}/sync", token=token))
         if token == ta:
             joined = body["rooms"]["join"][room]
             assert {"summary", "unread_notifications"} <= joined.keys()
             roots = [e for e in joined["timeline"]["events"] if e["content"].get("body") == "root needle"]
-            assert roots and "m.relations" in roots[0].get("unsigned", {}), roots
+            assert roots, joined["timeline"]
+            assert_bundled(roots[0], thread=True, replaced=True, in_sync=True)
     lazy = '{"room":{"state":{"lazy_load_members":true},"timeline":{"unread_thread_notifications":true}}}'
-    assert_shape("sync.yaml", "/sync", "get", 200, await raw(s, "GET", f"{V3}/sync?filter={lazy}", token=tb))
+    body = assert_shape("sync.yaml", "/sync", "get", 200, await raw(s, "GET", f"{V3}/sync?filter={lazy}", token=tb))
+    joined = body["rooms"]["join"][room]
+    assert set(joined.get("unread_thread_notifications", {})) == {root}, joined
+    assert joined["unread_thread_notifications"][root]["notification_count"] == 2
+    assert "invite_state" in body["rooms"]["invite"][private]
+    assert joined["summary"].get("m.joined_member_count") == 2
+
+
+def _thread(event_schema: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["latest_event", "count", "current_user_participated"],
+            "properties": {"latest_event": {"$ref": f"definitions/{event_schema}.yaml"},
+                           "count": {"type": "integer"}, "current_user_participated": {"type": "boolean"}}}
+
+
+REPLACE = {"type": "object", "required": ["event_id", "origin_server_ts", "sender"],
+           "properties": {"event_id": {"type": "string"}, "origin_server_ts": {"type": "integer"},
+                          "sender": {"type": "string"}}}
+
+
+def assert_bundled(event: dict[str, Any], *, thread: bool, replaced: bool, in_sync: bool = False) -> None:
+    """``unsigned.m.relations`` carries the spec's aggregation shapes (threading, event replacements);
+    in /sync the thread's latest event is formatted like the timeline's, without ``room_id``."""
+    relations = event.get("unsigned", {}).get("m.relations", {})
+    base = (SPEC / "sync.yaml").resolve()
+    thread_schema = _thread("client_event_without_room_id" if in_sync else "client_event")
+    for key, wanted, schema in (("m.thread", thread, thread_schema), ("m.replace", replaced, REPLACE)):
+        assert (key in relations) == wanted, (key, relations)
+        if wanted:
+            errs = _errors(relations[key], schema, base, key)
+            assert not errs, (errs, relations)
