@@ -114,8 +114,8 @@ class RelationsAPI:
             body["next_batch"] = page_token(last - 1 if direction == "b" else last)
         if raw_from:
             body["prev_batch"] = raw_from
-        if recurse:
-            body["recursion_depth"] = MAX_DEPTH
+        if "recurse" in request.query:  # mandatory when the parameter was supplied, absent otherwise
+            body["recursion_depth"] = MAX_DEPTH if recurse else 1
         return json_response(body)
 
     async def threads(self, request: web.Request) -> web.Response:

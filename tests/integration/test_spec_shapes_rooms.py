@@ -146,9 +146,16 @@ async def _relations_threads_search(s: RunningServer, ta: str, tb: str, room: st
                       ("/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", base + "/m.annotation/m.reaction")):
         body = assert_shape(rel, path, "get", 200, await raw(s, "GET", url, token=ta))
         assert body["chunk"], url
+    for query, depth in (("", None), ("?recurse=true", 3), ("?recurse=false", 1)):
+        body = assert_shape(rel, "/rooms/{roomId}/relations/{eventId}", "get", 200,
+                            await raw(s, "GET", base + query, token=ta))
+        assert body.get("recursion_depth") == depth, (query, body.keys())
     paged = assert_shape(rel, "/rooms/{roomId}/relations/{eventId}", "get", 200,
                          await raw(s, "GET", base + "?limit=1", token=ta))
-    assert len(paged["chunk"]) == 1 and "next_batch" in paged
+    assert len(paged["chunk"]) == 1 and "next_batch" in paged and "prev_batch" not in paged
+    more = assert_shape(rel, "/rooms/{roomId}/relations/{eventId}", "get", 200,
+                        await raw(s, "GET", f"{base}?limit=1&from={paged['next_batch']}", token=ta))
+    assert more["prev_batch"] == paged["next_batch"] and more["chunk"] != paged["chunk"]
     for url, token in ((f"{V1}/rooms/{room}/relations/$missing", ta), (f"{V1}/rooms/{private}/relations/{root}", ta),
                        (f"{V1}/rooms/{private}/relations/{root}", tb), (f"{V1}/rooms/!no:example.org/relations/x", ta)):
         assert_error(rel, "/rooms/{roomId}/relations/{eventId}", "get", 404, "M_NOT_FOUND",
@@ -173,6 +180,13 @@ async def _relations_threads_search(s: RunningServer, ta: str, tb: str, room: st
     body = assert_shape(se, "/search", "post", 200, await raw(s, "POST", f"{V3}/search", token=ta, json=query))
     events = body["search_categories"]["room_events"]
     assert events["results"] and events["count"] >= 1
+    recent = {"search_categories": {"room_events": {"search_term": "thread", "order_by": "recent",
+                                                    "filter": {"limit": 1}}}}
+    body = assert_shape(se, "/search", "post", 200, await raw(s, "POST", f"{V3}/search", token=ta, json=recent))
+    token = body["search_categories"]["room_events"]["next_batch"]
+    body = assert_shape(se, "/search", "post", 200,
+                        await raw(s, "POST", f"{V3}/search?next_batch={token}", token=ta, json=recent))
+    assert len(body["search_categories"]["room_events"]["results"]) == 1
     for bad in ({}, {"search_categories": {"room_events": {}}},
                 {"search_categories": {"room_events": {"search_term": "x", "order_by": "sideways"}}},
                 {"search_categories": {"room_events": {"search_term": 5}}}):
