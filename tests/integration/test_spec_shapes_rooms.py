@@ -132,7 +132,7 @@ async def test_issue22_endpoints_match_the_spec(db_factory: DatabaseFactory, tmp
         room, root, space, private = ids["room"], ids["root"], ids["space"], ids["private"]
         await _relations_threads_search(s, ta, tb, room, root, private)
         await _tags_reports_filters(s, ta, tb, alice.user_id, bob.user_id, room, root)
-        await _hierarchy_upgrade(s, ta, tb, room, space, private)
+        await _hierarchy_upgrade(s, ta, tb, alice.user_id, room, space, private)
         await _sync(s, ta, tb, room, root, private)
 
 
@@ -236,7 +236,8 @@ async def _tags_reports_filters(s: RunningServer, ta: str, tb: str, alice: str, 
     assert status == 400 and reply["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), reply
 
 
-async def _hierarchy_upgrade(s: RunningServer, ta: str, tb: str, room: str, space: str, private: str) -> None:
+async def _hierarchy_upgrade(s: RunningServer, ta: str, tb: str, alice: str, room: str, space: str,
+                             private: str) -> None:
     hy, path = "space_hierarchy.yaml", "/rooms/{roomId}/hierarchy"
     body = assert_shape(hy, path, "get", 200, await raw(s, "GET", f"{V1}/rooms/{space}/hierarchy", token=tb))
     assert [r["room_id"] for r in body["rooms"]] == [space, room]
@@ -254,8 +255,12 @@ async def _hierarchy_upgrade(s: RunningServer, ta: str, tb: str, room: str, spac
                  await raw(s, "POST", f"{V3}/rooms/{room}/upgrade", token=ta, json={"new_version": "999"}))
     status, reply = await raw(s, "POST", f"{V3}/rooms/{room}/upgrade", token=ta, json={})
     assert status == 400 and reply["errcode"] in ("M_BAD_JSON", "M_MISSING_PARAM"), reply
-    assert_shape(up, path, "post", 200,
-                 await raw(s, "POST", f"{V3}/rooms/{private}/upgrade", token=ta, json={"new_version": "11"}))
+    new = assert_shape(up, path, "post", 200, await raw(
+        s, "POST", f"{V3}/rooms/{private}/upgrade", token=ta, json={"new_version": "11"}))["replacement_room"]
+    # The v12 room's creator had unlimited power; in the v11 room they keep the top level.
+    status, levels = await raw(s, "GET", f"{V3}/rooms/{new}/state/m.room.power_levels/", token=ta)
+    assert status == 200 and levels["users"][alice] >= 100, levels
+    assert (await raw(s, "PUT", f"{V3}/rooms/{new}/state/m.room.topic/", token=ta, json={"topic": "t"}))[0] == 200
 
 
 async def _sync(s: RunningServer, ta: str, tb: str, room: str, root: str, private: str) -> None:
