@@ -168,6 +168,9 @@ async def _relations_threads_search(s: RunningServer, ta: str, tb: str, room: st
         assert [e["event_id"] for e in body["chunk"]] == [root]
         assert_bundled(body["chunk"][0], thread=True, replaced=True)
         assert body["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"] == 2
+    body = assert_shape(th, "/rooms/{roomId}/threads", "get", 200,
+                        await raw(s, "GET", f"{V1}/rooms/{room}/threads?include=participated", token=tb))
+    assert body["chunk"] == []
     assert_error(th, "/rooms/{roomId}/threads", "get", 400, "M_INVALID_PARAM",
                  await raw(s, "GET", f"{V1}/rooms/{room}/threads?from=nonsense", token=ta))
     assert_error(th, "/rooms/{roomId}/threads", "get", 403, "M_FORBIDDEN",
@@ -277,6 +280,7 @@ async def _sync(s: RunningServer, ta: str, tb: str, room: str, root: str, privat
     joined = body["rooms"]["join"][room]
     assert set(joined.get("unread_thread_notifications", {})) == {root}, joined
     assert joined["unread_thread_notifications"][root]["notification_count"] == 2
+    assert joined["unread_notifications"]["notification_count"] == 1  # the main timeline's only
     assert "invite_state" in body["rooms"]["invite"][private]
     assert joined["summary"].get("m.joined_member_count") == 2
 
