@@ -183,6 +183,8 @@ async def _relations_threads_search(s: RunningServer, ta: str, tb: str, room: st
     body = assert_shape(se, "/search", "post", 200, await raw(s, "POST", f"{V3}/search", token=ta, json=query))
     events = body["search_categories"]["room_events"]
     assert events["results"] and events["count"] >= 1
+    # Matching events come with their bundled aggregations (spec: "Aggregations of child events").
+    assert_bundled(events["results"][0]["result"], thread=True, replaced=True)
     recent = {"search_categories": {"room_events": {"search_term": "thread", "order_by": "recent",
                                                     "filter": {"limit": 1}}}}
     body = assert_shape(se, "/search", "post", 200, await raw(s, "POST", f"{V3}/search", token=ta, json=recent))
@@ -230,7 +232,7 @@ async def _tags_reports_filters(s: RunningServer, ta: str, tb: str, alice: str, 
         s, "POST", filters, token=ta, json={"room": {"timeline": {"limit": 5}}, "event_fields": ["type"]}))
     got = assert_shape(fl, "/user/{userId}/filter/{filterId}", "get", 200,
                        await raw(s, "GET", f"{filters}/{made['filter_id']}", token=ta))
-    assert got["room"]["timeline"]["limit"] == 5
+    assert got == {"room": {"timeline": {"limit": 5}}, "event_fields": ["type"]}, got
     assert_error(fl, "/user/{userId}/filter/{filterId}", "get", 404, "M_NOT_FOUND",
                  await raw(s, "GET", f"{filters}/987654", token=ta))
     status, reply = await raw(s, "POST", f"{V3}/user/{bob}/filter", token=ta, json={})
