@@ -246,6 +246,10 @@ async def _hierarchy_upgrade(s: RunningServer, ta: str, tb: str, alice: str, roo
     hy, path = "space_hierarchy.yaml", "/rooms/{roomId}/hierarchy"
     body = assert_shape(hy, path, "get", 200, await raw(s, "GET", f"{V1}/rooms/{space}/hierarchy", token=tb))
     assert [r["room_id"] for r in body["rooms"]] == [space, room]
+    assert body["rooms"][0]["room_type"] == "m.space" and "room_type" not in body["rooms"][1]
+    assert [(e["type"], e["state_key"]) for e in body["rooms"][0]["children_state"]] == [("m.space.child", room)]
+    body = assert_shape(hy, path, "get", 200, await raw(s, "GET", f"{V1}/rooms/{room}/hierarchy", token=tb))
+    assert [(r["room_id"], r["children_state"]) for r in body["rooms"]] == [(room, [])]
     body = assert_shape(hy, path, "get", 200, await raw(s, "GET", f"{V1}/rooms/{space}/hierarchy?limit=1", token=tb))
     assert "next_batch" in body
     assert_error(hy, path, "get", 400, "M_INVALID_PARAM",
