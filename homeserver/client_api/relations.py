@@ -8,8 +8,9 @@
   ``from``, ``limit``): the thread roots, ordered by their latest reply, newest first,
   each with its bundled ``m.thread`` summary.
 
-The user must be allowed to read the room (``client_api/access.py``: 403 M_FORBIDDEN);
-the parent event must be one they may see (404 M_NOT_FOUND); every event returned passes
+The user must be allowed to read the room (``client_api/access.py``: 403 M_FORBIDDEN for
+/threads; 404 M_NOT_FOUND for /relations, whose spec answers a parent the user may not read
+with 404 only); the parent event must be one they may see (404 M_NOT_FOUND); every event returned passes
 history visibility (``rooms/visibility.py``) and lies within what they may read (a user
 who left sees nothing after their leave). Events come with their bundled aggregations.
 """
@@ -75,7 +76,10 @@ class RelationsAPI:
         raw_from, raw_to = request.query.get("from"), request.query.get("to")
         from_pos = parse_page_token(raw_from) if raw_from else None
         to_pos = parse_page_token(raw_to) if raw_to else None
-        access = await room_access(self.timeline, req.user_id, room_id)
+        try:
+            access = await room_access(self.timeline, req.user_id, room_id)
+        except MatrixError as e:
+            raise not_found("Event not found") from e
         parent = await self.events.get_event(parent_id)
         if (
             parent is None or parent.event.room_id != room_id or parent.outcome is not Outcome.ACCEPTED
@@ -110,8 +114,8 @@ class RelationsAPI:
             body["next_batch"] = page_token(last - 1 if direction == "b" else last)
         if raw_from:
             body["prev_batch"] = raw_from
-        if recurse:
-            body["recursion_depth"] = MAX_DEPTH
+        if "recurse" in request.query:  # mandatory when the parameter was supplied, absent otherwise
+            body["recursion_depth"] = MAX_DEPTH if recurse else 1
         return json_response(body)
 
     async def threads(self, request: web.Request) -> web.Response:

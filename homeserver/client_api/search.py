@@ -107,6 +107,8 @@ class SearchAPI:
     async def search(self, request: web.Request) -> web.Response:
         req = await self.auth.requester(request)
         body = await read_json_object(request, self.config.max_body_bytes)
+        if "search_categories" not in body:
+            raise MatrixError(400, "M_MISSING_PARAM", "search_categories is required")
         categories = _object(body.get("search_categories"), "search_categories")
         criteria = categories.get("room_events")
         if criteria is None:

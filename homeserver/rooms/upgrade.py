@@ -6,7 +6,8 @@
    children and its bans (at most ``MAX_COPIED`` of each, as Synapse copies them), its power
    levels (users' levels kept; in room v12 and later the upgrading user, a creator, is left
    out of ``users``; before, they are raised to the highest level any of the copied events
-   needs while the room is set up, and put back at their old level after).
+   needs while the room is set up, and put back at their old level after; a v12 room's
+   creators, whose power was unlimited, keep that level in an older version's room).
 3. Users able to follow: when the old room is not public, its joined members are invited to
    the new room (the choice made here; Synapse instead sets a restricted join rule naming
    the old room: inviting works in every room version and needs no restricted-join
@@ -29,7 +30,7 @@ from typing import Any
 from homeserver.events.errors import UnsupportedRoomVersion
 from homeserver.events.event import Event, StateKey
 from homeserver.events.identifiers import server_name_of
-from homeserver.events.power import get_power_level, parse_level
+from homeserver.events.power import get_creators, get_power_level, parse_level
 from homeserver.events.versions import RoomVersion, get_room_version
 from homeserver.rooms.directory import RoomDirectory
 from homeserver.rooms.errors import NotAllowed, RoomError, UnsupportedVersion
@@ -146,7 +147,12 @@ async def upgrade_room(
         needed = max([100, required_level(old_pl, POWER_LEVELS),
                       *(required_level(old_pl, str(c["type"])) for c in copied)])
         current = _level(users.get(user_id), _level(old_pl.get("users_default"), 0))
-        if current < needed:
+        if old_rules.creators_have_infinite_power:
+            # The old room's creators had unlimited power, outside ``users``: they keep the
+            # top level in a room without it (else the upgrader would lock themself out).
+            for creator in get_creators(auth_state):
+                users[creator] = max(needed, _level(users.get(creator), 0))
+        elif current < needed:
             final_pl = {**new_pl, "users": dict(users)}
             users[user_id] = needed
     new_pl["users"] = users
