@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,28 @@ TEST_SCRYPT_LOG_N = 12
 LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free port for a server that must be named before it binds (the federation port is in
+    its server name). Taken below the kernel's ephemeral range: a port the kernel handed out
+    for port 0 could be handed out again, between this check and the server's bind, as the
+    local port of some outbound connection (a CI run failed so: "address already in use")."""
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(100):
+            port = random.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -142,11 +142,9 @@ def synapse_config(directory: Path, fed_port: int, client_port: int, ca: tuple[P
 
 
 def _free_port() -> int:
-    import socket
+    from tests.servers import free_port  # below the ephemeral range (see there)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 class SynapseServer:
