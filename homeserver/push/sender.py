@@ -38,6 +38,7 @@ BACKOFF_MAX = 600.0
 MAX_AGE_MS = 24 * 3600 * 1000
 REQUEST_TIMEOUT = 10.0
 BATCH = 20
+STOP_SECONDS = 5.0  # how long stop() waits for the workers (never forever)
 
 
 def notify_body(pusher: Pusher, n: Notification, event: Event | None, unread: int) -> dict[str, Any]:
@@ -66,20 +67,28 @@ class _Worker:
         self.pusher = pusher
         self.wake = asyncio.Event()
         self.wake.set()
+        self.stopped = False
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"pusher-{pusher.app_id}")
+
+    def stop(self) -> None:
+        """Cancel the worker; should the cancellation be swallowed inside a call, the loop
+        still ends at its next turn (the flag), so no shutdown waits on it forever."""
+        self.stopped = True
+        self.wake.set()
+        self.task.cancel()
 
     async def run(self) -> None:
         s = self.sender
         p = self.pusher
         last, failures, retry_at = p.last_stream_ordering, p.failures, p.retry_at
-        while True:
+        while not self.stopped:
             delay = (retry_at - s.clock.time_ms()) / 1000
             if delay > 0:
                 await s.clock.sleep(delay)
             else:
                 await self.wake.wait()
             self.wake.clear()
-            while True:
+            while not self.stopped:
                 rows = await s.store.notifications_after(p.user_id, last, BATCH)
                 if not rows:
                     break
@@ -162,19 +171,19 @@ class PushSender:
         workers, self._workers = list(self._workers.values()), {}
         self._by_user = {}
         for w in workers:
-            w.task.cancel()
+            w.stop()
+        if workers:
+            await asyncio.wait({w.task for w in workers}, timeout=STOP_SECONDS)
         for w in workers:
-            try:
-                await w.task
-            except (asyncio.CancelledError, Exception):
-                pass
+            if w.task.done() and not w.task.cancelled():
+                w.task.exception()  # retrieved (a worker logs its own failures)
 
     async def reload_all(self) -> None:
         """Match the workers to the stored pushers (after a change or a rejection)."""
         pushers = {(p.user_id, p.app_id, p.pushkey): p for p in await self.store.pushers()}
         for key in list(self._workers):
             if key not in pushers or pushers[key].data != self._workers[key].pusher.data:
-                self._workers.pop(key).task.cancel()
+                self._workers.pop(key).stop()
         for key, p in pushers.items():
             if key not in self._workers:
                 self._workers[key] = _Worker(self, p)

@@ -89,3 +89,34 @@ async def test_stop_ends_a_pass_whose_cancellation_was_swallowed() -> None:
     if not done:
         stopping.cancel()
     assert stopping in done, "stop() waited forever on a pass that swallowed its cancellation"
+
+
+async def test_stop_ends_pusher_workers_whose_cancellation_was_swallowed() -> None:
+    """The push sender's workers likewise: stop() returns although a worker's call swallowed
+    the cancellation."""
+    from typing import Any
+
+    from homeserver.push.sender import PushSender, _Worker
+
+    entered = asyncio.Event()
+
+    class Store:
+        async def notifications_after(self, *args: Any) -> list[Any]:
+            entered.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass  # swallowed
+            return []
+
+    none: Any = None
+    sender = PushSender(Store(), none, none)  # type: ignore[arg-type]
+    worker = _Worker(sender, _pusher())
+    sender._workers[("@u:x", "app", "key")] = worker
+    await asyncio.wait_for(entered.wait(), 5)
+    stopping = asyncio.ensure_future(sender.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=3)
+    if not done:
+        stopping.cancel()
+    assert stopping in done, "stop() waited forever on a worker that swallowed its cancellation"
+    assert worker.task.done()
