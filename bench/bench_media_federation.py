@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -29,21 +27,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_media import CHUNK, body, rss_mb, wait_up  # one copy of the media bench's helpers
 from homeserver.config import Config
 from homeserver.crypto.tls import generate_ca
 from tests.servers import free_port, make_config
 
 MEGABYTES = int(sys.argv[1]) if len(sys.argv) > 1 else 50
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-CHUNK = 1024 * 1024
-BLOCK = os.urandom(CHUNK)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class RssSampler:
@@ -68,25 +58,6 @@ class RssSampler:
         assert self._task is not None
         self._task.cancel()
 
-
-async def body(total: int) -> AsyncIterator[bytes]:
-    sent = 0
-    while sent < total:
-        piece = BLOCK[: min(CHUNK, total - sent)]
-        sent += len(piece)
-        yield piece
-
-
-async def wait_up(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(url) as r:
-                if r.status < 500:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} never answered")
 
 
 async def register(session: aiohttp.ClientSession, base: str) -> dict[str, str]:
